@@ -1,0 +1,101 @@
+//! The `$connect` REQUEST authorizer: token from `?token=`, Allow with the caller's identity in the
+//! context, or Deny. It never fails: an error here would reach the client as a 500.
+
+use std::future::Future;
+
+use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerPolicy, ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
+};
+use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
+use serde_json::Value;
+use wsfan_shared::access::{Identity, MAX_CONTEXT_BYTES};
+use wsfan_shared::auth::{AuthError, JwtVerifier};
+use wsfan_shared::channel::ChannelPattern;
+
+pub type Response = ApiGatewayCustomAuthorizerResponse<Value>;
+
+/// What the authorizer needs from a verifier; tests and the real JWT verifier both provide it.
+pub trait TokenVerifier: Send + Sync {
+    fn verify(&self, token: &str) -> impl Future<Output = Result<Identity, AuthError>> + Send;
+    /// Channels an anonymous listener may read, when anonymous listeners are allowed at all.
+    fn anonymous_channels(&self) -> Option<&[ChannelPattern]>;
+}
+
+impl TokenVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> impl Future<Output = Result<Identity, AuthError>> + Send {
+        JwtVerifier::verify(self, token)
+    }
+
+    fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
+        self.config().anonymous_channels.as_deref()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Identity),
+    Deny(String),
+}
+
+pub async fn decide<V: TokenVerifier>(verifier: &V, token: Option<&str>) -> Decision {
+    let token = token.map(str::trim).filter(|t| !t.is_empty());
+    let identity = match token {
+        Some(token) => match verifier.verify(token).await {
+            Ok(identity) => identity,
+            Err(e) => return Decision::Deny(e.to_string()),
+        },
+        None => match verifier.anonymous_channels() {
+            Some(channels) => Identity::anonymous(channels.to_vec()),
+            None => return Decision::Deny("no token, and anonymous listeners are not allowed".into()),
+        },
+    };
+    let context_bytes = serde_json::to_vec(&identity.to_context())
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if context_bytes > MAX_CONTEXT_BYTES {
+        return Decision::Deny(format!(
+            "the token's channels make a {context_bytes}-byte authorizer context; API Gateway allows {MAX_CONTEXT_BYTES}"
+        ));
+    }
+    Decision::Allow(identity)
+}
+
+pub fn respond(decision: &Decision, method_arn: &str) -> Response {
+    let mut statement = IamPolicyStatement::default();
+    statement.action = vec!["execute-api:Invoke".to_owned()];
+    statement.resource = vec![method_arn.to_owned()];
+    let mut policy = ApiGatewayCustomAuthorizerPolicy::default();
+    policy.version = Some("2012-10-17".to_owned());
+    let mut response = Response::default();
+    match decision {
+        Decision::Allow(identity) => {
+            statement.effect = IamPolicyEffect::Allow;
+            response.principal_id = Some(identity.sender_id().to_owned());
+            response.context = Value::Object(identity.to_context().into_iter().collect());
+        }
+        Decision::Deny(_) => {
+            statement.effect = IamPolicyEffect::Deny;
+            response.principal_id = Some("denied".to_owned());
+            response.context = Value::Object(Default::default());
+        }
+    }
+    policy.statement = vec![statement];
+    response.policy_document = policy;
+    response
+}
+
+pub async fn handle<V: TokenVerifier>(verifier: &V, event: ApiGatewayCustomAuthorizerRequestTypeRequest) -> Response {
+    let token = event.query_string_parameters.first("token");
+    let method_arn = event.method_arn.as_deref().unwrap_or("*");
+    let decision = decide(verifier, token).await;
+    match &decision {
+        Decision::Allow(identity) => tracing::info!(
+            user = identity.sender_id(),
+            role = %identity.role,
+            channels = identity.channels.len(),
+            "allow"
+        ),
+        Decision::Deny(reason) => tracing::warn!(%reason, "deny"),
+    }
+    respond(&decision, method_arn)
+}

@@ -1,0 +1,61 @@
+//! `$connect`: writes the connection item (and the `user:<sub>` membership) before the socket
+//! opens, so the fanout can always find the connection and `$disconnect` always has something to
+//! clean up. A failed write refuses the connection rather than leaving it half open.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use wsfan_shared::clock;
+use wsfan_shared::config::Retention;
+use wsfan_shared::model::Connection;
+use wsfan_shared::store::Store;
+use wsfan_shared::websocket::{empty, RouteRequest};
+
+pub async fn handle<S: Store>(
+    store: &S,
+    retention: &Retention,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let request = match RouteRequest::from_event(&event) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "refusing $connect");
+            return empty(400);
+        }
+    };
+    let identity = match request.identity {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::error!(
+                connection = %request.connection_id,
+                error = %e,
+                "refusing $connect: is the authorizer attached to the $connect route?"
+            );
+            return empty(403);
+        }
+    };
+    let connected_at = if request.connected_at > 0 {
+        request.connected_at
+    } else {
+        clock::now_millis()
+    };
+    let connection = Connection {
+        connection_id: request.connection_id.clone(),
+        user_id: identity.user_id.clone(),
+        role: identity.role,
+        channels: identity.channels.iter().map(ToString::to_string).collect(),
+        connected_at,
+        source_ip: request.source_ip,
+        domain_name: request.domain_name,
+        stage: request.stage,
+        expires_at: connected_at / 1000 + retention.connection_secs,
+    };
+    match store.connect(&connection).await {
+        Ok(()) => {
+            tracing::info!(connection = %connection.connection_id, user = identity.sender_id(), "connected");
+            empty(200)
+        }
+        Err(e) => {
+            tracing::error!(connection = %connection.connection_id, error = %e, "could not write the connection item");
+            empty(500)
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Every route after `$connect`: `$default` and the protocol's actions.
+//!
+//! This handler only writes items (memberships, messages) and answers its own caller through the
+//! route response; pushing to other connections is the stream fanout's job. Every bad frame gets
+//! an `error` frame with a stable code, and the socket stays open.
+
+use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use wsfan_shared::access::{Identity, Role};
+use wsfan_shared::channel::ChannelId;
+use wsfan_shared::clock;
+use wsfan_shared::config::Retention;
+use wsfan_shared::model::{Membership, Message, MessageKind};
+use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame};
+use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::websocket::{empty, frame, RouteRequest};
+
+pub async fn handle<S: Store>(
+    store: &S,
+    retention: &Retention,
+    event: ApiGatewayWebsocketProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let request = match RouteRequest::from_event(&event) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "dropping a route event");
+            return empty(400);
+        }
+    };
+    let route = Route {
+        store,
+        retention,
+        request: &request,
+    };
+    match route.dispatch().await {
+        Ok(Some(answer)) => frame(&answer),
+        Ok(None) => empty(200),
+        Err(e) => {
+            tracing::info!(connection = %request.connection_id, code = e.code.as_str(), message = %e.message, "refused");
+            frame(&ServerFrame::error(&e))
+        }
+    }
+}
+
+struct Route<'a, S> {
+    store: &'a S,
+    retention: &'a Retention,
+    request: &'a RouteRequest,
+}
+
+fn store_error(channel: &ChannelId, e: StoreError) -> ProtocolError {
+    match e {
+        StoreError::NotConnected => ProtocolError::new(
+            ErrorCode::NotConnected,
+            "this connection is no longer registered; reconnect",
+        ),
+        StoreError::NotMember => {
+            ProtocolError::new(ErrorCode::NotMember, format!("join {channel} before posting to it"))
+        }
+        other => {
+            tracing::error!(%channel, error = %other, "store failure");
+            ProtocolError::new(ErrorCode::Internal, "the message could not be saved; try again")
+        }
+    }
+}
+
+fn require_read(identity: &Identity, channel: &ChannelId) -> Result<(), ProtocolError> {
+    if identity.may_read(channel) {
+        Ok(())
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("your token does not allow {channel}"),
+        ))
+    }
+}
+
+fn require_write(identity: &Identity, channel: &ChannelId) -> Result<(), ProtocolError> {
+    if identity.may_write(channel) {
+        Ok(())
+    } else if identity.user_id.is_none() || identity.role == Role::Listener {
+        Err(ProtocolError::new(
+            ErrorCode::ReadOnly,
+            "listeners can read but not post",
+        ))
+    } else {
+        Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("your token does not allow {channel}"),
+        ))
+    }
+}
+
+impl<S: Store> Route<'_, S> {
+    fn identity(&self) -> Result<&Identity, ProtocolError> {
+        self.request.identity.as_ref().map_err(|e| {
+            tracing::error!(error = %e, "route event without authorizer context");
+            ProtocolError::new(ErrorCode::Unauthorized, "this connection has no identity; reconnect")
+        })
+    }
+
+    async fn dispatch(&self) -> Result<Option<ServerFrame>, ProtocolError> {
+        let identity = self.identity()?;
+        let frame = ClientFrame::parse(self.request.body.as_deref().unwrap_or(""))?;
+        Ok(match frame {
+            ClientFrame::Join { channel } | ClientFrame::Register { channel } => {
+                self.join(identity, &channel).await?;
+                Some(ServerFrame::Joined {
+                    channel: channel.to_string(),
+                })
+            }
+            ClientFrame::Leave { channel } => {
+                let was_member = self
+                    .store
+                    .leave(&channel, &self.request.connection_id, identity.user_id.as_deref())
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
+                Some(ServerFrame::Left {
+                    channel: channel.to_string(),
+                    was_member,
+                })
+            }
+            ClientFrame::SendMessage {
+                channel,
+                body,
+                client_msg_id,
+            } => {
+                let mut message = self.message(identity, MessageKind::Message, &channel)?;
+                message.body = Some(body);
+                message.client_msg_id = client_msg_id;
+                Some(self.post("sendMessage", message).await?)
+            }
+            ClientFrame::React {
+                channel,
+                message_id,
+                emoji,
+            } => {
+                let mut message = self.message(identity, MessageKind::Reaction, &channel)?;
+                message.target_id = Some(message_id);
+                message.emoji = Some(emoji);
+                Some(self.post("react", message).await?)
+            }
+            ClientFrame::Read { channel, message_id } => {
+                let mut message = self.message(identity, MessageKind::Receipt, &channel)?;
+                message.target_id = Some(message_id);
+                Some(self.post("read", message).await?)
+            }
+            ClientFrame::Typing { channel } => {
+                // Typing is fire-and-forget: no ack, to keep the chatter down.
+                let message = self.message(identity, MessageKind::Typing, &channel)?;
+                self.post("typing", message).await?;
+                None
+            }
+            ClientFrame::Subscribe { doc_id } => {
+                let channel =
+                    ChannelId::doc(&doc_id).map_err(|e| ProtocolError::new(ErrorCode::InvalidField, e.to_string()))?;
+                self.join(identity, &channel).await?;
+                let snapshot = self
+                    .store
+                    .progress(&doc_id)
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
+                Some(ServerFrame::Subscribed { doc_id, snapshot })
+            }
+            ClientFrame::History { channel, before, limit } => {
+                require_read(identity, &channel)?;
+                let page = self
+                    .store
+                    .history(&channel, before.as_deref(), limit)
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
+                Some(ServerFrame::History {
+                    channel: channel.to_string(),
+                    messages: page.messages.iter().map(Message::to_event).collect(),
+                    before: page.before,
+                })
+            }
+            ClientFrame::Ping => Some(ServerFrame::Pong {
+                at: clock::now_millis(),
+            }),
+        })
+    }
+
+    async fn join(&self, identity: &Identity, channel: &ChannelId) -> Result<(), ProtocolError> {
+        require_read(identity, channel)?;
+        let connected_secs = if self.request.connected_at > 0 {
+            self.request.connected_at / 1000
+        } else {
+            clock::now_secs()
+        };
+        let membership = Membership {
+            channel: channel.clone(),
+            connection_id: self.request.connection_id.clone(),
+            user_id: identity.user_id.clone(),
+            role: identity.role,
+            joined_at: clock::now_millis(),
+            // A membership lives as long as its connection can.
+            expires_at: connected_secs + self.retention.connection_secs,
+        };
+        self.store.join(&membership).await.map_err(|e| store_error(channel, e))
+    }
+
+    fn message(&self, identity: &Identity, kind: MessageKind, channel: &ChannelId) -> Result<Message, ProtocolError> {
+        require_write(identity, channel)?;
+        let now = clock::now_millis();
+        let ttl = if kind.is_history() {
+            self.retention.message_secs
+        } else {
+            self.retention.event_secs
+        };
+        Ok(Message {
+            kind,
+            channel: channel.clone(),
+            message_id: ulid::Ulid::generate().to_string(),
+            sender_id: identity.sender_id().to_owned(),
+            body: None,
+            client_msg_id: None,
+            target_id: None,
+            emoji: None,
+            sent_at: now,
+            expires_at: now / 1000 + ttl,
+        })
+    }
+
+    async fn post(&self, action: &str, message: Message) -> Result<ServerFrame, ProtocolError> {
+        let outcome = self
+            .store
+            .post(&message, Some(&self.request.connection_id))
+            .await
+            .map_err(|e| store_error(&message.channel, e))?;
+        Ok(ServerFrame::Ack {
+            action: action.to_owned(),
+            channel: message.channel.to_string(),
+            message_id: outcome.message_id,
+            client_msg_id: message.client_msg_id,
+            duplicate: outcome.duplicate,
+        })
+    }
+}

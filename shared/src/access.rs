@@ -1,0 +1,210 @@
+//! Who a connection is and what it may do. The authorizer builds an [`Identity`] from the token,
+//! API Gateway hands its context to every later event, and the handlers ask it before each write.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::channel::{ChannelId, ChannelKind, ChannelPattern};
+
+/// API Gateway refuses authorizer contexts above this size, so the authorizer checks it.
+pub const MAX_CONTEXT_BYTES: usize = 8 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads and writes in the channels its token allows.
+    #[default]
+    Member,
+    /// Read-only: may join and subscribe, never send.
+    Listener,
+    /// A trusted operator or backend: every channel.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Listener => "listener",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "member" | "user" => Ok(Role::Member),
+            "listener" => Ok(Role::Listener),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The caller of a WebSocket route, as established on `$connect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's `sub`; `None` for an anonymous listener.
+    pub user_id: Option<String>,
+    pub role: Role,
+    pub channels: Vec<ChannelPattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the request carries no authorizer context")]
+    Missing,
+    #[error("authorizer context is malformed: {0}")]
+    Malformed(String),
+}
+
+impl Identity {
+    pub fn anonymous(channels: Vec<ChannelPattern>) -> Self {
+        Identity {
+            user_id: None,
+            role: Role::Listener,
+            channels,
+        }
+    }
+
+    /// The personal channel every authenticated connection joins on `$connect`.
+    pub fn personal_channel(&self) -> Option<ChannelId> {
+        self.user_id.as_deref().and_then(|sub| ChannelId::user(sub).ok())
+    }
+
+    /// May this caller receive what is posted in `channel` (join, subscribe, history)?
+    pub fn may_read(&self, channel: &ChannelId) -> bool {
+        if self.role == Role::Admin {
+            return true;
+        }
+        if channel.kind() == ChannelKind::User && self.user_id.as_deref() == Some(channel.id()) {
+            return true;
+        }
+        self.channels.iter().any(|p| p.matches(channel))
+    }
+
+    /// May this caller post in `channel` (send, react, typing, read receipts)?
+    pub fn may_write(&self, channel: &ChannelId) -> bool {
+        self.user_id.is_some() && self.role != Role::Listener && self.may_read(channel)
+    }
+
+    /// The sender id stored on items this caller writes.
+    pub fn sender_id(&self) -> &str {
+        self.user_id.as_deref().unwrap_or("anonymous")
+    }
+
+    /// The flat context the authorizer returns; API Gateway only allows strings, numbers and
+    /// booleans as values, so the channel patterns travel comma-joined.
+    pub fn to_context(&self) -> HashMap<String, Value> {
+        let mut ctx = HashMap::new();
+        if let Some(user) = &self.user_id {
+            ctx.insert("userId".to_owned(), Value::String(user.clone()));
+        }
+        ctx.insert("role".to_owned(), Value::String(self.role.as_str().to_owned()));
+        let channels: Vec<String> = self.channels.iter().map(ToString::to_string).collect();
+        ctx.insert("channels".to_owned(), Value::String(channels.join(",")));
+        ctx
+    }
+
+    /// Reads the context back from `requestContext.authorizer` of a later event.
+    pub fn from_context(ctx: &serde_json::Map<String, Value>) -> Result<Self, IdentityError> {
+        let role = match ctx.get("role") {
+            Some(Value::String(r)) => r.parse().map_err(IdentityError::Malformed)?,
+            Some(_) => return Err(IdentityError::Malformed("role is not a string".into())),
+            None => return Err(IdentityError::Missing),
+        };
+        let user_id = match ctx.get("userId") {
+            Some(Value::String(u)) if !u.is_empty() => Some(u.clone()),
+            Some(Value::String(_)) | None | Some(Value::Null) => None,
+            Some(_) => return Err(IdentityError::Malformed("userId is not a string".into())),
+        };
+        let channels = match ctx.get("channels") {
+            Some(Value::String(s)) => parse_patterns(s).map_err(IdentityError::Malformed)?,
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => return Err(IdentityError::Malformed("channels is not a string".into())),
+        };
+        Ok(Identity {
+            user_id,
+            role,
+            channels,
+        })
+    }
+}
+
+/// Parses a comma-separated list of channel patterns, ignoring blanks.
+pub fn parse_patterns(s: &str) -> Result<Vec<ChannelPattern>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<ChannelPattern>().map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(channels: &str) -> Identity {
+        Identity {
+            user_id: Some("alice".into()),
+            role: Role::Member,
+            channels: parse_patterns(channels).unwrap(),
+        }
+    }
+
+    #[test]
+    fn member_reads_and_writes_allowed_channels_only() {
+        let id = member("workspace:42,doc:*");
+        let ws42 = "workspace:42".parse().unwrap();
+        let ws43 = "workspace:43".parse().unwrap();
+        let doc = "doc:1".parse().unwrap();
+        assert!(id.may_read(&ws42) && id.may_write(&ws42));
+        assert!(!id.may_read(&ws43) && !id.may_write(&ws43));
+        assert!(id.may_read(&doc));
+    }
+
+    #[test]
+    fn own_user_channel_is_always_readable() {
+        let id = member("");
+        assert!(id.may_read(&"user:alice".parse().unwrap()));
+        assert!(!id.may_read(&"user:bob".parse().unwrap()));
+        assert_eq!(id.personal_channel().unwrap().to_string(), "user:alice");
+    }
+
+    #[test]
+    fn listeners_and_anonymous_never_write() {
+        let mut id = member("workspace:42");
+        id.role = Role::Listener;
+        let ws42 = "workspace:42".parse().unwrap();
+        assert!(id.may_read(&ws42) && !id.may_write(&ws42));
+        let anon = Identity::anonymous(parse_patterns("workspace:42").unwrap());
+        assert!(anon.may_read(&ws42) && !anon.may_write(&ws42));
+        assert!(anon.personal_channel().is_none());
+    }
+
+    #[test]
+    fn context_round_trips() {
+        let id = member("workspace:42,doc:*");
+        let ctx: serde_json::Map<String, Value> = id.to_context().into_iter().collect();
+        assert_eq!(Identity::from_context(&ctx).unwrap(), id);
+        let anon = Identity::anonymous(vec![]);
+        let ctx: serde_json::Map<String, Value> = anon.to_context().into_iter().collect();
+        assert_eq!(Identity::from_context(&ctx).unwrap(), anon);
+        assert_eq!(
+            Identity::from_context(&serde_json::Map::new()),
+            Err(IdentityError::Missing)
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Wall-clock helpers: items store epoch milliseconds for ordering and epoch seconds for TTL.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub fn now_secs() -> i64 {
+    now_millis() / 1000
+}

@@ -1,0 +1,198 @@
+//! Configuration, read once from the environment at start-up into typed structs.
+//! Each reader takes a lookup function so tests can feed it a map instead of the process env.
+
+use crate::access::parse_patterns;
+use crate::channel::ChannelPattern;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {why}")]
+    Invalid { name: &'static str, why: String },
+}
+
+fn required(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<String, ConfigError> {
+    lookup(name)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError::Missing(name))
+}
+
+fn optional(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Option<String> {
+    lookup(name).filter(|v| !v.trim().is_empty())
+}
+
+fn seconds(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default: i64) -> Result<i64, ConfigError> {
+    match optional(lookup, name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::Invalid {
+                name,
+                why: format!("{v:?} is not a positive number of seconds"),
+            }),
+    }
+}
+
+fn list(value: Option<String>) -> Option<Vec<String>> {
+    value.map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+pub fn from_process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// How long items live before DynamoDB's TTL may remove them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Connections and memberships: past API Gateway's 2-hour connection limit, because
+    /// `$disconnect` is best effort.
+    pub connection_secs: i64,
+    /// Messages and reactions, which history pages through.
+    pub message_secs: i64,
+    /// Typing notices and read receipts.
+    pub event_secs: i64,
+    /// How long a `clientMsgId` is remembered for idempotent retries.
+    pub dedupe_secs: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            connection_secs: 3 * 3600,
+            message_secs: 30 * 86_400,
+            event_secs: 300,
+            dedupe_secs: 86_400,
+        }
+    }
+}
+
+/// What every function that touches the table needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub table_name: String,
+    pub retention: Retention,
+}
+
+impl StoreConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(from_process_env)
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = Retention::default();
+        Ok(StoreConfig {
+            table_name: required(&lookup, "TABLE_NAME")?,
+            retention: Retention {
+                connection_secs: seconds(&lookup, "CONNECTION_TTL_SECONDS", d.connection_secs)?,
+                message_secs: seconds(&lookup, "MESSAGE_TTL_SECONDS", d.message_secs)?,
+                event_secs: seconds(&lookup, "EVENT_TTL_SECONDS", d.event_secs)?,
+                dedupe_secs: seconds(&lookup, "DEDUPE_TTL_SECONDS", d.dedupe_secs)?,
+            },
+        })
+    }
+}
+
+/// Where token signatures are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// HS256 with a shared secret (`JWT_SECRET`).
+    Secret(String),
+    /// RS256 / ES256 keys from a JWKS document (`JWKS_URL`), e.g. a Cognito user pool's.
+    Jwks(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub keys: KeySource,
+    pub audience: Option<Vec<String>>,
+    pub issuer: Option<Vec<String>>,
+    /// Channels an anonymous listener may read; `None` refuses connections without a token.
+    pub anonymous_channels: Option<Vec<ChannelPattern>>,
+    pub leeway_secs: u64,
+}
+
+impl AuthConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(from_process_env)
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let keys = match (optional(&lookup, "JWT_SECRET"), optional(&lookup, "JWKS_URL")) {
+            (Some(secret), None) => KeySource::Secret(secret),
+            (None, Some(url)) => KeySource::Jwks(url),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "JWT_SECRET",
+                    why: "set JWT_SECRET or JWKS_URL, not both".into(),
+                })
+            }
+            (None, None) => return Err(ConfigError::Missing("JWT_SECRET (or JWKS_URL)")),
+        };
+        let anonymous_channels = optional(&lookup, "ANONYMOUS_CHANNELS")
+            .map(|v| parse_patterns(&v))
+            .transpose()
+            .map_err(|why| ConfigError::Invalid {
+                name: "ANONYMOUS_CHANNELS",
+                why,
+            })?;
+        Ok(AuthConfig {
+            keys,
+            audience: list(optional(&lookup, "JWT_AUDIENCE")),
+            issuer: list(optional(&lookup, "JWT_ISSUER")),
+            anonymous_channels,
+            leeway_secs: seconds(&lookup, "JWT_LEEWAY_SECONDS", 30)? as u64,
+        })
+    }
+}
+
+/// Loads the AWS SDK configuration once; `AWS_ENDPOINT_URL` points it at a local emulator.
+pub async fn aws() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn store_config_defaults_and_overrides() {
+        let c = StoreConfig::from_lookup(lookup(&[("TABLE_NAME", "t"), ("EVENT_TTL_SECONDS", "60")])).unwrap();
+        assert_eq!(c.table_name, "t");
+        assert_eq!(c.retention.event_secs, 60);
+        assert_eq!(c.retention.connection_secs, 10_800);
+        assert_eq!(
+            StoreConfig::from_lookup(lookup(&[])),
+            Err(ConfigError::Missing("TABLE_NAME"))
+        );
+        assert!(StoreConfig::from_lookup(lookup(&[("TABLE_NAME", "t"), ("MESSAGE_TTL_SECONDS", "-1")])).is_err());
+    }
+
+    #[test]
+    fn auth_config_needs_exactly_one_key_source() {
+        let c = AuthConfig::from_lookup(lookup(&[("JWT_SECRET", "s"), ("ANONYMOUS_CHANNELS", "doc:*")])).unwrap();
+        assert_eq!(c.keys, KeySource::Secret("s".into()));
+        assert_eq!(c.anonymous_channels.unwrap().len(), 1);
+        assert!(AuthConfig::from_lookup(lookup(&[])).is_err());
+        assert!(AuthConfig::from_lookup(lookup(&[("JWT_SECRET", "s"), ("JWKS_URL", "http://x")])).is_err());
+        let c = AuthConfig::from_lookup(lookup(&[("JWKS_URL", "http://x"), ("JWT_AUDIENCE", "a, b")])).unwrap();
+        assert_eq!(c.audience, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert!(c.anonymous_channels.is_none());
+        assert!(AuthConfig::from_lookup(lookup(&[("JWT_SECRET", "s"), ("ANONYMOUS_CHANNELS", "bad")])).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! wsfan's shared library: the pure domain (channels, protocol, item model, access rules) and the
+//! adapters every Lambda uses (the DynamoDB store, JWT verification, config, telemetry).
+
+pub mod access;
+pub mod auth;
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod model;
+pub mod protocol;
+pub mod store;
+pub mod table;
+pub mod telemetry;
+pub mod websocket;
+
+pub use channel::{ChannelId, ChannelKind, ChannelPattern};
+pub use protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame};

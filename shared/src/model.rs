@@ -1,0 +1,181 @@
+//! The items of wsfan's single table, and the key layout that ties them together.
+//!
+//! | item       | pk                | sk                        |
+//! |------------|-------------------|---------------------------|
+//! | connection | `CONN#<id>`       | `META`                    |
+//! | membership | `CHAN#<channel>`  | `CONN#<id>`               |
+//! | presence   | `CHAN#<channel>`  | `USER#<userId>`           |
+//! | message    | `CHAN#<channel>`  | `MSG#<ulid>` (message, reaction: kept, paged by history) |
+//! | event      | `CHAN#<channel>`  | `EVT#<ulid>` (typing, read receipt: short-lived) |
+//! | dedupe     | `CHAN#<channel>`  | `DEDUPE#<sender>#<clientMsgId>` |
+//! | progress   | `DOC#<docId>`     | `PROGRESS`                |
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::Role;
+use crate::channel::ChannelId;
+use crate::protocol::{ChatEvent, ServerFrame};
+
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+pub const TTL_ATTRIBUTE: &str = "expiresAt";
+
+pub mod keys {
+    use crate::channel::ChannelId;
+
+    pub const META: &str = "META";
+    pub const PROGRESS: &str = "PROGRESS";
+    pub const CONN_PREFIX: &str = "CONN#";
+    pub const CHAN_PREFIX: &str = "CHAN#";
+    pub const MSG_PREFIX: &str = "MSG#";
+    pub const EVT_PREFIX: &str = "EVT#";
+    pub const USER_PREFIX: &str = "USER#";
+    pub const DEDUPE_PREFIX: &str = "DEDUPE#";
+    pub const DOC_PREFIX: &str = "DOC#";
+
+    pub fn connection(connection_id: &str) -> String {
+        format!("{CONN_PREFIX}{connection_id}")
+    }
+    pub fn channel(channel: &ChannelId) -> String {
+        format!("{CHAN_PREFIX}{channel}")
+    }
+    pub fn message(message_id: &str) -> String {
+        format!("{MSG_PREFIX}{message_id}")
+    }
+    pub fn event(event_id: &str) -> String {
+        format!("{EVT_PREFIX}{event_id}")
+    }
+    pub fn presence(user_id: &str) -> String {
+        format!("{USER_PREFIX}{user_id}")
+    }
+    pub fn dedupe(sender_id: &str, client_msg_id: &str) -> String {
+        format!("{DEDUPE_PREFIX}{sender_id}#{client_msg_id}")
+    }
+    pub fn doc(doc_id: &str) -> String {
+        format!("{DOC_PREFIX}{doc_id}")
+    }
+}
+
+/// One open WebSocket connection, written on `$connect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    pub connection_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub role: Role,
+    /// The channel patterns the token allows, kept for audits and the admin view.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    pub connected_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
+    /// Where this connection's @connections endpoint lives (custom domains differ from the API's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    pub expires_at: i64,
+}
+
+/// A connection's membership of a channel. `connectionId` + `channel` key the `byConnection` GSI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Membership {
+    pub channel: ChannelId,
+    pub connection_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub role: Role,
+    pub joined_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    Message,
+    Reaction,
+    Typing,
+    Receipt,
+}
+
+impl MessageKind {
+    /// Messages and reactions are history; typing and receipts are short-lived signals.
+    pub fn is_history(self) -> bool {
+        matches!(self, MessageKind::Message | MessageKind::Reaction)
+    }
+}
+
+/// Anything posted to a channel: a chat message, a reaction, a typing notice or a read receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub kind: MessageKind,
+    pub channel: ChannelId,
+    /// A ULID: sortable by time, so the sort key orders history.
+    pub message_id: String,
+    pub sender_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    pub sent_at: i64,
+    pub expires_at: i64,
+}
+
+impl Message {
+    pub fn sort_key(&self) -> String {
+        if self.kind.is_history() {
+            keys::message(&self.message_id)
+        } else {
+            keys::event(&self.message_id)
+        }
+    }
+
+    pub fn to_event(&self) -> ChatEvent {
+        ChatEvent {
+            channel: self.channel.to_string(),
+            message_id: self.message_id.clone(),
+            sender_id: self.sender_id.clone(),
+            body: self.body.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+            target_id: self.target_id.clone(),
+            emoji: self.emoji.clone(),
+            sent_at: self.sent_at,
+        }
+    }
+
+    /// The frame pushed to every member of the channel.
+    pub fn to_frame(&self) -> ServerFrame {
+        let event = self.to_event();
+        match self.kind {
+            MessageKind::Message => ServerFrame::Message(event),
+            MessageKind::Reaction => ServerFrame::Reaction(event),
+            MessageKind::Typing => ServerFrame::Typing(event),
+            MessageKind::Receipt => ServerFrame::Receipt(event),
+        }
+    }
+}
+
+impl Connection {
+    pub fn key(&self) -> (String, String) {
+        (keys::connection(&self.connection_id), keys::META.to_owned())
+    }
+}
+
+impl Membership {
+    pub fn key(&self) -> (String, String) {
+        (keys::channel(&self.channel), keys::connection(&self.connection_id))
+    }
+}
+
+impl Message {
+    pub fn key(&self) -> (String, String) {
+        (keys::channel(&self.channel), self.sort_key())
+    }
+}

@@ -1,0 +1,516 @@
+//! The store: every read and write wsfan makes to its DynamoDB table.
+//!
+//! Handlers depend on the [`Store`] trait; [`DynamoStore`] is the one implementation, tested
+//! against a real DynamoDB API (moto) in `tests/`.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::channel::ChannelId;
+use crate::config::Retention;
+use crate::model::{keys, Connection, Membership, Message, PK, SK};
+use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// DynamoDB allows 100 actions per transaction; a leave is two.
+const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The connection item is gone (disconnected, or never written).
+    #[error("connection is not registered")]
+    NotConnected,
+    /// The caller's connection is not a member of the channel it writes to.
+    #[error("connection is not a member of the channel")]
+    NotMember,
+    #[error("DynamoDB: {0}")]
+    Dynamo(String),
+    #[error("item does not match the model: {0}")]
+    Model(#[from] serde_dynamo::Error),
+}
+
+impl<E: std::fmt::Debug, R: std::fmt::Debug> From<SdkError<E, R>> for StoreError
+where
+    E: std::error::Error + 'static,
+{
+    fn from(e: SdkError<E, R>) -> Self {
+        StoreError::Dynamo(format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+    }
+}
+
+/// What a post did: a retried send with the same `clientMsgId` returns the first message's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostOutcome {
+    pub message_id: String,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// The cursor for the page before this one, when there is one.
+    pub before: Option<String>,
+}
+
+/// What cleaning up a connection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub connection_existed: bool,
+    pub memberships_removed: usize,
+}
+
+/// The table operations wsfan's handlers need.
+pub trait Store: Send + Sync {
+    /// Writes the connection item and, for a signed-in user, its membership of `user:<sub>`.
+    fn connect(&self, connection: &Connection) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
+
+    /// Removes a connection and all its memberships. Idempotent.
+    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send;
+
+    /// Adds a membership; fails with `NotConnected` when the connection item is gone.
+    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a membership; `Ok(false)` when there was none.
+    fn leave(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn is_member(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Writes a message item. With `member`, the write only happens if that connection is a
+    /// member of the channel (checked in the same transaction).
+    fn post(
+        &self,
+        message: &Message,
+        member: Option<&str>,
+    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    fn history(
+        &self,
+        channel: &ChannelId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// The latest progress snapshot of a document, as clients see it.
+    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+}
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    retention: Retention,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Serialises a model value and adds its keys.
+pub fn to_item<T: Serialize>(key: (String, String), value: &T) -> Result<Item, StoreError> {
+    let mut item: Item = serde_dynamo::to_item(value)?;
+    item.insert(PK.to_owned(), s(key.0));
+    item.insert(SK.to_owned(), s(key.1));
+    Ok(item)
+}
+
+fn key_of(pk: String, sk: String) -> Item {
+    HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+/// Which actions of a cancelled transaction failed their condition.
+fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>) -> Option<Vec<bool>> {
+    match err.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(e) => Some(
+            e.cancellation_reasons()
+                .iter()
+                .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, retention: Retention) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+            retention,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn put(&self, item: Item, condition: Option<&str>) -> TransactWriteItem {
+        TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .set_condition_expression(condition.map(str::to_owned))
+                    .build()
+                    .expect("put has table and item"),
+            )
+            .build()
+    }
+
+    fn exists_check(&self, key: Item) -> TransactWriteItem {
+        TransactWriteItem::builder()
+            .condition_check(
+                ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .expect("check is complete"),
+            )
+            .build()
+    }
+
+    /// The per-user presence item counts a user's connections in a channel, so the fanout can
+    /// announce a join only for the first and a leave only for the last (see docs/DESIGN-NOTES.md).
+    fn presence_update(
+        &self,
+        channel: &ChannelId,
+        user_id: &str,
+        connection_id: &str,
+        joining: bool,
+    ) -> TransactWriteItem {
+        let mut values = HashMap::from([(":c".to_owned(), AttributeValue::Ss(vec![connection_id.to_owned()]))]);
+        let expression = if joining {
+            values.insert(
+                ":e".to_owned(),
+                n(crate::clock::now_secs() + self.retention.connection_secs),
+            );
+            values.insert(":ch".to_owned(), s(channel.to_string()));
+            values.insert(":u".to_owned(), s(user_id));
+            "SET expiresAt = :e, channel = :ch, userId = :u ADD connections :c"
+        } else {
+            "DELETE connections :c"
+        };
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(keys::channel(channel), keys::presence(user_id))))
+                    .update_expression(expression)
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .expect("update is complete"),
+            )
+            .build()
+    }
+
+    fn membership_actions(&self, membership: &Membership) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let mut actions = vec![self.put(to_item(membership.key(), membership)?, None)];
+        if let Some(user) = &membership.user_id {
+            actions.push(self.presence_update(&membership.channel, user, &membership.connection_id, true));
+        }
+        Ok(actions)
+    }
+
+    fn leave_actions(&self, channel: &ChannelId, connection_id: &str, user_id: Option<&str>) -> Vec<TransactWriteItem> {
+        let mut actions = vec![TransactWriteItem::builder()
+            .delete(
+                Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(keys::channel(channel), keys::connection(connection_id))))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .expect("delete is complete"),
+            )
+            .build()];
+        if let Some(user) = user_id {
+            actions.push(self.presence_update(channel, user, connection_id, false));
+        }
+        actions
+    }
+
+    async fn transact(
+        &self,
+        actions: Vec<TransactWriteItem>,
+    ) -> Result<(), SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>> {
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+            .map(|_| ())
+    }
+
+    /// Every membership of a connection, through the `byConnection` index.
+    pub async fn memberships_of(&self, connection_id: &str) -> Result<Vec<Membership>, StoreError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_CONNECTION_INDEX)
+            .key_condition_expression("#c = :c")
+            .expression_attribute_names("#c", BY_CONNECTION_PK)
+            .expression_attribute_values(":c", s(connection_id))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item?;
+            // Only membership items carry both index keys, but be strict about what we delete.
+            let is_membership = item
+                .get(SK)
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|sk| sk.starts_with(keys::CONN_PREFIX));
+            if is_membership {
+                found.push(serde_dynamo::from_item(item)?);
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Store for DynamoStore {
+    async fn connect(&self, connection: &Connection) -> Result<(), StoreError> {
+        let mut actions = vec![self.put(to_item(connection.key(), connection)?, None)];
+        if let Some(channel) = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok()) {
+            let membership = Membership {
+                channel,
+                connection_id: connection.connection_id.clone(),
+                user_id: connection.user_id.clone(),
+                role: connection.role,
+                joined_at: connection.connected_at,
+                expires_at: connection.expires_at,
+            };
+            actions.extend(self.membership_actions(&membership)?);
+        }
+        self.transact(actions).await?;
+        Ok(())
+    }
+
+    async fn connection(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item.map(serde_dynamo::from_item).transpose()?)
+    }
+
+    async fn disconnect(&self, connection_id: &str) -> Result<Cleanup, StoreError> {
+        // Delete the connection first: a join racing with us then fails its existence check
+        // instead of leaving an orphan membership behind.
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await?;
+        let memberships = self.memberships_of(connection_id).await?;
+        let mut removed = 0;
+        for chunk in memberships.chunks(MEMBERSHIPS_PER_TRANSACTION) {
+            let actions: Vec<_> = chunk
+                .iter()
+                .flat_map(|m| self.leave_actions(&m.channel, connection_id, m.user_id.as_deref()))
+                .collect();
+            match self.transact(actions).await {
+                Ok(()) => removed += chunk.len(),
+                // Someone (a concurrent $disconnect, a 410 cleanup) removed one first: fall back
+                // to one leave at a time, each of which tolerates a missing membership.
+                Err(e) if failed_conditions(&e).is_some_and(|f| f.iter().any(|x| *x)) => {
+                    for m in chunk {
+                        if self.leave(&m.channel, connection_id, m.user_id.as_deref()).await? {
+                            removed += 1;
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Cleanup {
+            connection_existed: deleted.attributes.is_some(),
+            memberships_removed: removed,
+        })
+    }
+
+    async fn join(&self, membership: &Membership) -> Result<(), StoreError> {
+        let mut actions = vec![self.exists_check(key_of(
+            keys::connection(&membership.connection_id),
+            keys::META.to_owned(),
+        ))];
+        actions.extend(self.membership_actions(membership)?);
+        match self.transact(actions).await {
+            Ok(()) => Ok(()),
+            Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => Err(StoreError::NotConnected),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn leave(&self, channel: &ChannelId, connection_id: &str, user_id: Option<&str>) -> Result<bool, StoreError> {
+        match self.transact(self.leave_actions(channel, connection_id, user_id)).await {
+            Ok(()) => Ok(true),
+            Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn is_member(&self, channel: &ChannelId, connection_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::channel(channel), keys::connection(connection_id))))
+            .projection_expression("pk")
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out.item.is_some())
+    }
+
+    async fn post(&self, message: &Message, member: Option<&str>) -> Result<PostOutcome, StoreError> {
+        let channel_pk = keys::channel(&message.channel);
+        let mut actions = Vec::with_capacity(3);
+        if let Some(connection_id) = member {
+            actions.push(self.exists_check(key_of(channel_pk.clone(), keys::connection(connection_id))));
+        }
+        let dedupe_key = message
+            .client_msg_id
+            .as_deref()
+            .map(|cmid| key_of(channel_pk.clone(), keys::dedupe(&message.sender_id, cmid)));
+        if let Some(key) = &dedupe_key {
+            let mut item = key.clone();
+            item.insert("messageId".to_owned(), s(&message.message_id));
+            item.insert(
+                crate::model::TTL_ATTRIBUTE.to_owned(),
+                n(crate::clock::now_secs() + self.retention.dedupe_secs),
+            );
+            actions.push(self.put(item, Some("attribute_not_exists(pk)")));
+        }
+        actions.push(self.put(to_item(message.key(), message)?, None));
+
+        let err = match self.transact(actions).await {
+            Ok(()) => {
+                return Ok(PostOutcome {
+                    message_id: message.message_id.clone(),
+                    duplicate: false,
+                })
+            }
+            Err(e) => e,
+        };
+        let Some(failed) = failed_conditions(&err) else {
+            return Err(err.into());
+        };
+        let member_offset = usize::from(member.is_some());
+        if member.is_some() && failed.first() == Some(&true) {
+            return Err(StoreError::NotMember);
+        }
+        match dedupe_key {
+            Some(key) if failed.get(member_offset) == Some(&true) => {
+                let existing = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .consistent_read(true)
+                    .send()
+                    .await?;
+                let message_id = existing
+                    .item
+                    .and_then(|i| i.get("messageId").and_then(|v| v.as_s().ok()).cloned())
+                    .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
+                Ok(PostOutcome {
+                    message_id,
+                    duplicate: true,
+                })
+            }
+            _ => Err(err.into()),
+        }
+    }
+
+    async fn history(&self, channel: &ChannelId, before: Option<&str>, limit: u32) -> Result<HistoryPage, StoreError> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .scan_index_forward(false)
+            .consistent_read(true)
+            .expression_attribute_values(":pk", s(keys::channel(channel)))
+            // One more than asked, to know whether an older page exists.
+            .limit(limit as i32 + 1);
+        query = match before {
+            // ULIDs are fixed-length, so "MSG#" < "MSG#<older>" < "MSG#<before>".
+            Some(before) => query
+                .key_condition_expression("pk = :pk AND sk < :before")
+                .expression_attribute_values(":before", s(keys::message(before)))
+                .filter_expression("begins_with(sk, :msg)")
+                .expression_attribute_values(":msg", s(keys::MSG_PREFIX)),
+            None => query
+                .key_condition_expression("pk = :pk AND begins_with(sk, :msg)")
+                .expression_attribute_values(":msg", s(keys::MSG_PREFIX)),
+        };
+        let out = query.send().await?;
+        let mut messages: Vec<Message> = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(serde_dynamo::from_item)
+            .collect::<Result<_, _>>()?;
+        let more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        messages.reverse();
+        let before = if more {
+            messages.first().map(|m| m.message_id.clone())
+        } else {
+            None
+        };
+        Ok(HistoryPage { messages, before })
+    }
+
+    async fn progress(&self, doc_id: &str) -> Result<Option<Value>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::doc(doc_id), keys::PROGRESS.to_owned())))
+            .consistent_read(true)
+            .send()
+            .await?;
+        let Some(mut item) = out.item else { return Ok(None) };
+        for internal in [PK, SK, crate::model::TTL_ATTRIBUTE] {
+            item.remove(internal);
+        }
+        Ok(Some(serde_dynamo::from_item(item)?))
+    }
+}

@@ -1,0 +1,766 @@
+//! The four WebSocket handlers, driven by the fixtures in `events/` against a real DynamoDB API
+//! (moto). Each test asserts on the route response and on the items it left in the table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest,
+};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::iam::IamPolicyEffect;
+use aws_sdk_dynamodb::types::AttributeValue;
+use harness::{fixture, fixtures_of, n, s, TestTable, DEV_SECRET};
+use serde_json::{json, Value};
+use ws_authorizer::Decision;
+use wsfan_shared::auth::{Claims, JwtVerifier};
+use wsfan_shared::config::{AuthConfig, KeySource, Retention};
+use wsfan_shared::store::DynamoStore;
+
+const CONN: &str = "L0SM9cOFvHcCIhw=";
+
+// ---------- helpers ----------
+
+fn auth_config(keys: KeySource, anonymous: Option<&str>) -> AuthConfig {
+    AuthConfig {
+        keys,
+        audience: None,
+        issuer: None,
+        anonymous_channels: anonymous.map(|a| wsfan_shared::access::parse_patterns(a).unwrap()),
+        leeway_secs: 0,
+    }
+}
+
+fn dev_verifier(anonymous: Option<&str>) -> JwtVerifier {
+    JwtVerifier::new(auth_config(KeySource::Secret(DEV_SECRET.into()), anonymous))
+}
+
+/// A fixture as JSON, edited, then read as the event type.
+fn event(path: &str, edit: impl FnOnce(&mut Value)) -> ApiGatewayWebsocketProxyRequest {
+    let mut value: Value = fixture(path);
+    edit(&mut value);
+    serde_json::from_value(value).expect("edited fixture is still an event")
+}
+
+fn ws(path: &str) -> ApiGatewayWebsocketProxyRequest {
+    fixture(path)
+}
+
+/// The same route event, from another connection and identity, with another body.
+fn as_caller(path: &str, connection: &str, authorizer: Value, body: Option<Value>) -> ApiGatewayWebsocketProxyRequest {
+    event(path, |v| {
+        v["requestContext"]["connectionId"] = json!(connection);
+        v["requestContext"]["authorizer"] = authorizer;
+        if let Some(body) = body {
+            v["body"] = json!(body.to_string());
+        }
+    })
+}
+
+fn body(response: &ApiGatewayProxyResponse) -> Value {
+    match &response.body {
+        Some(Body::Text(t)) => serde_json::from_str(t).expect("route responses are JSON"),
+        other => panic!("expected a text body, got {other:?}"),
+    }
+}
+
+fn error_code(response: &ApiGatewayProxyResponse) -> String {
+    assert_eq!(response.status_code, 200, "errors keep the socket open");
+    let b = body(response);
+    assert_eq!(b["type"], "error", "expected an error frame, got {b}");
+    assert!(
+        b["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "errors say why: {b}"
+    );
+    b["code"].as_str().unwrap().to_owned()
+}
+
+async fn connect(t: &TestTable, path: &str) -> ApiGatewayProxyResponse {
+    ws_connect::handle(&t.store, &Retention::default(), ws(path)).await
+}
+
+async fn message(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+    ws_message::handle(&t.store, &Retention::default(), e).await
+}
+
+async fn run(t: &TestTable, path: &str) -> ApiGatewayProxyResponse {
+    message(t, ws(path)).await
+}
+
+fn string_set(item: &HashMap<String, AttributeValue>, name: &str) -> Vec<String> {
+    let mut v = item.get(name).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+    v.sort();
+    v
+}
+
+// ---------- ws-authorizer ----------
+
+async fn authorize(path: &str, verifier: &JwtVerifier) -> ws_authorizer::Response {
+    let e: ApiGatewayCustomAuthorizerRequestTypeRequest = fixture(path);
+    ws_authorizer::handle(verifier, e).await
+}
+
+fn effect(r: &ws_authorizer::Response) -> IamPolicyEffect {
+    r.policy_document.statement[0].effect.clone()
+}
+
+#[tokio::test]
+async fn authorizer_allows_a_valid_token_with_its_identity_in_the_context() {
+    let r = authorize("ws-authorizer/valid-token", &dev_verifier(None)).await;
+    assert_eq!(effect(&r), IamPolicyEffect::Allow);
+    assert_eq!(r.principal_id.as_deref(), Some("alice"));
+    assert_eq!(r.context["userId"], "alice");
+    assert_eq!(r.context["role"], "member");
+    assert_eq!(r.context["channels"], "workspace:42,doc:report-1");
+    let statement = &r.policy_document.statement[0];
+    assert_eq!(statement.action, vec!["execute-api:Invoke"]);
+    assert_eq!(
+        statement.resource,
+        vec!["arn:aws:execute-api:eu-west-1:123456789012:abc123def4/prod/$connect"]
+    );
+    // The shape API Gateway reads: camelCase keys, a flat context of strings.
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["policyDocument"]["Statement"][0]["Effect"], "Allow");
+    assert!(wire["context"].as_object().unwrap().values().all(Value::is_string));
+}
+
+#[tokio::test]
+async fn authorizer_denies_expired_forged_alg_none_and_missing_tokens() {
+    let verifier = dev_verifier(None);
+    for case in ["expired-token", "forged-token", "alg-none-token", "missing-token"] {
+        let r = authorize(&format!("ws-authorizer/{case}"), &verifier).await;
+        assert_eq!(effect(&r), IamPolicyEffect::Deny, "{case}");
+        assert!(
+            r.context.as_object().unwrap().is_empty(),
+            "{case}: a Deny carries no identity"
+        );
+    }
+}
+
+#[tokio::test]
+async fn authorizer_admits_anonymous_listeners_only_when_configured() {
+    let r = authorize("ws-authorizer/missing-token", &dev_verifier(Some("doc:*"))).await;
+    assert_eq!(effect(&r), IamPolicyEffect::Allow);
+    assert_eq!(r.context["role"], "listener");
+    assert_eq!(r.context["channels"], "doc:*");
+    assert!(r.context.get("userId").is_none());
+    // A bad token is still refused, even where anonymous listeners are welcome.
+    let r = authorize("ws-authorizer/forged-token", &dev_verifier(Some("doc:*"))).await;
+    assert_eq!(effect(&r), IamPolicyEffect::Deny);
+}
+
+#[tokio::test]
+async fn authorizer_checks_nbf_audience_and_issuer() {
+    let now = wsfan_shared::clock::now_secs();
+    let claims = |aud: &str, iss: &str, nbf: Option<i64>| Claims {
+        sub: "alice".into(),
+        exp: now + 600,
+        nbf,
+        channels: vec!["workspace:42".into()],
+        role: None,
+        aud: Some(aud.into()),
+        iss: Some(iss.into()),
+    };
+    let mut config = auth_config(KeySource::Secret(DEV_SECRET.into()), None);
+    config.audience = Some(vec!["wsfan".into()]);
+    config.issuer = Some(vec!["https://issuer.example".into()]);
+    let verifier = JwtVerifier::new(config);
+    let good = wsfan_shared::auth::mint_hs256(DEV_SECRET, &claims("wsfan", "https://issuer.example", None));
+    assert!(matches!(
+        ws_authorizer::decide(&verifier, Some(&good)).await,
+        Decision::Allow(_)
+    ));
+    for bad in [
+        claims("other", "https://issuer.example", None),
+        claims("wsfan", "https://evil.example", None),
+        claims("wsfan", "https://issuer.example", Some(now + 3600)),
+    ] {
+        let token = wsfan_shared::auth::mint_hs256(DEV_SECRET, &bad);
+        assert!(
+            matches!(ws_authorizer::decide(&verifier, Some(&token)).await, Decision::Deny(_)),
+            "{bad:?}"
+        );
+    }
+    // A token with an unknown role or a malformed channel pattern grants nothing.
+    let mut odd = claims("wsfan", "https://issuer.example", None);
+    odd.role = Some("superuser".into());
+    let token = wsfan_shared::auth::mint_hs256(DEV_SECRET, &odd);
+    assert!(matches!(
+        ws_authorizer::decide(&verifier, Some(&token)).await,
+        Decision::Deny(_)
+    ));
+}
+
+#[tokio::test]
+async fn authorizer_refuses_contexts_over_api_gateways_limit() {
+    let claims = Claims {
+        sub: "alice".into(),
+        exp: wsfan_shared::clock::now_secs() + 600,
+        nbf: None,
+        channels: (0..1000).map(|i| format!("workspace:{i:06}")).collect(),
+        role: None,
+        aud: None,
+        iss: None,
+    };
+    let token = wsfan_shared::auth::mint_hs256(DEV_SECRET, &claims);
+    match ws_authorizer::decide(&dev_verifier(None), Some(&token)).await {
+        Decision::Deny(reason) => assert!(reason.contains("8192"), "{reason}"),
+        other => panic!("expected Deny, got {other:?}"),
+    }
+}
+
+/// Serves `tests/keys/jwks.json` on loopback and counts the fetches.
+async fn jwks_server() -> (String, Arc<AtomicUsize>) {
+    let jwks: Value =
+        serde_json::from_str(&std::fs::read_to_string(harness::repo_root().join("tests/keys/jwks.json")).unwrap())
+            .unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+fn sign(alg: jsonwebtoken::Algorithm, kid: &str, key: &str, claims: &Claims) -> String {
+    let pem = std::fs::read(harness::repo_root().join("tests/keys").join(key)).unwrap();
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn authorizer_verifies_rs256_and_es256_from_a_cached_jwks() {
+    let (url, hits) = jwks_server().await;
+    let verifier = JwtVerifier::new(auth_config(KeySource::Jwks(url), None));
+    let claims = Claims {
+        sub: "carol".into(),
+        exp: wsfan_shared::clock::now_secs() + 600,
+        nbf: None,
+        channels: vec!["doc:*".into()],
+        role: Some("listener".into()),
+        aud: None,
+        iss: None,
+    };
+    let rs = sign(jsonwebtoken::Algorithm::RS256, "rsa-1", "rsa-private.pem", &claims);
+    let es = sign(jsonwebtoken::Algorithm::ES256, "ec-1", "ec-private.pem", &claims);
+    for token in [&rs, &es, &rs] {
+        match ws_authorizer::decide(&verifier, Some(token)).await {
+            Decision::Allow(id) => assert_eq!(id.user_id.as_deref(), Some("carol")),
+            other => panic!("expected Allow, got {other:?}"),
+        }
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the JWKS is fetched once and cached");
+
+    // The right key under the wrong kid, an HS256 token, and an expired one are all refused.
+    let swapped = sign(jsonwebtoken::Algorithm::RS256, "ec-1", "rsa-private.pem", &claims);
+    let hs = wsfan_shared::auth::mint_hs256("whatever", &claims);
+    let mut old = claims.clone();
+    old.exp = 1_000_000;
+    let expired = sign(jsonwebtoken::Algorithm::ES256, "ec-1", "ec-private.pem", &old);
+    for token in [&swapped, &hs, &expired] {
+        assert!(matches!(
+            ws_authorizer::decide(&verifier, Some(token)).await,
+            Decision::Deny(_)
+        ));
+    }
+}
+
+// ---------- ws-connect ----------
+
+#[tokio::test]
+async fn connect_writes_the_connection_and_its_personal_membership() {
+    let t = TestTable::new().await;
+    let r = connect(&t, "ws-connect/connect").await;
+    assert_eq!(r.status_code, 200);
+    assert!(r.body.is_none());
+
+    let conn = t.item(&format!("CONN#{CONN}"), "META").await.expect("connection item");
+    assert_eq!(s(&conn, "userId"), "alice");
+    assert_eq!(s(&conn, "role"), "member");
+    assert_eq!(s(&conn, "sourceIp"), "203.0.113.7");
+    assert_eq!(s(&conn, "stage"), "prod");
+    assert_eq!(s(&conn, "domainName"), "abc123def4.execute-api.eu-west-1.amazonaws.com");
+    assert_eq!(n(&conn, "connectedAt"), 1_795_305_600_000);
+    // TTL past API Gateway's 2-hour limit, because $disconnect is best effort.
+    assert!(n(&conn, "expiresAt") > 1_795_305_600 + 2 * 3600);
+
+    let member = t
+        .item("CHAN#user:alice", &format!("CONN#{CONN}"))
+        .await
+        .expect("user:alice membership");
+    assert_eq!(s(&member, "connectionId"), CONN);
+    assert_eq!(s(&member, "channel"), "user:alice");
+    assert_eq!(n(&member, "expiresAt"), n(&conn, "expiresAt"));
+    let presence = t.item("CHAN#user:alice", "USER#alice").await.expect("presence item");
+    assert_eq!(string_set(&presence, "connections"), vec![CONN.to_owned()]);
+}
+
+#[tokio::test]
+async fn connect_of_an_anonymous_listener_writes_only_the_connection() {
+    let t = TestTable::new().await;
+    assert_eq!(connect(&t, "ws-connect/connect-anonymous").await.status_code, 200);
+    let items = t.items().await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(s(&items[0], "role"), "listener");
+    assert!(!items[0].contains_key("userId"));
+}
+
+#[tokio::test]
+async fn connect_without_authorizer_context_is_refused_and_writes_nothing() {
+    let t = TestTable::new().await;
+    assert_eq!(
+        connect(&t, "ws-connect/connect-without-authorizer").await.status_code,
+        403
+    );
+    assert!(t.items().await.is_empty());
+}
+
+#[tokio::test]
+async fn connect_fails_loudly_when_the_write_fails() {
+    let t = TestTable::new().await;
+    let broken = DynamoStore::new(t.client.clone(), "no-such-table", Retention::default());
+    let r = ws_connect::handle(&broken, &Retention::default(), ws("ws-connect/connect")).await;
+    assert_eq!(r.status_code, 500);
+}
+
+// ---------- ws-disconnect ----------
+
+#[tokio::test]
+async fn disconnect_removes_the_connection_and_every_membership_idempotently() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    assert_eq!(body(&run(&t, "ws-message/join").await)["type"], "joined");
+    assert_eq!(body(&run(&t, "ws-message/subscribe").await)["type"], "subscribed");
+    // Another connection in the same channel must survive.
+    let other = as_caller(
+        "ws-message/join",
+        "OtherConn000AA=",
+        json!({"userId": "bob", "role": "member", "channels": "workspace:42"}),
+        None,
+    );
+    let mut bob_connect = ws("ws-connect/connect");
+    bob_connect.request_context.connection_id = Some("OtherConn000AA=".into());
+    bob_connect.request_context.authorizer = other.request_context.authorizer.clone();
+    ws_connect::handle(&t.store, &Retention::default(), bob_connect).await;
+    message(&t, other).await;
+    assert_eq!(t.store.memberships_of(CONN).await.unwrap().len(), 3);
+
+    for _ in 0..2 {
+        let r = ws_disconnect::handle(&t.store, ws("ws-disconnect/disconnect")).await;
+        assert_eq!(r.status_code, 200);
+    }
+    let items = t.items().await;
+    assert!(
+        items
+            .iter()
+            .all(|i| !s(i, "pk").contains(CONN) && !s(i, "sk").contains(CONN)),
+        "nothing of the connection is left: {items:?}"
+    );
+    assert!(t.item("CHAN#workspace:42", "CONN#OtherConn000AA=").await.is_some());
+    let alice = t.item("CHAN#workspace:42", "USER#alice").await.unwrap();
+    assert!(string_set(&alice, "connections").is_empty(), "alice's presence is gone");
+    let bob = t.item("CHAN#workspace:42", "USER#bob").await.unwrap();
+    assert_eq!(string_set(&bob, "connections"), vec!["OtherConn000AA=".to_owned()]);
+}
+
+#[tokio::test]
+async fn disconnect_of_an_unknown_connection_succeeds_quietly() {
+    let t = TestTable::new().await;
+    let r = ws_disconnect::handle(&t.store, ws("ws-disconnect/disconnect")).await;
+    assert_eq!(r.status_code, 200);
+    assert!(t.items().await.is_empty());
+}
+
+// ---------- ws-message: writes ----------
+
+#[tokio::test]
+async fn join_and_leave_write_and_delete_the_membership() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    let r = body(&run(&t, "ws-message/join").await);
+    assert_eq!(r, json!({"type": "joined", "channel": "workspace:42"}));
+    let m = t
+        .item("CHAN#workspace:42", &format!("CONN#{CONN}"))
+        .await
+        .expect("membership");
+    assert_eq!(s(&m, "userId"), "alice");
+    assert_eq!(s(&m, "role"), "member");
+    assert!(n(&m, "joinedAt") > 0);
+    assert_eq!(n(&m, "expiresAt"), 1_795_305_600 + Retention::default().connection_secs);
+
+    let r = body(&run(&t, "ws-message/leave").await);
+    assert_eq!(r, json!({"type": "left", "channel": "workspace:42", "wasMember": true}));
+    assert!(t.item("CHAN#workspace:42", &format!("CONN#{CONN}")).await.is_none());
+    let r = body(&run(&t, "ws-message/leave").await);
+    assert_eq!(r["wasMember"], false);
+}
+
+#[tokio::test]
+async fn join_after_disconnect_is_refused() {
+    let t = TestTable::new().await;
+    assert_eq!(error_code(&run(&t, "ws-message/join").await), "not_connected");
+    assert!(t.items().await.is_empty(), "no orphan membership");
+}
+
+#[tokio::test]
+async fn send_writes_one_message_and_a_retry_does_not_duplicate_it() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    run(&t, "ws-message/join").await;
+    let first = body(&run(&t, "ws-message/send-message").await);
+    assert_eq!(first["type"], "ack");
+    assert_eq!(first["action"], "sendMessage");
+    assert_eq!(first["clientMsgId"], "c-7f3a");
+    assert_eq!(first["duplicate"], false);
+    let id = first["messageId"].as_str().unwrap().to_owned();
+    assert!(ulid::Ulid::from_string(&id).is_ok());
+
+    let item = t
+        .item("CHAN#workspace:42", &format!("MSG#{id}"))
+        .await
+        .expect("message item");
+    assert_eq!(s(&item, "kind"), "message");
+    assert_eq!(s(&item, "body"), "Hello, team!");
+    assert_eq!(s(&item, "senderId"), "alice");
+    assert_eq!(s(&item, "clientMsgId"), "c-7f3a");
+    assert!(n(&item, "sentAt") > 0 && n(&item, "expiresAt") > n(&item, "sentAt") / 1000);
+
+    let retry = body(&run(&t, "ws-message/send-message").await);
+    assert_eq!(retry["messageId"], id.as_str());
+    assert_eq!(retry["duplicate"], true);
+    let messages = t.partition("CHAN#workspace:42").await;
+    assert_eq!(messages.iter().filter(|(sk, _)| sk.starts_with("MSG#")).count(), 1);
+}
+
+#[tokio::test]
+async fn send_to_a_channel_not_joined_is_refused() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    let before = t.items().await;
+    assert_eq!(error_code(&run(&t, "ws-message/send-message").await), "not_member");
+    assert_eq!(t.items().await, before);
+}
+
+#[tokio::test]
+async fn a_connection_id_in_the_body_is_ignored() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    // Someone else's connection is a member; alice's is not.
+    let mut other = ws("ws-connect/connect");
+    other.request_context.connection_id = Some("SomeoneElse0AA=".into());
+    ws_connect::handle(&t.store, &Retention::default(), other).await;
+    message(
+        &t,
+        event("ws-message/join", |v| {
+            v["requestContext"]["connectionId"] = json!("SomeoneElse0AA=")
+        }),
+    )
+    .await;
+    let before = t.items().await;
+    assert_eq!(
+        error_code(&run(&t, "ws-message/send-spoofed-connection").await),
+        "not_member"
+    );
+    assert_eq!(t.items().await, before);
+}
+
+#[tokio::test]
+async fn react_typing_and_read_write_their_items() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    run(&t, "ws-message/join").await;
+
+    let react = body(&run(&t, "ws-message/react").await);
+    assert_eq!(react["action"], "react");
+    let id = react["messageId"].as_str().unwrap();
+    let item = t
+        .item("CHAN#workspace:42", &format!("MSG#{id}"))
+        .await
+        .expect("reaction item");
+    assert_eq!(s(&item, "kind"), "reaction");
+    assert_eq!(s(&item, "emoji"), "👍");
+    assert_eq!(s(&item, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
+
+    let typing = run(&t, "ws-message/typing").await;
+    assert_eq!(typing.status_code, 200);
+    assert!(typing.body.is_none(), "typing is not acknowledged");
+    let read = body(&run(&t, "ws-message/read").await);
+    assert_eq!(read["action"], "read");
+
+    let events: Vec<_> = t
+        .partition("CHAN#workspace:42")
+        .await
+        .into_iter()
+        .filter(|(sk, _)| sk.starts_with("EVT#"))
+        .map(|(_, i)| i)
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|i| s(i, "kind")).collect();
+    assert_eq!(kinds.len(), 2);
+    assert!(kinds.contains(&"typing") && kinds.contains(&"receipt"));
+    let now = wsfan_shared::clock::now_secs();
+    for e in &events {
+        // Short-lived: typing and receipts expire within minutes, not days.
+        assert!(n(e, "expiresAt") <= now + Retention::default().event_secs + 5);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_joins_the_doc_channel_and_returns_the_snapshot() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    for path in ["ws-message/subscribe", "ws-message/progress-subscribe"] {
+        let r = body(&run(&t, path).await);
+        assert_eq!(
+            r,
+            json!({"type": "subscribed", "docId": "report-1", "snapshot": null}),
+            "{path}"
+        );
+    }
+    assert!(t.item("CHAN#doc:report-1", &format!("CONN#{CONN}")).await.is_some());
+
+    let snapshot = HashMap::from([
+        ("pk".to_owned(), AttributeValue::S("DOC#report-1".into())),
+        ("sk".to_owned(), AttributeValue::S("PROGRESS".into())),
+        ("type".to_owned(), AttributeValue::S("progress".into())),
+        ("docId".to_owned(), AttributeValue::S("report-1".into())),
+        ("pagesProcessed".to_owned(), AttributeValue::N("50".into())),
+        ("totalPages".to_owned(), AttributeValue::N("100".into())),
+    ]);
+    t.put(snapshot).await;
+    let r = body(&run(&t, "ws-message/subscribe").await);
+    assert_eq!(
+        r["snapshot"],
+        json!({"type": "progress", "docId": "report-1", "pagesProcessed": 50, "totalPages": 100})
+    );
+}
+
+#[tokio::test]
+async fn history_pages_back_through_messages_only() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    run(&t, "ws-message/join").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let e = event("ws-message/send-message", |v| {
+            v["body"] =
+                json!(json!({"action": "sendMessage", "channel": "workspace:42", "body": format!("m{i}")}).to_string())
+        });
+        ids.push(body(&message(&t, e).await)["messageId"].as_str().unwrap().to_owned());
+        run(&t, "ws-message/typing").await; // not history
+    }
+    let page = body(&run(&t, "ws-message/history").await);
+    assert_eq!(page["type"], "history");
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["m1", "m2"], "newest page, oldest first");
+    assert_eq!(page["before"], ids[1].as_str());
+
+    let older = event("ws-message/history", |v| {
+        v["body"] =
+            json!(json!({"action": "history", "channel": "workspace:42", "limit": 2, "before": ids[1]}).to_string())
+    });
+    let page = body(&message(&t, older).await);
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["m0"]);
+    assert!(page.get("before").is_none(), "last page has no cursor");
+}
+
+#[tokio::test]
+async fn ping_answers_pong_and_legacy_register_joins_the_session() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    let pong = body(&run(&t, "ws-message/ping").await);
+    assert_eq!(pong["type"], "pong");
+    assert!(pong["at"].as_i64().unwrap() > 0);
+
+    let r = body(&run(&t, "ws-message/legacy-register").await);
+    assert_eq!(r, json!({"type": "joined", "channel": "session:s-2026-abc"}));
+    assert!(t
+        .item("CHAN#session:s-2026-abc", &format!("CONN#{CONN}"))
+        .await
+        .is_some());
+}
+
+// ---------- ws-message: bad input ----------
+
+#[tokio::test]
+async fn bad_input_gets_an_error_frame_and_leaves_the_table_untouched() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    let before = t.items().await;
+    for (path, code) in [
+        ("bad-json", "bad_json"),
+        ("unknown-action", "unknown_action"),
+        ("missing-field", "missing_field"),
+        ("invalid-channel", "invalid_channel"),
+        ("too-large", "too_large"),
+        ("forbidden-channel", "forbidden"),
+    ] {
+        assert_eq!(
+            error_code(&run(&t, &format!("ws-message/{path}")).await),
+            code,
+            "{path}"
+        );
+    }
+    assert_eq!(t.items().await, before);
+}
+
+#[tokio::test]
+async fn every_fixture_is_covered_by_a_test_here() {
+    // Guards against a fixture being added without a test: each must be named in this file.
+    let source = include_str!("handlers.rs");
+    for function in ["ws-authorizer", "ws-connect", "ws-disconnect", "ws-message"] {
+        for path in fixtures_of(function) {
+            let name = path.rsplit('/').next().unwrap();
+            assert!(
+                source.contains(&format!("\"{path}\""))
+                    || source.contains(&format!("(\"{name}\""))
+                    || source.contains(&format!("\"{name}\",")),
+                "{path}.json is not run by any test in tests/handlers.rs"
+            );
+        }
+    }
+}
+
+// ---------- authorization matrix ----------
+
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Owner,
+    OtherUser,
+    Listener,
+    Anonymous,
+}
+
+impl Caller {
+    fn authorizer(self) -> Value {
+        match self {
+            Caller::Owner => json!({"userId": "alice", "role": "member", "channels": "workspace:42,doc:report-1"}),
+            Caller::OtherUser => json!({"userId": "bob", "role": "member", "channels": "workspace:42,doc:report-1"}),
+            Caller::Listener => json!({"userId": "lena", "role": "listener", "channels": "workspace:42,doc:report-1"}),
+            Caller::Anonymous => json!({"role": "listener", "channels": "workspace:42,doc:report-1"}),
+        }
+    }
+
+    /// A channel this caller's token does not cover. For the other user, that is alice's own
+    /// personal channel, which no pattern of bob's can open.
+    fn forbidden_channel(self) -> &'static str {
+        match self {
+            Caller::OtherUser => "user:alice",
+            _ => "workspace:99",
+        }
+    }
+}
+
+#[tokio::test]
+async fn authorization_matrix() {
+    use Caller::*;
+    let t = TestTable::new().await;
+    // (caller, action, allowed channel?, expected: "ok" or the error code)
+    let expectations = [
+        (Owner, "join", true, "ok"),
+        (Owner, "send", true, "ok"),
+        (Owner, "subscribe", true, "ok"),
+        (Owner, "join", false, "forbidden"),
+        (Owner, "send", false, "forbidden"),
+        (Owner, "subscribe", false, "forbidden"),
+        (OtherUser, "join", true, "ok"),
+        (OtherUser, "send", true, "ok"),
+        (OtherUser, "subscribe", true, "ok"),
+        (OtherUser, "join", false, "forbidden"),
+        (OtherUser, "send", false, "forbidden"),
+        (OtherUser, "subscribe", false, "forbidden"),
+        (Listener, "join", true, "ok"),
+        (Listener, "send", true, "read_only"),
+        (Listener, "subscribe", true, "ok"),
+        (Listener, "join", false, "forbidden"),
+        (Listener, "send", false, "read_only"),
+        (Listener, "subscribe", false, "forbidden"),
+        (Anonymous, "join", true, "ok"),
+        (Anonymous, "send", true, "read_only"),
+        (Anonymous, "subscribe", true, "ok"),
+        (Anonymous, "join", false, "forbidden"),
+        (Anonymous, "send", false, "read_only"),
+        (Anonymous, "subscribe", false, "forbidden"),
+    ];
+    for (i, (caller, action, allowed, expected)) in expectations.into_iter().enumerate() {
+        let connection = format!("Matrix{i:02}Conn0AA=");
+        let mut connect_event = ws("ws-connect/connect");
+        connect_event.request_context.connection_id = Some(connection.clone());
+        connect_event.request_context.authorizer = as_caller("ws-message/join", &connection, caller.authorizer(), None)
+            .request_context
+            .authorizer;
+        assert_eq!(
+            ws_connect::handle(&t.store, &Retention::default(), connect_event)
+                .await
+                .status_code,
+            200
+        );
+
+        let channel = if allowed {
+            "workspace:42"
+        } else {
+            caller.forbidden_channel()
+        };
+        let doc = if allowed { "report-1" } else { "report-2" };
+        let (fixture_path, frame) = match action {
+            "join" => ("ws-message/join", json!({"action": "join", "channel": channel})),
+            "send" => (
+                "ws-message/send-message",
+                json!({"action": "sendMessage", "channel": channel, "body": "hello"}),
+            ),
+            _ => ("ws-message/subscribe", json!({"action": "subscribe", "docId": doc})),
+        };
+        if action == "send" {
+            // Join first where the caller may, so the send is judged on its own.
+            let join = as_caller(
+                "ws-message/join",
+                &connection,
+                caller.authorizer(),
+                Some(json!({"action": "join", "channel": channel})),
+            );
+            message(&t, join).await;
+        }
+        let before = t.items().await;
+        let r = message(
+            &t,
+            as_caller(fixture_path, &connection, caller.authorizer(), Some(frame)),
+        )
+        .await;
+        let got = body(&r);
+        if expected == "ok" {
+            assert_ne!(got["type"], "error", "{caller:?} {action} allowed={allowed}: {got}");
+            assert_ne!(t.items().await, before, "{caller:?} {action}: an allowed action writes");
+        } else {
+            assert_eq!(got["code"], expected, "{caller:?} {action} allowed={allowed}: {got}");
+            assert_eq!(
+                t.items().await,
+                before,
+                "{caller:?} {action}: a refused action writes nothing"
+            );
+        }
+    }
+}
