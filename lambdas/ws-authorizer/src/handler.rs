@@ -1,6 +1,16 @@
 //! The `$connect` REQUEST authorizer: token from `?token=`, Allow with the caller's identity in the
 //! context, or Deny. It never fails: an error here would reach the client as a 500.
 
+/// The environment variables this function reads (the SAM template is checked against it).
+pub const ENV: &[&str] = &[
+    "JWT_SECRET",
+    "JWKS_URL",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "JWT_LEEWAY_SECONDS",
+    "ANONYMOUS_CHANNELS",
+];
+
 use std::future::Future;
 
 use aws_lambda_events::apigw::{

@@ -2,6 +2,9 @@
 //! opens, so the fanout can always find the connection and `$disconnect` always has something to
 //! clean up. A failed write refuses the connection rather than leaving it half open.
 
+/// The environment variables this function reads (the SAM template is checked against it).
+pub const ENV: &[&str] = &["TABLE_NAME", "CONNECTION_TTL_SECONDS"];
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::clock;
 use wsfan_shared::config::Retention;

@@ -1,6 +1,9 @@
 //! `$disconnect`: removes the connection item and every membership it had. It is best effort on
 //! API Gateway's side and may arrive twice, so it is idempotent; TTL catches any it never gets.
 
+/// The environment variables this function reads (the SAM template is checked against it).
+pub const ENV: &[&str] = &["TABLE_NAME"];
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::store::Store;
 use wsfan_shared::websocket::{empty, RouteRequest};

@@ -4,6 +4,15 @@
 //! route response; pushing to other connections is the stream fanout's job. Every bad frame gets
 //! an `error` frame with a stable code, and the socket stays open.
 
+/// The environment variables this function reads (the SAM template is checked against it).
+pub const ENV: &[&str] = &[
+    "TABLE_NAME",
+    "CONNECTION_TTL_SECONDS",
+    "MESSAGE_TTL_SECONDS",
+    "EVENT_TTL_SECONDS",
+    "DEDUPE_TTL_SECONDS",
+];
+
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::access::{Identity, Role};
 use wsfan_shared::channel::ChannelId;
