@@ -3,11 +3,15 @@
 
 pub mod access;
 pub mod auth;
+pub mod batch;
+pub mod broadcaster;
 pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod model;
+pub mod progress;
 pub mod protocol;
+pub mod publisher;
 pub mod store;
 pub mod table;
 pub mod telemetry;

@@ -16,9 +16,13 @@ use serde_json::Value;
 use crate::channel::ChannelId;
 use crate::config::Retention;
 use crate::model::{keys, Connection, Membership, Message, PK, SK};
+use crate::progress::ProgressEvent;
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub type Item = HashMap<String, AttributeValue>;
+
+/// The snapshot attribute that orders progress events; internal, never shown to clients.
+const POSITION: &str = "position";
 
 /// DynamoDB allows 100 actions per transaction; a leave is two.
 const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
@@ -112,6 +116,13 @@ pub trait Store: Send + Sync {
 
     /// The latest progress snapshot of a document, as clients see it.
     fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Stores a progress event as the document's snapshot if it is further along than the
+    /// stored one. `Ok(false)`: it was late or a duplicate, and nothing changed.
+    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The connection ids of every member of a channel, across all pages.
+    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +279,21 @@ impl DynamoStore {
             .map(|_| ())
     }
 
+    /// The message id a `clientMsgId` was first stored under, if it was.
+    async fn deduped(&self, key: Item) -> Result<Option<String>, StoreError> {
+        let existing = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(existing
+            .item
+            .and_then(|i| i.get("messageId").and_then(|v| v.as_s().ok()).cloned()))
+    }
+
     /// Every membership of a connection, through the `byConnection` index.
     pub async fn memberships_of(&self, connection_id: &str) -> Result<Vec<Membership>, StoreError> {
         let mut found = Vec::new();
@@ -410,6 +436,19 @@ impl Store for DynamoStore {
             .as_deref()
             .map(|cmid| key_of(channel_pk.clone(), keys::dedupe(&message.sender_id, cmid)));
         if let Some(key) = &dedupe_key {
+            // A retry is the common case: answer it with one read instead of a cancelled
+            // transaction. The transaction's condition still settles concurrent duplicates.
+            if let Some(message_id) = self.deduped(key.clone()).await? {
+                if let Some(connection_id) = member {
+                    if !self.is_member(&message.channel, connection_id).await? {
+                        return Err(StoreError::NotMember);
+                    }
+                }
+                return Ok(PostOutcome {
+                    message_id,
+                    duplicate: true,
+                });
+            }
             let mut item = key.clone();
             item.insert("messageId".to_owned(), s(&message.message_id));
             item.insert(
@@ -438,17 +477,9 @@ impl Store for DynamoStore {
         }
         match dedupe_key {
             Some(key) if failed.get(member_offset) == Some(&true) => {
-                let existing = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key))
-                    .consistent_read(true)
-                    .send()
-                    .await?;
-                let message_id = existing
-                    .item
-                    .and_then(|i| i.get("messageId").and_then(|v| v.as_s().ok()).cloned())
+                let message_id = self
+                    .deduped(key)
+                    .await?
                     .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
                 Ok(PostOutcome {
                     message_id,
@@ -508,9 +539,65 @@ impl Store for DynamoStore {
             .send()
             .await?;
         let Some(mut item) = out.item else { return Ok(None) };
-        for internal in [PK, SK, crate::model::TTL_ATTRIBUTE] {
+        for internal in [PK, SK, crate::model::TTL_ATTRIBUTE, POSITION] {
             item.remove(internal);
         }
         Ok(Some(serde_dynamo::from_item(item)?))
+    }
+
+    async fn record_progress(&self, event: &ProgressEvent) -> Result<bool, StoreError> {
+        let mut item = to_item((keys::doc(&event.doc_id), keys::PROGRESS.to_owned()), event)?;
+        item.insert(POSITION.to_owned(), n(event.position()));
+        item.insert("updatedAt".to_owned(), n(crate::clock::now_millis()));
+        item.insert(
+            crate::model::TTL_ATTRIBUTE.to_owned(),
+            n(crate::clock::now_secs() + self.retention.message_secs),
+        );
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #position < :position")
+            .expression_attribute_names("#position", POSITION)
+            .expression_attribute_values(":position", n(event.position()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn members(&self, channel: &ChannelId) -> Result<Vec<String>, StoreError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
+            .expression_attribute_values(":pk", s(keys::channel(channel)))
+            .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
+            .projection_expression("sk")
+            .into_paginator()
+            .items()
+            .send();
+        let mut members = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item?;
+            if let Some(id) = item
+                .get(SK)
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
+            {
+                members.push(id.to_owned());
+            }
+        }
+        Ok(members)
     }
 }

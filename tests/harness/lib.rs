@@ -141,3 +141,155 @@ pub fn n(item: &Item, name: &str) -> i64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{name} is not a number in {item:?}"))
 }
+
+/// A fake `@connections` server and the real broadcaster pointed at it.
+pub struct Rig {
+    pub table: TestTable,
+    pub server: wsfan_local::connections::ConnectionsServer,
+    pub broadcaster: wsfan_shared::broadcaster::Broadcaster<DynamoStore>,
+    pub streams: wsfan_local::sources::StreamReader,
+}
+
+impl Rig {
+    pub async fn new() -> Self {
+        let table = TestTable::new().await;
+        let server = wsfan_local::connections::ConnectionsServer::start("127.0.0.1:0")
+            .await
+            .expect("starting the @connections server");
+        let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(server.endpoint("prod"));
+        // Quick retries keep tests short; the deadline is generous so retries finish.
+        config.first_backoff = std::time::Duration::from_millis(5);
+        config.max_backoff = std::time::Duration::from_millis(50);
+        let sdk = Moto::shared().sdk_config().await;
+        let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, table.store.clone());
+        let streams = wsfan_local::sources::StreamReader::new(
+            aws_sdk_dynamodbstreams::Client::new(&sdk),
+            &table.stream_arn,
+            true,
+        );
+        Rig {
+            table,
+            server,
+            broadcaster,
+            streams,
+        }
+    }
+
+    /// Everything written to the table since the last call, as one stream batch.
+    pub async fn stream_batch(&mut self) -> aws_lambda_events::dynamodb::Event {
+        let records = self.streams.poll(1000).await.expect("reading the table's stream");
+        wsfan_local::sources::dynamodb_event(&records, &self.table.stream_arn, "us-east-1").expect("stream event")
+    }
+
+    /// Runs stream-fanout over everything written since the last call.
+    pub async fn run_stream_fanout(&mut self) -> aws_lambda_events::streams::DynamoDbEventResponse {
+        let batch = self.stream_batch().await;
+        stream_fanout::handle(&self.table.store, &self.broadcaster, batch).await
+    }
+
+    /// Frames a connection received, parsed.
+    pub fn frames(&self, connection_id: &str) -> Vec<serde_json::Value> {
+        self.server
+            .received(connection_id)
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("pushed frames are JSON"))
+            .collect()
+    }
+}
+
+/// An SQS queue on moto with a DLQ behind it.
+pub struct TestQueue {
+    pub client: aws_sdk_sqs::Client,
+    pub url: String,
+    pub arn: String,
+    pub dlq_url: String,
+}
+
+impl TestQueue {
+    /// `max_receives`: deliveries before a message moves to the DLQ.
+    pub async fn new(fifo: bool, max_receives: u32) -> Self {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let client = aws_sdk_sqs::Client::new(&Moto::shared().sdk_config().await);
+        let suffix = if fifo { ".fifo" } else { "" };
+        let base = format!("wsfan-progress-{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let arn_of = |url: String| {
+            let client = client.clone();
+            async move {
+                let attrs = client
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(A::QueueArn)
+                    .send()
+                    .await
+                    .expect("queue attributes");
+                attrs.attributes.unwrap()[&A::QueueArn].clone()
+            }
+        };
+        let mut dlq = client.create_queue().queue_name(format!("{base}-dlq{suffix}"));
+        if fifo {
+            dlq = dlq.attributes(A::FifoQueue, "true");
+        }
+        let dlq_url = dlq.send().await.expect("creating the DLQ").queue_url.unwrap();
+        let dlq_arn = arn_of(dlq_url.clone()).await;
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}).to_string();
+        let mut queue = client
+            .create_queue()
+            .queue_name(format!("{base}{suffix}"))
+            .attributes(A::RedrivePolicy, redrive)
+            .attributes(A::VisibilityTimeout, "0");
+        if fifo {
+            queue = queue.attributes(A::FifoQueue, "true");
+        }
+        let url = queue.send().await.expect("creating the queue").queue_url.unwrap();
+        let arn = arn_of(url.clone()).await;
+        TestQueue {
+            client,
+            url,
+            arn,
+            dlq_url,
+        }
+    }
+
+    /// Receives up to ten messages as an SQS event, as Lambda's event source mapping would.
+    pub async fn receive_event(&self) -> (aws_lambda_events::sqs::SqsEvent, Vec<aws_sdk_sqs::types::Message>) {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive_message");
+        let messages = out.messages.unwrap_or_default();
+        let event = wsfan_local::sources::sqs_event(&messages, &self.arn, "us-east-1").expect("sqs event");
+        (event, messages)
+    }
+
+    /// Deletes the messages the handler did not report failed, as Lambda does.
+    pub async fn settle(&self, messages: &[aws_sdk_sqs::types::Message], failed: &[String]) {
+        for m in messages {
+            if !failed.iter().any(|f| Some(f.as_str()) == m.message_id.as_deref()) {
+                self.client
+                    .delete_message()
+                    .queue_url(&self.url)
+                    .receipt_handle(m.receipt_handle.clone().unwrap())
+                    .send()
+                    .await
+                    .expect("delete_message");
+            }
+        }
+    }
+
+    pub async fn count(&self, url: &str) -> usize {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("receive_message");
+        out.messages.map(|m| m.len()).unwrap_or(0)
+    }
+}

@@ -1,4 +1,10 @@
 //! The SQS progress fanout: stores each document's latest progress and pushes it to subscribers.
+//!
+//! Each message is validated; the `DOC#<id>` snapshot only moves forward, and only an event that
+//! moved it is pushed to the members of `doc:<id>`. A malformed message is reported failed (never
+//! dropped), so the queue's redrive policy moves it to the DLQ. Messages of one document are
+//! handled in order, and after a failure the rest of that document's messages in the batch are
+//! reported failed too, which keeps FIFO groups in order.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -7,3 +13,97 @@ pub const ENV: &[&str] = &[
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",
 ];
+
+const DOCS_IN_FLIGHT: usize = 16;
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use wsfan_shared::batch::{in_key_order, Outcome};
+use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
+use wsfan_shared::channel::ChannelId;
+use wsfan_shared::progress::{InvalidProgress, ProgressEvent};
+use wsfan_shared::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidProgress),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broadcast(#[from] BroadcastError),
+}
+
+/// What happened to one valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The snapshot moved forward and subscribers were told.
+    Pushed(Counters),
+    /// Late or duplicate: the snapshot is already further along; nobody is told.
+    Stale,
+}
+
+pub async fn apply<S: Store, D: Deliver>(
+    store: &S,
+    deliver: &D,
+    event: &ProgressEvent,
+) -> Result<Applied, MessageError> {
+    if !store.record_progress(event).await? {
+        return Ok(Applied::Stale);
+    }
+    let channel = ChannelId::doc(&event.doc_id).map_err(|e| InvalidProgress(e.to_string()))?;
+    let members = store.members(&channel).await?;
+    if members.is_empty() {
+        return Ok(Applied::Pushed(Counters::default()));
+    }
+    let payload = serde_json::to_vec(event).expect("progress events serialise");
+    let report = deliver.deliver(members, &payload).await?;
+    Ok(Applied::Pushed(report.counters))
+}
+
+pub async fn handle<S: Store, D: Deliver>(store: &S, deliver: &D, event: SqsEvent) -> SqsBatchResponse {
+    let work: Vec<_> = event
+        .records
+        .iter()
+        .map(|message| {
+            let parsed = ProgressEvent::parse(message.body.as_deref().unwrap_or(""));
+            let key = match &parsed {
+                // One document is one FIFO message group.
+                Ok(e) => e.doc_id.clone(),
+                // Unreadable: a key of its own, so it blocks nobody else.
+                Err(_) => format!("?{}", message.message_id.as_deref().unwrap_or("")),
+            };
+            (key, (message, parsed))
+        })
+        .collect();
+
+    let outcomes = in_key_order(work, DOCS_IN_FLIGHT, async |(_, parsed)| match parsed {
+        Ok(event) => apply(store, deliver, event).await,
+        Err(e) => Err(MessageError::Invalid(e.clone())),
+    })
+    .await;
+
+    let mut response = SqsBatchResponse::default();
+    let mut counters = Counters::default();
+    for ((message, _), outcome) in outcomes {
+        let id = message.message_id.clone().unwrap_or_default();
+        let error = match outcome {
+            Outcome::Done(Applied::Pushed(c)) => {
+                counters.add(&c);
+                continue;
+            }
+            Outcome::Done(Applied::Stale) => {
+                tracing::info!(message = %id, "stale progress event ignored");
+                continue;
+            }
+            Outcome::Failed(e) => e.to_string(),
+            Outcome::Blocked => "not attempted: an earlier message of its document failed".to_owned(),
+        };
+        // Logged with the body, so a message bound for the DLQ can be understood from the logs.
+        tracing::error!(message = %id, body = message.body.as_deref().unwrap_or(""), %error, "progress message failed");
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id;
+        response.batch_item_failures.push(failure);
+    }
+    counters.log_emf("progress-fanout");
+    response
+}

@@ -1,0 +1,381 @@
+//! A real HTTP server that speaks the API Gateway Management API (`@connections`), for tests,
+//! benchmarks and the local stack.
+//!
+//! `POST`, `GET` and `DELETE /@connections/{id}`, with or without a stage prefix. It accepts the
+//! real SDK client's SigV4-signed requests (it checks they are signed, not the signature), records
+//! what each connection received, and can be told to misbehave: answer 410, 429 or 500 for a
+//! connection or at a rate, add latency, or enforce a token bucket. With a [`Sink`] it delivers
+//! to real sockets instead, answering 410 for connections the sink does not know.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+/// Where posted data goes when the server fronts real connections (the local stack).
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers `data`; `false` when the connection does not exist (answered with 410).
+    fn send(&self, connection_id: &str, data: Bytes) -> bool;
+    /// Closes the connection; `false` when it does not exist.
+    fn close(&self, connection_id: &str) -> bool;
+    /// Whether the connection exists.
+    fn exists(&self, connection_id: &str) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Answer with this status for the next `remaining` requests (`None`: forever).
+    Status { status: u16, remaining: Option<u32> },
+}
+
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+struct Behaviour {
+    rules: HashMap<String, Rule>,
+    /// (fraction of requests, status) answered at random.
+    random_failure: Option<(f64, u16)>,
+    latency: Duration,
+    bucket: Option<TokenBucket>,
+}
+
+/// Counts of what the server answered.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub delivered: AtomicU64,
+    pub gone: AtomicU64,
+    pub throttled: AtomicU64,
+    pub errors: AtomicU64,
+    pub unsigned: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Mutex<HashMap<String, Vec<Bytes>>>,
+    deleted: Mutex<Vec<String>>,
+    behaviour: Mutex<Behaviour>,
+    stats: Stats,
+    sink: Option<Arc<dyn Sink>>,
+}
+
+/// A handle to a running server; cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionsServer {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl ConnectionsServer {
+    /// Starts a recording server on `addr` (use `127.0.0.1:0` for a free port).
+    pub async fn start(addr: &str) -> std::io::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts a server that delivers to `sink`.
+    pub async fn start_with(addr: &str, sink: Option<Arc<dyn Sink>>) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let server = ConnectionsServer::new(listener.local_addr()?, sink);
+        let app = server.router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "@connections server stopped");
+            }
+        });
+        Ok(server)
+    }
+
+    /// A server state whose routes the caller mounts (the local stack shares one port).
+    pub fn new(addr: SocketAddr, sink: Option<Arc<dyn Sink>>) -> Self {
+        ConnectionsServer {
+            addr,
+            inner: Arc::new(Inner {
+                sink,
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn router<S>(&self) -> Router<S> {
+        Router::new()
+            .route(
+                "/@connections/{id}",
+                post(post_data).get(get_info).delete(delete_connection),
+            )
+            .route(
+                "/{stage}/@connections/{id}",
+                post(post_staged).get(get_staged).delete(delete_staged),
+            )
+            .with_state(self.inner.clone())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint to give the SDK client, e.g. `http://127.0.0.1:PORT/prod`.
+    pub fn endpoint(&self, stage: &str) -> String {
+        format!("http://{}/{stage}", self.addr)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Everything `connection_id` was sent, as text.
+    pub fn received(&self, connection_id: &str) -> Vec<String> {
+        self.inner
+            .received
+            .lock()
+            .unwrap()
+            .get(connection_id)
+            .map(|v| v.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every connection that received anything.
+    pub fn recipients(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner.received.lock().unwrap().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Connections deleted through `DELETE /@connections/{id}`.
+    pub fn deleted(&self) -> Vec<String> {
+        self.inner.deleted.lock().unwrap().clone()
+    }
+
+    /// Answers `status` for `connection_id`: forever, or for the next `times` requests.
+    pub fn fail(&self, connection_id: &str, status: u16, times: Option<u32>) {
+        self.inner.behaviour.lock().unwrap().rules.insert(
+            connection_id.to_owned(),
+            Rule::Status {
+                status,
+                remaining: times,
+            },
+        );
+    }
+
+    /// The connection is gone: 410 from now on.
+    pub fn gone(&self, connection_id: &str) {
+        self.fail(connection_id, 410, None);
+    }
+
+    /// Answers `status` to a random `fraction` of requests.
+    pub fn fail_randomly(&self, fraction: f64, status: u16) {
+        self.inner.behaviour.lock().unwrap().random_failure = Some((fraction, status));
+    }
+
+    /// Adds `latency` before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.behaviour.lock().unwrap().latency = latency;
+    }
+
+    /// Allows `rate` requests per second with bursts of `burst`; the rest get 429.
+    pub fn set_token_bucket(&self, rate: f64, burst: f64) {
+        self.inner.behaviour.lock().unwrap().bucket = Some(TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        });
+    }
+
+    pub fn reset(&self) {
+        *self.inner.behaviour.lock().unwrap() = Behaviour::default();
+        self.inner.received.lock().unwrap().clear();
+        self.inner.deleted.lock().unwrap().clear();
+    }
+}
+
+fn error(status: StatusCode, kind: &'static str, message: &str) -> Response {
+    let mut response = (status, axum::Json(serde_json::json!({ "message": message }))).into_response();
+    // The SDK reads the error type from this header (restJson1).
+    response
+        .headers_mut()
+        .insert("x-amzn-errortype", HeaderValue::from_static(kind));
+    response
+}
+
+fn status_response(status: u16) -> Response {
+    match status {
+        410 => error(StatusCode::GONE, "GoneException", "the connection is gone"),
+        429 => error(StatusCode::TOO_MANY_REQUESTS, "LimitExceededException", "rate exceeded"),
+        403 => error(StatusCode::FORBIDDEN, "ForbiddenException", "forbidden"),
+        other => {
+            let code = StatusCode::from_u16(other).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(code, "InternalServerError", "injected failure")
+        }
+    }
+}
+
+impl Inner {
+    /// Applies latency, signing check and injected failures; `Some` is the answer to give instead.
+    async fn gate(&self, headers: &HeaderMap, connection_id: &str) -> Option<Response> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let signed = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 Credential="));
+        if !signed {
+            self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "ForbiddenException",
+                "request is not SigV4-signed",
+            ));
+        }
+        let (latency, injected) = {
+            let mut b = self.behaviour.lock().unwrap();
+            let mut injected = None;
+            if let Some(Rule::Status { status, remaining }) = b.rules.get_mut(connection_id) {
+                injected = Some(*status);
+                if let Some(n) = remaining {
+                    *n -= 1;
+                    if *n == 0 {
+                        b.rules.remove(connection_id);
+                    }
+                }
+            }
+            if injected.is_none() {
+                if let Some((fraction, status)) = b.random_failure {
+                    if fastrand::f64() < fraction {
+                        injected = Some(status);
+                    }
+                }
+            }
+            if injected.is_none() {
+                if let Some(bucket) = &mut b.bucket {
+                    if !bucket.take() {
+                        injected = Some(429);
+                    }
+                }
+            }
+            (b.latency, injected)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let status = injected?;
+        let counter = match status {
+            410 => &self.stats.gone,
+            429 => &self.stats.throttled,
+            _ => &self.stats.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(status_response(status))
+    }
+}
+
+async fn post_data(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(answer) = inner.gate(&headers, &id).await {
+        return answer;
+    }
+    if let Some(sink) = &inner.sink {
+        if !sink.send(&id, body.clone()) {
+            inner.stats.gone.fetch_add(1, Ordering::Relaxed);
+            return status_response(410);
+        }
+    }
+    inner.received.lock().unwrap().entry(id).or_default().push(body);
+    inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK.into_response()
+}
+
+async fn get_info(State(inner): State<Arc<Inner>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(answer) = inner.gate(&headers, &id).await {
+        return answer;
+    }
+    if inner.sink.as_ref().is_some_and(|s| !s.exists(&id)) {
+        return status_response(410);
+    }
+    let now = wsfan_shared::clock::now_millis();
+    let at = serde_json::Value::String(format_time(now));
+    axum::Json(serde_json::json!({
+        "connectedAt": at,
+        "lastActiveAt": at,
+        "identity": {"sourceIp": "127.0.0.1", "userAgent": "wsfan-local"},
+    }))
+    .into_response()
+}
+
+async fn delete_connection(State(inner): State<Arc<Inner>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(answer) = inner.gate(&headers, &id).await {
+        return answer;
+    }
+    if inner.sink.as_ref().is_some_and(|s| !s.close(&id)) {
+        return status_response(410);
+    }
+    inner.deleted.lock().unwrap().push(id);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn post_staged(
+    state: State<Arc<Inner>>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    post_data(state, Path(id), headers, body).await
+}
+
+async fn get_staged(state: State<Arc<Inner>>, Path((_, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    get_info(state, Path(id), headers).await
+}
+
+async fn delete_staged(
+    state: State<Arc<Inner>>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    delete_connection(state, Path(id), headers).await
+}
+
+/// ISO 8601 in UTC, as the Management API returns timestamps.
+fn format_time(millis: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(millis.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_iso_times() {
+        assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::format_time(1_795_305_600_000), "2026-11-22T00:00:00Z");
+    }
+}

@@ -1,0 +1,396 @@
+//! The broadcaster: the one way anything in wsfan posts to `@connections`.
+//!
+//! One SDK client (connections kept alive), many posts in flight on one runtime, jittered
+//! exponential backoff on throttling and 5xx under a total deadline, and a 410 deletes the
+//! *recipient* that is gone (its connection item and memberships). Counters go out as CloudWatch
+//! Embedded Metric Format.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use aws_sdk_apigatewaymanagement::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use aws_sdk_apigatewaymanagement::Client;
+use futures::stream::{self, StreamExt};
+
+use crate::config::ConfigError;
+use crate::store::Store;
+
+/// API Gateway's limit for one message posted to a connection.
+pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BroadcastConfig {
+    /// `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
+    pub endpoint: String,
+    /// Posts in flight at once.
+    pub concurrency: usize,
+    /// Total time one recipient may take, retries included.
+    pub deadline: Duration,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Time limit of one attempt.
+    pub attempt_timeout: Duration,
+}
+
+impl BroadcastConfig {
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        BroadcastConfig {
+            endpoint: endpoint.into(),
+            concurrency: 64,
+            deadline: Duration::from_secs(20),
+            first_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(crate::config::from_process_env)
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let endpoint = lookup("CONNECTIONS_ENDPOINT")
+            .filter(|e| !e.trim().is_empty())
+            .ok_or(ConfigError::Missing("CONNECTIONS_ENDPOINT"))?;
+        let mut config = BroadcastConfig::new(endpoint.trim_end_matches('/'));
+        let number = |name: &'static str| -> Result<Option<u64>, ConfigError> {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(ConfigError::Invalid {
+                            name,
+                            why: format!("{v:?} is not a positive whole number"),
+                        })
+                })
+                .transpose()
+        };
+        if let Some(c) = number("FANOUT_CONCURRENCY")? {
+            config.concurrency = c as usize;
+        }
+        if let Some(ms) = number("FANOUT_DEADLINE_MS")? {
+            config.deadline = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+/// The @connections endpoint for a request that arrived on `domain_name` / `stage`.
+///
+/// With a custom domain, `requestContext.domainName` is the custom domain, whose base path
+/// mapping need not be the stage name, so posting there fails (simple-websockets-chat-app #40,
+/// #51). The execute-api domain always works, so build that one from the API id.
+pub fn callback_endpoint(domain_name: &str, stage: &str, api_id: &str, region: &str) -> String {
+    if domain_name.ends_with(".amazonaws.com") || api_id.is_empty() {
+        format!("https://{domain_name}/{stage}")
+    } else {
+        format!("https://{api_id}.execute-api.{region}.amazonaws.com/{stage}")
+    }
+}
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// 410: the connection is gone and has been cleaned up.
+    Gone,
+    /// Not delivered: retries ran out, or the error is not worth retrying.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub delivered: u64,
+    pub gone: u64,
+    pub retried: u64,
+    pub failed: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.delivered += other.delivered;
+        self.gone += other.gone;
+        self.retried += other.retried;
+        self.failed += other.failed;
+    }
+
+    /// One CloudWatch Embedded Metric Format document.
+    pub fn emf(&self, function: &str) -> String {
+        serde_json::json!({
+            "_aws": {
+                "Timestamp": crate::clock::now_millis(),
+                "CloudWatchMetrics": [{
+                    "Namespace": "wsfan",
+                    "Dimensions": [["Function"]],
+                    "Metrics": [
+                        {"Name": "Delivered", "Unit": "Count"},
+                        {"Name": "Gone", "Unit": "Count"},
+                        {"Name": "Retried", "Unit": "Count"},
+                        {"Name": "Failed", "Unit": "Count"},
+                    ],
+                }],
+            },
+            "Function": function,
+            "Delivered": self.delivered,
+            "Gone": self.gone,
+            "Retried": self.retried,
+            "Failed": self.failed,
+        })
+        .to_string()
+    }
+
+    /// EMF must be a log line of its own, so it bypasses the tracing formatter.
+    pub fn log_emf(&self, function: &str) {
+        println!("{}", self.emf(function));
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub outcomes: Vec<(String, Delivery)>,
+    pub counters: Counters,
+}
+
+impl Report {
+    pub fn undelivered(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.outcomes.iter().filter_map(|(id, d)| match d {
+            Delivery::Failed(why) => Some((id.as_str(), why.as_str())),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("payload is {0} bytes; @connections accepts at most {MAX_PAYLOAD_BYTES}")]
+    PayloadTooLarge(usize),
+}
+
+/// What fanout handlers need from a broadcaster; tests may substitute their own.
+pub trait Deliver: Send + Sync {
+    fn deliver(
+        &self,
+        recipients: Vec<String>,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Report, BroadcastError>> + Send;
+}
+
+/// Cleans up after a recipient that answered 410 Gone.
+pub trait GoneCleanup: Send + Sync {
+    fn connection_gone(&self, connection_id: &str) -> impl Future<Output = ()> + Send;
+}
+
+impl<S: Store> GoneCleanup for S {
+    async fn connection_gone(&self, connection_id: &str) {
+        match self.disconnect(connection_id).await {
+            Ok(c) => tracing::info!(
+                connection = connection_id,
+                memberships = c.memberships_removed,
+                "removed gone connection"
+            ),
+            Err(e) => {
+                tracing::warn!(connection = connection_id, error = %e, "could not remove gone connection; TTL will")
+            }
+        }
+    }
+}
+
+pub struct Broadcaster<G> {
+    client: Client,
+    config: BroadcastConfig,
+    gone: G,
+}
+
+enum Attempt {
+    Done(Delivery),
+    Retry(String),
+}
+
+impl<G: GoneCleanup> Broadcaster<G> {
+    /// Builds the one client all posts share. The SDK's own retries are off: this type retries,
+    /// so it can count retries and honour one deadline per recipient.
+    pub fn new(sdk: &aws_config::SdkConfig, config: BroadcastConfig, gone: G) -> Self {
+        let client_config = aws_sdk_apigatewaymanagement::config::Builder::from(sdk)
+            .endpoint_url(&config.endpoint)
+            .retry_config(aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_apigatewaymanagement::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(config.attempt_timeout)
+                    .build(),
+            )
+            .build();
+        Broadcaster {
+            client: Client::from_conf(client_config),
+            config,
+            gone,
+        }
+    }
+
+    pub fn config(&self) -> &BroadcastConfig {
+        &self.config
+    }
+
+    async fn attempt(&self, connection_id: &str, payload: &[u8]) -> Attempt {
+        let result = self
+            .client
+            .post_to_connection()
+            .connection_id(connection_id)
+            .data(Blob::new(payload))
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Attempt::Done(Delivery::Delivered),
+            Err(e) => e,
+        };
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        match &err {
+            SdkError::ServiceError(service) => match service.err() {
+                PostToConnectionError::GoneException(_) => Attempt::Done(Delivery::Gone),
+                PostToConnectionError::LimitExceededException(_) => Attempt::Retry("throttled (429)".into()),
+                PostToConnectionError::PayloadTooLargeException(_) | PostToConnectionError::ForbiddenException(_) => {
+                    Attempt::Done(Delivery::Failed(describe(&err)))
+                }
+                _ if status == Some(410) => Attempt::Done(Delivery::Gone),
+                _ if status == Some(429) || status.is_some_and(|s| s >= 500) => Attempt::Retry(describe(&err)),
+                _ => Attempt::Done(Delivery::Failed(describe(&err))),
+            },
+            // Timeouts, dropped connections, and unparseable responses are transient.
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                Attempt::Retry(describe(&err))
+            }
+            _ => Attempt::Done(Delivery::Failed(describe(&err))),
+        }
+    }
+
+    /// Posts to one connection, retrying throttling and 5xx until the deadline.
+    pub async fn post(&self, connection_id: &str, payload: &[u8]) -> (Delivery, u64) {
+        let started = Instant::now();
+        let mut backoff = self.config.first_backoff;
+        let mut retries = 0;
+        loop {
+            let why = match self.attempt(connection_id, payload).await {
+                Attempt::Done(Delivery::Gone) => {
+                    self.gone.connection_gone(connection_id).await;
+                    return (Delivery::Gone, retries);
+                }
+                Attempt::Done(d) => return (d, retries),
+                Attempt::Retry(why) => why,
+            };
+            // Full jitter: sleep a random time up to the current backoff.
+            let sleep = backoff.mul_f64(fastrand::f64());
+            if started.elapsed() + sleep >= self.config.deadline {
+                return (
+                    Delivery::Failed(format!("gave up after {retries} retries: {why}")),
+                    retries,
+                );
+            }
+            tokio::time::sleep(sleep).await;
+            retries += 1;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+}
+
+type PostError = SdkError<PostToConnectionError, aws_sdk_apigatewaymanagement::config::http::HttpResponse>;
+
+fn describe(err: &PostError) -> String {
+    let status = err
+        .raw_response()
+        .map(|r| format!("HTTP {} ", r.status().as_u16()))
+        .unwrap_or_default();
+    match err.code() {
+        Some(code) => format!("{status}{code}: {}", err.message().unwrap_or("")),
+        None => format!(
+            "{status}{}",
+            aws_sdk_apigatewaymanagement::error::DisplayErrorContext(err)
+        ),
+    }
+}
+
+impl<G: GoneCleanup> Deliver for Broadcaster<G> {
+    async fn deliver(&self, recipients: Vec<String>, payload: &[u8]) -> Result<Report, BroadcastError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(BroadcastError::PayloadTooLarge(payload.len()));
+        }
+        let outcomes: Vec<(String, Delivery, u64)> = stream::iter(recipients)
+            .map(|id| async move {
+                let (delivery, retries) = self.post(&id, payload).await;
+                (id, delivery, retries)
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        let mut report = Report::default();
+        for (id, delivery, retries) in outcomes {
+            report.counters.retried += retries;
+            match &delivery {
+                Delivery::Delivered => report.counters.delivered += 1,
+                Delivery::Gone => report.counters.gone += 1,
+                Delivery::Failed(why) => {
+                    report.counters.failed += 1;
+                    tracing::warn!(connection = %id, reason = %why, "not delivered");
+                }
+            }
+            report.outcomes.push((id, delivery));
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_endpoint_survives_custom_domains() {
+        assert_eq!(
+            callback_endpoint("abc.execute-api.eu-west-1.amazonaws.com", "prod", "abc", "eu-west-1"),
+            "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
+        );
+        assert_eq!(
+            callback_endpoint("chat.example.com", "prod", "abc", "eu-west-1"),
+            "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
+        );
+    }
+
+    #[test]
+    fn config_reads_endpoint_and_limits() {
+        let vars = |k: &str| match k {
+            "CONNECTIONS_ENDPOINT" => Some("http://127.0.0.1:3001/prod/".to_owned()),
+            "FANOUT_CONCURRENCY" => Some("8".to_owned()),
+            "FANOUT_DEADLINE_MS" => Some("1500".to_owned()),
+            _ => None,
+        };
+        let c = BroadcastConfig::from_lookup(vars).unwrap();
+        assert_eq!(c.endpoint, "http://127.0.0.1:3001/prod");
+        assert_eq!(c.concurrency, 8);
+        assert_eq!(c.deadline, Duration::from_millis(1500));
+        assert!(BroadcastConfig::from_lookup(|_| None).is_err());
+        assert!(BroadcastConfig::from_lookup(|k| (k == "CONNECTIONS_ENDPOINT")
+            .then(|| "x".to_owned())
+            .or_else(|| (k == "FANOUT_CONCURRENCY").then(|| "0".to_owned())))
+        .is_err());
+    }
+
+    #[test]
+    fn emf_is_one_document_with_every_counter() {
+        let c = Counters {
+            delivered: 3,
+            gone: 1,
+            retried: 2,
+            failed: 0,
+        };
+        let v: serde_json::Value = serde_json::from_str(&c.emf("stream-fanout")).unwrap();
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "wsfan");
+        assert_eq!(v["Delivered"], 3);
+        assert_eq!(v["Gone"], 1);
+        assert_eq!(v["Retried"], 2);
+        assert_eq!(v["Failed"], 0);
+        assert_eq!(v["Function"], "stream-fanout");
+    }
+}

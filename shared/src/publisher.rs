@@ -1,0 +1,126 @@
+//! Producers for backends and document processors, which need no WebSocket of their own.
+//!
+//! [`ChannelPublisher`] writes a message item to any channel (the stream fanout does the rest);
+//! [`ProgressPublisher`] validates progress events and sends them to the progress queue.
+
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use crate::channel::ChannelId;
+use crate::config::Retention;
+use crate::model::{Message, MessageKind};
+use crate::progress::{InvalidProgress, ProgressEvent};
+use crate::store::{PostOutcome, Store, StoreError};
+
+/// SQS takes at most ten messages per batch.
+const SQS_BATCH: usize = 10;
+
+pub struct ChannelPublisher<S> {
+    store: S,
+    retention: Retention,
+}
+
+impl<S: Store> ChannelPublisher<S> {
+    pub fn new(store: S, retention: Retention) -> Self {
+        ChannelPublisher { store, retention }
+    }
+
+    /// Posts `body` to `channel` as `sender_id`. With a `client_msg_id`, a retried publish is
+    /// stored once, exactly as a client's retried send.
+    pub async fn publish(
+        &self,
+        channel: &ChannelId,
+        body: &str,
+        sender_id: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<PostOutcome, StoreError> {
+        let now = crate::clock::now_millis();
+        let message = Message {
+            kind: MessageKind::Message,
+            channel: channel.clone(),
+            message_id: ulid::Ulid::generate().to_string(),
+            sender_id: sender_id.to_owned(),
+            body: Some(body.to_owned()),
+            client_msg_id: client_msg_id.map(str::to_owned),
+            target_id: None,
+            emoji: None,
+            sent_at: now,
+            expires_at: now / 1000 + self.retention.message_secs,
+        };
+        self.store.post(&message, None).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidProgress),
+    #[error("SQS: {0}")]
+    Queue(String),
+    #[error("SQS refused {count} of the events: {reasons}")]
+    Refused { count: usize, reasons: String },
+}
+
+pub struct ProgressPublisher {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl ProgressPublisher {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        ProgressPublisher {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    fn is_fifo(&self) -> bool {
+        self.queue_url.ends_with(".fifo")
+    }
+
+    /// Validates every event first (nothing is sent if one is invalid), then sends them in
+    /// batches of ten. On a FIFO queue each document is its own message group, so one
+    /// document's events stay in order while different documents flow in parallel.
+    pub async fn send(&self, events: &[ProgressEvent]) -> Result<(), PublishError> {
+        for event in events {
+            event.validate()?;
+        }
+        for chunk in events.chunks(SQS_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, event)| {
+                    let mut entry = SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(serde_json::to_string(event).expect("progress events serialise"));
+                    if self.is_fifo() {
+                        entry = entry
+                            .message_group_id(&event.doc_id)
+                            .message_deduplication_id(ulid::Ulid::generate().to_string());
+                    }
+                    entry.build().expect("entry has id and body")
+                })
+                .collect();
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| PublishError::Queue(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
+            if !out.failed.is_empty() {
+                let reasons = out
+                    .failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.code, f.message.as_deref().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(PublishError::Refused {
+                    count: out.failed.len(),
+                    reasons,
+                });
+            }
+        }
+        Ok(())
+    }
+}

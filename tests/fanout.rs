@@ -1,0 +1,767 @@
+//! The fanout: the broadcaster, stream-fanout and progress-fanout, against moto (table, stream,
+//! queues) and our @connections server, plus the producers backends use.
+
+use std::time::Duration;
+
+use aws_lambda_events::dynamodb::Event as DynamoDbEvent;
+use aws_lambda_events::sqs::SqsEvent;
+use harness::{fixture, fixtures_of, n, s, Rig, TestQueue};
+use serde_json::{json, Value};
+use wsfan_shared::access::Role;
+use wsfan_shared::broadcaster::{BroadcastError, Deliver, Delivery, MAX_PAYLOAD_BYTES};
+use wsfan_shared::channel::ChannelId;
+use wsfan_shared::config::Retention;
+use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
+use wsfan_shared::progress::ProgressEvent;
+use wsfan_shared::publisher::{ChannelPublisher, ProgressPublisher};
+use wsfan_shared::store::Store;
+
+// ---------- helpers ----------
+
+async fn connect(rig: &Rig, connection: &str, user: Option<&str>) {
+    let now = wsfan_shared::clock::now_millis();
+    let c = Connection {
+        connection_id: connection.into(),
+        user_id: user.map(Into::into),
+        role: Role::Member,
+        channels: vec!["*".into()],
+        connected_at: now,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now / 1000 + 3600,
+    };
+    rig.table.store.connect(&c).await.unwrap();
+}
+
+async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
+    let m = Membership {
+        channel: channel.parse().unwrap(),
+        connection_id: connection.into(),
+        user_id: user.map(Into::into),
+        role: Role::Member,
+        joined_at: wsfan_shared::clock::now_millis(),
+        expires_at: wsfan_shared::clock::now_secs() + 3600,
+    };
+    rig.table.store.join(&m).await.unwrap();
+}
+
+async fn member(rig: &Rig, connection: &str, user: &str, channel: &str) {
+    connect(rig, connection, Some(user)).await;
+    join(rig, connection, Some(user), channel).await;
+}
+
+fn chat(channel: &str, sender: &str, body: &str) -> Message {
+    let now = wsfan_shared::clock::now_millis();
+    Message {
+        kind: MessageKind::Message,
+        channel: channel.parse().unwrap(),
+        message_id: ulid::Ulid::generate().to_string(),
+        sender_id: sender.into(),
+        body: Some(body.into()),
+        client_msg_id: None,
+        target_id: None,
+        emoji: None,
+        sent_at: now,
+        expires_at: now / 1000 + 3600,
+    }
+}
+
+fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    frames.iter().filter(|f| f["type"] == kind).collect()
+}
+
+fn failures(r: &aws_lambda_events::streams::DynamoDbEventResponse) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .batch_item_failures
+        .iter()
+        .filter_map(|f| f.item_identifier.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+fn sqs_failures(r: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------- stream-fanout over the real stream ----------
+
+#[tokio::test]
+async fn a_message_reaches_every_member_of_its_channel_and_no_one_else() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    member(&rig, "a2", "alice", "workspace:42").await; // alice's second tab
+    member(&rig, "b1", "bob", "workspace:42").await;
+    member(&rig, "c1", "carol", "workspace:7").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    let message = chat("workspace:42", "alice", "hello");
+    rig.table.store.post(&message, Some("a1")).await.unwrap();
+    let response = rig.run_stream_fanout().await;
+    assert!(response.batch_item_failures.is_empty());
+
+    for connection in ["a1", "a2", "b1"] {
+        let frames = rig.frames(connection);
+        assert_eq!(frames.len(), 1, "{connection}: {frames:?}");
+        assert_eq!(frames[0]["type"], "message");
+        assert_eq!(frames[0]["body"], "hello");
+        assert_eq!(frames[0]["channel"], "workspace:42");
+        assert_eq!(frames[0]["messageId"], message.message_id.as_str());
+        assert_eq!(frames[0]["senderId"], "alice");
+    }
+    assert!(rig.frames("c1").is_empty(), "carol is not in workspace:42");
+    assert_eq!(rig.server.recipients(), vec!["a1", "a2", "b1"]);
+}
+
+#[tokio::test]
+async fn presence_counts_users_not_tabs() {
+    let mut rig = Rig::new().await;
+    member(&rig, "b1", "bob", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    // Alice opens two tabs: one join.
+    member(&rig, "a1", "alice", "workspace:42").await;
+    member(&rig, "a2", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    let joins = of_type(&rig.frames("b1"), "presence")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(
+        joins,
+        vec![json!({"type": "presence", "channel": "workspace:42", "userId": "alice", "state": "join"})]
+    );
+
+    // Closing one tab announces nothing; closing the last announces the leave.
+    rig.server.reset();
+    rig.table.store.disconnect("a1").await.unwrap();
+    rig.run_stream_fanout().await;
+    assert!(of_type(&rig.frames("b1"), "presence").is_empty());
+    rig.table.store.disconnect("a2").await.unwrap();
+    rig.run_stream_fanout().await;
+    let leaves = rig.frames("b1");
+    assert_eq!(
+        leaves,
+        vec![json!({"type": "presence", "channel": "workspace:42", "userId": "alice", "state": "leave"})]
+    );
+}
+
+#[tokio::test]
+async fn a_gone_recipient_is_deleted_with_its_memberships_and_only_that_one() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    member(&rig, "b1", "bob", "workspace:42").await;
+    join(&rig, "b1", Some("bob"), "doc:report-1").await;
+    member(&rig, "c1", "carol", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    rig.server.gone("b1");
+
+    // Alice (the sender) posts; bob's connection is the stale one.
+    rig.table
+        .store
+        .post(&chat("workspace:42", "alice", "anyone there?"), Some("a1"))
+        .await
+        .unwrap();
+    let response = rig.run_stream_fanout().await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "a 410 is handled, not a failure"
+    );
+
+    assert!(
+        rig.table.store.connection("b1").await.unwrap().is_none(),
+        "bob's connection item is gone"
+    );
+    assert!(
+        rig.table.store.memberships_of("b1").await.unwrap().is_empty(),
+        "and every membership"
+    );
+    for alive in ["a1", "c1"] {
+        assert!(
+            rig.table.store.connection(alive).await.unwrap().is_some(),
+            "{alive} stays"
+        );
+        assert_eq!(rig.frames(alive).len(), 1, "{alive} got the message");
+    }
+    assert_eq!(
+        rig.table
+            .store
+            .members(&"workspace:42".parse().unwrap())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_until_delivered() {
+    let rig = Rig::new().await;
+    rig.server.fail("b1", 429, Some(3));
+    rig.server.fail("c1", 500, Some(2));
+    let report = rig
+        .broadcaster
+        .deliver(
+            vec!["a1".into(), "b1".into(), "c1".into()],
+            b"{\"type\":\"pong\",\"at\":1}",
+        )
+        .await
+        .unwrap();
+    for id in ["a1", "b1", "c1"] {
+        assert_eq!(rig.server.received(id).len(), 1, "{id} got exactly one copy");
+    }
+    assert!(
+        report.outcomes.iter().all(|(_, d)| *d == Delivery::Delivered),
+        "{report:?}"
+    );
+    assert_eq!(report.counters.delivered, 3);
+    assert_eq!(report.counters.retried, 5);
+    assert_eq!(report.counters.failed, 0);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_deadline_and_count_the_failure() {
+    let rig = Rig::new().await;
+    let mut config = rig.broadcaster.config().clone();
+    config.deadline = Duration::from_millis(300);
+    let sdk = harness::Moto::shared().sdk_config().await;
+    let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone());
+    rig.server.fail("stuck", 500, None);
+    let report = broadcaster
+        .deliver(vec!["stuck".into(), "fine".into()], b"{}")
+        .await
+        .unwrap();
+    assert_eq!(report.counters.failed, 1);
+    assert_eq!(report.counters.delivered, 1);
+    assert!(report.counters.retried > 0);
+    let failed: Vec<_> = report.undelivered().collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "stuck");
+    assert!(failed[0].1.contains("500"), "{}", failed[0].1);
+}
+
+#[tokio::test]
+async fn payloads_over_the_limit_are_refused_before_any_call() {
+    let rig = Rig::new().await;
+    let big = vec![b'x'; MAX_PAYLOAD_BYTES + 1];
+    let err = rig.broadcaster.deliver(vec!["a1".into()], &big).await.unwrap_err();
+    assert_eq!(err, BroadcastError::PayloadTooLarge(MAX_PAYLOAD_BYTES + 1));
+    assert_eq!(
+        rig.server.stats().requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Exactly at the limit is fine.
+    let report = rig.broadcaster.deliver(vec!["a1".into()], &big[1..]).await.unwrap();
+    assert_eq!(report.counters.delivered, 1);
+}
+
+#[tokio::test]
+async fn the_broadcaster_signs_its_requests_and_survives_a_stage_less_endpoint() {
+    let rig = Rig::new().await;
+    let sdk = harness::Moto::shared().sdk_config().await;
+    let config = wsfan_shared::broadcaster::BroadcastConfig::new(format!("http://{}", rig.server.addr()));
+    let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone());
+    let report = broadcaster.deliver(vec!["x1".into()], b"hi").await.unwrap();
+    assert_eq!(report.counters.delivered, 1);
+    assert_eq!(rig.server.received("x1"), vec!["hi"]);
+    assert_eq!(
+        rig.server.stats().unsigned.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test]
+async fn batch_item_failures_list_exactly_the_failed_records() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    member(&rig, "d1", "dave", "workspace:13").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    let response = stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture::<DynamoDbEvent>("stream-fanout/mixed-batch-with-poison"),
+    )
+    .await;
+    // The poison record (200) and the later record of its channel (300), which must wait
+    // behind it to keep the channel in order. Nothing of workspace:42.
+    assert_eq!(failures(&response), vec!["200", "300"]);
+    let bodies: Vec<Value> = rig.frames("a1").iter().map(|f| f["body"].clone()).collect();
+    assert_eq!(bodies, vec![json!("first"), json!("second")], "workspace:42 in order");
+    assert!(rig.frames("d1").is_empty());
+}
+
+#[tokio::test]
+async fn records_of_one_channel_keep_their_order() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    member(&rig, "b1", "bob", "workspace:9").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    rig.server.set_latency(Duration::from_millis(2));
+    for i in 0..20 {
+        let channel = if i % 2 == 0 { "workspace:42" } else { "workspace:9" };
+        rig.table
+            .store
+            .post(&chat(channel, "x", &format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    let got = |c: &str| {
+        rig.frames(c)
+            .iter()
+            .map(|f| f["body"].as_str().unwrap().parse::<u32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(got("a1"), (0..20).step_by(2).collect::<Vec<_>>());
+    assert_eq!(got("b1"), (1..20).step_by(2).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
+    let rig = Rig::new().await;
+    let channel: ChannelId = "workspace:big".parse().unwrap();
+    // Batch-write memberships directly: the point is the paginated read, not 10,000 joins.
+    let items: Vec<_> = (0..10_000)
+        .map(|i| {
+            let m = Membership {
+                channel: channel.clone(),
+                connection_id: format!("conn-{i:05}"),
+                user_id: Some(format!("user-{i}")),
+                role: Role::Member,
+                joined_at: 1,
+                expires_at: 2_000_000_000,
+            };
+            wsfan_shared::store::to_item(m.key(), &m).unwrap()
+        })
+        .collect();
+    for chunk in items.chunks(25) {
+        let requests = chunk
+            .iter()
+            .map(|item| {
+                aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(
+                        aws_sdk_dynamodb::types::PutRequest::builder()
+                            .set_item(Some(item.clone()))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+            })
+            .collect();
+        rig.table
+            .client
+            .batch_write_item()
+            .request_items(&rig.table.name, requests)
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut members = rig.table.store.members(&channel).await.unwrap();
+    members.sort();
+    assert_eq!(members.len(), 10_000);
+    assert_eq!(members[0], "conn-00000");
+    assert_eq!(members[9_999], "conn-09999");
+}
+
+// ---------- stream-fanout fixtures ----------
+
+async fn run_stream_fixture(rig: &Rig, name: &str) -> aws_lambda_events::streams::DynamoDbEventResponse {
+    stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture(&format!("stream-fanout/{name}")),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn stream_fixtures_push_what_they_describe() {
+    let mut rig = Rig::new().await;
+    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
+    member(&rig, "C4rolConn000AA=", "carol", "workspace:42").await;
+    rig.run_stream_fanout().await;
+
+    let cases: [(&str, Option<Value>); 7] = [
+        (
+            "message-insert",
+            Some(
+                json!({"type": "message", "channel": "workspace:42", "messageId": "01JDB2X5Q0E7M3V9K4T8N6R2WA",
+                "senderId": "alice", "body": "Hello, team!", "clientMsgId": "c-7f3a", "sentAt": 1795305605000_i64}),
+            ),
+        ),
+        (
+            "reaction-insert",
+            Some(
+                json!({"type": "reaction", "channel": "workspace:42", "messageId": "01JDB2X6A1B2C3D4E5F6G7H8J9",
+                "senderId": "alice", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "emoji": "👍", "sentAt": 1795305605000_i64}),
+            ),
+        ),
+        (
+            "typing-insert",
+            Some(
+                json!({"type": "typing", "channel": "workspace:42", "messageId": "01JDB2X7K8M9N0P1Q2R3S4T5V6",
+                "senderId": "alice", "sentAt": 1795305605000_i64}),
+            ),
+        ),
+        (
+            "presence-join",
+            Some(json!({"type": "presence", "channel": "workspace:42", "userId": "bob", "state": "join"})),
+        ),
+        (
+            "presence-leave",
+            Some(json!({"type": "presence", "channel": "workspace:42", "userId": "bob", "state": "leave"})),
+        ),
+        (
+            "presence-ttl-remove",
+            Some(json!({"type": "presence", "channel": "workspace:42", "userId": "bob", "state": "leave"})),
+        ),
+        // A membership record is not presence by itself (the presence item is): nothing is sent.
+        ("membership-insert", None),
+    ];
+    for (name, expected) in cases {
+        rig.server.reset();
+        let response = run_stream_fixture(&rig, name).await;
+        assert!(response.batch_item_failures.is_empty(), "{name}");
+        for connection in ["A1iceConn000AA=", "C4rolConn000AA="] {
+            let frames = rig.frames(connection);
+            match &expected {
+                Some(frame) => assert_eq!(frames, vec![frame.clone()], "{name} to {connection}"),
+                None => assert!(frames.is_empty(), "{name} sends nothing: {frames:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_fanout_fixture_is_run_by_a_test_here() {
+    let source = include_str!("fanout.rs");
+    for function in ["stream-fanout", "progress-fanout"] {
+        for path in fixtures_of(function) {
+            let name = path.rsplit('/').next().unwrap();
+            assert!(
+                source.contains(&format!("\"{name}\"")) || source.contains(&format!("\"{path}\"")),
+                "{path}.json is not run by tests/fanout.rs"
+            );
+        }
+    }
+}
+
+// ---------- progress-fanout ----------
+
+#[tokio::test]
+async fn progress_reaches_doc_subscribers_and_the_snapshot_never_moves_back() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:report-1").await;
+    member(&rig, "o1", "olga", "doc:other").await;
+    let queue = TestQueue::new(false, 3).await;
+    let publisher = ProgressPublisher::new(queue.client.clone(), &queue.url);
+
+    publisher
+        .send(&[
+            ProgressEvent::started("report-1", Some(100)),
+            ProgressEvent::progress("report-1", 50, 100),
+        ])
+        .await
+        .unwrap();
+    let (event, messages) = queue.receive_event().await;
+    assert_eq!(event.records.len(), 2);
+    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    assert!(response.batch_item_failures.is_empty());
+    queue.settle(&messages, &[]).await;
+
+    // A late event (30 after 50) and a duplicate (50 again) change nothing and reach nobody.
+    publisher
+        .send(&[ProgressEvent::progress("report-1", 30, 100)])
+        .await
+        .unwrap();
+    let (event, messages) = queue.receive_event().await;
+    progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    queue.settle(&messages, &[]).await;
+    publisher
+        .send(&[ProgressEvent::progress("report-1", 50, 100)])
+        .await
+        .unwrap();
+    let (event, _) = queue.receive_event().await;
+    progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+
+    let frames = rig.frames("s1");
+    assert_eq!(
+        frames,
+        vec![
+            json!({"type": "processing_started", "docId": "report-1", "totalPages": 100}),
+            json!({"type": "progress", "docId": "report-1", "pagesProcessed": 50, "totalPages": 100}),
+        ]
+    );
+    assert!(rig.frames("o1").is_empty());
+    let snapshot = rig.table.store.progress("report-1").await.unwrap().unwrap();
+    assert_eq!(snapshot["pagesProcessed"], 50);
+    assert_eq!(snapshot["type"], "progress");
+    assert!(snapshot.get("position").is_none(), "internal ordering is not shown");
+}
+
+#[tokio::test]
+async fn a_malformed_message_fails_alone_and_ends_in_the_dlq() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:report-1").await;
+    let queue = TestQueue::new(false, 2).await;
+    let send = |body: &str| {
+        queue
+            .client
+            .send_message()
+            .queue_url(&queue.url)
+            .message_body(body)
+            .send()
+    };
+    send(r#"{"type":"progress","docId":"report-1","pagesProcessed":1,"totalPages":4}"#)
+        .await
+        .unwrap();
+    send("{not json").await.unwrap();
+    send(r#"{"type":"progress","docId":"report-1","pagesProcessed":2,"totalPages":4}"#)
+        .await
+        .unwrap();
+
+    let (event, messages) = queue.receive_event().await;
+    let poison_id = messages
+        .iter()
+        .find(|m| m.body.as_deref() == Some("{not json"))
+        .unwrap()
+        .message_id
+        .clone()
+        .unwrap();
+    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    let failed = sqs_failures(&response);
+    assert_eq!(failed, vec![poison_id.clone()], "only the malformed message");
+    assert_eq!(rig.frames("s1").len(), 2, "the rest of the batch was delivered");
+    queue.settle(&messages, &failed).await;
+
+    // Lambda keeps failing it; after maxReceiveCount the redrive policy moves it to the DLQ.
+    for _ in 0..3 {
+        let (event, messages) = queue.receive_event().await;
+        if messages.is_empty() {
+            break;
+        }
+        let failed = sqs_failures(&progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await);
+        assert_eq!(failed, vec![poison_id.clone()]);
+        queue.settle(&messages, &failed).await;
+    }
+    let dlq = queue
+        .client
+        .receive_message()
+        .queue_url(&queue.dlq_url)
+        .send()
+        .await
+        .unwrap();
+    let dead = dlq.messages.unwrap_or_default();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body.as_deref(), Some("{not json"));
+    assert_eq!(queue.count(&queue.url).await, 0, "nothing left retrying");
+}
+
+#[tokio::test]
+async fn a_fifo_queue_keeps_each_documents_events_in_order() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:report-1").await;
+    member(&rig, "s2", "sue", "doc:report-9").await;
+    let queue = TestQueue::new(true, 3).await;
+    let publisher = ProgressPublisher::new(queue.client.clone(), &queue.url);
+    let events: Vec<ProgressEvent> = (1..=4)
+        .flat_map(|i| {
+            [
+                ProgressEvent::progress("report-1", i, 4),
+                ProgressEvent::progress("report-9", i, 4),
+            ]
+        })
+        .collect();
+    publisher.send(&events).await.unwrap();
+    let (event, messages) = queue.receive_event().await;
+    assert_eq!(event.records.len(), 8);
+    assert!(event
+        .records
+        .iter()
+        .all(|r| r.attributes.contains_key("MessageGroupId")));
+    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    assert!(response.batch_item_failures.is_empty());
+    queue.settle(&messages, &[]).await;
+    for connection in ["s1", "s2"] {
+        let pages: Vec<i64> = rig
+            .frames(connection)
+            .iter()
+            .map(|f| f["pagesProcessed"].as_i64().unwrap())
+            .collect();
+        assert_eq!(pages, vec![1, 2, 3, 4], "{connection}");
+    }
+}
+
+#[tokio::test]
+async fn progress_fixtures_push_and_fail_what_they_should() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:report-1").await;
+    member(&rig, "s3", "sid", "doc:report-3").await;
+
+    let response = progress_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture::<SqsEvent>("progress-fanout/progress-batch"),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty());
+    let kinds: Vec<Value> = rig.frames("s1").iter().map(|f| f["type"].clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            json!("processing_started"),
+            json!("progress"),
+            json!("processing_complete")
+        ]
+    );
+    assert_eq!(
+        rig.table.store.progress("report-1").await.unwrap().unwrap()["type"],
+        "processing_complete"
+    );
+
+    // After completion, the FIFO batch's events are all late: nothing moves, nobody is told.
+    rig.server.reset();
+    let response = progress_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture::<SqsEvent>("progress-fanout/fifo-batch"),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(rig.frames("s1").is_empty());
+
+    let response = progress_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture::<SqsEvent>("progress-fanout/malformed-body"),
+    )
+    .await;
+    assert_eq!(
+        sqs_failures(&response),
+        vec![
+            "9e8d7c6b-0002-4a5b-8c9d-000000000002",
+            "9e8d7c6b-0003-4a5b-8c9d-000000000003"
+        ]
+    );
+    assert_eq!(
+        rig.frames("s3"),
+        vec![json!({"type": "progress", "docId": "report-3", "pagesProcessed": 1, "totalPages": 10})]
+    );
+}
+
+#[tokio::test]
+async fn the_fifo_fixture_applies_in_order_on_a_fresh_document() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:report-1").await;
+    let response = progress_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture::<SqsEvent>("progress-fanout/fifo-batch"),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty());
+    let frames = rig.frames("s1");
+    let kinds: Vec<(&str, i64)> = frames
+        .iter()
+        .map(|f| (f["type"].as_str().unwrap(), f["pagesProcessed"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("progress", 10), ("error", 10), ("progress", 20)]);
+    assert_eq!(frames[1]["recoverable"], true);
+}
+
+// ---------- producers ----------
+
+#[tokio::test]
+async fn a_backend_notifies_one_user_on_every_device_with_one_write() {
+    let mut rig = Rig::new().await;
+    connect(&rig, "phone", Some("alice")).await;
+    connect(&rig, "laptop", Some("alice")).await;
+    connect(&rig, "other", Some("bob")).await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    let publisher = ChannelPublisher::new(rig.table.store.clone(), Retention::default());
+    let channel = ChannelId::user("alice").unwrap();
+    let first = publisher
+        .publish(&channel, "Your booking is confirmed", "bookings", Some("b-17"))
+        .await
+        .unwrap();
+    let again = publisher
+        .publish(&channel, "Your booking is confirmed", "bookings", Some("b-17"))
+        .await
+        .unwrap();
+    assert_eq!(first.message_id, again.message_id);
+    assert!(again.duplicate);
+    let item = rig
+        .table
+        .item("CHAN#user:alice", &format!("MSG#{}", first.message_id))
+        .await
+        .unwrap();
+    assert_eq!(s(&item, "senderId"), "bookings");
+    assert!(n(&item, "expiresAt") > 0);
+
+    rig.run_stream_fanout().await;
+    for device in ["phone", "laptop"] {
+        let frames = rig.frames(device);
+        assert_eq!(frames.len(), 1, "{device}: {frames:?}");
+        assert_eq!(frames[0]["body"], "Your booking is confirmed");
+    }
+    assert!(rig.frames("other").is_empty());
+}
+
+#[tokio::test]
+async fn the_progress_publisher_refuses_invalid_events_before_sending_any() {
+    let queue = TestQueue::new(false, 3).await;
+    let publisher = ProgressPublisher::new(queue.client.clone(), &queue.url);
+    let events = [
+        ProgressEvent::progress("report-1", 1, 10),
+        ProgressEvent::progress("report-1", 11, 10),
+    ];
+    assert!(publisher.send(&events).await.is_err());
+    assert_eq!(queue.count(&queue.url).await, 0);
+    // Batches of more than ten go out in several calls.
+    let many: Vec<_> = (1..=25).map(|i| ProgressEvent::progress("report-1", i, 25)).collect();
+    publisher.send(&many).await.unwrap();
+    let mut seen = 0;
+    loop {
+        let (event, messages) = queue.receive_event().await;
+        if messages.is_empty() {
+            break;
+        }
+        seen += event.records.len();
+        queue.settle(&messages, &[]).await;
+    }
+    assert_eq!(seen, 25);
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_one_send_store_one_message() {
+    let rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    let attempts = (0..5).map(|_| {
+        let mut m = chat("workspace:42", "alice", "once");
+        m.client_msg_id = Some("same".into());
+        m
+    });
+    let store = &rig.table.store;
+    let outcomes =
+        futures::future::join_all(attempts.map(|m| async move { store.post(&m, Some("a1")).await.unwrap() })).await;
+    let first = &outcomes[0].message_id;
+    assert!(outcomes.iter().all(|o| &o.message_id == first), "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+    let stored = rig.table.partition("CHAN#workspace:42").await;
+    assert_eq!(stored.iter().filter(|(sk, _)| sk.starts_with("MSG#")).count(), 1);
+}
