@@ -8,10 +8,43 @@ import argparse
 import logging
 import sys
 
+from moto.dynamodb.models import DynamoDBBackend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 
+def _transactions_emit_no_records_when_cancelled() -> None:
+    """Makes a cancelled TransactWriteItems behave as on DynamoDB: no stream records.
+
+    moto applies a transaction's writes one by one (each adding stream records) and, when one
+    fails, restores a deep copy of the table taken beforehand. That copy has a stream shard of
+    its own, so readers holding an iterator keep reading the old shard: they see records of
+    writes that never happened, and never see anything written after. Keep the original shard
+    object, trimmed back to what it held before the transaction.
+    """
+    original = DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self, transact_items):
+        shards = {
+            name: (table.stream_shard, len(table.stream_shard.items))
+            for name, table in self.tables.items()
+            if table.stream_shard is not None
+        }
+        try:
+            return original(self, transact_items)
+        except Exception:
+            for name, (shard, length) in shards.items():
+                table = self.tables.get(name)
+                if table is not None:
+                    del shard.items[length:]
+                    shard.table = table
+                    table.stream_shard = shard
+            raise
+
+    DynamoDBBackend.transact_write_items = transact_write_items
+
+
 def main() -> None:
+    _transactions_emit_no_records_when_cancelled()
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -234,7 +234,7 @@ async fn retries_stop_at_the_deadline_and_count_the_failure() {
     let rig = Rig::new().await;
     let mut config = rig.broadcaster.config().clone();
     config.deadline = Duration::from_millis(300);
-    let sdk = harness::Moto::shared().sdk_config().await;
+    let sdk = harness::moto::shared().sdk_config().await;
     let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone());
     rig.server.fail("stuck", 500, None);
     let report = broadcaster
@@ -268,7 +268,7 @@ async fn payloads_over_the_limit_are_refused_before_any_call() {
 #[tokio::test]
 async fn the_broadcaster_signs_its_requests_and_survives_a_stage_less_endpoint() {
     let rig = Rig::new().await;
-    let sdk = harness::Moto::shared().sdk_config().await;
+    let sdk = harness::moto::shared().sdk_config().await;
     let config = wsfan_shared::broadcaster::BroadcastConfig::new(format!("http://{}", rig.server.addr()));
     let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone());
     let report = broadcaster.deliver(vec!["x1".into()], b"hi").await.unwrap();
@@ -369,7 +369,15 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
             .await
             .unwrap();
     }
-    let mut members = rig.table.store.members(&channel).await.unwrap();
+    let mut members: Vec<String> = rig
+        .table
+        .store
+        .members(&channel)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.connection_id)
+        .collect();
     members.sort();
     assert_eq!(members.len(), 10_000);
     assert_eq!(members[0], "conn-00000");
@@ -469,33 +477,23 @@ async fn progress_reaches_doc_subscribers_and_the_snapshot_never_moves_back() {
     let queue = TestQueue::new(false, 3).await;
     let publisher = ProgressPublisher::new(queue.client.clone(), &queue.url);
 
-    publisher
-        .send(&[
-            ProgressEvent::started("report-1", Some(100)),
-            ProgressEvent::progress("report-1", 50, 100),
-        ])
-        .await
-        .unwrap();
-    let (event, messages) = queue.receive_event().await;
-    assert_eq!(event.records.len(), 2);
-    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
-    assert!(response.batch_item_failures.is_empty());
-    queue.settle(&messages, &[]).await;
-
+    // Through the queue and the handler, as Lambda's event source mapping would.
+    let deliver = async |events: &[ProgressEvent]| {
+        publisher.send(events).await.unwrap();
+        let (event, messages) = queue.receive_event().await;
+        assert_eq!(event.records.len(), events.len());
+        let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+        assert!(response.batch_item_failures.is_empty());
+        queue.settle(&messages, &[]).await;
+    };
+    deliver(&[
+        ProgressEvent::started("report-1", Some(100)),
+        ProgressEvent::progress("report-1", 50, 100),
+    ])
+    .await;
     // A late event (30 after 50) and a duplicate (50 again) change nothing and reach nobody.
-    publisher
-        .send(&[ProgressEvent::progress("report-1", 30, 100)])
-        .await
-        .unwrap();
-    let (event, messages) = queue.receive_event().await;
-    progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
-    queue.settle(&messages, &[]).await;
-    publisher
-        .send(&[ProgressEvent::progress("report-1", 50, 100)])
-        .await
-        .unwrap();
-    let (event, _) = queue.receive_event().await;
-    progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    deliver(&[ProgressEvent::progress("report-1", 30, 100)]).await;
+    deliver(&[ProgressEvent::progress("report-1", 50, 100)]).await;
 
     let frames = rig.frames("s1");
     assert_eq!(
@@ -764,4 +762,37 @@ async fn concurrent_retries_of_one_send_store_one_message() {
     assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
     let stored = rig.table.partition("CHAN#workspace:42").await;
     assert_eq!(stored.iter().filter(|(sk, _)| sk.starts_with("MSG#")).count(), 1);
+}
+
+#[tokio::test]
+async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_arrive() {
+    // Guards the local emulator (scripts/moto_server.py) against moto's rollback, which would
+    // otherwise show writes that never happened and hide everything written after.
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    rig.stream_batch().await;
+    let ghost = Membership {
+        channel: "workspace:42".parse().unwrap(),
+        connection_id: "never-connected".into(),
+        user_id: Some("ghost".into()),
+        role: Role::Member,
+        joined_at: 1,
+        expires_at: 2_000_000_000,
+    };
+    assert!(matches!(
+        rig.table.store.join(&ghost).await,
+        Err(wsfan_shared::store::StoreError::NotConnected)
+    ));
+    let message = chat("workspace:42", "alice", "after the cancelled one");
+    rig.table.store.post(&message, Some("a1")).await.unwrap();
+    let batch = rig.stream_batch().await;
+    let keys: Vec<String> = batch
+        .records
+        .iter()
+        .map(|r| match r.change.keys.get("sk") {
+            Some(serde_dynamo::AttributeValue::S(sk)) => sk.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, vec![format!("MSG#{}", message.message_id)]);
 }

@@ -392,7 +392,10 @@ async fn join_and_leave_write_and_delete_the_membership() {
     let t = TestTable::new().await;
     connect(&t, "ws-connect/connect").await;
     let r = body(&run(&t, "ws-message/join").await);
-    assert_eq!(r, json!({"type": "joined", "channel": "workspace:42"}));
+    assert_eq!(
+        r,
+        json!({"type": "joined", "channel": "workspace:42", "present": ["alice"]})
+    );
     let m = t
         .item("CHAN#workspace:42", &format!("CONN#{CONN}"))
         .await
@@ -597,7 +600,10 @@ async fn ping_answers_pong_and_legacy_register_joins_the_session() {
     assert!(pong["at"].as_i64().unwrap() > 0);
 
     let r = body(&run(&t, "ws-message/legacy-register").await);
-    assert_eq!(r, json!({"type": "joined", "channel": "session:s-2026-abc"}));
+    assert_eq!(
+        r,
+        json!({"type": "joined", "channel": "session:s-2026-abc", "present": ["alice"]})
+    );
     assert!(t
         .item("CHAN#session:s-2026-abc", &format!("CONN#{CONN}"))
         .await

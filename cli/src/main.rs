@@ -4,6 +4,9 @@
 //!   processor sends, with no WebSocket of its own.
 //! - `wsfan token`: a dev JWT signed with the HS256 secret, to connect by hand.
 
+mod bench;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -31,6 +34,122 @@ enum Command {
     Publish(Publish),
     /// Mint a dev JWT with the HS256 secret.
     Token(TokenArgs),
+    /// Run the whole pipeline locally: moto, the real Lambda binaries, a WebSocket endpoint,
+    /// @connections, the stream and queue pollers, and a demo page.
+    Dev(DevArgs),
+    /// Invoke one function once with an event file, like `sam local invoke` without Docker.
+    Invoke(InvokeArgs),
+    /// Benchmarks (run through scripts/bench, which pins the processes to cores).
+    #[command(subcommand)]
+    Bench(Bench),
+    /// The @connections server as a process of its own (for benchmarks).
+    #[command(hide = true)]
+    ServeConnections(ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The broadcaster against the boto3 loop, latency, throttling and memory.
+    Fanout {
+        /// The venv's python, with boto3.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        /// Pin the @connections server to this core (taskset -c).
+        #[arg(long)]
+        server_core: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        recipients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        baseline_recipients: usize,
+    },
+}
+
+#[derive(Args)]
+struct StackArgs {
+    /// The repository (for sam/template.yaml, scripts/ and .venv).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Where the Lambda binaries are; by default beside this wsfan binary.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The moto server's port (0: any free port).
+    #[arg(long, default_value_t = 4566)]
+    moto_port: u16,
+    #[arg(long, default_value = "local")]
+    stage: String,
+    /// Show the functions' own log lines, not only invocations, warnings and errors.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+    /// The WebSocket and HTTP port (0: any free port).
+    #[arg(long, default_value_t = 3001)]
+    port: u16,
+    /// Close connections idle this long (API Gateway: 600).
+    #[arg(long, default_value_t = 600)]
+    idle_timeout_secs: u64,
+    /// Close connections this old (API Gateway: 7200).
+    #[arg(long, default_value_t = 7200)]
+    max_connection_secs: u64,
+    /// Channel patterns anonymous listeners may read (default: anonymous connections are refused).
+    #[arg(long)]
+    anonymous_channels: Option<String>,
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// The function: its logical id in the template (WsMessageFunction) or its binary (ws-message).
+    function: String,
+    /// The event file, e.g. events/ws-message/join.json.
+    #[arg(long, short)]
+    event: PathBuf,
+    #[command(flatten)]
+    stack: StackArgs,
+}
+
+impl StackArgs {
+    fn config(&self, port: u16) -> Result<wsfan_local::dev::DevConfig, String> {
+        let bin_dir = match &self.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| e.to_string())?
+                .parent()
+                .map(PathBuf::from)
+                .ok_or("cannot tell where wsfan is")?,
+        };
+        Ok(wsfan_local::dev::DevConfig {
+            repo_root: self.repo.clone(),
+            bin_dir,
+            port,
+            moto_port: self.moto_port,
+            stage: self.stage.clone(),
+            limits: wsfan_local::gateway::Limits::default(),
+            anonymous_channels: None,
+            verbose: self.verbose,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    #[arg(long, requires = "bucket_burst")]
+    bucket_rate: Option<f64>,
+    #[arg(long)]
+    bucket_burst: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +279,69 @@ async fn run(cli: Cli) -> Result<String, String> {
             claims.identity().map_err(|e| e.to_string())?;
             Ok(mint_hs256(&t.secret, &claims))
         }
+        Command::Dev(d) => {
+            let mut config = d.stack.config(d.port)?;
+            config.limits.idle_timeout = std::time::Duration::from_secs(d.idle_timeout_secs);
+            config.limits.max_connection = std::time::Duration::from_secs(d.max_connection_secs);
+            config.anonymous_channels = d.anonymous_channels;
+            let stack = wsfan_local::dev::start(config).await.map_err(|e| e.to_string())?;
+            let queue = stack
+                .environment
+                .queue_feeding("progress-fanout")
+                .map(|(u, _)| u.clone())
+                .unwrap_or_default();
+            eprintln!("  demo page      {}", stack.http_url);
+            eprintln!(
+                "  WebSocket      {}?token=$(wsfan token --sub you --channels 'workspace:*' --secret {})",
+                stack.ws_url,
+                wsfan_local::dev::DEV_SECRET
+            );
+            eprintln!(
+                "  moto           {}  table {}",
+                stack.environment.moto.endpoint, stack.environment.table_name
+            );
+            eprintln!("  progress queue {queue}");
+            eprintln!("  try            wsfan publish progress --endpoint-url {} --queue-url {queue} --doc-id d1 --pages-processed 5 --total-pages 10", stack.environment.moto.endpoint);
+            let dlq = stack
+                .environment
+                .dead_letter_queue_of("progress-fanout")
+                .unwrap_or_default();
+            println!("wsfan dev ready: {} {}", stack.http_url, stack.ws_url);
+            println!(
+                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq}",
+                stack.environment.moto.endpoint, stack.environment.table_name
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            shutdown_signal().await;
+            Ok(String::new())
+        }
+        Command::Invoke(i) => {
+            let text = std::fs::read_to_string(&i.event).map_err(|e| format!("reading {}: {e}", i.event.display()))?;
+            let event: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", i.event.display()))?;
+            let mut config = i.stack.config(0)?;
+            config.moto_port = 0;
+            let response = wsfan_local::dev::invoke_once(&config, &i.function, &event)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::to_string_pretty(&response).expect("JSON serialises"))
+        }
+        Command::Bench(Bench::Fanout {
+            python,
+            server_core,
+            recipients,
+            baseline_recipients,
+        }) => {
+            bench::fanout(bench::Options {
+                python,
+                server_core,
+                recipients,
+                baseline_recipients,
+            })
+            .await
+        }
+        Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(&sdk(endpoint).await),

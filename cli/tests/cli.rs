@@ -2,13 +2,13 @@
 
 use std::process::{Command, Output};
 
-use harness::{s, Moto, TestQueue, TestTable, DEV_SECRET};
+use harness::{s, TestQueue, TestTable, DEV_SECRET};
 use wsfan_shared::config::{AuthConfig, KeySource};
 
 fn wsfan(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wsfan"))
         .args(args)
-        .env("AWS_ENDPOINT_URL", &Moto::shared().endpoint)
+        .env("AWS_ENDPOINT_URL", &harness::moto::shared().endpoint)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")

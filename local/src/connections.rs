@@ -79,6 +79,8 @@ pub struct Stats {
 
 #[derive(Default)]
 struct Inner {
+    /// Off for benchmarks, which only count.
+    forget: std::sync::atomic::AtomicBool,
     received: Mutex<HashMap<String, Vec<Bytes>>>,
     deleted: Mutex<Vec<String>>,
     behaviour: Mutex<Behaviour>,
@@ -208,6 +210,11 @@ impl ConnectionsServer {
         });
     }
 
+    /// Count deliveries but keep no bodies (benchmarks).
+    pub fn keep_nothing(&self) {
+        self.inner.forget.store(true, Ordering::Relaxed);
+    }
+
     pub fn reset(&self) {
         *self.inner.behaviour.lock().unwrap() = Behaviour::default();
         self.inner.received.lock().unwrap().clear();
@@ -309,7 +316,9 @@ async fn post_data(
             return status_response(410);
         }
     }
-    inner.received.lock().unwrap().entry(id).or_default().push(body);
+    if !inner.forget.load(Ordering::Relaxed) {
+        inner.received.lock().unwrap().entry(id).or_default().push(body);
+    }
     inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
     StatusCode::OK.into_response()
 }

@@ -1,5 +1,19 @@
-//! wsfan's local stack. Today: the `@connections` server that tests, benchmarks and the local
-//! stack share.
+//! wsfan's local stack (`wsfan dev`, `wsfan invoke`): the whole pipeline on one machine through
+//! the real Lambda binaries. SAM cannot emulate WebSocket APIs or DynamoDB Streams locally, and
+//! `sam local` needs Docker; this needs neither.
+//!
+//! - [`moto`]: DynamoDB, Streams and SQS from a moto server in the project's venv.
+//! - [`template`]: what `sam/template.yaml` deploys: functions, routes, event sources, queues.
+//! - [`runtime`]: an emulated Lambda Runtime API per function, running the real binaries.
+//! - [`gateway`]: the API Gateway WebSocket endpoint (authorizer, routes, limits).
+//! - [`connections`]: the `@connections` Management API, delivering to the real sockets.
+//! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
 
 pub mod connections;
+pub mod dev;
+pub mod gateway;
+pub mod logs;
+pub mod moto;
+pub mod runtime;
 pub mod sources;
+pub mod template;

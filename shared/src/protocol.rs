@@ -16,6 +16,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_EMOJI_BYTES: usize = 64;
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+/// How many present users a `joined` answer lists.
+pub const MAX_PRESENT_USERS: usize = 200;
 pub const MAX_HISTORY_LIMIT: u32 = 100;
 
 /// Every action a client can send; the SAM template has a route for each.
@@ -327,6 +329,10 @@ pub struct ChatEvent {
 pub enum ServerFrame {
     Joined {
         channel: String,
+        /// Who is in the channel now (users with a connection in it, the caller included), so
+        /// a newcomer starts from a full list; presence frames keep it current. At most
+        /// MAX_PRESENT_USERS.
+        present: Vec<String>,
     },
     #[serde(rename_all = "camelCase")]
     Left {

@@ -65,6 +65,13 @@ pub struct HistoryPage {
     pub before: Option<String>,
 }
 
+/// One connection in a channel, as the fanout needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub connection_id: String,
+    pub user_id: Option<String>,
+}
+
 /// What cleaning up a connection removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cleanup {
@@ -121,8 +128,15 @@ pub trait Store: Send + Sync {
     /// stored one. `Ok(false)`: it was late or a duplicate, and nothing changed.
     fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// The connection ids of every member of a channel, across all pages.
-    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The users with at least one connection in a channel (from the presence items), up to `limit`.
+    fn present(
+        &self,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Every member connection of a channel, across all pages.
+    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +186,17 @@ impl DynamoStore {
             table: table.into(),
             retention,
         }
+    }
+
+    /// The store a Lambda uses: table and retention from the environment, one SDK client.
+    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let config = crate::config::StoreConfig::from_env()?;
+        let sdk = crate::config::aws().await;
+        Ok(DynamoStore::new(Client::new(&sdk), config.table_name, config.retention))
+    }
+
+    pub fn retention(&self) -> &Retention {
+        &self.retention
     }
 
     pub fn client(&self) -> &Client {
@@ -575,7 +600,7 @@ impl Store for DynamoStore {
         }
     }
 
-    async fn members(&self, channel: &ChannelId) -> Result<Vec<String>, StoreError> {
+    async fn members(&self, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {
         let mut pages = self
             .client
             .query()
@@ -583,7 +608,7 @@ impl Store for DynamoStore {
             .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
             .expression_attribute_values(":pk", s(keys::channel(channel)))
             .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
-            .projection_expression("sk")
+            .projection_expression("sk, userId")
             .into_paginator()
             .items()
             .send();
@@ -595,9 +620,38 @@ impl Store for DynamoStore {
                 .and_then(|v| v.as_s().ok())
                 .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
             {
-                members.push(id.to_owned());
+                members.push(Member {
+                    connection_id: id.to_owned(),
+                    user_id: item.get("userId").and_then(|v| v.as_s().ok()).cloned(),
+                });
             }
         }
         Ok(members)
+    }
+
+    async fn present(&self, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :user)")
+            .filter_expression("attribute_exists(connections)")
+            .expression_attribute_values(":pk", s(keys::channel(channel)))
+            .expression_attribute_values(":user", s(keys::USER_PREFIX))
+            .projection_expression("userId")
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut users = Vec::new();
+        while let Some(item) = pages.next().await {
+            if let Some(user) = item?.get("userId").and_then(|v| v.as_s().ok()) {
+                users.push(user.clone());
+            }
+            if users.len() >= limit {
+                break;
+            }
+        }
+        Ok(users)
     }
 }

@@ -14,6 +14,16 @@ use wsfan_shared::table::TABLE;
 
 pub use moto::Moto;
 
+/// Every Lambda binary of the workspace, as named in `events/<function>/` and the template.
+pub const FUNCTIONS: [&str; 6] = [
+    "ws-authorizer",
+    "ws-connect",
+    "ws-disconnect",
+    "ws-message",
+    "stream-fanout",
+    "progress-fanout",
+];
+
 /// The HS256 secret the fixtures' tokens are signed with. For local use only.
 pub const DEV_SECRET: &str = "wsfan-local-dev-secret";
 
@@ -62,7 +72,7 @@ impl TestTable {
     }
 
     pub async fn with_retention(retention: Retention) -> Self {
-        let moto = Moto::shared();
+        let moto = moto::shared();
         let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
         let name = format!("wsfan-test-{}", ulid::Ulid::generate().to_string().to_lowercase());
         let stream_arn = TABLE.create(&client, &name).await.expect("creating the test table");
@@ -160,7 +170,7 @@ impl Rig {
         // Quick retries keep tests short; the deadline is generous so retries finish.
         config.first_backoff = std::time::Duration::from_millis(5);
         config.max_backoff = std::time::Duration::from_millis(50);
-        let sdk = Moto::shared().sdk_config().await;
+        let sdk = moto::shared().sdk_config().await;
         let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, table.store.clone());
         let streams = wsfan_local::sources::StreamReader::new(
             aws_sdk_dynamodbstreams::Client::new(&sdk),
@@ -209,7 +219,7 @@ impl TestQueue {
     /// `max_receives`: deliveries before a message moves to the DLQ.
     pub async fn new(fifo: bool, max_receives: u32) -> Self {
         use aws_sdk_sqs::types::QueueAttributeName as A;
-        let client = aws_sdk_sqs::Client::new(&Moto::shared().sdk_config().await);
+        let client = aws_sdk_sqs::Client::new(&moto::shared().sdk_config().await);
         let suffix = if fifo { ".fifo" } else { "" };
         let base = format!("wsfan-progress-{}", ulid::Ulid::generate().to_string().to_lowercase());
         let arn_of = |url: String| {

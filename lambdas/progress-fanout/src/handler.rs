@@ -12,6 +12,7 @@ pub const ENV: &[&str] = &[
     "CONNECTIONS_ENDPOINT",
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",
+    "MESSAGE_TTL_SECONDS",
 ];
 
 const DOCS_IN_FLIGHT: usize = 16;
@@ -51,7 +52,12 @@ pub async fn apply<S: Store, D: Deliver>(
         return Ok(Applied::Stale);
     }
     let channel = ChannelId::doc(&event.doc_id).map_err(|e| InvalidProgress(e.to_string()))?;
-    let members = store.members(&channel).await?;
+    let members: Vec<String> = store
+        .members(&channel)
+        .await?
+        .into_iter()
+        .map(|m| m.connection_id)
+        .collect();
     if members.is_empty() {
         return Ok(Applied::Pushed(Counters::default()));
     }

@@ -108,7 +108,18 @@ async fn push<S: Store, D: Deliver>(
     channel: &ChannelId,
     frame: &ServerFrame,
 ) -> Result<Counters, RecordError> {
-    let members = store.members(channel).await?;
+    // A user's own devices are not told of the user's own presence.
+    let subject = match frame {
+        ServerFrame::Presence { user_id, .. } => Some(user_id.as_str()),
+        _ => None,
+    };
+    let members: Vec<String> = store
+        .members(channel)
+        .await?
+        .into_iter()
+        .filter(|m| subject.is_none() || m.user_id.as_deref() != subject)
+        .map(|m| m.connection_id)
+        .collect();
     if members.is_empty() {
         return Ok(Counters::default());
     }

@@ -19,7 +19,7 @@ use wsfan_shared::channel::ChannelId;
 use wsfan_shared::clock;
 use wsfan_shared::config::Retention;
 use wsfan_shared::model::{Membership, Message, MessageKind};
-use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame};
+use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
 use wsfan_shared::store::{Store, StoreError};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
@@ -113,8 +113,14 @@ impl<S: Store> Route<'_, S> {
         Ok(match frame {
             ClientFrame::Join { channel } | ClientFrame::Register { channel } => {
                 self.join(identity, &channel).await?;
+                let present = self
+                    .store
+                    .present(&channel, MAX_PRESENT_USERS)
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::Joined {
                     channel: channel.to_string(),
+                    present,
                 })
             }
             ClientFrame::Leave { channel } => {

@@ -1,0 +1,274 @@
+//! `wsfan bench fanout`: the broadcaster against our @connections server on loopback, with the
+//! server in a process of its own (pinned to its own core by scripts/bench), and the baseline
+//! most deployments run today: a Python Lambda calling boto3's post_to_connection in a loop.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wsfan_shared::broadcaster::{BroadcastConfig, Broadcaster, Deliver, GoneCleanup};
+
+/// Benchmarks have no table: a 410 is only counted.
+struct CountOnly;
+
+impl GoneCleanup for CountOnly {
+    async fn connection_gone(&self, _connection_id: &str) {}
+}
+
+/// A `wsfan serve-connections` child process.
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Server {
+    fn start(args: &[String], core: Option<&str>) -> Result<Server, String> {
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut command = match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", core]).arg(me);
+                c
+            }
+            None => Command::new(me),
+        };
+        let mut child = command
+            .arg("serve-connections")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the @connections server: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .ok_or(format!("server said {line:?}"))?;
+        Ok(Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}/bench"),
+        })
+    }
+}
+
+impl Server {
+    fn cpu(&self) -> Duration {
+        cpu_time_of(&self.child.id().to_string())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time of this process (user + system), from /proc.
+fn cpu_time() -> Duration {
+    cpu_time_of("self")
+}
+
+/// CPU time of process `pid` (or "self"), from /proc/<pid>/stat.
+fn cpu_time_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // utime and stime are fields 14 and 15 of the file; 11 and 12 here (state is not a number).
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn sdk() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "bench", "bench", None, None, "bench",
+        ))
+        .load()
+        .await
+}
+
+fn recipients(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("Conn{i:08}AAA=")).collect()
+}
+
+pub struct Options {
+    pub python: PathBuf,
+    pub server_core: Option<String>,
+    pub recipients: usize,
+    pub baseline_recipients: usize,
+}
+
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+    delivered: u64,
+    failed: u64,
+    retried: u64,
+}
+
+async fn run(endpoint: &str, n: usize, payload: &[u8], warm: bool) -> Run {
+    let broadcaster = Broadcaster::new(&sdk().await, BroadcastConfig::new(endpoint), CountOnly);
+    if warm {
+        // Open the connection pool and resolve credentials once, as a warm Lambda has.
+        let _ = broadcaster.deliver(recipients(256), payload).await;
+    }
+    let ids = recipients(n);
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    let report = broadcaster
+        .deliver(ids, payload)
+        .await
+        .expect("payload under the limit");
+    Run {
+        wall: t0.elapsed(),
+        cpu: cpu_time() - cpu0,
+        delivered: report.counters.delivered,
+        failed: report.counters.failed,
+        retried: report.counters.retried,
+    }
+}
+
+pub async fn fanout(o: Options) -> Result<String, String> {
+    let payload = {
+        let frame = serde_json::json!({"type": "message", "channel": "workspace:bench", "body": "x".repeat(900)});
+        let mut p = frame.to_string().into_bytes();
+        p.resize(1024, b' ');
+        p
+    };
+    let core = o.server_core.as_deref();
+    let mut out = String::new();
+    let rss_at_start = peak_rss_kib();
+
+    // 1. Throughput and CPU per post.
+    let server = Server::start(&[], core)?;
+    let server_cpu0 = server.cpu();
+    let r = run(&server.endpoint, o.recipients, &payload, true).await;
+    let server_cpu_us = (server.cpu() - server_cpu0).as_secs_f64() * 1e6 / r.delivered.max(1) as f64;
+    drop(server);
+    let rss_after_throughput = peak_rss_kib();
+    let rust_rate = r.delivered as f64 / r.wall.as_secs_f64();
+    let rust_cpu_us = r.cpu.as_secs_f64() * 1e6 / r.delivered.max(1) as f64;
+    out += &format!(
+        "wsfan broadcaster: {} recipients, 1 KB: {:.0} posts/s, {:.1} µs CPU/post, wall {:.3} s, failed {} \
+         (the @connections server used {:.1} µs CPU per post on its own core)\n",
+        o.recipients,
+        rust_rate,
+        rust_cpu_us,
+        r.wall.as_secs_f64(),
+        r.failed,
+        server_cpu_us
+    );
+
+    out += &format!(
+        "peak RSS after the {}-recipient run: {:.1} MB\n",
+        o.recipients,
+        rss_after_throughput as f64 / 1024.0
+    );
+
+    // 2. The boto3 loop, on the same kind of server.
+    let server = Server::start(&[], core)?;
+    let script = std::env::current_dir()
+        .map_err(|e| e.to_string())?
+        .join("scripts/bench_boto3.py");
+    let baseline = Command::new(&o.python)
+        .arg(script)
+        .args([
+            "--endpoint",
+            &server.endpoint,
+            "--recipients",
+            &o.baseline_recipients.to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("running the boto3 baseline: {e}"))?;
+    drop(server);
+    if !baseline.status.success() {
+        return Err(format!(
+            "boto3 baseline failed: {}",
+            String::from_utf8_lossy(&baseline.stderr)
+        ));
+    }
+    let b: serde_json::Value = serde_json::from_slice(&baseline.stdout).map_err(|e| e.to_string())?;
+    let boto_rate = b["posts_per_s"].as_f64().unwrap_or(0.0);
+    let boto_cpu_us = b["cpu_us_per_post"].as_f64().unwrap_or(0.0);
+    out += &format!(
+        "boto3 post_to_connection loop: {} recipients, 1 KB: {:.0} posts/s, {:.1} µs CPU/post\n",
+        o.baseline_recipients, boto_rate, boto_cpu_us
+    );
+    out += &format!(
+        "ratio: {:.1}x the posts/s, {:.1}x less CPU per post\n",
+        rust_rate / boto_rate.max(f64::MIN_POSITIVE),
+        boto_cpu_us / rust_cpu_us.max(f64::MIN_POSITIVE)
+    );
+
+    // 3. Time to reach 1,000 recipients through 20 ms of latency.
+    let server = Server::start(&["--latency-ms".into(), "20".into()], core)?;
+    let r = run(&server.endpoint, 1000, &payload, true).await;
+    drop(server);
+    out += &format!(
+        "1,000 recipients at 20 ms latency: {:.3} s (delivered {}, failed {})\n",
+        r.wall.as_secs_f64(),
+        r.delivered,
+        r.failed
+    );
+
+    // 4. Behind a 10k/s token bucket with bursts of 5k that answers 429.
+    let server = Server::start(
+        &[
+            "--bucket-rate".into(),
+            "10000".into(),
+            "--bucket-burst".into(),
+            "5000".into(),
+        ],
+        core,
+    )?;
+    let r = run(&server.endpoint, o.recipients, &payload, false).await;
+    drop(server);
+    out += &format!(
+        "{} recipients behind a 10k/5k token bucket: delivered {}, lost {}, retries {}, {:.3} s\n",
+        o.recipients,
+        r.delivered,
+        o.recipients as u64 - r.delivered,
+        r.retried,
+        r.wall.as_secs_f64()
+    );
+
+    out += &format!(
+        "peak RSS of the broadcaster process: {:.1} MB (before the first post, binary and runtime: {:.1} MB)\n",
+        peak_rss_kib() as f64 / 1024.0,
+        rss_at_start as f64 / 1024.0
+    );
+    Ok(out)
+}
+
+/// `wsfan serve-connections`: the @connections server as a process of its own.
+pub async fn serve(latency_ms: u64, bucket: Option<(f64, f64)>) -> Result<String, String> {
+    let server = wsfan_local::connections::ConnectionsServer::start("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    if latency_ms > 0 {
+        server.set_latency(Duration::from_millis(latency_ms));
+    }
+    if let Some((rate, burst)) = bucket {
+        server.set_token_bucket(rate, burst);
+    }
+    server.keep_nothing();
+    println!("READY {}", server.addr().port());
+    // Serve until the parent closes our stdin.
+    let _ = tokio::task::spawn_blocking(|| std::io::read_to_string(std::io::stdin())).await;
+    Ok(String::new())
+}

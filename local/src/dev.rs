@@ -1,0 +1,609 @@
+//! `wsfan dev` and `wsfan invoke`: the stack, assembled from the SAM template.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use wsfan_shared::auth::{mint_hs256, Claims};
+use wsfan_shared::progress::ProgressEvent;
+use wsfan_shared::publisher::ProgressPublisher;
+use wsfan_shared::table::TABLE;
+
+use crate::connections::ConnectionsServer;
+use crate::gateway::{Gateway, Limits, Routes, Sockets};
+use crate::logs::{Logs, Outcome};
+use crate::moto::{MotoProcess, LOCAL_REGION};
+use crate::runtime::{FunctionSpec, InvokeError, LambdaFunction};
+use crate::sources::{dynamodb_event, record_json, StreamReader};
+use crate::template::{matches_any, EventSource, Template};
+
+/// The HS256 secret of the local stack; the demo page's tokens are signed with it.
+pub const DEV_SECRET: &str = "wsfan-local-dev-secret";
+const TABLE_NAME: &str = "wsfan-local";
+const DEMO_PAGE: &str = include_str!("../demo/index.html");
+
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    pub repo_root: PathBuf,
+    /// Where the Lambda binaries are (`target/debug`).
+    pub bin_dir: PathBuf,
+    pub port: u16,
+    pub moto_port: u16,
+    pub stage: String,
+    pub limits: Limits,
+    pub anonymous_channels: Option<String>,
+    pub verbose: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Moto(#[from] crate::moto::MotoError),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("starting {name}: {source}")]
+    Function { name: String, source: std::io::Error },
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DevError + '_ {
+    move |e| DevError::Setup(format!("{what}: {e}"))
+}
+
+/// The AWS side: moto, the table, the queues, from the template.
+pub struct Environment {
+    pub moto: MotoProcess,
+    pub sdk: aws_config::SdkConfig,
+    pub template: Template,
+    pub table_name: String,
+    pub stream_arn: String,
+    /// Queue URL and ARN by the template's logical id.
+    pub queues: HashMap<String, (String, String)>,
+}
+
+impl Environment {
+    pub async fn start(config: &DevConfig) -> Result<Environment, DevError> {
+        let template = Template::load(&config.repo_root.join("sam/template.yaml"))?;
+        let moto = MotoProcess::start(&config.repo_root, config.moto_port)?;
+        let sdk = moto.sdk_config().await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        let stream_arn = TABLE
+            .create(&dynamodb, TABLE_NAME)
+            .await
+            .map_err(setup("creating the table"))?;
+
+        // Dead-letter queues first, so redrive policies can name them.
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let mut queues = HashMap::new();
+        let mut ordered = template.queues.clone();
+        ordered.sort_by_key(|q| q.dead_letter_queue.is_some());
+        for queue in &ordered {
+            use aws_sdk_sqs::types::QueueAttributeName as A;
+            // Short visibility locally, so a failed message is retried in seconds, not minutes.
+            let mut create = sqs
+                .create_queue()
+                .queue_name(format!("wsfan-{}", queue.logical_id.to_lowercase()))
+                .attributes(A::VisibilityTimeout, "2");
+            if let (Some(dlq), Some(max)) = (&queue.dead_letter_queue, queue.max_receive_count) {
+                let (_, dlq_arn) = queues
+                    .get(dlq)
+                    .ok_or_else(|| DevError::Setup(format!("{dlq} is not a queue")))?;
+                let policy = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max}).to_string();
+                create = create.attributes(A::RedrivePolicy, policy);
+            }
+            let url = create
+                .send()
+                .await
+                .map_err(setup("creating a queue"))?
+                .queue_url
+                .unwrap_or_default();
+            let arn = sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(A::QueueArn)
+                .send()
+                .await
+                .map_err(setup("reading a queue"))?
+                .attributes
+                .and_then(|a| a.get(&A::QueueArn).cloned())
+                .unwrap_or_default();
+            queues.insert(queue.logical_id.clone(), (url, arn));
+        }
+        Ok(Environment {
+            moto,
+            sdk,
+            template,
+            table_name: TABLE_NAME.to_owned(),
+            stream_arn,
+            queues,
+        })
+    }
+
+    /// The queue a function reads, by the template's event source mapping.
+    pub fn queue_feeding(&self, binary: &str) -> Option<&(String, String)> {
+        self.template
+            .event_sources
+            .iter()
+            .find(|s| s.binary == binary)
+            .and_then(|s| self.queues.get(&s.source))
+    }
+
+    /// The URL of the dead-letter queue behind the queue `binary` reads.
+    pub fn dead_letter_queue_of(&self, binary: &str) -> Option<String> {
+        let source = self.template.event_sources.iter().find(|s| s.binary == binary)?;
+        let queue = self.template.queues.iter().find(|q| q.logical_id == source.source)?;
+        self.queues
+            .get(queue.dead_letter_queue.as_ref()?)
+            .map(|(url, _)| url.clone())
+    }
+
+    /// The template's environment for `binary`, with local values.
+    pub fn function_env(
+        &self,
+        binary: &str,
+        connections_endpoint: &str,
+        anonymous: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("AWS_ENDPOINT_URL".to_owned(), self.moto.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
+        let Some(function) = self.template.function(binary) else {
+            return env;
+        };
+        for (name, value) in &function.env {
+            let local = match name.as_str() {
+                "TABLE_NAME" => self.table_name.clone(),
+                "CONNECTIONS_ENDPOINT" => connections_endpoint.to_owned(),
+                "JWT_SECRET" => DEV_SECRET.to_owned(),
+                "JWKS_URL" | "JWT_AUDIENCE" | "JWT_ISSUER" => String::new(),
+                "ANONYMOUS_CHANNELS" => anonymous.unwrap_or_default().to_owned(),
+                _ => value.clone().unwrap_or_default(),
+            };
+            env.push((name.clone(), local));
+        }
+        env
+    }
+
+    pub async fn start_function(
+        &self,
+        config: &DevConfig,
+        binary: &str,
+        connections_endpoint: &str,
+        logs: &Logs,
+    ) -> Result<Arc<LambdaFunction>, DevError> {
+        let function = self.template.function(binary);
+        let spec = FunctionSpec {
+            name: binary.to_owned(),
+            binary: config.bin_dir.join(binary),
+            env: self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref()),
+            timeout: Duration::from_secs(function.map(|f| f.timeout_secs).unwrap_or(30)),
+            memory_mb: function.map(|f| f.memory_mb).unwrap_or(128),
+        };
+        LambdaFunction::start(spec, logs.clone())
+            .await
+            .map_err(|source| DevError::Function {
+                name: binary.to_owned(),
+                source,
+            })
+    }
+}
+
+/// A running `wsfan dev`.
+pub struct DevStack {
+    pub http_url: String,
+    pub ws_url: String,
+    pub environment: Arc<Environment>,
+    pub functions: HashMap<String, Arc<LambdaFunction>>,
+}
+
+struct App {
+    gateway: Arc<Gateway>,
+    environment: Arc<Environment>,
+    logs: Logs,
+    ws_url: String,
+}
+
+pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
+    let logs = Logs::new(config.verbose);
+    let environment = Arc::new(Environment::start(&config).await?);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .map_err(setup("binding the WebSocket port"))?;
+    let addr = listener.local_addr().map_err(setup("reading the port"))?;
+    let http_url = format!("http://{addr}/");
+    let ws_url = format!("ws://{addr}/{}", config.stage);
+    let connections_endpoint = format!("http://{addr}/{}", config.stage);
+
+    let mut functions = HashMap::new();
+    for f in &environment.template.functions {
+        let function = environment
+            .start_function(&config, &f.binary, &connections_endpoint, &logs)
+            .await?;
+        functions.insert(f.binary.clone(), function);
+    }
+    let lookup = |binary: &str| {
+        functions
+            .get(binary)
+            .cloned()
+            .ok_or_else(|| DevError::Setup(format!("the template names {binary}, which is not a function")))
+    };
+    let mut by_key = HashMap::new();
+    for route in &environment.template.routes {
+        by_key.insert(route.route_key.clone(), lookup(&route.binary)?);
+    }
+    let authorizer = environment.template.authorizer.as_deref().map(lookup).transpose()?;
+
+    let sockets = Arc::new(Sockets::default());
+    let gateway = Arc::new(Gateway {
+        routes: Routes { authorizer, by_key },
+        sockets: sockets.clone(),
+        limits: config.limits,
+        stage: config.stage.clone(),
+        domain: addr.to_string(),
+        logs: logs.clone(),
+    });
+    let connections = ConnectionsServer::new(addr, Some(sockets));
+    connections.keep_nothing();
+    let app = Arc::new(App {
+        gateway,
+        environment: environment.clone(),
+        logs: logs.clone(),
+        ws_url: ws_url.clone(),
+    });
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/{stage}", get(websocket))
+        .route("/dev/token", get(token))
+        .route("/dev/docs", post(simulate_document))
+        .with_state(app)
+        .merge(connections.router());
+    tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            eprintln!("wsfan dev: the HTTP server stopped: {e}");
+        }
+    });
+
+    for source in &environment.template.event_sources {
+        let function = lookup(&source.binary)?;
+        if let Some((url, arn)) = environment.queues.get(&source.source) {
+            tokio::spawn(sqs_poller(
+                environment.clone(),
+                source.clone(),
+                url.clone(),
+                arn.clone(),
+                function,
+                logs.clone(),
+            ));
+        } else {
+            let reader = StreamReader::new(
+                aws_sdk_dynamodbstreams::Client::new(&environment.sdk),
+                &environment.stream_arn,
+                true,
+            );
+            tokio::spawn(stream_poller(reader, source.clone(), function, logs.clone()));
+        }
+    }
+
+    Ok(DevStack {
+        http_url,
+        ws_url,
+        environment,
+        functions,
+    })
+}
+
+/// `GET /` and `GET /{stage}`: a WebSocket upgrade goes to the gateway, a browser gets the demo.
+async fn page_or_socket(
+    app: Arc<App>,
+    stage_ok: bool,
+    peer: SocketAddr,
+    query: HashMap<String, String>,
+    request: Request,
+) -> Response {
+    let upgrade = request
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return Html(DEMO_PAGE).into_response();
+    }
+    if !stage_ok {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("unknown stage; use /{}", app.gateway.stage),
+        )
+            .into_response();
+    }
+    let (mut parts, _) = request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(ws) => app.gateway.clone().upgrade(ws, query, parts.headers, peer).await,
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn index(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    page_or_socket(app, true, peer, query, request).await
+}
+
+async fn websocket(
+    State(app): State<Arc<App>>,
+    Path(stage): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let stage_ok = stage == app.gateway.stage;
+    page_or_socket(app, stage_ok, peer, query, request).await
+}
+
+/// A dev token for the demo page: any name, the demo's channels.
+async fn token(State(app): State<Arc<App>>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let sub = query.get("sub").map(String::as_str).unwrap_or("");
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp: wsfan_shared::clock::now_secs() + 12 * 3600,
+        nbf: None,
+        channels: vec!["workspace:*".into(), "doc:*".into(), "session:*".into()],
+        role: None,
+        aud: None,
+        iss: None,
+    };
+    let valid = sub.len() <= 64 && wsfan_shared::channel::ChannelId::user(sub).is_ok();
+    if !valid {
+        let message = "sub must be 1-64 characters of A-Z a-z 0-9 _ . @ -";
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response();
+    }
+    let token = mint_hs256(DEV_SECRET, &claims);
+    Json(json!({"token": token, "url": format!("{}?token={token}", app.ws_url)})).into_response()
+}
+
+/// Publishes a simulated document's progress to the local queue over about three seconds.
+async fn simulate_document(State(app): State<Arc<App>>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let fail = query.get("fail").is_some_and(|v| v == "true" || v == "1");
+    let doc_id = format!("doc-{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let Some((url, _)) = app.environment.queue_feeding("progress-fanout").cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "the template has no progress queue"})),
+        )
+            .into_response();
+    };
+    let publisher = ProgressPublisher::new(aws_sdk_sqs::Client::new(&app.environment.sdk), url);
+    let (logs, id) = (app.logs.clone(), doc_id.clone());
+    tokio::spawn(async move {
+        let total = 20;
+        let mut events = vec![ProgressEvent::started(&id, Some(total))];
+        let last = if fail { 12 } else { total };
+        events.extend((1..=last / 2).map(|i| ProgressEvent::progress(&id, i * 2, total)));
+        events.push(if fail {
+            let mut e = ProgressEvent::error(&id, "PAGE_UNREADABLE", "page 13 could not be read", false);
+            e.pages_processed = Some(last);
+            e
+        } else {
+            ProgressEvent::complete(&id, Some(total))
+        });
+        for event in events {
+            if let Err(e) = publisher.send(std::slice::from_ref(&event)).await {
+                logs.warn(&format!("simulated document {id}: {e}"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    Json(json!({"docId": doc_id})).into_response()
+}
+
+/// Invokes an event-source function with one batch and logs how it went. Returns the ids in
+/// `batchItemFailures`, or `None` when the invocation itself failed (the whole batch did).
+async fn invoke_batch(function: &LambdaFunction, event: &Value, size: usize, logs: &Logs) -> Option<Vec<String>> {
+    let what = format!("batch of {size}");
+    let started = Instant::now();
+    match function.invoke(event).await {
+        Ok(response) => {
+            let failed: Vec<String> = response["batchItemFailures"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if failed.is_empty() {
+                logs.invocation(function.name(), &what, started.elapsed(), Outcome::Ok(""));
+            } else {
+                let detail = format!("batchItemFailures {}", failed.join(","));
+                logs.invocation(function.name(), &what, started.elapsed(), Outcome::Failed(&detail));
+            }
+            Some(failed)
+        }
+        Err(e) => {
+            logs.invocation(
+                function.name(),
+                &what,
+                started.elapsed(),
+                Outcome::Failed(&e.to_string()),
+            );
+            None
+        }
+    }
+}
+
+/// Feeds the table's stream to its function as Lambda's event source mapping does: filtered,
+/// in batches, and on `batchItemFailures` retried from the first failed record, up to
+/// MaximumRetryAttempts (then that record is dropped, as to an on-failure destination).
+async fn stream_poller(mut reader: StreamReader, source: EventSource, function: Arc<LambdaFunction>, logs: Logs) {
+    let mut pending = VecDeque::new();
+    let mut attempts = 0u32;
+    let arn = reader.stream_arn().to_owned();
+    loop {
+        match reader.poll(1000).await {
+            Ok(records) => pending.extend(
+                records
+                    .into_iter()
+                    .filter(|r| matches_any(&source.filters, &record_json(r, &arn, LOCAL_REGION))),
+            ),
+            Err(e) => logs.warn(&format!("reading the stream: {e}")),
+        }
+        if pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let batch: Vec<_> = pending.iter().take(source.batch_size.max(1)).cloned().collect();
+        let event = match dynamodb_event(&batch, &arn, LOCAL_REGION) {
+            Ok(e) => serde_json::to_value(e).unwrap_or_default(),
+            Err(e) => {
+                logs.warn(&format!("building a stream event: {e}"));
+                pending.clear();
+                continue;
+            }
+        };
+        let failed_at = match invoke_batch(&function, &event, batch.len(), &logs).await {
+            Some(failed) if failed.is_empty() => None,
+            Some(failed) => batch.iter().position(|r| {
+                r.dynamodb
+                    .as_ref()
+                    .and_then(|d| d.sequence_number.as_deref())
+                    .is_some_and(|s| failed.iter().any(|f| f == s))
+            }),
+            None => Some(0),
+        };
+        match failed_at {
+            None => {
+                pending.drain(..batch.len());
+                attempts = 0;
+            }
+            Some(index) => {
+                pending.drain(..index);
+                attempts += 1;
+                if attempts > source.maximum_retry_attempts.unwrap_or(u32::MAX) {
+                    if let Some(dropped) = pending.pop_front() {
+                        let seq = dropped.dynamodb.and_then(|d| d.sequence_number).unwrap_or_default();
+                        logs.warn(&format!(
+                            "stream record {seq} failed {attempts} times; dropped (on-failure destination)"
+                        ));
+                    }
+                    attempts = 0;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempts))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Feeds a queue to its function: receive, invoke, delete what succeeded. What failed becomes
+/// visible again, and the redrive policy moves it to the DLQ after maxReceiveCount tries.
+async fn sqs_poller(
+    environment: Arc<Environment>,
+    source: EventSource,
+    url: String,
+    arn: String,
+    function: Arc<LambdaFunction>,
+    logs: Logs,
+) {
+    let sqs = aws_sdk_sqs::Client::new(&environment.sdk);
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(source.batch_size.clamp(1, 10) as i32)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await;
+        let messages = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(e) => {
+                logs.warn(&format!(
+                    "receiving from {url}: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                ));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let event = match crate::sources::sqs_event(&messages, &arn, LOCAL_REGION) {
+            Ok(e) => serde_json::to_value(e).unwrap_or_default(),
+            Err(e) => {
+                logs.warn(&format!("building an SQS event: {e}"));
+                continue;
+            }
+        };
+        let failed = match invoke_batch(&function, &event, messages.len(), &logs).await {
+            Some(failed) => failed,
+            None => messages.iter().filter_map(|m| m.message_id.clone()).collect(),
+        };
+        for m in &messages {
+            if m.message_id.as_ref().is_some_and(|id| failed.contains(id)) {
+                continue;
+            }
+            if let Some(handle) = &m.receipt_handle {
+                let _ = sqs.delete_message().queue_url(&url).receipt_handle(handle).send().await;
+            }
+        }
+    }
+}
+
+/// `wsfan invoke`: one invocation of one function against a throwaway environment, as
+/// `sam local invoke` does, without Docker.
+pub async fn invoke_once(config: &DevConfig, function: &str, event: &Value) -> Result<Value, DevError> {
+    let logs = Logs::new(config.verbose);
+    let environment = Environment::start(config).await?;
+    let binary = environment
+        .template
+        .functions
+        .iter()
+        .find(|f| f.binary == function || f.logical_id == function)
+        .map(|f| f.binary.clone())
+        .ok_or_else(|| {
+            let known: Vec<String> = environment
+                .template
+                .functions
+                .iter()
+                .map(|f| format!("{} ({})", f.logical_id, f.binary))
+                .collect();
+            DevError::Setup(format!(
+                "no function {function:?} in the template; it has {}",
+                known.join(", ")
+            ))
+        })?;
+    // A recording @connections server, so the fanouts have somewhere to post.
+    let connections = ConnectionsServer::start("127.0.0.1:0")
+        .await
+        .map_err(setup("starting @connections"))?;
+    let lambda = environment
+        .start_function(config, &binary, &connections.endpoint(&config.stage), &logs)
+        .await?;
+    let started = Instant::now();
+    let result = lambda.invoke(event).await;
+    match &result {
+        Ok(_) => logs.invocation(&binary, "invoke", started.elapsed(), Outcome::Ok("")),
+        Err(e) => logs.invocation(&binary, "invoke", started.elapsed(), Outcome::Failed(&e.to_string())),
+    }
+    Ok(result?)
+}

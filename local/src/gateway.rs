@@ -1,0 +1,423 @@
+//! A local API Gateway WebSocket endpoint that behaves as API Gateway does: a REQUEST authorizer
+//! and `$connect` before the upgrade, route selection on `$request.body.action` with `$default` as
+//! fallback, route responses back to the caller, `$disconnect` on close, the 128 KB message and
+//! 32 KB frame limits (close 1009), and the idle and maximum connection times.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::connections::Sink;
+use crate::logs::{Logs, Outcome};
+use crate::runtime::LambdaFunction;
+
+/// API Gateway's limits, shortened in tests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connection: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 128 * 1024,
+            max_frame_bytes: 32 * 1024,
+            idle_timeout: Duration::from_secs(10 * 60),
+            max_connection: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+pub struct Routes {
+    pub authorizer: Option<Arc<LambdaFunction>>,
+    /// Route key to function: `$connect`, `$disconnect`, `$default` and the custom actions.
+    pub by_key: HashMap<String, Arc<LambdaFunction>>,
+}
+
+enum Outgoing {
+    Text(String),
+    Close(u16, String),
+}
+
+/// The open sockets, by connection id; the @connections server delivers through this.
+#[derive(Default)]
+pub struct Sockets {
+    open: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
+}
+
+impl Sink for Sockets {
+    fn send(&self, connection_id: &str, data: Bytes) -> bool {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        self.open
+            .lock()
+            .unwrap()
+            .get(connection_id)
+            .is_some_and(|tx| tx.send(Outgoing::Text(text)).is_ok())
+    }
+
+    fn close(&self, connection_id: &str) -> bool {
+        self.open
+            .lock()
+            .unwrap()
+            .get(connection_id)
+            .is_some_and(|tx| tx.send(Outgoing::Close(1000, "closed by @connections".into())).is_ok())
+    }
+
+    fn exists(&self, connection_id: &str) -> bool {
+        self.open.lock().unwrap().contains_key(connection_id)
+    }
+}
+
+pub struct Gateway {
+    pub routes: Routes,
+    pub sockets: Arc<Sockets>,
+    pub limits: Limits,
+    pub stage: String,
+    pub domain: String,
+    pub logs: Logs,
+}
+
+/// What API Gateway knows about one connection.
+#[derive(Clone)]
+struct Connection {
+    id: String,
+    connected_at: i64,
+    source_ip: String,
+    user_agent: String,
+    authorizer: Map<String, Value>,
+}
+
+fn request_time(millis: i64) -> String {
+    let format = time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
+    time::OffsetDateTime::from_unix_timestamp(millis / 1000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
+fn new_connection_id() -> String {
+    // API Gateway's ids are 12 random bytes in base64, e.g. "L0SM9cOFvHcCIhw=".
+    let bytes: Vec<u8> = (0..10).map(|_| fastrand::u8(..)).collect();
+    aws_smithy_types::base64::encode(bytes)
+}
+
+fn header_maps(headers: &HeaderMap) -> (Value, Value) {
+    let mut single = Map::new();
+    let mut multi: Map<String, Value> = Map::new();
+    for (name, value) in headers {
+        let value = value.to_str().unwrap_or_default().to_owned();
+        single.insert(name.as_str().to_owned(), json!(value));
+        multi
+            .entry(name.as_str().to_owned())
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .expect("always an array")
+            .push(json!(value));
+    }
+    (Value::Object(single), Value::Object(multi))
+}
+
+impl Gateway {
+    fn context(&self, c: &Connection, route: &str, event_type: &str) -> Value {
+        let now = wsfan_shared::clock::now_millis();
+        let request_id = ulid::Ulid::generate().to_string();
+        let mut ctx = json!({
+            "routeKey": route,
+            "eventType": event_type,
+            "extendedRequestId": request_id,
+            "requestTime": request_time(now),
+            "messageDirection": "IN",
+            "stage": self.stage,
+            "connectedAt": c.connected_at,
+            "requestTimeEpoch": now,
+            "identity": {"sourceIp": c.source_ip, "userAgent": c.user_agent},
+            "requestId": request_id,
+            "domainName": self.domain,
+            "connectionId": c.id,
+            "apiId": "local",
+        });
+        if event_type == "MESSAGE" {
+            ctx["messageId"] = json!(ulid::Ulid::generate().to_string());
+        }
+        if !c.authorizer.is_empty() {
+            ctx["authorizer"] = Value::Object(c.authorizer.clone());
+        }
+        ctx
+    }
+
+    /// The upgrade request: authorizer, then `$connect`, then the socket.
+    pub async fn upgrade(
+        self: Arc<Self>,
+        ws: WebSocketUpgrade,
+        query: HashMap<String, String>,
+        headers: HeaderMap,
+        peer: SocketAddr,
+    ) -> Response {
+        let mut connection = Connection {
+            id: new_connection_id(),
+            connected_at: wsfan_shared::clock::now_millis(),
+            source_ip: peer.ip().to_string(),
+            user_agent: headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            authorizer: Map::new(),
+        };
+        let (single, multi) = header_maps(&headers);
+        let query_multi: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!([v]))).collect();
+
+        if let Some(authorizer) = &self.routes.authorizer {
+            let event = json!({
+                "type": "REQUEST",
+                "methodArn": format!("arn:aws:execute-api:us-east-1:000000000000:local/{}/$connect", self.stage),
+                "headers": single, "multiValueHeaders": multi,
+                "queryStringParameters": query, "multiValueQueryStringParameters": query_multi,
+                "stageVariables": {},
+                "requestContext": self.context(&connection, "$connect", "CONNECT"),
+            });
+            let started = Instant::now();
+            let answer = authorizer.invoke(&event).await;
+            let allowed = match &answer {
+                Ok(r) => r["policyDocument"]["Statement"][0]["Effect"] == "Allow",
+                Err(_) => false,
+            };
+            match (&answer, allowed) {
+                (Ok(r), true) => {
+                    let mut context = r["context"].as_object().cloned().unwrap_or_default();
+                    context.insert("principalId".into(), r["principalId"].clone());
+                    context.insert("integrationLatency".into(), json!(started.elapsed().as_millis() as u64));
+                    connection.authorizer = context;
+                    self.logs
+                        .invocation(authorizer.name(), "$connect", started.elapsed(), Outcome::Ok("Allow"));
+                }
+                (Ok(_), false) => {
+                    self.logs.invocation(
+                        authorizer.name(),
+                        "$connect",
+                        started.elapsed(),
+                        Outcome::Refused("Deny: 403"),
+                    );
+                    return (StatusCode::FORBIDDEN, "Forbidden").into_response();
+                }
+                (Err(e), _) => {
+                    self.logs.invocation(
+                        authorizer.name(),
+                        "$connect",
+                        started.elapsed(),
+                        Outcome::Failed(&e.to_string()),
+                    );
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response();
+                }
+            }
+        }
+
+        if let Some(connect) = self.routes.by_key.get("$connect") {
+            let event = json!({
+                "headers": single, "multiValueHeaders": multi,
+                "queryStringParameters": query, "multiValueQueryStringParameters": query_multi,
+                "requestContext": self.context(&connection, "$connect", "CONNECT"),
+                "isBase64Encoded": false,
+            });
+            let started = Instant::now();
+            let status = match connect.invoke(&event).await {
+                Ok(r) => r["statusCode"].as_u64().unwrap_or(200) as u16,
+                Err(e) => {
+                    self.logs.invocation(
+                        connect.name(),
+                        "$connect",
+                        started.elapsed(),
+                        Outcome::Failed(&e.to_string()),
+                    );
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response();
+                }
+            };
+            if status != 200 {
+                let detail = format!("upgrade refused with {status}");
+                self.logs
+                    .invocation(connect.name(), "$connect", started.elapsed(), Outcome::Refused(&detail));
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return (code, "Connection refused").into_response();
+            }
+            self.logs.invocation(
+                connect.name(),
+                "$connect",
+                started.elapsed(),
+                Outcome::Ok(&connection.id),
+            );
+        }
+
+        let limits = self.limits;
+        ws.max_frame_size(limits.max_frame_bytes)
+            .max_message_size(limits.max_message_bytes)
+            .on_upgrade(move |socket| self.serve(socket, connection))
+    }
+
+    async fn serve(self: Arc<Self>, socket: WebSocket, connection: Connection) {
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.sockets
+            .open
+            .lock()
+            .unwrap()
+            .insert(connection.id.clone(), tx.clone());
+        let writer = tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                let result = match out {
+                    Outgoing::Text(t) => sink.send(Message::Text(t.into())).await,
+                    Outgoing::Close(code, reason) => {
+                        let _ = sink
+                            .send(Message::Close(Some(CloseFrame {
+                                code,
+                                reason: reason.into(),
+                            })))
+                            .await;
+                        break;
+                    }
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let deadline = tokio::time::Instant::now() + self.limits.max_connection;
+        let (status, reason) = loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(self.limits.idle_timeout, stream.next()) => next,
+                _ = tokio::time::sleep_until(deadline) => break (1001, "Going away: maximum connection duration".to_owned()),
+            };
+            let message = match next {
+                Err(_) => break (1001, "Going away: idle timeout".to_owned()),
+                Ok(None) => break (1006, "connection lost".to_owned()),
+                Ok(Some(Err(e))) => {
+                    let text = e.to_string();
+                    if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
+                        break (1009, "Message too big".to_owned());
+                    }
+                    break (1006, text);
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            match message {
+                Message::Text(text) => {
+                    if let Some(answer) = self.route(&connection, text.as_str()).await {
+                        let _ = tx.send(Outgoing::Text(answer));
+                    }
+                }
+                Message::Binary(_) => {
+                    let _ = tx.send(Outgoing::Text(
+                        json!({"type": "error", "code": "bad_json", "message": "binary frames are not supported; send JSON text"})
+                            .to_string(),
+                    ));
+                }
+                Message::Close(frame) => {
+                    break frame
+                        .map(|f| (f.code, f.reason.to_string()))
+                        .unwrap_or((1005, "closed by the client".to_owned()))
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        };
+        if status == 1009 || status == 1001 {
+            let _ = tx.send(Outgoing::Close(status, reason.clone()));
+        }
+        self.sockets.open.lock().unwrap().remove(&connection.id);
+        drop(tx);
+        let _ = writer.await;
+        self.disconnect(&connection, status, &reason).await;
+    }
+
+    async fn disconnect(&self, connection: &Connection, status: u16, reason: &str) {
+        let Some(function) = self.routes.by_key.get("$disconnect") else {
+            return;
+        };
+        let mut ctx = self.context(connection, "$disconnect", "DISCONNECT");
+        ctx["disconnectStatusCode"] = json!(status);
+        ctx["disconnectReason"] = json!(reason);
+        let event = json!({"headers": {}, "multiValueHeaders": {}, "requestContext": ctx, "isBase64Encoded": false});
+        let started = Instant::now();
+        let outcome = function.invoke(&event).await;
+        let detail = format!("{} ({status})", connection.id);
+        match outcome {
+            Ok(_) => self
+                .logs
+                .invocation(function.name(), "$disconnect", started.elapsed(), Outcome::Ok(&detail)),
+            Err(e) => self.logs.invocation(
+                function.name(),
+                "$disconnect",
+                started.elapsed(),
+                Outcome::Failed(&e.to_string()),
+            ),
+        }
+    }
+
+    /// Route selection on `$request.body.action`, then the integration; returns the route
+    /// response body, if any.
+    async fn route(&self, connection: &Connection, body: &str) -> Option<String> {
+        let action = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned));
+        let (key, function) = match action.as_deref().and_then(|a| self.routes.by_key.get_key_value(a)) {
+            Some((k, f)) => (k.clone(), f.clone()),
+            None => match self.routes.by_key.get("$default") {
+                Some(f) => ("$default".to_owned(), f.clone()),
+                // API Gateway's own answer when no route matches and there is no $default.
+                None => return Some(json!({"message": "Forbidden", "connectionId": connection.id}).to_string()),
+            },
+        };
+        let event = json!({
+            "requestContext": self.context(connection, &key, "MESSAGE"),
+            "body": body,
+            "isBase64Encoded": false,
+        });
+        let started = Instant::now();
+        match function.invoke(&event).await {
+            Ok(response) => {
+                let answer = response["body"].as_str().filter(|b| !b.is_empty()).map(str::to_owned);
+                let refused = answer
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                    .filter(|v| v["type"] == "error")
+                    .map(|v| {
+                        format!(
+                            "{}: {}",
+                            v["code"].as_str().unwrap_or(""),
+                            v["message"].as_str().unwrap_or("")
+                        )
+                    });
+                match refused {
+                    Some(why) => self
+                        .logs
+                        .invocation(function.name(), &key, started.elapsed(), Outcome::Refused(&why)),
+                    None => self
+                        .logs
+                        .invocation(function.name(), &key, started.elapsed(), Outcome::Ok("")),
+                }
+                answer
+            }
+            Err(e) => {
+                self.logs.invocation(
+                    function.name(),
+                    &key,
+                    started.elapsed(),
+                    Outcome::Failed(&e.to_string()),
+                );
+                // API Gateway answers a failed integration like this.
+                Some(json!({"message": "Internal server error", "connectionId": connection.id}).to_string())
+            }
+        }
+    }
+}

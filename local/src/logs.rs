@@ -1,0 +1,134 @@
+//! Readable local logs: one line per invocation (function, route or batch, duration, outcome),
+//! and the functions' own JSON log lines condensed, so the classic failures stand out: a Deny,
+//! a missing connection item, a 410, a failed batch record.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct Logs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    colour: bool,
+    /// Show the functions' own log lines, not only invocations.
+    verbose: bool,
+}
+
+/// How an invocation ended, for the log line.
+pub enum Outcome<'a> {
+    Ok(&'a str),
+    /// Worked as designed but said no (a Deny, an error frame, a 410).
+    Refused(&'a str),
+    Failed(&'a str),
+}
+
+const RESET: &str = "\x1b[0m";
+const DIM: &str = "\x1b[2m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const RED: &str = "\x1b[31m";
+const CYAN: &str = "\x1b[36m";
+const BOLD: &str = "\x1b[1m";
+
+impl Logs {
+    pub fn new(verbose: bool) -> Self {
+        let colour = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+        Logs {
+            inner: Arc::new(Inner { colour, verbose }),
+        }
+    }
+
+    fn paint(&self, colour: &str, text: &str) -> String {
+        if self.inner.colour {
+            format!("{colour}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    pub fn info(&self, text: &str) {
+        eprintln!("{} {text}", self.paint(CYAN, "wsfan"));
+    }
+
+    pub fn warn(&self, text: &str) {
+        eprintln!("{} {}", self.paint(CYAN, "wsfan"), self.paint(YELLOW, text));
+    }
+
+    pub fn invocation(&self, function: &str, what: &str, took: Duration, outcome: Outcome<'_>) {
+        let (colour, mark, detail) = match outcome {
+            Outcome::Ok(d) => (GREEN, "ok", d),
+            Outcome::Refused(d) => (YELLOW, "refused", d),
+            Outcome::Failed(d) => (RED, "FAILED", d),
+        };
+        eprintln!(
+            "{} {:<16} {:<14} {:>6} ms  {} {}",
+            self.paint(BOLD, "▶"),
+            self.paint(CYAN, function),
+            what,
+            took.as_millis(),
+            self.paint(colour, mark),
+            detail
+        );
+    }
+
+    pub fn function_died(&self, function: &str, reason: &str) {
+        eprintln!("{} {:<16} {}", self.paint(RED, "✖"), function, self.paint(RED, reason));
+    }
+
+    /// One line a function printed: JSON logs are condensed; EMF metrics are summarised.
+    pub fn function_line(&self, function: &str, line: &str) {
+        let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(line) else {
+            if self.inner.verbose {
+                eprintln!("  {} {}", self.paint(DIM, function), line);
+            }
+            return;
+        };
+        if fields.contains_key("_aws") {
+            let count = |k: &str| fields.get(k).and_then(Value::as_u64).unwrap_or(0);
+            // A 410 or an undelivered post is worth a line even when not verbose.
+            let colour = match (count("Failed"), count("Gone")) {
+                (0, 0) if !self.inner.verbose => return,
+                (0, 0) => DIM,
+                (0, _) => YELLOW,
+                _ => RED,
+            };
+            let counts: Vec<String> = ["Delivered", "Gone", "Retried", "Failed"]
+                .iter()
+                .map(|k| format!("{}={}", k.to_lowercase(), count(k)))
+                .collect();
+            eprintln!(
+                "  {} {}",
+                self.paint(DIM, function),
+                self.paint(colour, &format!("pushed {}", counts.join(" ")))
+            );
+            return;
+        }
+        let level = fields.get("level").and_then(Value::as_str).unwrap_or("INFO");
+        // Warnings and errors always show: they are what a developer needs to see.
+        if !self.inner.verbose && !matches!(level, "WARN" | "ERROR") {
+            return;
+        }
+        let message = fields.get("message").and_then(Value::as_str).unwrap_or("");
+        let rest: Vec<String> = fields
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "timestamp" | "level" | "message" | "target"))
+            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .collect();
+        let colour = match level {
+            "ERROR" => RED,
+            "WARN" => YELLOW,
+            _ => DIM,
+        };
+        eprintln!(
+            "  {} {} {message} {}",
+            self.paint(DIM, function),
+            self.paint(colour, level),
+            self.paint(DIM, &rest.join(" "))
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! A moto server (DynamoDB, Streams, SQS) from the project's venv, on loopback.
+//! It lives exactly as long as its owner: it exits when its standard input closes.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub struct MotoProcess {
+    pub endpoint: String,
+    pub port: u16,
+    _child: Mutex<(Child, ChildStdin)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    #[error(
+        "moto is not installed: {0} is missing. Run scripts/setup (scripts/test and scripts/dev do this for you)."
+    )]
+    Missing(String),
+    #[error("moto did not start: {0}")]
+    Start(String),
+}
+
+impl MotoProcess {
+    /// Starts `scripts/moto_server.py` from `repo_root`'s venv on `port` (0: a free one).
+    pub fn start(repo_root: &Path, port: u16) -> Result<MotoProcess, MotoError> {
+        let python = repo_root.join(".venv/bin/python");
+        if !python.exists() {
+            return Err(MotoError::Missing(python.display().to_string()));
+        }
+        let mut child = Command::new(&python)
+            .arg(repo_root.join("scripts/moto_server.py"))
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| MotoError::Start(format!("{}: {e}", python.display())))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .map_err(|e| MotoError::Start(e.to_string()))?;
+        let port: u16 = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| MotoError::Start(format!("it said {line:?} (is moto[server] installed in .venv?)")))?;
+        Ok(MotoProcess {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            _child: Mutex::new((child, stdin)),
+        })
+    }
+
+    /// SDK configuration for this moto, with dummy credentials.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        sdk_config(&self.endpoint).await
+    }
+}
+
+pub const LOCAL_REGION: &str = "us-east-1";
+
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(LOCAL_REGION))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "wsfan-local",
+        ))
+        .load()
+        .await
+}

@@ -1,0 +1,339 @@
+//! Reads `sam/template.yaml`, so the local stack runs what the template deploys: its functions
+//! (binary, environment, timeout), its routes and authorizer, its stream and queue mappings
+//! (batch size, filters, retries) and its queues' redrive policy.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_norway::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("parsing the template: {0}")]
+    Parse(#[from] serde_norway::Error),
+    #[error("template: {0}")]
+    Shape(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Function {
+    pub logical_id: String,
+    pub binary: String,
+    /// Variable names with their template values (`None` where the value is an intrinsic).
+    pub env: BTreeMap<String, Option<String>>,
+    pub timeout_secs: u64,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub route_key: String,
+    /// The binary of the function its integration invokes.
+    pub binary: String,
+    pub authorized: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSource {
+    pub binary: String,
+    /// The logical id of the table (stream) or queue it reads.
+    pub source: String,
+    pub batch_size: usize,
+    pub maximum_retry_attempts: Option<u32>,
+    /// Lambda filter patterns, as JSON.
+    pub filters: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    pub logical_id: String,
+    pub max_receive_count: Option<u32>,
+    pub dead_letter_queue: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub functions: Vec<Function>,
+    pub routes: Vec<Route>,
+    /// The binary of the `$connect` authorizer.
+    pub authorizer: Option<String>,
+    pub event_sources: Vec<EventSource>,
+    pub queues: Vec<Queue>,
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, key| v.get(*key))
+}
+
+fn string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn number(v: Option<&Value>) -> Option<u64> {
+    string(v)?.parse().ok()
+}
+
+/// The logical ids an intrinsic refers to: `!Ref X`, `!GetAtt X.Arn`, `${X}` / `${X.Arn}` in
+/// `!Sub`, and their long forms.
+pub fn references(v: &Value) -> Vec<String> {
+    fn sub_refs(s: &str, out: &mut Vec<String>) {
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            rest = &rest[start + 2..];
+            let Some(end) = rest.find('}') else { break };
+            let name = rest[..end].split('.').next().unwrap_or("");
+            if !name.contains("::") && !name.is_empty() {
+                out.push(name.to_owned());
+            }
+            rest = &rest[end..];
+        }
+    }
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Tagged(t) => {
+                let tag = t.tag.to_string();
+                match (tag.trim_start_matches('!'), &t.value) {
+                    ("Ref", Value::String(s)) => out.push(s.clone()),
+                    ("GetAtt", Value::String(s)) => out.push(s.split('.').next().unwrap_or("").to_owned()),
+                    ("GetAtt", Value::Sequence(seq)) => {
+                        out.extend(seq.first().and_then(|x| x.as_str()).map(str::to_owned))
+                    }
+                    ("Sub", Value::String(s)) => sub_refs(s, out),
+                    (_, inner) => walk(inner, out),
+                }
+            }
+            Value::Mapping(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        (Some("Ref"), Value::String(s)) => out.push(s.clone()),
+                        (Some("Fn::GetAtt"), Value::Sequence(seq)) => {
+                            out.extend(seq.first().and_then(|x| x.as_str()).map(str::to_owned))
+                        }
+                        (Some("Fn::Sub"), Value::String(s)) => sub_refs(s, out),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Sequence(seq) => seq.iter().for_each(|x| walk(x, out)),
+            Value::String(s) => sub_refs(s, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+fn resources_of_type<'a>(
+    resources: &'a serde_norway::Mapping,
+    ty: &'a str,
+) -> impl Iterator<Item = (String, &'a Value)> + 'a {
+    resources
+        .iter()
+        .filter(move |(_, r)| r.get("Type").and_then(Value::as_str) == Some(ty))
+        .map(|(k, r)| (k.as_str().unwrap_or_default().to_owned(), r))
+}
+
+impl Template {
+    pub fn load(path: &Path) -> Result<Template, TemplateError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let doc: Value = serde_norway::from_str(text)?;
+        let resources = doc
+            .get("Resources")
+            .and_then(Value::as_mapping)
+            .ok_or_else(|| TemplateError::Shape("no Resources".into()))?;
+        let by_type = |ty: &'static str| resources_of_type(resources, ty);
+        let globals = get(&doc, &["Globals", "Function"]);
+
+        let mut functions = Vec::new();
+        for (id, r) in by_type("AWS::Serverless::Function") {
+            let binary = string(get(r, &["Metadata", "BuildProperties", "Binary"]))
+                .ok_or_else(|| TemplateError::Shape(format!("{id} has no Metadata.BuildProperties.Binary")))?;
+            let mut env = BTreeMap::new();
+            for vars in [
+                globals.and_then(|g| get(g, &["Environment", "Variables"])),
+                get(r, &["Properties", "Environment", "Variables"]),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_mapping)
+            {
+                for (k, v) in vars {
+                    if let Some(name) = k.as_str() {
+                        env.insert(name.to_owned(), string(Some(v)));
+                    }
+                }
+            }
+            let setting = |name: &str| {
+                number(get(r, &["Properties", name])).or_else(|| number(globals.and_then(|g| g.get(name))))
+            };
+            functions.push(Function {
+                logical_id: id,
+                binary,
+                env,
+                timeout_secs: setting("Timeout").unwrap_or(3),
+                memory_mb: setting("MemorySize").unwrap_or(128) as u32,
+            });
+        }
+        let binary_of = |refs: Vec<String>| {
+            functions
+                .iter()
+                .find(|f| refs.contains(&f.logical_id))
+                .map(|f| f.binary.clone())
+        };
+
+        let integrations: BTreeMap<String, Option<String>> = by_type("AWS::ApiGatewayV2::Integration")
+            .map(|(id, r)| {
+                (
+                    id,
+                    get(r, &["Properties", "IntegrationUri"])
+                        .map(references)
+                        .and_then(&binary_of),
+                )
+            })
+            .collect();
+        let mut routes = Vec::new();
+        for (id, r) in by_type("AWS::ApiGatewayV2::Route") {
+            let route_key = string(get(r, &["Properties", "RouteKey"]))
+                .ok_or_else(|| TemplateError::Shape(format!("{id} has no RouteKey")))?;
+            let target = get(r, &["Properties", "Target"]).map(references).unwrap_or_default();
+            let binary = target
+                .iter()
+                .find_map(|t| integrations.get(t).cloned().flatten())
+                .ok_or_else(|| TemplateError::Shape(format!("route {route_key} has no Lambda integration")))?;
+            let authorized = string(get(r, &["Properties", "AuthorizationType"])).as_deref() == Some("CUSTOM");
+            routes.push(Route {
+                route_key,
+                binary,
+                authorized,
+            });
+        }
+        let authorizer = by_type("AWS::ApiGatewayV2::Authorizer").find_map(|(_, r)| {
+            get(r, &["Properties", "AuthorizerUri"])
+                .map(references)
+                .and_then(&binary_of)
+        });
+
+        let mut event_sources = Vec::new();
+        for (id, r) in by_type("AWS::Lambda::EventSourceMapping") {
+            let p = |name: &str| get(r, &["Properties", name]);
+            let binary = p("FunctionName")
+                .map(references)
+                .and_then(&binary_of)
+                .ok_or_else(|| TemplateError::Shape(format!("{id} names no function of the template")))?;
+            let source = p("EventSourceArn")
+                .map(references)
+                .and_then(|r| r.into_iter().next())
+                .unwrap_or_default();
+            let filters = get(r, &["Properties", "FilterCriteria", "Filters"])
+                .and_then(Value::as_sequence)
+                .map(|seq| {
+                    seq.iter()
+                        .filter_map(|f| string(f.get("Pattern")))
+                        .filter_map(|p| serde_json::from_str(&p).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            event_sources.push(EventSource {
+                binary,
+                source,
+                batch_size: number(p("BatchSize")).unwrap_or(10) as usize,
+                maximum_retry_attempts: number(p("MaximumRetryAttempts")).map(|n| n as u32),
+                filters,
+            });
+        }
+
+        let queues = by_type("AWS::SQS::Queue")
+            .map(|(id, r)| {
+                let redrive = get(r, &["Properties", "RedrivePolicy"]);
+                Queue {
+                    logical_id: id,
+                    max_receive_count: redrive.and_then(|p| number(p.get("maxReceiveCount"))).map(|n| n as u32),
+                    dead_letter_queue: redrive
+                        .and_then(|p| p.get("deadLetterTargetArn"))
+                        .map(references)
+                        .and_then(|r| r.into_iter().next()),
+                }
+            })
+            .collect();
+
+        Ok(Template {
+            functions,
+            routes,
+            authorizer,
+            event_sources,
+            queues,
+        })
+    }
+
+    pub fn function(&self, binary: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.binary == binary)
+    }
+}
+
+/// Lambda's event filtering, for the patterns the template uses: exact values, `prefix`, and
+/// `exists`, nested to any depth. A record passes if any pattern matches.
+pub fn matches_any(patterns: &[serde_json::Value], record: &serde_json::Value) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| matches(p, record))
+}
+
+fn matches(pattern: &serde_json::Value, value: &serde_json::Value) -> bool {
+    use serde_json::Value as J;
+    match pattern {
+        J::Object(fields) => fields.iter().all(|(k, p)| match value.get(k) {
+            Some(v) => matches(p, v),
+            None => matches!(p, J::Array(options) if options.iter().any(|o| o.get("exists") == Some(&J::Bool(false)))),
+        }),
+        J::Array(options) => options.iter().any(|option| match option {
+            J::Object(rule) if rule.contains_key("prefix") => value
+                .as_str()
+                .zip(rule["prefix"].as_str())
+                .is_some_and(|(v, p)| v.starts_with(p)),
+            J::Object(rule) if rule.contains_key("exists") => rule["exists"] == J::Bool(true),
+            exact => exact == value,
+        }),
+        _ => pattern == value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_patterns_match_like_lambda() {
+        let pattern: serde_json::Value =
+            serde_json::from_str(r#"{"dynamodb":{"Keys":{"sk":{"S":[{"prefix":"MSG#"}]}}}}"#).unwrap();
+        let record = |sk: &str| serde_json::json!({"eventName": "INSERT", "dynamodb": {"Keys": {"sk": {"S": sk}}}});
+        assert!(matches_any(std::slice::from_ref(&pattern), &record("MSG#01")));
+        assert!(!matches_any(std::slice::from_ref(&pattern), &record("CONN#x")));
+        let exact: serde_json::Value = serde_json::from_str(r#"{"eventName":["INSERT","MODIFY"]}"#).unwrap();
+        assert!(matches_any(std::slice::from_ref(&exact), &record("x")));
+        assert!(!matches_any(&[exact], &serde_json::json!({"eventName": "REMOVE"})));
+    }
+
+    #[test]
+    fn references_read_short_and_long_forms() {
+        let v: Value = serde_norway::from_str(
+            "a: !Sub 'arn:${AWS::Region}:x/${Fn.Arn}/y'\nb: !Ref Table\nc: !GetAtt Queue.Arn\nd: {Ref: Other}",
+        )
+        .unwrap();
+        let mut refs = references(&v);
+        refs.sort();
+        assert_eq!(refs, vec!["Fn", "Other", "Queue", "Table"]);
+    }
+}

@@ -1,0 +1,1471 @@
+//! `sam/template.yaml` against the code, so the two cannot drift apart: every protocol action has
+//! a route to the right function, `$connect` has an authorizer that always runs, the stage deploys
+//! itself, every function gets every variable its crate reads, the table is the one in
+//! `shared/src/table.rs`, the stream filter lets through what stream-fanout handles, and the
+//! fanouts may post to `@connections`.
+//!
+//! [`problems`] returns each disagreement as a sentence. The mutation tests at the bottom break a
+//! copy of the template (or of what the code says) one way at a time and assert that exactly that
+//! breakage is reported, so a check that silently passes everything cannot go unnoticed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value as Json};
+use serde_norway::{Mapping, Value};
+use wsfan_shared::config::Retention;
+use wsfan_shared::model::keys;
+use wsfan_shared::protocol::ACTIONS;
+use wsfan_shared::table::{TableSpec, TABLE};
+
+const AUTHORIZER: &str = "ws-authorizer";
+const CONNECT: &str = "ws-connect";
+const DISCONNECT: &str = "ws-disconnect";
+const MESSAGE: &str = "ws-message";
+const STREAM_FANOUT: &str = "stream-fanout";
+const PROGRESS_FANOUT: &str = "progress-fanout";
+
+const OUTPUTS: &[&str] = &[
+    "WebSocketUrl",
+    "ConnectionsUrl",
+    "TableName",
+    "ProgressQueueUrl",
+    "ProgressQueueArn",
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repo")
+        .to_path_buf()
+}
+
+// ---------------------------------------------------------------- what the code says
+
+/// Everything the template is checked against, read from the code and the repository.
+#[derive(Clone, Debug)]
+struct Code {
+    /// Route keys a client can send (`ACTIONS`); `$connect`, `$disconnect`, `$default` come on top.
+    actions: Vec<String>,
+    /// Binary name -> the environment variables it reads (each crate's `ENV`).
+    env: BTreeMap<String, Vec<String>>,
+    /// Every `[[bin]]` target of the workspace.
+    workspace_bins: BTreeSet<String>,
+    /// Directories under `events/`.
+    event_dirs: BTreeSet<String>,
+    table: TableSpec,
+    /// Sort-key prefixes stream-fanout acts on.
+    stream_prefixes: Vec<String>,
+    retention: Retention,
+}
+
+fn owned(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl Code {
+    fn current() -> Code {
+        let env = [
+            (AUTHORIZER, ws_authorizer::ENV),
+            (CONNECT, ws_connect::ENV),
+            (DISCONNECT, ws_disconnect::ENV),
+            (MESSAGE, ws_message::ENV),
+            (STREAM_FANOUT, stream_fanout::ENV),
+            (PROGRESS_FANOUT, progress_fanout::ENV),
+        ]
+        .into_iter()
+        .map(|(binary, vars)| (binary.to_owned(), owned(vars)))
+        .collect();
+        Code {
+            actions: owned(ACTIONS),
+            env,
+            workspace_bins: workspace_bins(),
+            event_dirs: event_dirs(),
+            table: TABLE.clone(),
+            stream_prefixes: owned(stream_fanout::HANDLED_SORT_KEY_PREFIXES),
+            retention: Retention::default(),
+        }
+    }
+
+    fn route_keys(&self) -> Vec<String> {
+        let mut keys = owned(&["$connect", "$disconnect", "$default"]);
+        keys.extend(self.actions.iter().cloned());
+        keys
+    }
+
+    /// The TTL variables and the defaults `shared/src/config.rs` gives them.
+    fn ttl_defaults(&self) -> [(&'static str, i64); 4] {
+        [
+            ("CONNECTION_TTL_SECONDS", self.retention.connection_secs),
+            ("MESSAGE_TTL_SECONDS", self.retention.message_secs),
+            ("EVENT_TTL_SECONDS", self.retention.event_secs),
+            ("DEDUPE_TTL_SECONDS", self.retention.dedupe_secs),
+        ]
+    }
+}
+
+/// The binary a route's integration must run.
+fn route_binary(route_key: &str) -> &'static str {
+    match route_key {
+        "$connect" => CONNECT,
+        "$disconnect" => DISCONNECT,
+        _ => MESSAGE,
+    }
+}
+
+fn workspace_bins() -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO")
+        .ok()
+        .or_else(|| option_env!("CARGO").map(str::to_owned))
+        .unwrap_or_else(|| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .current_dir(repo_root())
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: Json = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let mut bins = BTreeSet::new();
+    for package in metadata["packages"].as_array().expect("metadata lists packages") {
+        for target in package["targets"].as_array().into_iter().flatten() {
+            let is_bin = target["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"));
+            if is_bin {
+                bins.insert(target["name"].as_str().expect("targets have names").to_owned());
+            }
+        }
+    }
+    bins
+}
+
+fn event_dirs() -> BTreeSet<String> {
+    let dir = repo_root().join("events");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect()
+}
+
+// ---------------------------------------------------------------- reading the template
+
+fn template_path() -> PathBuf {
+    repo_root().join("sam").join("template.yaml")
+}
+
+fn load_template() -> Value {
+    let path = template_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, key| v.get(*key))
+}
+
+/// The argument of an intrinsic function, in its short (`!Sub x`) or long (`Fn::Sub: x`) form.
+fn intrinsic<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Tagged(t) if t.tag == name => Some(&t.value),
+        Value::Mapping(m) if m.len() == 1 => {
+            let long = if name == "Ref" {
+                "Ref".to_owned()
+            } else {
+                format!("Fn::{name}")
+            };
+            m.get(long.as_str())
+        }
+        _ => None,
+    }
+}
+
+fn ref_of(v: &Value) -> Option<&str> {
+    intrinsic(v, "Ref")?.as_str()
+}
+
+/// `!GetAtt X.Attr` or `[X, Attr]`.
+fn getatt_of(v: &Value) -> Option<(String, String)> {
+    match intrinsic(v, "GetAtt")? {
+        Value::String(s) => {
+            let (id, attr) = s.split_once('.')?;
+            Some((id.to_owned(), attr.to_owned()))
+        }
+        Value::Sequence(seq) => Some((seq.first()?.as_str()?.to_owned(), seq.get(1)?.as_str()?.to_owned())),
+        _ => None,
+    }
+}
+
+/// The string of `!Sub "…"` (or of `!Sub ["…", {…}]`).
+fn sub_of(v: &Value) -> Option<&str> {
+    match intrinsic(v, "Sub")? {
+        Value::String(s) => Some(s),
+        Value::Sequence(seq) => seq.first()?.as_str(),
+        _ => None,
+    }
+}
+
+/// `${Name}` and `${Name.Attr}` in a `!Sub` string, without pseudo parameters.
+fn sub_refs(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        rest = &rest[start + 2..];
+        let Some(end) = rest.find('}') else { break };
+        let name = rest[..end].split('.').next().unwrap_or_default();
+        if !name.is_empty() && !name.starts_with('!') && !name.contains("::") {
+            out.push(name.to_owned());
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Every logical id (or parameter) `v` refers to.
+fn references(v: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        if let Some(name) = ref_of(v) {
+            out.insert(name.to_owned());
+        } else if let Some((id, _)) = getatt_of(v) {
+            out.insert(id);
+        } else if let Some(s) = sub_of(v) {
+            out.extend(sub_refs(s));
+            if let Some(Value::Sequence(seq)) = intrinsic(v, "Sub") {
+                seq.iter().skip(1).for_each(|x| walk(x, out));
+            }
+        } else {
+            match v {
+                Value::Tagged(t) => walk(&t.value, out),
+                Value::Mapping(m) => m.values().for_each(|x| walk(x, out)),
+                Value::Sequence(seq) => seq.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(v, &mut out);
+    out
+}
+
+/// A string, or a one-element list of one, as in `Actions: x` / `Actions: [x]`.
+fn strings(v: Option<&Value>) -> Vec<&Value> {
+    match v {
+        Some(Value::Sequence(seq)) => seq.iter().collect(),
+        Some(other) => vec![other],
+        None => vec![],
+    }
+}
+
+struct Template<'a> {
+    doc: &'a Value,
+}
+
+struct Function<'a> {
+    id: &'a str,
+    binary: Option<&'a str>,
+    resource: &'a Value,
+}
+
+impl<'a> Template<'a> {
+    fn resources(&self) -> impl Iterator<Item = (&'a str, &'a Value)> {
+        get(self.doc, &["Resources"])
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flat_map(Mapping::iter)
+            .filter_map(|(k, v)| Some((k.as_str()?, v)))
+    }
+
+    fn of_type(&self, ty: &str) -> Vec<(&'a str, &'a Value)> {
+        self.resources()
+            .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(ty))
+            .collect()
+    }
+
+    fn resource(&self, id: &str) -> Option<&'a Value> {
+        get(self.doc, &["Resources", id])
+    }
+
+    fn functions(&self) -> Vec<Function<'a>> {
+        self.of_type("AWS::Serverless::Function")
+            .into_iter()
+            .map(|(id, r)| Function {
+                id,
+                binary: get(r, &["Metadata", "BuildProperties", "Binary"]).and_then(Value::as_str),
+                resource: r,
+            })
+            .collect()
+    }
+
+    /// The one function that builds `binary`.
+    fn function(&self, binary: &str) -> Option<Function<'a>> {
+        self.functions().into_iter().find(|f| f.binary == Some(binary))
+    }
+
+    fn binary_of(&self, id: &str) -> Option<&'a str> {
+        self.functions().into_iter().find(|f| f.id == id).and_then(|f| f.binary)
+    }
+
+    /// A function's property, or the one it inherits from `Globals.Function`.
+    fn function_property(&self, f: &Function<'a>, name: &str) -> Option<&'a Value> {
+        get(f.resource, &["Properties", name]).or_else(|| get(self.doc, &["Globals", "Function", name]))
+    }
+
+    /// Nested property of a function with `Globals.Function` merged in (SAM merges maps).
+    fn function_setting(&self, f: &Function<'a>, path: &[&str]) -> Option<&'a Value> {
+        let mut own = vec!["Properties"];
+        own.extend_from_slice(path);
+        let mut global = vec!["Globals", "Function"];
+        global.extend_from_slice(path);
+        get(f.resource, &own).or_else(|| get(self.doc, &global))
+    }
+
+    /// Every environment variable a function gets, from Globals and its own Environment.
+    fn environment(&self, f: &Function<'a>) -> BTreeMap<String, &'a Value> {
+        [
+            get(self.doc, &["Globals", "Function", "Environment", "Variables"]),
+            get(f.resource, &["Properties", "Environment", "Variables"]),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_mapping)
+        .flat_map(Mapping::iter)
+        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
+        .collect()
+    }
+
+    /// The IAM statements of a function's inline policies.
+    fn statements(&self, f: &Function<'a>) -> Vec<&'a Value> {
+        strings(get(f.resource, &["Properties", "Policies"]))
+            .into_iter()
+            .flat_map(|policy| strings(policy.get("Statement")))
+            .collect()
+    }
+
+    fn api(&self) -> Option<(&'a str, &'a Value)> {
+        self.of_type("AWS::ApiGatewayV2::Api").into_iter().next()
+    }
+
+    fn stage(&self) -> Option<(&'a str, &'a Value)> {
+        self.of_type("AWS::ApiGatewayV2::Stage").into_iter().next()
+    }
+
+    /// How the stage name appears in `!Sub` strings: `${Param}` when it is a parameter.
+    fn stage_segment(&self) -> Option<String> {
+        let name = get(self.stage()?.1, &["Properties", "StageName"])?;
+        match (ref_of(name), name.as_str()) {
+            (Some(param), _) => Some(format!("${{{param}}}")),
+            (None, Some(literal)) => Some(literal.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Lambda permissions that let API Gateway invoke `function_id`, by their SourceArn.
+    fn apigateway_permissions(&self, function_id: &str) -> Vec<&'a str> {
+        self.of_type("AWS::Lambda::Permission")
+            .into_iter()
+            .filter(|(_, p)| {
+                let props = p.get("Properties");
+                let invokes = props
+                    .and_then(|p| p.get("FunctionName"))
+                    .map(references)
+                    .is_some_and(|r| r.contains(function_id));
+                let principal = props.and_then(|p| p.get("Principal")).and_then(Value::as_str);
+                invokes && principal == Some("apigateway.amazonaws.com")
+            })
+            .filter_map(|(_, p)| get(p, &["Properties", "SourceArn"]).and_then(sub_of))
+            .collect()
+    }
+
+    /// Event source mappings into the function that builds `binary`.
+    fn mappings_into(&self, binary: &str) -> Vec<&'a Value> {
+        self.of_type("AWS::Lambda::EventSourceMapping")
+            .into_iter()
+            .filter(|(_, m)| {
+                get(m, &["Properties", "FunctionName"])
+                    .map(references)
+                    .is_some_and(|refs| refs.iter().any(|id| self.binary_of(id) == Some(binary)))
+            })
+            .map(|(_, m)| m)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- the checks
+
+/// Every way `doc` disagrees with `code`; empty when they agree.
+fn problems(doc: &Value, code: &Code) -> Vec<String> {
+    let t = Template { doc };
+    let mut out = Vec::new();
+    check_functions(&t, code, &mut out);
+    check_routes(&t, code, &mut out);
+    check_authorizer(&t, &mut out);
+    check_stage(&t, &mut out);
+    check_table(&t, code, &mut out);
+    check_stream(&t, code, &mut out);
+    check_progress(&t, &mut out);
+    check_connections(&t, code, &mut out);
+    check_events(&t, code, &mut out);
+    check_outputs(&t, &mut out);
+    out
+}
+
+fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let root = repo_root().canonicalize().expect("repo root exists");
+    for f in t.functions() {
+        let id = f.id;
+        if get(f.resource, &["Metadata", "BuildMethod"]).and_then(Value::as_str) != Some("rust-cargolambda") {
+            out.push(format!("{id}: Metadata.BuildMethod must be rust-cargolambda"));
+        }
+        match f.binary {
+            None => out.push(format!("{id}: no Metadata.BuildProperties.Binary")),
+            Some(b) if !code.workspace_bins.contains(b) => {
+                out.push(format!("{id}: binary \"{b}\" is not a [[bin]] of the workspace"))
+            }
+            Some(_) => {}
+        }
+        for (name, want) in [("Runtime", "provided.al2023"), ("Handler", "bootstrap")] {
+            if t.function_property(&f, name).and_then(Value::as_str) != Some(want) {
+                out.push(format!("{id}: {name} must be {want}"));
+            }
+        }
+        let arm64 = t
+            .function_property(&f, "Architectures")
+            .and_then(Value::as_sequence)
+            .is_some_and(|a| a.len() == 1 && a[0].as_str() == Some("arm64"));
+        if !arm64 {
+            out.push(format!("{id}: Architectures must be [arm64]"));
+        }
+        let code_uri = t.function_property(&f, "CodeUri").and_then(Value::as_str);
+        let at_root = code_uri
+            .and_then(|uri| template_path().parent()?.join(uri).canonicalize().ok())
+            .is_some_and(|dir| dir == root);
+        if !at_root {
+            out.push(format!("{id}: CodeUri must be the workspace root (\"../\")"));
+        }
+        if t.function_setting(&f, &["LoggingConfig", "LogFormat"])
+            .and_then(Value::as_str)
+            != Some("JSON")
+        {
+            out.push(format!("{id}: LoggingConfig.LogFormat must be JSON"));
+        }
+        let Some(binary) = f.binary else { continue };
+        let env = t.environment(&f);
+        for name in code.env.get(binary).into_iter().flatten() {
+            if !env.contains_key(name) {
+                out.push(format!("{id} ({binary}): environment variable {name} is not set"));
+            }
+        }
+        for (name, default) in code.ttl_defaults() {
+            if let Some(value) = env.get(name).and_then(|v| v.as_str()) {
+                if value.parse::<i64>().ok() != Some(default) {
+                    out.push(format!(
+                        "{id} ({binary}): {name} is \"{value}\", but shared/src/config.rs defaults to {default}"
+                    ));
+                }
+            }
+        }
+        for statement in t.statements(&f) {
+            let names_transact = strings(statement.get("Action"))
+                .iter()
+                .any(|a| a.as_str() == Some("dynamodb:TransactWriteItems"));
+            if names_transact {
+                out.push(format!(
+                    "{id}: dynamodb:TransactWriteItems is not an IAM action; grant the actions inside the transaction"
+                ));
+            }
+        }
+    }
+    for binary in code.env.keys() {
+        let n = t
+            .functions()
+            .iter()
+            .filter(|f| f.binary == Some(binary.as_str()))
+            .count();
+        if n != 1 {
+            out.push(format!(
+                "{n} functions build binary \"{binary}\"; the template needs exactly one"
+            ));
+        }
+    }
+}
+
+fn check_routes(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let Some((api_id, api)) = t.api() else {
+        out.push("no AWS::ApiGatewayV2::Api".to_owned());
+        return;
+    };
+    let websocket = get(api, &["Properties", "ProtocolType"]).and_then(Value::as_str) == Some("WEBSOCKET");
+    let selection = get(api, &["Properties", "RouteSelectionExpression"]).and_then(Value::as_str);
+    if !websocket || selection != Some("$request.body.action") {
+        out.push(format!(
+            "{api_id}: must be ProtocolType WEBSOCKET with RouteSelectionExpression $request.body.action"
+        ));
+    }
+    let routes: Vec<(&str, &Value)> = t.of_type("AWS::ApiGatewayV2::Route");
+    let route_key = |r: &Value| {
+        get(r, &["Properties", "RouteKey"])
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let expected = code.route_keys();
+    for (_, r) in &routes {
+        if let Some(key) = route_key(r) {
+            if !expected.contains(&key) {
+                out.push(format!("route \"{key}\" is in the template but not in the protocol"));
+            }
+        }
+    }
+    let responses: Vec<BTreeSet<String>> = t
+        .of_type("AWS::ApiGatewayV2::RouteResponse")
+        .into_iter()
+        .filter_map(|(_, rr)| get(rr, &["Properties", "RouteId"]).map(references))
+        .collect();
+    for key in &expected {
+        let Some((route_id, route)) = routes.iter().find(|(_, r)| route_key(r).as_ref() == Some(key)) else {
+            out.push(format!("route \"{key}\" is missing"));
+            continue;
+        };
+        let want = route_binary(key);
+        let function_id = get(route, &["Properties", "Target"])
+            .map(references)
+            .into_iter()
+            .flatten()
+            .filter_map(|integration| t.resource(&integration))
+            .filter(|i| get(i, &["Properties", "IntegrationType"]).and_then(Value::as_str) == Some("AWS_PROXY"))
+            .filter_map(|i| get(i, &["Properties", "IntegrationUri"]).map(references))
+            .flatten()
+            .find(|id| t.binary_of(id) == Some(want));
+        let Some(function_id) = function_id else {
+            out.push(format!("route \"{key}\": its integration must be AWS_PROXY to {want}"));
+            continue;
+        };
+        let allowed = t.apigateway_permissions(&function_id).iter().any(|arn| {
+            arn.contains(&format!("${{{api_id}}}/")) && (arn.ends_with(&format!("/{key}")) || arn.ends_with("/*"))
+        });
+        if !allowed {
+            out.push(format!(
+                "route \"{key}\": no Lambda permission lets API Gateway invoke {function_id} for it"
+            ));
+        }
+        // ws-message answers its caller (acks, history, pong, error frames): that takes a route response.
+        if want == MESSAGE {
+            let selects = get(route, &["Properties", "RouteResponseSelectionExpression"]).is_some();
+            if !selects || !responses.iter().any(|r| r.contains(*route_id)) {
+                out.push(format!(
+                    "route \"{key}\": no route response, so its answer never reaches the caller"
+                ));
+            }
+        }
+    }
+}
+
+fn check_authorizer(t: &Template, out: &mut Vec<String>) {
+    let connect = t
+        .of_type("AWS::ApiGatewayV2::Route")
+        .into_iter()
+        .find(|(_, r)| get(r, &["Properties", "RouteKey"]).and_then(Value::as_str) == Some("$connect"));
+    let Some((_, connect)) = connect else { return };
+    if get(connect, &["Properties", "AuthorizationType"]).and_then(Value::as_str) != Some("CUSTOM") {
+        out.push("route \"$connect\": AuthorizationType must be CUSTOM".to_owned());
+    }
+    let authorizer = get(connect, &["Properties", "AuthorizerId"])
+        .and_then(ref_of)
+        .and_then(|id| Some((id, t.resource(id)?)));
+    let Some((authorizer_id, authorizer)) = authorizer else {
+        out.push("route \"$connect\": no authorizer attached".to_owned());
+        return;
+    };
+    let props = |name: &str| get(authorizer, &["Properties", name]);
+    let function_id = props("AuthorizerUri")
+        .map(references)
+        .into_iter()
+        .flatten()
+        .find(|id| t.binary_of(id) == Some(AUTHORIZER));
+    let request = props("AuthorizerType").and_then(Value::as_str) == Some("REQUEST");
+    if !request || function_id.is_none() {
+        out.push(format!(
+            "{authorizer_id}: must be a REQUEST authorizer running {AUTHORIZER}"
+        ));
+    }
+    let has_source = match props("IdentitySource") {
+        None | Some(Value::Null) => false,
+        Some(Value::Sequence(seq)) => !seq.is_empty(),
+        Some(_) => true,
+    };
+    if has_source {
+        out.push(format!(
+            "{authorizer_id}: has an IdentitySource, so API Gateway refuses a connection without one before the authorizer runs"
+        ));
+    }
+    if let Some(function_id) = function_id {
+        let allowed = t
+            .apigateway_permissions(&function_id)
+            .iter()
+            .any(|arn| arn.contains("/authorizers/"));
+        if !allowed {
+            out.push(format!(
+                "{authorizer_id}: no Lambda permission lets API Gateway invoke {function_id}"
+            ));
+        }
+    }
+}
+
+fn check_stage(t: &Template, out: &mut Vec<String>) {
+    let Some((id, stage)) = t.stage() else {
+        out.push("no AWS::ApiGatewayV2::Stage".to_owned());
+        return;
+    };
+    let props = |name: &str| get(stage, &["Properties", name]);
+    if props("AutoDeploy").and_then(Value::as_bool) != Some(true) {
+        out.push(format!(
+            "{id}: AutoDeploy must be true, or the stage stays on an old deployment after a change"
+        ));
+    }
+    if props("DeploymentId").is_some() {
+        out.push(format!("{id}: DeploymentId pins the stage to one deployment"));
+    }
+    if get(stage, &["Properties", "AccessLogSettings", "DestinationArn"]).is_none() {
+        out.push(format!("{id}: no access logging"));
+    }
+    let throttled = ["ThrottlingRateLimit", "ThrottlingBurstLimit"]
+        .iter()
+        .all(|k| get(stage, &["Properties", "DefaultRouteSettings", k]).is_some());
+    if !throttled {
+        out.push(format!("{id}: no default route throttling"));
+    }
+}
+
+/// A DynamoDB key schema as `[(attribute, HASH|RANGE)]`.
+fn key_schema(v: Option<&Value>) -> Vec<(String, String)> {
+    strings(v)
+        .into_iter()
+        .filter_map(|k| {
+            Some((
+                k.get("AttributeName")?.as_str()?.to_owned(),
+                k.get("KeyType")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn keys_of(partition: &str, sort: &str) -> Vec<(String, String)> {
+    vec![
+        (partition.to_owned(), "HASH".to_owned()),
+        (sort.to_owned(), "RANGE".to_owned()),
+    ]
+}
+
+fn check_table(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let tables = t.of_type("AWS::DynamoDB::Table");
+    let [(id, table)] = tables.as_slice() else {
+        out.push(format!("expected one AWS::DynamoDB::Table, found {}", tables.len()));
+        return;
+    };
+    let spec = &code.table;
+    let props = |path: &[&str]| {
+        let mut full = vec!["Properties"];
+        full.extend_from_slice(path);
+        get(table, &full)
+    };
+    let keys = key_schema(props(&["KeySchema"]));
+    let want = keys_of(spec.partition_key, spec.sort_key);
+    if keys != want {
+        out.push(format!("{id}: KeySchema is {keys:?}; shared/src/table.rs has {want:?}"));
+    }
+    let attributes: BTreeMap<&str, &str> = strings(props(&["AttributeDefinitions"]))
+        .into_iter()
+        .filter_map(|a| Some((a.get("AttributeName")?.as_str()?, a.get("AttributeType")?.as_str()?)))
+        .collect();
+    let mut key_attributes = vec![spec.partition_key, spec.sort_key];
+    for index in spec.indexes {
+        key_attributes.extend([index.partition_key, index.sort_key]);
+    }
+    for name in key_attributes {
+        if attributes.get(name) != Some(&"S") {
+            out.push(format!("{id}: attribute {name} must be defined as a string (S)"));
+        }
+    }
+    let indexes = strings(props(&["GlobalSecondaryIndexes"]));
+    let index_name = |i: &Value| i.get("IndexName").and_then(Value::as_str).map(str::to_owned);
+    for spec_index in spec.indexes {
+        let Some(index) = indexes
+            .iter()
+            .find(|i| index_name(i).as_deref() == Some(spec_index.name))
+        else {
+            out.push(format!("{id}: index {} is missing", spec_index.name));
+            continue;
+        };
+        let keys = key_schema(index.get("KeySchema"));
+        let want = keys_of(spec_index.partition_key, spec_index.sort_key);
+        if keys != want {
+            out.push(format!(
+                "{id}: index {} has keys {keys:?}; shared/src/table.rs has {want:?}",
+                spec_index.name
+            ));
+        }
+        if get(index, &["Projection", "ProjectionType"]).and_then(Value::as_str) != Some("ALL") {
+            out.push(format!("{id}: index {} must project ALL", spec_index.name));
+        }
+    }
+    for index in &indexes {
+        let name = index_name(index).unwrap_or_default();
+        if !spec.indexes.iter().any(|i| i.name == name) {
+            out.push(format!("{id}: index {name} is not in shared/src/table.rs"));
+        }
+    }
+    if props(&["StreamSpecification", "StreamViewType"]).and_then(Value::as_str) != Some(spec.stream_view) {
+        out.push(format!("{id}: StreamViewType must be {}", spec.stream_view));
+    }
+    let ttl_on = props(&["TimeToLiveSpecification", "Enabled"]).and_then(Value::as_bool) == Some(true);
+    let ttl_attribute = props(&["TimeToLiveSpecification", "AttributeName"]).and_then(Value::as_str);
+    if !ttl_on || ttl_attribute != Some(spec.ttl_attribute) {
+        out.push(format!("{id}: TTL must be enabled on {}", spec.ttl_attribute));
+    }
+    if props(&["BillingMode"]).and_then(Value::as_str) != Some("PAY_PER_REQUEST") {
+        out.push(format!("{id}: BillingMode must be PAY_PER_REQUEST"));
+    }
+    if props(&["PointInTimeRecoverySpecification", "PointInTimeRecoveryEnabled"]).and_then(Value::as_bool) != Some(true)
+    {
+        out.push(format!("{id}: point-in-time recovery must be enabled"));
+    }
+}
+
+/// Lambda event filtering for the rules the template uses: exact values, `prefix` and `exists`,
+/// nested to any depth. No patterns lets every record through.
+fn filter_passes(patterns: &[Json], record: &Json) -> bool {
+    fn matches(pattern: &Json, value: Option<&Json>) -> bool {
+        match pattern {
+            Json::Object(fields) => value.is_some_and(|v| fields.iter().all(|(k, p)| matches(p, v.get(k)))),
+            Json::Array(options) => options.iter().any(|option| match (option, value) {
+                (Json::Object(rule), v) if rule.contains_key("exists") => rule["exists"] == Json::Bool(v.is_some()),
+                (Json::Object(rule), Some(Json::String(v))) if rule.contains_key("prefix") => {
+                    rule["prefix"].as_str().is_some_and(|p| v.starts_with(p))
+                }
+                (Json::Object(_), _) => false,
+                (exact, v) => Some(exact) == v,
+            }),
+            _ => false,
+        }
+    }
+    patterns.is_empty() || patterns.iter().any(|p| matches(p, Some(record)))
+}
+
+fn stream_record(event_name: &str, sort_key: &str) -> Json {
+    json!({
+        "eventName": event_name,
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {
+            "Keys": {"pk": {"S": "CHAN#workspace:42"}, "sk": {"S": sort_key}},
+            "StreamViewType": "NEW_AND_OLD_IMAGES"
+        }
+    })
+}
+
+fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let from_stream = t.mappings_into(STREAM_FANOUT).into_iter().find(|m| {
+        get(m, &["Properties", "EventSourceArn"])
+            .and_then(getatt_of)
+            .is_some_and(|(id, attr)| {
+                attr == "StreamArn" && t.of_type("AWS::DynamoDB::Table").iter().any(|(table, _)| *table == id)
+            })
+    });
+    let Some(mapping) = from_stream else {
+        out.push(format!(
+            "no event source mapping feeds the table's stream to {STREAM_FANOUT}"
+        ));
+        return;
+    };
+    let props = |path: &[&str]| {
+        let mut full = vec!["Properties"];
+        full.extend_from_slice(path);
+        get(mapping, &full)
+    };
+    let reports_items = strings(props(&["FunctionResponseTypes"]))
+        .iter()
+        .any(|v| v.as_str() == Some("ReportBatchItemFailures"));
+    if !reports_items {
+        out.push("stream mapping: FunctionResponseTypes must include ReportBatchItemFailures".to_owned());
+    }
+    if props(&["BisectBatchOnFunctionError"]).and_then(Value::as_bool) != Some(true) {
+        out.push("stream mapping: BisectBatchOnFunctionError must be true".to_owned());
+    }
+    for bounded in ["MaximumRetryAttempts", "MaximumRecordAgeInSeconds"] {
+        // -1 (the default) means forever: one poison record would block its shard for a day.
+        if props(&[bounded]).and_then(Value::as_i64).is_none_or(|n| n < 0) {
+            out.push(format!("stream mapping: {bounded} must be set and bounded"));
+        }
+    }
+    if props(&["DestinationConfig", "OnFailure", "Destination"]).is_none() {
+        out.push("stream mapping: no on-failure destination".to_owned());
+    }
+    if props(&["ParallelizationFactor"]).is_none() {
+        out.push("stream mapping: no ParallelizationFactor".to_owned());
+    }
+    let patterns: Vec<Json> = strings(props(&["FilterCriteria", "Filters"]))
+        .into_iter()
+        .filter_map(|f| f.get("Pattern")?.as_str())
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("filter pattern {p} is not JSON: {e}")))
+        .collect();
+    let events = ["INSERT", "MODIFY", "REMOVE"];
+    for prefix in &code.stream_prefixes {
+        let sort_key = format!("{prefix}01JD0000000000000000000000");
+        if !events
+            .iter()
+            .any(|e| filter_passes(&patterns, &stream_record(e, &sort_key)))
+        {
+            out.push(format!(
+                "stream filter drops {prefix} records, which {STREAM_FANOUT} handles"
+            ));
+        }
+    }
+    // Item kinds stream-fanout does not act on must not cost an invocation.
+    let others = [
+        keys::META.to_owned(),
+        keys::connection("L0SM9cOFvHcCIhw="),
+        keys::dedupe("user-1", "c1"),
+        keys::PROGRESS.to_owned(),
+    ];
+    for sort_key in others {
+        let handled = code.stream_prefixes.iter().any(|p| sort_key.starts_with(p.as_str()));
+        if !handled
+            && events
+                .iter()
+                .any(|e| filter_passes(&patterns, &stream_record(e, &sort_key)))
+        {
+            out.push(format!(
+                "stream filter lets \"{sort_key}\" records through, which {STREAM_FANOUT} ignores"
+            ));
+        }
+    }
+}
+
+fn check_progress(t: &Template, out: &mut Vec<String>) {
+    let queues = t.of_type("AWS::SQS::Queue");
+    let from_queue = t.mappings_into(PROGRESS_FANOUT).into_iter().find_map(|m| {
+        let (id, _) = get(m, &["Properties", "EventSourceArn"]).and_then(getatt_of)?;
+        let queue = queues.iter().find(|(q, _)| *q == id)?;
+        Some((m, *queue))
+    });
+    let Some((mapping, (queue_id, queue))) = from_queue else {
+        out.push(format!(
+            "no event source mapping feeds an SQS queue to {PROGRESS_FANOUT}"
+        ));
+        return;
+    };
+    let reports_items = strings(get(mapping, &["Properties", "FunctionResponseTypes"]))
+        .iter()
+        .any(|v| v.as_str() == Some("ReportBatchItemFailures"));
+    if !reports_items {
+        out.push("progress mapping: FunctionResponseTypes must include ReportBatchItemFailures".to_owned());
+    }
+    if get(mapping, &["Properties", "ScalingConfig", "MaximumConcurrency"]).is_none() {
+        out.push("progress mapping: no ScalingConfig.MaximumConcurrency".to_owned());
+    }
+    let redrive = get(queue, &["Properties", "RedrivePolicy"]);
+    let dlq = redrive
+        .and_then(|r| r.get("deadLetterTargetArn"))
+        .and_then(getatt_of)
+        .and_then(|(id, _)| Some((id.clone(), t.resource(&id)?)));
+    let max_receive = redrive.and_then(|r| r.get("maxReceiveCount")).is_some();
+    let Some((dlq_id, dlq)) = dlq.filter(|_| max_receive) else {
+        out.push(format!(
+            "{queue_id}: needs a RedrivePolicy with a dead-letter queue and maxReceiveCount"
+        ));
+        return;
+    };
+    if get(queue, &["Properties", "FifoQueue"]) != get(dlq, &["Properties", "FifoQueue"]) {
+        out.push(format!(
+            "{queue_id} and its dead-letter queue {dlq_id} must be FIFO under the same condition"
+        ));
+    }
+    for (id, q) in [(queue_id, queue), (dlq_id.as_str(), dlq)] {
+        // FifoQueue: !If [Cond, true, …] pairs with QueueName: !If [Cond, "….fifo", …].
+        let fifo_if = get(q, &["Properties", "FifoQueue"]).and_then(|v| intrinsic(v, "If"));
+        let name_if = get(q, &["Properties", "QueueName"]).and_then(|v| intrinsic(v, "If"));
+        let (Some(Value::Sequence(fifo)), Some(Value::Sequence(name))) = (fifo_if, name_if) else {
+            continue;
+        };
+        let fifo_branch = if fifo.get(1).and_then(Value::as_bool) == Some(true) {
+            1
+        } else {
+            2
+        };
+        let fifo_name = name.get(fifo_branch).and_then(|n| sub_of(n).or(n.as_str()));
+        if fifo.first() != name.first() || !fifo_name.is_some_and(|n| n.ends_with(".fifo")) {
+            out.push(format!("{id}: a FIFO queue's name must end in .fifo"));
+        }
+    }
+}
+
+fn check_connections(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let (Some((api_id, _)), Some(stage)) = (t.api(), t.stage_segment()) else {
+        return;
+    };
+    let arn_tail =
+        format!(":execute-api:${{AWS::Region}}:${{AWS::AccountId}}:${{{api_id}}}/{stage}/POST/@connections/*");
+    let endpoints = [
+        format!("https://${{{api_id}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{stage}"),
+        format!("https://${{{api_id}}}.execute-api.${{AWS::Region}}.amazonaws.com/{stage}"),
+    ];
+    for f in t.functions() {
+        let Some(binary) = f.binary else { continue };
+        let id = f.id;
+        let posts = code
+            .env
+            .get(binary)
+            .is_some_and(|vars| vars.iter().any(|v| v == "CONNECTIONS_ENDPOINT"));
+        let manages: Vec<&Value> = t
+            .statements(&f)
+            .into_iter()
+            .filter(|s| {
+                s.get("Effect").and_then(Value::as_str) == Some("Allow")
+                    && strings(s.get("Action"))
+                        .iter()
+                        .any(|a| a.as_str() == Some("execute-api:ManageConnections"))
+            })
+            .collect();
+        if !posts {
+            if !manages.is_empty() {
+                out.push(format!(
+                    "{id} ({binary}): has execute-api:ManageConnections but never posts to @connections"
+                ));
+            }
+            continue;
+        }
+        let on_stage = manages.iter().flat_map(|s| strings(s.get("Resource"))).any(|r| {
+            sub_of(r).is_some_and(|arn| {
+                arn.strip_suffix(arn_tail.as_str())
+                    .is_some_and(|head| head == "arn:${AWS::Partition}" || head == "arn:aws")
+            })
+        });
+        if !on_stage {
+            out.push(format!(
+                "{id} ({binary}): no execute-api:ManageConnections on POST @connections/* of the stage"
+            ));
+        }
+        let endpoint = t.environment(&f).get("CONNECTIONS_ENDPOINT").copied().and_then(sub_of);
+        if !endpoint.is_some_and(|e| endpoints.iter().any(|want| e.trim_end_matches('/') == want)) {
+            out.push(format!(
+                "{id} ({binary}): CONNECTIONS_ENDPOINT must be the stage's own https://{{api}}.execute-api.{{region}}.amazonaws.com/{{stage}}"
+            ));
+        }
+    }
+}
+
+fn check_events(t: &Template, code: &Code, out: &mut Vec<String>) {
+    for dir in &code.event_dirs {
+        if t.function(dir).is_none() {
+            out.push(format!("events/{dir}/ names no function of the template"));
+        }
+    }
+}
+
+fn check_outputs(t: &Template, out: &mut Vec<String>) {
+    for name in OUTPUTS {
+        if get(t.doc, &["Outputs", *name, "Value"]).is_none() {
+            out.push(format!("output {name} is missing"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the template as it is
+
+#[test]
+fn template_agrees_with_the_code() {
+    let problems = problems(&load_template(), &Code::current());
+    assert!(
+        problems.is_empty(),
+        "sam/template.yaml disagrees with the code:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn every_fixture_has_a_function_to_invoke() {
+    // The README's `sam local invoke` table runs each fixture against the function of its directory.
+    let doc = load_template();
+    let t = Template { doc: &doc };
+    for dir in event_dirs() {
+        let function = t
+            .function(&dir)
+            .unwrap_or_else(|| panic!("events/{dir}/ has no function"));
+        let files: Vec<_> = std::fs::read_dir(repo_root().join("events").join(&dir))
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect();
+        assert!(!files.is_empty(), "events/{dir}/ is empty");
+        for file in files {
+            let text = std::fs::read_to_string(file.path()).unwrap();
+            serde_json::from_str::<Json>(&text)
+                .unwrap_or_else(|e| panic!("{} (for {}) is not JSON: {e}", file.path().display(), function.id));
+        }
+    }
+}
+
+#[test]
+fn the_readme_shows_how_to_invoke_every_fixture() {
+    let doc = load_template();
+    let t = Template { doc: &doc };
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("reading README.md");
+    let mut missing = Vec::new();
+    for dir in event_dirs() {
+        let Some(function) = t.function(&dir) else { continue };
+        let mut files: Vec<String> = std::fs::read_dir(repo_root().join("events").join(&dir))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|f| f.file_name().to_str().map(str::to_owned))
+            .collect();
+        files.sort();
+        for file in files {
+            let line = format!(
+                "| `{dir}/{file}` | `sam local invoke -e ../events/{dir}/{file} {}` |",
+                function.id
+            );
+            if !readme.contains(&line) {
+                missing.push(line);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README.md's fixture table (Deploy section) lacks:\n{}",
+        missing.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------- the checks can fail
+
+fn at<'a>(doc: &'a mut Value, path: &[&str]) -> &'a mut Value {
+    path.iter().fold(doc, |v, key| {
+        v.get_mut(*key)
+            .unwrap_or_else(|| panic!("the template has no {}", path.join(".")))
+    })
+}
+
+fn remove(doc: &mut Value, path: &[&str]) -> Value {
+    let (last, parent) = path.split_last().expect("a path");
+    at(doc, parent)
+        .as_mapping_mut()
+        .expect("a mapping")
+        .remove(*last)
+        .unwrap_or_else(|| panic!("the template has no {}", path.join(".")))
+}
+
+fn set(doc: &mut Value, path: &[&str], value: Value) {
+    let (last, parent) = path.split_last().expect("a path");
+    at(doc, parent)
+        .as_mapping_mut()
+        .expect("a mapping")
+        .insert(Value::from(*last), value);
+}
+
+/// The problems of a mutated copy of the template.
+fn problems_after(mutate: impl FnOnce(&mut Value)) -> Vec<String> {
+    let mut doc = load_template();
+    mutate(&mut doc);
+    problems(&doc, &Code::current())
+}
+
+/// The mutation is reported, as exactly these problems: a check that also fires elsewhere would
+/// hide which part of the template is wrong.
+#[track_caller]
+fn assert_reported(problems: &[String], expected: &[&str]) {
+    assert_eq!(
+        problems,
+        expected,
+        "expected exactly\n  {}\ngot\n  {}",
+        expected.join("\n  "),
+        problems.join("\n  ")
+    );
+}
+
+fn yaml(text: &str) -> Value {
+    serde_norway::from_str(text).expect("test YAML parses")
+}
+
+#[test]
+fn a_missing_route_is_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &["Resources", "JoinRoute"]);
+    });
+    assert_reported(&problems, &["route \"join\" is missing"]);
+}
+
+#[test]
+fn a_new_protocol_action_without_a_route_is_reported() {
+    let mut code = Code::current();
+    code.actions.push("shout".to_owned());
+    let problems = problems(&load_template(), &code);
+    assert_reported(&problems, &["route \"shout\" is missing"]);
+}
+
+#[test]
+fn a_route_for_an_action_the_protocol_does_not_know_is_reported() {
+    let mut code = Code::current();
+    code.actions.retain(|a| a != "typing");
+    let problems = problems(&load_template(), &code);
+    assert_reported(
+        &problems,
+        &["route \"typing\" is in the template but not in the protocol"],
+    );
+}
+
+#[test]
+fn a_route_to_the_wrong_function_is_reported() {
+    let problems = problems_after(|doc| {
+        let target = yaml("!Sub integrations/${ConnectIntegration}");
+        set(doc, &["Resources", "PingRoute", "Properties", "Target"], target);
+    });
+    assert_reported(
+        &problems,
+        &["route \"ping\": its integration must be AWS_PROXY to ws-message"],
+    );
+}
+
+#[test]
+fn a_missing_lambda_permission_is_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &["Resources", "HistoryPermission"]);
+    });
+    assert_reported(
+        &problems,
+        &["route \"history\": no Lambda permission lets API Gateway invoke WsMessageFunction for it"],
+    );
+}
+
+#[test]
+fn a_missing_route_response_is_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &["Resources", "PingRouteResponse"]);
+    });
+    assert_reported(
+        &problems,
+        &["route \"ping\": no route response, so its answer never reaches the caller"],
+    );
+}
+
+const STREAM_FANOUT_ENV: &[&str] = &[
+    "Resources",
+    "StreamFanoutFunction",
+    "Properties",
+    "Environment",
+    "Variables",
+];
+const WS_MESSAGE_ENV: &[&str] = &[
+    "Resources",
+    "WsMessageFunction",
+    "Properties",
+    "Environment",
+    "Variables",
+];
+
+fn path<'a>(base: &[&'a str], last: &'a str) -> Vec<&'a str> {
+    let mut path = base.to_vec();
+    path.push(last);
+    path
+}
+
+#[test]
+fn a_missing_environment_variable_is_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &path(STREAM_FANOUT_ENV, "TABLE_NAME"));
+    });
+    assert_reported(
+        &problems,
+        &["StreamFanoutFunction (stream-fanout): environment variable TABLE_NAME is not set"],
+    );
+}
+
+#[test]
+fn a_new_environment_variable_in_the_code_is_reported() {
+    let mut code = Code::current();
+    let authorizer_env = code
+        .env
+        .get_mut(AUTHORIZER)
+        .expect("the authorizer reads its environment");
+    authorizer_env.push("JWT_CLOCK".to_owned());
+    let problems = problems(&load_template(), &code);
+    assert_reported(
+        &problems,
+        &["WsAuthorizerFunction (ws-authorizer): environment variable JWT_CLOCK is not set"],
+    );
+}
+
+#[test]
+fn a_ttl_that_differs_from_the_code_is_reported() {
+    let problems = problems_after(|doc| {
+        set(doc, &path(WS_MESSAGE_ENV, "EVENT_TTL_SECONDS"), Value::from("60"));
+    });
+    assert_reported(
+        &problems,
+        &["WsMessageFunction (ws-message): EVENT_TTL_SECONDS is \"60\", but shared/src/config.rs defaults to 300"],
+    );
+}
+
+#[test]
+fn a_renamed_binary_is_reported() {
+    let problems = problems_after(|doc| {
+        let binary = [
+            "Resources",
+            "WsConnectFunction",
+            "Metadata",
+            "BuildProperties",
+            "Binary",
+        ];
+        set(doc, &binary, Value::from("ws-connekt"));
+    });
+    assert_reported(
+        &problems,
+        &[
+            "WsConnectFunction: binary \"ws-connekt\" is not a [[bin]] of the workspace",
+            "0 functions build binary \"ws-connect\"; the template needs exactly one",
+            "route \"$connect\": its integration must be AWS_PROXY to ws-connect",
+            // The fixtures of ws-connect have no function to run them any more.
+            "events/ws-connect/ names no function of the template",
+        ],
+    );
+}
+
+#[test]
+fn a_fixture_directory_without_a_function_is_reported() {
+    let mut code = Code::current();
+    code.event_dirs.insert("ws-shout".to_owned());
+    let problems = problems(&load_template(), &code);
+    assert_reported(&problems, &["events/ws-shout/ names no function of the template"]);
+}
+
+#[test]
+fn an_authorizer_with_an_identity_source_is_reported() {
+    let problems = problems_after(|doc| {
+        let source = yaml("[route.request.querystring.token]");
+        set(
+            doc,
+            &["Resources", "ConnectAuthorizer", "Properties", "IdentitySource"],
+            source,
+        );
+    });
+    assert_reported(
+        &problems,
+        &[
+            "ConnectAuthorizer: has an IdentitySource, so API Gateway refuses a connection without one before the \
+           authorizer runs",
+        ],
+    );
+}
+
+#[test]
+fn a_connect_route_without_the_authorizer_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &["Resources", "ConnectRoute", "Properties", "AuthorizationType"],
+            Value::from("NONE"),
+        );
+        remove(doc, &["Resources", "ConnectRoute", "Properties", "AuthorizerId"]);
+    });
+    assert_reported(
+        &problems,
+        &[
+            "route \"$connect\": AuthorizationType must be CUSTOM",
+            "route \"$connect\": no authorizer attached",
+        ],
+    );
+}
+
+#[test]
+fn a_stage_without_auto_deploy_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &["Resources", "Stage", "Properties", "AutoDeploy"],
+            Value::from(false),
+        );
+    });
+    assert_reported(
+        &problems,
+        &["Stage: AutoDeploy must be true, or the stage stays on an old deployment after a change"],
+    );
+}
+
+const STREAM_MAPPING: &[&str] = &["Resources", "StreamFanoutMapping", "Properties"];
+
+#[test]
+fn a_removed_stream_filter_prefix_is_reported() {
+    let problems = problems_after(|doc| {
+        let mut filters_path = STREAM_MAPPING.to_vec();
+        filters_path.extend(["FilterCriteria", "Filters"]);
+        let filters = at(doc, &filters_path).as_sequence_mut().expect("filters are a list");
+        filters.retain(|f| {
+            !f.get("Pattern")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.contains("USER#"))
+        });
+    });
+    assert_reported(
+        &problems,
+        &["stream filter drops USER# records, which stream-fanout handles"],
+    );
+}
+
+#[test]
+fn a_stream_filter_that_lets_everything_through_is_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &path(STREAM_MAPPING, "FilterCriteria"));
+    });
+    assert_reported(
+        &problems,
+        &[
+            "stream filter lets \"META\" records through, which stream-fanout ignores",
+            "stream filter lets \"CONN#L0SM9cOFvHcCIhw=\" records through, which stream-fanout ignores",
+            "stream filter lets \"DEDUPE#user-1#c1\" records through, which stream-fanout ignores",
+            "stream filter lets \"PROGRESS\" records through, which stream-fanout ignores",
+        ],
+    );
+}
+
+#[test]
+fn an_unbounded_stream_retry_is_reported() {
+    let problems = problems_after(|doc| {
+        set(doc, &path(STREAM_MAPPING, "MaximumRetryAttempts"), Value::from(-1));
+    });
+    assert_reported(
+        &problems,
+        &["stream mapping: MaximumRetryAttempts must be set and bounded"],
+    );
+}
+
+#[test]
+fn a_table_that_differs_from_the_code_is_reported() {
+    let problems = problems_after(|doc| {
+        let table = ["Resources", "Table", "Properties"];
+        let index = "[{IndexName: byConn, KeySchema: [{AttributeName: connectionId, KeyType: HASH}], \
+                     Projection: {ProjectionType: KEYS_ONLY}}]";
+        set(doc, &path(&table, "GlobalSecondaryIndexes"), yaml(index));
+        set(
+            doc,
+            &[&table[..], &["TimeToLiveSpecification", "AttributeName"]].concat(),
+            Value::from("ttl"),
+        );
+        set(
+            doc,
+            &[&table[..], &["StreamSpecification", "StreamViewType"]].concat(),
+            Value::from("KEYS_ONLY"),
+        );
+    });
+    assert_reported(
+        &problems,
+        &[
+            "Table: index byConnection is missing",
+            "Table: index byConn is not in shared/src/table.rs",
+            "Table: StreamViewType must be NEW_AND_OLD_IMAGES",
+            "Table: TTL must be enabled on expiresAt",
+        ],
+    );
+}
+
+/// The statements of a function's first inline policy.
+fn statements_of<'a>(doc: &'a mut Value, function: &str) -> &'a mut Vec<Value> {
+    let policies = at(doc, &["Resources", function, "Properties", "Policies"]);
+    let first = policies
+        .as_sequence_mut()
+        .and_then(|p| p.first_mut())
+        .expect("a policy");
+    first
+        .get_mut("Statement")
+        .and_then(Value::as_sequence_mut)
+        .expect("statements are a list")
+}
+
+#[test]
+fn a_fanout_without_manage_connections_is_reported() {
+    let problems = problems_after(|doc| {
+        let statements = statements_of(doc, "ProgressFanoutFunction");
+        statements.retain(|s| s.get("Sid").and_then(Value::as_str) != Some("PushToConnections"));
+    });
+    assert_reported(
+        &problems,
+        &[
+            "ProgressFanoutFunction (progress-fanout): no execute-api:ManageConnections on POST @connections/* of \
+           the stage",
+        ],
+    );
+}
+
+#[test]
+fn manage_connections_on_a_handler_is_reported() {
+    let problems = problems_after(|doc| {
+        let push = statements_of(doc, "StreamFanoutFunction")
+            .iter()
+            .find(|s| s.get("Sid").and_then(Value::as_str) == Some("PushToConnections"))
+            .cloned()
+            .expect("stream-fanout pushes");
+        statements_of(doc, "WsMessageFunction").push(push);
+    });
+    assert_reported(
+        &problems,
+        &["WsMessageFunction (ws-message): has execute-api:ManageConnections but never posts to @connections"],
+    );
+}
+
+#[test]
+fn a_connections_endpoint_on_a_custom_domain_is_reported() {
+    let problems = problems_after(|doc| {
+        let endpoint = yaml("!Sub https://ws.example.com/${StageName}");
+        set(doc, &path(STREAM_FANOUT_ENV, "CONNECTIONS_ENDPOINT"), endpoint);
+    });
+    assert_reported(
+        &problems,
+        &[
+            "StreamFanoutFunction (stream-fanout): CONNECTIONS_ENDPOINT must be the stage's own \
+           https://{api}.execute-api.{region}.amazonaws.com/{stage}",
+        ],
+    );
+}
+
+#[test]
+fn a_fifo_queue_with_a_standard_dead_letter_queue_is_reported() {
+    let problems = problems_after(|doc| {
+        remove(
+            doc,
+            &["Resources", "ProgressDeadLetterQueue", "Properties", "FifoQueue"],
+        );
+    });
+    assert_reported(
+        &problems,
+        &["ProgressQueue and its dead-letter queue ProgressDeadLetterQueue must be FIFO under the same condition"],
+    );
+}
+
+#[test]
+fn a_fifo_queue_name_without_the_suffix_is_reported() {
+    let problems = problems_after(|doc| {
+        let name = yaml("!If [ProgressIsFifo, !Sub '${AWS::StackName}-progress', !Sub '${AWS::StackName}-progress']");
+        set(doc, &["Resources", "ProgressQueue", "Properties", "QueueName"], name);
+    });
+    assert_reported(&problems, &["ProgressQueue: a FIFO queue's name must end in .fifo"]);
+}
+
+#[test]
+fn transact_write_items_in_a_policy_is_reported() {
+    let problems = problems_after(|doc| {
+        let statement = statements_of(doc, "WsConnectFunction")
+            .first_mut()
+            .expect("a statement");
+        let actions = statement
+            .get_mut("Action")
+            .and_then(Value::as_sequence_mut)
+            .expect("actions are a list");
+        actions.push(Value::from("dynamodb:TransactWriteItems"));
+    });
+    assert_reported(
+        &problems,
+        &[
+            "WsConnectFunction: dynamodb:TransactWriteItems is not an IAM action; grant the actions inside the \
+           transaction",
+        ],
+    );
+}
