@@ -76,12 +76,22 @@ fn cpu_time() -> Duration {
 /// CPU time of process `pid` (or "self"), from /proc/<pid>/stat.
 fn cpu_time_of(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
+    // Fields after the command name, which is in parentheses and may hold spaces. Positions
+    // matter (tpgid is -1 without a terminal): utime and stime are fields 14 and 15 of the file,
+    // tokens 11 and 12 (from 0) after the name.
+    Duration::from_secs_f64(stat_ticks(&stat) as f64 / 100.0)
+}
+
+/// utime + stime, in clock ticks, from the text of /proc/<pid>/stat.
+fn stat_ticks(stat: &str) -> u64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    // utime and stime are fields 14 and 15 of the file; 11 and 12 here (state is not a number).
-    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / 100.0)
+    let field = |i: usize| {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -109,6 +119,8 @@ fn recipients(n: usize) -> Vec<String> {
 
 pub struct Options {
     pub python: PathBuf,
+    /// Posts in flight; `None`: the broadcaster's default.
+    pub concurrency: Option<usize>,
     pub server_core: Option<String>,
     pub recipients: usize,
     pub baseline_recipients: usize,
@@ -122,8 +134,12 @@ struct Run {
     retried: u64,
 }
 
-async fn run(endpoint: &str, n: usize, payload: &[u8], warm: bool) -> Run {
-    let broadcaster = Broadcaster::new(&sdk().await, BroadcastConfig::new(endpoint), CountOnly);
+async fn run(endpoint: &str, n: usize, payload: &[u8], warm: bool, concurrency: Option<usize>) -> Run {
+    let mut config = BroadcastConfig::new(endpoint);
+    if let Some(c) = concurrency {
+        config.concurrency = c;
+    }
+    let broadcaster = Broadcaster::new(&sdk().await, config, CountOnly);
     if warm {
         // Open the connection pool and resolve credentials once, as a warm Lambda has.
         let _ = broadcaster.deliver(recipients(256), payload).await;
@@ -151,13 +167,16 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         p
     };
     let core = o.server_core.as_deref();
-    let mut out = String::new();
+    let mut out = format!(
+        "posts in flight: {}\n",
+        o.concurrency.unwrap_or_else(|| BroadcastConfig::new("").concurrency)
+    );
     let rss_at_start = peak_rss_kib();
 
     // 1. Throughput and CPU per post.
     let server = Server::start(&[], core)?;
     let server_cpu0 = server.cpu();
-    let r = run(&server.endpoint, o.recipients, &payload, true).await;
+    let r = run(&server.endpoint, o.recipients, &payload, true, o.concurrency).await;
     let server_cpu_us = (server.cpu() - server_cpu0).as_secs_f64() * 1e6 / r.delivered.max(1) as f64;
     drop(server);
     let rss_after_throughput = peak_rss_kib();
@@ -217,7 +236,7 @@ pub async fn fanout(o: Options) -> Result<String, String> {
 
     // 3. Time to reach 1,000 recipients through 20 ms of latency.
     let server = Server::start(&["--latency-ms".into(), "20".into()], core)?;
-    let r = run(&server.endpoint, 1000, &payload, true).await;
+    let r = run(&server.endpoint, 1000, &payload, true, o.concurrency).await;
     drop(server);
     out += &format!(
         "1,000 recipients at 20 ms latency: {:.3} s (delivered {}, failed {})\n",
@@ -236,7 +255,7 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         ],
         core,
     )?;
-    let r = run(&server.endpoint, o.recipients, &payload, false).await;
+    let r = run(&server.endpoint, o.recipients, &payload, false, o.concurrency).await;
     drop(server);
     out += &format!(
         "{} recipients behind a 10k/5k token bucket: delivered {}, lost {}, retries {}, {:.3} s\n",
@@ -271,4 +290,14 @@ pub async fn serve(latency_ms: u64, bucket: Option<(f64, f64)>) -> Result<String
     // Serve until the parent closes our stdin.
     let _ = tokio::task::spawn_blocking(|| std::io::read_to_string(std::io::stdin())).await;
     Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_utime_and_stime_even_without_a_terminal() {
+        // pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
+        let stat = "4242 (wsfan bench) R 1 4242 4242 0 -1 4194304 900 0 3 0 311 27 0 0 20 0";
+        assert_eq!(super::stat_ticks(stat), 338);
+    }
 }

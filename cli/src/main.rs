@@ -61,6 +61,9 @@ enum Bench {
         recipients: usize,
         #[arg(long, default_value_t = 10_000)]
         baseline_recipients: usize,
+        /// Posts in flight (default: the broadcaster's, as FANOUT_CONCURRENCY would set it).
+        #[arg(long)]
+        concurrency: Option<usize>,
     },
 }
 
@@ -332,9 +335,11 @@ async fn run(cli: Cli) -> Result<String, String> {
             server_core,
             recipients,
             baseline_recipients,
+            concurrency,
         }) => {
             bench::fanout(bench::Options {
                 python,
+                concurrency,
                 server_core,
                 recipients,
                 baseline_recipients,

@@ -106,6 +106,10 @@ impl ConnectionsServer {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let server = ConnectionsServer::new(listener.local_addr()?, sink);
         let app = server.router();
+        // Answers are tiny: send them at once rather than let Nagle wait for the client's ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "@connections server stopped");

@@ -272,6 +272,9 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         .route("/dev/docs", post(simulate_document))
         .with_state(app)
         .merge(connections.router());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service).await {
