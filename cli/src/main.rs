@@ -295,7 +295,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .unwrap_or_default();
             eprintln!("  demo page      {}", stack.http_url);
             eprintln!(
-                "  WebSocket      {}?token=$(wsfan token --sub you --channels 'workspace:*' --secret {})",
+                "  WebSocket      {}?token=$(target/debug/wsfan token --sub you --channels 'workspace:*' --secret {})",
                 stack.ws_url,
                 wsfan_local::dev::DEV_SECRET
             );
@@ -304,7 +304,11 @@ async fn run(cli: Cli) -> Result<String, String> {
                 stack.environment.moto.endpoint, stack.environment.table_name
             );
             eprintln!("  progress queue {queue}");
-            eprintln!("  try            wsfan publish progress --endpoint-url {} --queue-url {queue} --doc-id d1 --pages-processed 5 --total-pages 10", stack.environment.moto.endpoint);
+            // moto accepts any credentials, but the SDK wants some.
+            eprintln!(
+                "  try            AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \\\n                   target/debug/wsfan publish progress --endpoint-url {} --queue-url {queue} \\\n                   --doc-id d1 --pages-processed 5 --total-pages 10   (subscribe to doc:d1 first)",
+                stack.environment.moto.endpoint
+            );
             let dlq = stack
                 .environment
                 .dead_letter_queue_of("progress-fanout")
