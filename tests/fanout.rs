@@ -603,18 +603,22 @@ async fn a_fifo_queue_keeps_each_documents_events_in_order() {
     }
 }
 
+async fn run_progress_fixture(rig: &Rig, name: &str) -> aws_lambda_events::sqs::SqsBatchResponse {
+    progress_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        fixture::<SqsEvent>(&format!("progress-fanout/{name}")),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn progress_fixtures_push_and_fail_what_they_should() {
     let rig = Rig::new().await;
     member(&rig, "s1", "sam", "doc:report-1").await;
     member(&rig, "s3", "sid", "doc:report-3").await;
 
-    let response = progress_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture::<SqsEvent>("progress-fanout/progress-batch"),
-    )
-    .await;
+    let response = run_progress_fixture(&rig, "progress-batch").await;
     assert!(response.batch_item_failures.is_empty());
     let kinds: Vec<Value> = rig.frames("s1").iter().map(|f| f["type"].clone()).collect();
     assert_eq!(
@@ -632,21 +636,11 @@ async fn progress_fixtures_push_and_fail_what_they_should() {
 
     // After completion, the FIFO batch's events are all late: nothing moves, nobody is told.
     rig.server.reset();
-    let response = progress_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture::<SqsEvent>("progress-fanout/fifo-batch"),
-    )
-    .await;
+    let response = run_progress_fixture(&rig, "fifo-batch").await;
     assert!(response.batch_item_failures.is_empty());
     assert!(rig.frames("s1").is_empty());
 
-    let response = progress_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture::<SqsEvent>("progress-fanout/malformed-body"),
-    )
-    .await;
+    let response = run_progress_fixture(&rig, "malformed-body").await;
     assert_eq!(
         sqs_failures(&response),
         vec![
@@ -664,12 +658,7 @@ async fn progress_fixtures_push_and_fail_what_they_should() {
 async fn the_fifo_fixture_applies_in_order_on_a_fresh_document() {
     let rig = Rig::new().await;
     member(&rig, "s1", "sam", "doc:report-1").await;
-    let response = progress_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture::<SqsEvent>("progress-fanout/fifo-batch"),
-    )
-    .await;
+    let response = run_progress_fixture(&rig, "fifo-batch").await;
     assert!(response.batch_item_failures.is_empty());
     let frames = rig.frames("s1");
     let kinds: Vec<(&str, i64)> = frames
