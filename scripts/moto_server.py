@@ -5,10 +5,14 @@ input closes, so a test process that dies never leaves a moto server behind.
 """
 
 import argparse
+import functools
+import inspect
 import logging
 import sys
+import threading
 
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 
@@ -43,8 +47,34 @@ def _transactions_emit_no_records_when_cancelled() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
 
+def _dynamodb_requests_run_one_at_a_time() -> None:
+    """Makes each DynamoDB and Streams call atomic, as DynamoDB's own are.
+
+    The server runs one thread per request, and moto's TransactWriteItems checks conditions and
+    writes items in separate steps, then rolls a cancelled transaction back by restoring a copy of
+    the whole table. Two concurrent calls can therefore both pass an attribute_not_exists check,
+    or a rollback can erase what another request wrote meanwhile. One lock over both backends
+    (re-entrant, as the transaction calls put_item and friends) rules both out.
+    """
+    lock = threading.RLock()
+
+    def serialized(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            with lock:
+                return method(*args, **kwargs)
+
+        return wrapper
+
+    for backend in (DynamoDBBackend, DynamoDBStreamsBackend):
+        for name, value in list(vars(backend).items()):
+            if inspect.isfunction(value) and not name.startswith("_"):
+                setattr(backend, name, serialized(value))
+
+
 def main() -> None:
     _transactions_emit_no_records_when_cancelled()
+    _dynamodb_requests_run_one_at_a_time()
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
@@ -58,8 +88,6 @@ def main() -> None:
     _, port = server.get_host_and_port()
     print(f"READY {port}", flush=True)
     if args.forever:
-        import threading
-
         threading.Event().wait()
     # Block until the parent closes our stdin (or exits).
     sys.stdin.read()

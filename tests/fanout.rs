@@ -738,19 +738,23 @@ async fn the_progress_publisher_refuses_invalid_events_before_sending_any() {
 async fn concurrent_retries_of_one_send_store_one_message() {
     let rig = Rig::new().await;
     member(&rig, "a1", "alice", "workspace:42").await;
-    let attempts = (0..5).map(|_| {
-        let mut m = chat("workspace:42", "alice", "once");
-        m.client_msg_id = Some("same".into());
-        m
-    });
     let store = &rig.table.store;
-    let outcomes =
-        futures::future::join_all(attempts.map(|m| async move { store.post(&m, Some("a1")).await.unwrap() })).await;
-    let first = &outcomes[0].message_id;
-    assert!(outcomes.iter().all(|o| &o.message_id == first), "{outcomes:?}");
-    assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+    // Several rounds, since a race that breaks the dedupe only shows some of the time.
+    for round in 0..10 {
+        let client_msg_id = format!("same-{round}");
+        let attempts = (0..8).map(|_| {
+            let mut m = chat("workspace:42", "alice", &client_msg_id);
+            m.client_msg_id = Some(client_msg_id.clone());
+            m
+        });
+        let outcomes =
+            futures::future::join_all(attempts.map(|m| async move { store.post(&m, Some("a1")).await.unwrap() })).await;
+        let first = &outcomes[0].message_id;
+        assert!(outcomes.iter().all(|o| &o.message_id == first), "{outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1, "{outcomes:?}");
+    }
     let stored = rig.table.partition("CHAN#workspace:42").await;
-    assert_eq!(stored.iter().filter(|(sk, _)| sk.starts_with("MSG#")).count(), 1);
+    assert_eq!(stored.iter().filter(|(sk, _)| sk.starts_with("MSG#")).count(), 10);
 }
 
 #[tokio::test]
