@@ -64,6 +64,9 @@ enum Bench {
         /// Posts in flight (default: the broadcaster's, as FANOUT_CONCURRENCY would set it).
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Rounds of the throughput run; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -340,6 +343,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             recipients,
             baseline_recipients,
             concurrency,
+            rounds,
         }) => {
             bench::fanout(bench::Options {
                 python,
@@ -347,6 +351,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 server_core,
                 recipients,
                 baseline_recipients,
+                rounds,
             })
             .await
         }
@@ -390,9 +395,20 @@ async fn run(cli: Cli) -> Result<String, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The benchmark measures the broadcaster as the fanout Lambdas run it: on one thread.
+    let runtime = match cli.command {
+        Command::Bench(_) | Command::ServeConnections(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(format!("starting the tokio runtime: {e}")),
+    };
+    match result {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS

@@ -229,6 +229,9 @@ impl<G: GoneCleanup> Broadcaster<G> {
         let client_config = aws_sdk_apigatewaymanagement::config::Builder::from(sdk)
             .endpoint_url(&config.endpoint)
             .retry_config(aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled())
+            // Bodies are at most 128 KB and every attempt has a timeout, so the per-request
+            // throughput timer of stalled-stream protection only costs CPU here.
+            .stalled_stream_protection(aws_sdk_apigatewaymanagement::config::StalledStreamProtectionConfig::disabled())
             .timeout_config(
                 aws_sdk_apigatewaymanagement::config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(config.attempt_timeout)

@@ -1,7 +1,9 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use wsfan_shared::broadcaster::Broadcaster;
 
-#[tokio::main]
+// One thread: Lambda gives a function below 1,769 MB one vCPU, and the broadcaster's posts are
+// cheapest when they never hop between threads (BENCHMARKS.md).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (store, broadcaster) = Broadcaster::from_env().await?;
