@@ -103,16 +103,6 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn sdk() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "bench", "bench", None, None, "bench",
-        ))
-        .load()
-        .await
-}
-
 fn recipients(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("Conn{i:08}AAA=")).collect()
 }
@@ -150,7 +140,9 @@ async fn run(
     if let Some(c) = concurrency {
         config.concurrency = c;
     }
-    let broadcaster = Broadcaster::new(&sdk().await, config, CountOnly);
+    // Local credentials and region, as for moto; the broadcaster sets its own endpoint.
+    let sdk = wsfan_local::moto::sdk_config(endpoint).await;
+    let broadcaster = Broadcaster::new(&sdk, config, CountOnly);
     if warm {
         // Open the connection pool and resolve credentials once, as a warm Lambda has.
         let _ = broadcaster.deliver(recipients(256), payload).await;
