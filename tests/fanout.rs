@@ -280,6 +280,68 @@ async fn the_broadcaster_signs_its_requests_and_survives_a_stage_less_endpoint()
     );
 }
 
+/// The broadcaster signs with its own cached-key SigV4 scheme; the server recomputes every
+/// signature with aws-sigv4, so these posts pass only if the signatures are right.
+#[tokio::test]
+async fn the_server_checks_signatures_and_the_broadcasters_are_right() {
+    use aws_credential_types::Credentials;
+    use std::sync::atomic::Ordering::Relaxed;
+    let rig = Rig::new().await;
+    let with = |creds: Credentials| {
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
+        wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone())
+    };
+
+    // Temporary credentials: the session token is signed too.
+    rig.server.verify_signatures_with("ASIAEXAMPLE", "secret/with+chars");
+    let session = with(Credentials::new(
+        "ASIAEXAMPLE",
+        "secret/with+chars",
+        Some("tok//en==".into()),
+        None,
+        "t",
+    ));
+    let ids: Vec<String> = ["L0SM9cOFvHcCIhw=", "a-b_c~d", "x1"].map(String::from).to_vec();
+    let report = session.deliver(ids.clone(), b"{\"type\":\"message\"}").await.unwrap();
+    assert_eq!(report.counters.delivered, 3, "{report:?}");
+    for id in &ids {
+        assert_eq!(rig.server.received(id).len(), 1, "{id}");
+    }
+
+    // The SDK's own signer passes the same check, so the check is SigV4's and not ours.
+    let sdk_signed = aws_sdk_apigatewaymanagement::Client::from_conf(
+        aws_sdk_apigatewaymanagement::config::Builder::new()
+            .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
+            .region(aws_sdk_apigatewaymanagement::config::Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("ASIAEXAMPLE", "secret/with+chars", None, None, "t"))
+            .endpoint_url(rig.server.endpoint("prod"))
+            .build(),
+    );
+    sdk_signed
+        .post_to_connection()
+        .connection_id("sdk1")
+        .data(aws_sdk_apigatewaymanagement::primitives::Blob::new("hi"))
+        .send()
+        .await
+        .expect("the SDK's signature is accepted");
+    assert_eq!(rig.server.stats().bad_signatures.load(Relaxed), 0);
+
+    // A wrong secret is refused, and the broadcaster does not retry a 403.
+    let wrong = with(Credentials::new("ASIAEXAMPLE", "not-the-secret", None, None, "t"));
+    let report = wrong.deliver(vec!["x2".into()], b"{}").await.unwrap();
+    assert_eq!(report.counters.failed, 1, "{report:?}");
+    assert_eq!(report.counters.retried, 0);
+    let (_, why) = report.undelivered().next().unwrap();
+    assert!(why.contains("403"), "{why}");
+    assert_eq!(rig.server.stats().bad_signatures.load(Relaxed), 1);
+    assert!(rig.server.received("x2").is_empty());
+}
+
 #[tokio::test]
 async fn batch_item_failures_list_exactly_the_failed_records() {
     let mut rig = Rig::new().await;

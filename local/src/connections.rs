@@ -2,8 +2,8 @@
 //! benchmarks and the local stack.
 //!
 //! `POST`, `GET` and `DELETE /@connections/{id}`, with or without a stage prefix. It accepts the
-//! real SDK client's SigV4-signed requests (it checks they are signed, not the signature), records
-//! what each connection received, and can be told to misbehave: answer 410, 429 or 500 for a
+//! real SDK client's SigV4-signed requests and checks each signature against the local
+//! credentials with aws-sigv4, as API Gateway would, records what each connection received, and can be told to misbehave: answer 410, 429 or 500 for a
 //! connection or at a rate, add latency, or enforce a token bucket. With a [`Sink`] it delivers
 //! to real sockets instead, answering 410 for connections the sink does not know.
 
@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -75,7 +75,12 @@ pub struct Stats {
     pub throttled: AtomicU64,
     pub errors: AtomicU64,
     pub unsigned: AtomicU64,
+    /// Signed, but not with the expected key, or the signature does not match the request.
+    pub bad_signatures: AtomicU64,
 }
+
+/// The key requests must be signed with; `None` checks only that they are signed.
+type SigningSecret = Option<(String, String)>;
 
 #[derive(Default)]
 struct Inner {
@@ -86,6 +91,7 @@ struct Inner {
     behaviour: Mutex<Behaviour>,
     stats: Stats,
     sink: Option<Arc<dyn Sink>>,
+    signing_secret: std::sync::RwLock<SigningSecret>,
 }
 
 /// A handle to a running server; cheap to clone.
@@ -124,6 +130,10 @@ impl ConnectionsServer {
             addr,
             inner: Arc::new(Inner {
                 sink,
+                signing_secret: std::sync::RwLock::new(Some((
+                    crate::moto::LOCAL_ACCESS_KEY_ID.to_owned(),
+                    crate::moto::LOCAL_SECRET_ACCESS_KEY.to_owned(),
+                ))),
                 ..Default::default()
             }),
         }
@@ -214,6 +224,17 @@ impl ConnectionsServer {
         });
     }
 
+    /// Checks signatures against this key instead of the local credentials.
+    pub fn verify_signatures_with(&self, access_key_id: &str, secret_access_key: &str) {
+        *self.inner.signing_secret.write().unwrap() = Some((access_key_id.to_owned(), secret_access_key.to_owned()));
+    }
+
+    /// Checks only that requests are signed (benchmarks, whose clients use their own keys and
+    /// whose server core should measure serving, not verifying).
+    pub fn trust_signatures(&self) {
+        *self.inner.signing_secret.write().unwrap() = None;
+    }
+
     /// Count deliveries but keep no bodies (benchmarks).
     pub fn keep_nothing(&self) {
         self.inner.forget.store(true, Ordering::Relaxed);
@@ -247,11 +268,96 @@ fn status_response(status: u16) -> Response {
     }
 }
 
+/// What the signature check needs of a request.
+struct Received<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+/// Recomputes the request's SigV4 signature with aws-sigv4 from the headers it says it signed,
+/// and compares. `Err` says what is wrong, as API Gateway's 403 would.
+fn check_signature(r: &Received<'_>, access_key_id: &str, secret: &str) -> Result<(), String> {
+    let authorization = r
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no authorization header")?;
+    let fields = authorization
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or("not AWS4-HMAC-SHA256")?;
+    let field = |name: &str| {
+        fields
+            .split(", ")
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .ok_or(format!("no {name} in the authorization header"))
+    };
+    let (credential, signed_headers, signature) = (field("Credential")?, field("SignedHeaders")?, field("Signature")?);
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [key_id, date, region, service, "aws4_request"] = scope[..] else {
+        return Err(format!("malformed credential scope {credential:?}"));
+    };
+    if key_id != access_key_id {
+        return Err(format!("unknown access key {key_id:?}"));
+    }
+    let amz_date = r
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no x-amz-date header")?;
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let at = time::PrimitiveDateTime::parse(amz_date, format)
+        .map_err(|e| format!("x-amz-date {amz_date:?}: {e}"))?
+        .assume_utc();
+    if !amz_date.starts_with(date) {
+        return Err("the credential scope's date is not x-amz-date's".into());
+    }
+    let mut headers = Vec::new();
+    for name in signed_headers.split(';') {
+        let values = r.headers.get_all(name).iter().map(|v| v.to_str().unwrap_or_default());
+        headers.extend(values.map(|v| (name, v)));
+    }
+    let host = r
+        .headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no host header")?;
+    let path = r.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = format!("http://{host}{path}");
+    let identity = aws_credential_types::Credentials::new(access_key_id, secret, None, None, "wsfan-local").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(at.into())
+        .settings(aws_sigv4::http_request::SigningSettings::default())
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let signable = aws_sigv4::http_request::SignableRequest::new(
+        r.method.as_str(),
+        &uri,
+        headers.into_iter(),
+        aws_sigv4::http_request::SignableBody::Bytes(r.body),
+    )
+    .map_err(|e| e.to_string())?;
+    let (_, expected) = aws_sigv4::http_request::sign(signable, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    if expected == signature {
+        Ok(())
+    } else {
+        Err("the request signature does not match the signature of this request".into())
+    }
+}
+
 impl Inner {
     /// Applies latency, signing check and injected failures; `Some` is the answer to give instead.
-    async fn gate(&self, headers: &HeaderMap, connection_id: &str) -> Option<Response> {
+    async fn gate(&self, request: &Received<'_>, connection_id: &str) -> Option<Response> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let signed = headers
+        let signed = request
+            .headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 Credential="));
@@ -262,6 +368,14 @@ impl Inner {
                 "ForbiddenException",
                 "request is not SigV4-signed",
             ));
+        }
+        let secret = self.signing_secret.read().unwrap().clone();
+        if let Some((key_id, secret)) = secret {
+            if let Err(why) = check_signature(request, &key_id, &secret) {
+                self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(connection = connection_id, %why, "@connections: bad signature");
+                return Some(error(StatusCode::FORBIDDEN, "InvalidSignatureException", &why));
+            }
         }
         let (latency, injected) = {
             let mut b = self.behaviour.lock().unwrap();
@@ -308,10 +422,18 @@ impl Inner {
 async fn post_data(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(answer) = inner.gate(&headers, &id).await {
+    let received = Received {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    if let Some(answer) = inner.gate(&received, &id).await {
         return answer;
     }
     if let Some(sink) = &inner.sink {
@@ -327,8 +449,20 @@ async fn post_data(
     StatusCode::OK.into_response()
 }
 
-async fn get_info(State(inner): State<Arc<Inner>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(answer) = inner.gate(&headers, &id).await {
+async fn get_info(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    let received = Received {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &[],
+    };
+    if let Some(answer) = inner.gate(&received, &id).await {
         return answer;
     }
     if inner.sink.as_ref().is_some_and(|s| !s.exists(&id)) {
@@ -344,8 +478,20 @@ async fn get_info(State(inner): State<Arc<Inner>>, Path(id): Path<String>, heade
     .into_response()
 }
 
-async fn delete_connection(State(inner): State<Arc<Inner>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(answer) = inner.gate(&headers, &id).await {
+async fn delete_connection(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    let received = Received {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &[],
+    };
+    if let Some(answer) = inner.gate(&received, &id).await {
         return answer;
     }
     if inner.sink.as_ref().is_some_and(|s| !s.close(&id)) {
@@ -358,22 +504,32 @@ async fn delete_connection(State(inner): State<Arc<Inner>>, Path(id): Path<Strin
 async fn post_staged(
     state: State<Arc<Inner>>,
     Path((_, id)): Path<(String, String)>,
+    method: Method,
+    uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    post_data(state, Path(id), headers, body).await
+    post_data(state, Path(id), method, uri, headers, body).await
 }
 
-async fn get_staged(state: State<Arc<Inner>>, Path((_, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    get_info(state, Path(id), headers).await
+async fn get_staged(
+    state: State<Arc<Inner>>,
+    Path((_, id)): Path<(String, String)>,
+    method: Method,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    get_info(state, Path(id), method, uri, headers).await
 }
 
 async fn delete_staged(
     state: State<Arc<Inner>>,
     Path((_, id)): Path<(String, String)>,
+    method: Method,
+    uri: OriginalUri,
     headers: HeaderMap,
 ) -> Response {
-    delete_connection(state, Path(id), headers).await
+    delete_connection(state, Path(id), method, uri, headers).await
 }
 
 /// ISO 8601 in UTC, as the Management API returns timestamps.

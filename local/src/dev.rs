@@ -158,8 +158,14 @@ impl Environment {
     ) -> Vec<(String, String)> {
         let mut env = vec![
             ("AWS_ENDPOINT_URL".to_owned(), self.moto.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+            (
+                "AWS_ACCESS_KEY_ID".to_owned(),
+                crate::moto::LOCAL_ACCESS_KEY_ID.to_owned(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                crate::moto::LOCAL_SECRET_ACCESS_KEY.to_owned(),
+            ),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ];
         let Some(function) = self.template.function(binary) else {

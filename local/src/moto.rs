@@ -62,14 +62,18 @@ impl MotoProcess {
 }
 
 pub const LOCAL_REGION: &str = "us-east-1";
+/// The credentials of everything local: moto accepts any, and our @connections server checks
+/// signatures made with these.
+pub const LOCAL_ACCESS_KEY_ID: &str = "test";
+pub const LOCAL_SECRET_ACCESS_KEY: &str = "test";
 
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new(LOCAL_REGION))
         .credentials_provider(aws_credential_types::Credentials::new(
-            "test",
-            "test",
+            LOCAL_ACCESS_KEY_ID,
+            LOCAL_SECRET_ACCESS_KEY,
             None,
             None,
             "wsfan-local",

@@ -226,7 +226,15 @@ impl<G: GoneCleanup> Broadcaster<G> {
     /// Builds the one client all posts share. The SDK's own retries are off: this type retries,
     /// so it can count retries and honour one deadline per recipient.
     pub fn new(sdk: &aws_config::SdkConfig, config: BroadcastConfig, gone: G) -> Self {
-        let client_config = aws_sdk_apigatewaymanagement::config::Builder::from(sdk)
+        let mut builder = aws_sdk_apigatewaymanagement::config::Builder::from(sdk);
+        // Sign with the day's key instead of deriving it for every post (crate::sigv4). Without a
+        // region the SDK's own signer stays, and reports the missing region itself.
+        if let Some(region) = sdk.region() {
+            builder = builder
+                .push_auth_scheme(crate::sigv4::CachedKeySigV4::new(region.as_ref()))
+                .auth_scheme_resolver(crate::sigv4::PostAuthResolver);
+        }
+        let client_config = builder
             .endpoint_url(&config.endpoint)
             .retry_config(aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled())
             // Bodies are at most 128 KB and every attempt has a timeout, so the per-request

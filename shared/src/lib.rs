@@ -12,6 +12,7 @@ pub mod model;
 pub mod progress;
 pub mod protocol;
 pub mod publisher;
+pub mod sigv4;
 pub mod store;
 pub mod table;
 pub mod telemetry;
