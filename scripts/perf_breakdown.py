@@ -13,7 +13,7 @@ import collections
 import sys
 
 PARTS = [
-    ("SigV4 signing", ["sign_request", "SigV4Signer", "aws_sigv4"]),
+    ("SigV4 signing", ["sign_request", "SigV4Signer", "CachedKeySigner", "aws_sigv4"]),
     ("user-agent header", ["UserAgentInterceptor", "user_agent"]),
     ("endpoint resolution", ["orchestrate_endpoint", "apply_endpoint", "resolve_endpoint"]),
     ("identity (credentials)", ["identity"]),
@@ -22,6 +22,7 @@ PARTS = [
     ("hyper connection task (and its socket I/O)", ["hyper::proto", "UpgradeableConnection", "hyper::client::conn"]),
     ("hyper-util pool and dispatch", ["hyper_util"]),
     ("smithy HTTP adapter", ["aws_smithy_http_client"]),
+    ("wsfan's HTTP/1.1 client (and its socket I/O)", ["http1::", "tokio_rustls"]),
     ("rest of the SDK orchestrator", ["aws_smithy_runtime", "aws_runtime", "aws_smithy_types", "aws_sdk_apigatewaymanagement"]),
     ("wsfan broadcaster, and the runtime polling it", ["wsfan"]),
     ("tokio scheduler", ["tokio::"]),

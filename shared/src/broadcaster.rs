@@ -12,6 +12,13 @@ use aws_sdk_apigatewaymanagement::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_sdk_apigatewaymanagement::Client;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextMut,
+};
+use aws_smithy_runtime_api::client::interceptors::{disable_interceptor, Intercept};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use futures::stream::{self, StreamExt};
 
 use crate::config::ConfigError;
@@ -226,6 +233,16 @@ impl<G: GoneCleanup> Broadcaster<G> {
     /// Builds the one client all posts share. The SDK's own retries are off: this type retries,
     /// so it can count retries and honour one deadline per recipient.
     pub fn new(sdk: &aws_config::SdkConfig, config: BroadcastConfig, gone: G) -> Self {
+        Self::with_http_client(sdk, config, gone, crate::http1::Http1Client::new())
+    }
+
+    /// [`Broadcaster::new`] over another HTTP client than [`crate::http1::Http1Client`].
+    pub fn with_http_client(
+        sdk: &aws_config::SdkConfig,
+        config: BroadcastConfig,
+        gone: G,
+        http: impl aws_smithy_runtime_api::client::http::HttpClient + 'static,
+    ) -> Self {
         let mut builder = aws_sdk_apigatewaymanagement::config::Builder::from(sdk);
         // Sign with the day's key instead of deriving it for every post (crate::sigv4). Without a
         // region the SDK's own signer stays, and reports the missing region itself.
@@ -235,6 +252,8 @@ impl<G: GoneCleanup> Broadcaster<G> {
                 .auth_scheme_resolver(crate::sigv4::PostAuthResolver);
         }
         let client_config = builder
+            .interceptor(LeanPosts)
+            .http_client(http)
             .endpoint_url(&config.endpoint)
             .retry_config(aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled())
             // Bodies are at most 128 KB and every attempt has a timeout, so the per-request
@@ -318,6 +337,49 @@ impl<G: GoneCleanup> Broadcaster<G> {
     }
 }
 
+/// Turns off SDK work that a post does not need and that costs CPU on every one of them: the
+/// user-agent strings the SDK formats per request (a fixed one is sent instead), the invocation
+/// id and attempt headers (this broadcaster retries by itself, with the SDK's retries off), and
+/// clock-skew tracking (the signer reads the clock itself).
+#[derive(Debug)]
+struct LeanPosts;
+
+const USER_AGENT: &str = concat!("wsfan/", env!("CARGO_PKG_VERSION"));
+
+impl Intercept for LeanPosts {
+    fn name(&self) -> &'static str {
+        "wsfan::LeanPosts"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let why = "not needed for @connections posts";
+        let state = cfg.interceptor_state();
+        state.store_put(disable_interceptor::<aws_runtime::user_agent::UserAgentInterceptor>(
+            why,
+        ));
+        state.store_put(disable_interceptor::<aws_runtime::invocation_id::InvocationIdInterceptor>(why));
+        state.store_put(disable_interceptor::<aws_runtime::request_info::RequestInfoInterceptor>(why));
+        state.store_put(disable_interceptor::<
+            aws_runtime::service_clock_skew::ServiceClockSkewInterceptor,
+        >(why));
+        Ok(())
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        context.request_mut().headers_mut().insert("user-agent", USER_AGENT);
+        Ok(())
+    }
+}
+
 type PostError = SdkError<PostToConnectionError, aws_sdk_apigatewaymanagement::config::http::HttpResponse>;
 
 fn describe(err: &PostError) -> String {
@@ -397,6 +459,80 @@ mod tests {
             .then(|| "x".to_owned())
             .or_else(|| (k == "FANOUT_CONCURRENCY").then(|| "0".to_owned())))
         .is_err());
+    }
+
+    /// An HTTP client that keeps each request it is given and answers 200.
+    #[derive(Debug, Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<aws_smithy_runtime_api::client::orchestrator::HttpRequest>>>);
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for Capture {
+        fn call(
+            &self,
+            request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            self.0.lock().unwrap().push(request);
+            let ok = aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
+                200.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::empty(),
+            );
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(ok))
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpClient for Capture {
+        fn http_connector(
+            &self,
+            _settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _components: &RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    struct NoCleanup;
+
+    impl GoneCleanup for NoCleanup {
+        async fn connection_gone(&self, _connection_id: &str) {}
+    }
+
+    #[tokio::test]
+    async fn a_post_carries_only_what_api_gateway_needs() {
+        let capture = Capture::default();
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
+            ))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let broadcaster = Broadcaster::with_http_client(
+            &sdk,
+            BroadcastConfig::new("https://abc.execute-api.eu-west-1.amazonaws.com/prod"),
+            NoCleanup,
+            capture.clone(),
+        );
+        let report = broadcaster
+            .deliver(vec!["L0SM9cOFvHcCIhw=".into()], b"hello")
+            .await
+            .unwrap();
+        assert_eq!(report.counters.delivered, 1);
+        let requests = capture.0.lock().unwrap();
+        let headers = requests[0].headers();
+        assert_eq!(
+            requests[0].uri(),
+            "https://abc.execute-api.eu-west-1.amazonaws.com/prod/@connections/L0SM9cOFvHcCIhw%3D"
+        );
+        assert_eq!(headers.get("user-agent"), Some(USER_AGENT));
+        let authorization = headers.get("authorization").expect("signed");
+        assert!(
+            authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKID/")
+                && authorization.contains("/eu-west-1/execute-api/aws4_request"),
+            "{authorization}"
+        );
+        for dropped in ["x-amz-user-agent", "amz-sdk-invocation-id", "amz-sdk-request"] {
+            assert_eq!(headers.get(dropped), None, "{dropped}");
+        }
+        assert_eq!(requests[0].body().bytes(), Some(&b"hello"[..]));
     }
 
     #[test]

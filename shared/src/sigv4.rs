@@ -481,6 +481,11 @@ mod tests {
         );
         let signer = CachedKeySigner::new("eu-west-1", SERVICE);
         let cases = [
+            // As the SDK builds a post's URI: `@` as it is, the connection id encoded.
+            (
+                "https://abc123.execute-api.eu-west-1.amazonaws.com/prod/@connections/L0SM9cOFvHcCIhw%3D",
+                &creds,
+            ),
             // The execute-api endpoint with a stage; a connection id as API Gateway makes them.
             (
                 "https://abc123.execute-api.eu-west-1.amazonaws.com/prod/%40connections/L0SM9cOFvHcCIhw%3D",
