@@ -9,7 +9,10 @@
 //! connection all work. A reused connection that the server closed while idle is replaced and the
 //! request sent again once, when nothing of an answer had arrived.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,9 @@ const MAX_IDLE: usize = 1024;
 /// Answers larger than this are refused; @connections answers with a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 const MAX_HEADERS: usize = 64;
+/// How long a host's addresses are reused. A fanout opens hundreds of connections at once, and
+/// each would otherwise ask the system resolver on a blocking thread of its own.
+const DNS_TTL: Duration = Duration::from_secs(30);
 
 /// Plain TCP or TLS over it.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -54,7 +60,14 @@ struct Pool {
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     /// Trusted besides the system's certificates (tests).
     extra_roots: Vec<CertificateDer<'static>>,
+    /// Resolved addresses by origin; the lock makes concurrent connects share one lookup.
+    addresses: tokio::sync::Mutex<HashMap<Arc<str>, Resolved>>,
+    /// Spreads new connections over a host's addresses.
+    next_address: AtomicUsize,
 }
+
+/// A host's addresses, and when they were looked up.
+type Resolved = (Vec<SocketAddr>, Instant);
 
 /// The HTTP client to give `config::Builder::http_client`; clones share one pool.
 #[derive(Clone)]
@@ -87,6 +100,8 @@ impl Http1Client {
                 idle: Mutex::new(Vec::new()),
                 tls: OnceLock::new(),
                 extra_roots: roots,
+                addresses: Default::default(),
+                next_address: AtomicUsize::new(0),
             }),
             connect_timeout: None,
         }
@@ -145,8 +160,38 @@ impl Http1Client {
         }
     }
 
+    /// The host's addresses, looked up at most once per [`DNS_TTL`], rotated by one for each
+    /// new connection.
+    async fn addresses(&self, target: &Target) -> io::Result<Vec<SocketAddr>> {
+        let mut cache = self.pool.addresses.lock().await;
+        let mut addresses = match cache.get(&target.origin) {
+            Some((addresses, at)) if at.elapsed() < DNS_TTL => addresses.clone(),
+            _ => {
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await?
+                    .collect();
+                if found.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{} has no address", target.host),
+                    ));
+                }
+                cache.insert(target.origin.clone(), (found.clone(), Instant::now()));
+                found
+            }
+        };
+        drop(cache);
+        let turn = self.pool.next_address.fetch_add(1, Ordering::Relaxed);
+        let len = addresses.len();
+        addresses.rotate_left(turn % len);
+        Ok(addresses)
+    }
+
     async fn connect(&self, target: &Target) -> Result<Connection, ConnectorError> {
-        let connect = TcpStream::connect((target.host.as_str(), target.port));
+        let connect = async {
+            let addresses = self.addresses(target).await?;
+            TcpStream::connect(&addresses[..]).await
+        };
         let tcp = match self.connect_timeout {
             Some(limit) => tokio::time::timeout(limit, connect).await.map_err(|_| {
                 ConnectorError::timeout(format!("connecting to {} took over {limit:?}", target.origin).into())
@@ -498,7 +543,6 @@ async fn read_body(c: &mut Connection, framing: Framing) -> Result<(Vec<u8>, boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::PrivateKeyDer;
@@ -698,6 +742,28 @@ mod tests {
         let err = Http1Client::new().send(post(&server.uri, b"x")).await.unwrap_err();
         assert!(err.is_io(), "{err:?}");
         assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_once_and_every_address_is_tried() {
+        let server = scripted(|_| b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n".to_vec()).await;
+        // `localhost` may resolve to ::1 first, where nothing listens: connects go on to 127.0.0.1.
+        let uri = server.uri.replace("127.0.0.1", "localhost");
+        let client = Http1Client::new();
+        for _ in 0..4 {
+            assert_eq!(client.send(post(&uri, b"x")).await.unwrap().status().as_u16(), 200);
+        }
+        assert_eq!(server.connections.load(Ordering::SeqCst), 4);
+        let cache = client.pool.addresses.lock().await;
+        let origin = format!(
+            "http://localhost:{}",
+            uri.split(':').nth(2).unwrap().split('/').next().unwrap()
+        );
+        assert!(
+            cache[origin.as_str()].0.iter().any(|a| a.ip().is_loopback()),
+            "{cache:?}"
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[tokio::test]
