@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_lambda_events::dynamodb::Event as DynamoDbEvent;
 use aws_lambda_events::sqs::SqsEvent;
-use harness::{fixture, fixtures_of, n, s, Rig, TestQueue};
+use harness::{fixture, n, s, Rig, TestQueue};
 use serde_json::{json, Value};
 use wsfan_shared::access::Role;
 use wsfan_shared::broadcaster::{BroadcastError, Deliver, Delivery, MAX_PAYLOAD_BYTES};
@@ -517,16 +517,11 @@ async fn stream_fixtures_push_what_they_describe() {
 
 #[tokio::test]
 async fn every_fanout_fixture_is_run_by_a_test_here() {
-    let source = include_str!("fanout.rs");
-    for function in ["stream-fanout", "progress-fanout"] {
-        for path in fixtures_of(function) {
-            let name = path.rsplit('/').next().unwrap();
-            assert!(
-                source.contains(&format!("\"{name}\"")) || source.contains(&format!("\"{path}\"")),
-                "{path}.json is not run by tests/fanout.rs"
-            );
-        }
-    }
+    harness::assert_every_fixture_named_in(
+        "tests/fanout.rs",
+        include_str!("fanout.rs"),
+        &["stream-fanout", "progress-fanout"],
+    );
 }
 
 // ---------- progress-fanout ----------

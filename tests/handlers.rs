@@ -11,7 +11,7 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::iam::IamPolicyEffect;
 use aws_sdk_dynamodb::types::AttributeValue;
-use harness::{fixture, fixtures_of, n, s, TestTable, DEV_SECRET};
+use harness::{fixture, n, s, TestTable, DEV_SECRET};
 use serde_json::{json, Value};
 use ws_authorizer::Decision;
 use wsfan_shared::auth::{Claims, JwtVerifier};
@@ -636,19 +636,11 @@ async fn bad_input_gets_an_error_frame_and_leaves_the_table_untouched() {
 
 #[tokio::test]
 async fn every_fixture_is_covered_by_a_test_here() {
-    // Guards against a fixture being added without a test: each must be named in this file.
-    let source = include_str!("handlers.rs");
-    for function in ["ws-authorizer", "ws-connect", "ws-disconnect", "ws-message"] {
-        for path in fixtures_of(function) {
-            let name = path.rsplit('/').next().unwrap();
-            assert!(
-                source.contains(&format!("\"{path}\""))
-                    || source.contains(&format!("(\"{name}\""))
-                    || source.contains(&format!("\"{name}\",")),
-                "{path}.json is not run by any test in tests/handlers.rs"
-            );
-        }
-    }
+    harness::assert_every_fixture_named_in(
+        "tests/handlers.rs",
+        include_str!("handlers.rs"),
+        &["ws-authorizer", "ws-connect", "ws-disconnect", "ws-message"],
+    );
 }
 
 // ---------- authorization matrix ----------

@@ -90,35 +90,26 @@ impl Environment {
         let mut ordered = template.queues.clone();
         ordered.sort_by_key(|q| q.dead_letter_queue.is_some());
         for queue in &ordered {
-            use aws_sdk_sqs::types::QueueAttributeName as A;
-            // Short visibility locally, so a failed message is retried in seconds, not minutes.
-            let mut create = sqs
-                .create_queue()
-                .queue_name(format!("wsfan-{}", queue.logical_id.to_lowercase()))
-                .attributes(A::VisibilityTimeout, "2");
-            if let (Some(dlq), Some(max)) = (&queue.dead_letter_queue, queue.max_receive_count) {
-                let (_, dlq_arn) = queues
-                    .get(dlq)
-                    .ok_or_else(|| DevError::Setup(format!("{dlq} is not a queue")))?;
-                let policy = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max}).to_string();
-                create = create.attributes(A::RedrivePolicy, policy);
-            }
-            let url = create
-                .send()
+            let redrive = match (&queue.dead_letter_queue, queue.max_receive_count) {
+                (Some(dlq), Some(max)) => {
+                    let (_, dlq_arn): &(String, String) = queues
+                        .get(dlq)
+                        .ok_or_else(|| DevError::Setup(format!("{dlq} is not a queue")))?;
+                    Some((dlq_arn.clone(), max))
+                }
+                _ => None,
+            };
+            let name = format!("wsfan-{}", queue.logical_id.to_lowercase());
+            let spec = crate::sources::QueueSpec {
+                name: &name,
+                fifo: false,
+                // Short visibility locally, so a failed message is retried in seconds, not minutes.
+                visibility_timeout_seconds: 2,
+                redrive: redrive.as_ref().map(|(arn, max)| (arn.as_str(), *max)),
+            };
+            let (url, arn) = crate::sources::create_queue(&sqs, spec)
                 .await
-                .map_err(setup("creating a queue"))?
-                .queue_url
-                .unwrap_or_default();
-            let arn = sqs
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(A::QueueArn)
-                .send()
-                .await
-                .map_err(setup("reading a queue"))?
-                .attributes
-                .and_then(|a| a.get(&A::QueueArn).cloned())
-                .unwrap_or_default();
+                .map_err(DevError::Setup)?;
             queues.insert(queue.logical_id.clone(), (url, arn));
         }
         Ok(Environment {

@@ -173,6 +173,50 @@ impl StreamReader {
     }
 }
 
+/// How to make an SQS queue locally.
+pub struct QueueSpec<'a> {
+    pub name: &'a str,
+    /// FIFO: `name` must end in `.fifo`.
+    pub fifo: bool,
+    pub visibility_timeout_seconds: u32,
+    /// Moves a message to this DLQ (an ARN) after this many receives.
+    pub redrive: Option<(&'a str, u32)>,
+}
+
+/// Creates the queue; its URL and ARN.
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, spec: QueueSpec<'_>) -> Result<(String, String), String> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let describe = |e: &dyn std::fmt::Display| format!("queue {}: {e}", spec.name);
+    let mut create = sqs
+        .create_queue()
+        .queue_name(spec.name)
+        .attributes(A::VisibilityTimeout, spec.visibility_timeout_seconds.to_string());
+    if spec.fifo {
+        create = create.attributes(A::FifoQueue, "true");
+    }
+    if let Some((dlq_arn, max_receives)) = spec.redrive {
+        let policy = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}).to_string();
+        create = create.attributes(A::RedrivePolicy, policy);
+    }
+    let url = create
+        .send()
+        .await
+        .map_err(|e| describe(&aws_sdk_sqs::error::DisplayErrorContext(e)))?
+        .queue_url
+        .unwrap_or_default();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .map_err(|e| describe(&aws_sdk_sqs::error::DisplayErrorContext(e)))?
+        .attributes
+        .and_then(|a| a.get(&A::QueueArn).cloned())
+        .ok_or_else(|| format!("queue {} has no ARN", spec.name))?;
+    Ok((url, arn))
+}
+
 /// Received SQS messages in the shape of an `SQSEvent`.
 pub fn sqs_event(
     messages: &[aws_sdk_sqs::types::Message],

@@ -58,6 +58,21 @@ pub fn fixtures_of(function: &str) -> Vec<String> {
     names
 }
 
+/// Fails unless every fixture of `functions` is named in `source`, the text of the test file
+/// `file`, by its path (`"ws-connect/ok"`) or its name as a string (`"ok"`), so that no fixture
+/// is added without a test that runs it.
+pub fn assert_every_fixture_named_in(file: &str, source: &str, functions: &[&str]) {
+    for function in functions {
+        for path in fixtures_of(function) {
+            let name = path.rsplit('/').next().unwrap();
+            assert!(
+                source.contains(&format!("\"{path}\"")) || source.contains(&format!("\"{name}\"")),
+                "{path}.json is not run by any test in {file}"
+            );
+        }
+    }
+}
+
 /// A table of its own for one test, on the shared moto server.
 pub struct TestTable {
     pub client: aws_sdk_dynamodb::Client,
@@ -218,40 +233,26 @@ pub struct TestQueue {
 impl TestQueue {
     /// `max_receives`: deliveries before a message moves to the DLQ.
     pub async fn new(fifo: bool, max_receives: u32) -> Self {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
+        use wsfan_local::sources::{create_queue, QueueSpec};
         let client = aws_sdk_sqs::Client::new(&moto::shared().sdk_config().await);
         let suffix = if fifo { ".fifo" } else { "" };
         let base = format!("wsfan-progress-{}", ulid::Ulid::generate().to_string().to_lowercase());
-        let arn_of = |url: String| {
-            let client = client.clone();
-            async move {
-                let attrs = client
-                    .get_queue_attributes()
-                    .queue_url(&url)
-                    .attribute_names(A::QueueArn)
-                    .send()
-                    .await
-                    .expect("queue attributes");
-                attrs.attributes.unwrap()[&A::QueueArn].clone()
-            }
+        let dlq = QueueSpec {
+            name: &format!("{base}-dlq{suffix}"),
+            fifo,
+            // SQS's default.
+            visibility_timeout_seconds: 30,
+            redrive: None,
         };
-        let mut dlq = client.create_queue().queue_name(format!("{base}-dlq{suffix}"));
-        if fifo {
-            dlq = dlq.attributes(A::FifoQueue, "true");
-        }
-        let dlq_url = dlq.send().await.expect("creating the DLQ").queue_url.unwrap();
-        let dlq_arn = arn_of(dlq_url.clone()).await;
-        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}).to_string();
-        let mut queue = client
-            .create_queue()
-            .queue_name(format!("{base}{suffix}"))
-            .attributes(A::RedrivePolicy, redrive)
-            .attributes(A::VisibilityTimeout, "0");
-        if fifo {
-            queue = queue.attributes(A::FifoQueue, "true");
-        }
-        let url = queue.send().await.expect("creating the queue").queue_url.unwrap();
-        let arn = arn_of(url.clone()).await;
+        let (dlq_url, dlq_arn) = create_queue(&client, dlq).await.expect("creating the DLQ");
+        let queue = QueueSpec {
+            name: &format!("{base}{suffix}"),
+            fifo,
+            // Failed messages come back at once, so tests need not wait.
+            visibility_timeout_seconds: 0,
+            redrive: Some((&dlq_arn, max_receives)),
+        };
+        let (url, arn) = create_queue(&client, queue).await.expect("creating the queue");
         TestQueue {
             client,
             url,
