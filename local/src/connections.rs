@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{FromRequestParts, OriginalUri, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -268,17 +269,33 @@ fn status_response(status: u16) -> Response {
     }
 }
 
-/// What the signature check needs of a request.
-struct Received<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    body: &'a [u8],
+/// What the signature check needs of a request besides its body.
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestHead {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // The URI as sent: the local stack mounts these routes inside a router of its own.
+        let uri = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        Ok(RequestHead {
+            method: parts.method.clone(),
+            uri,
+            headers: parts.headers.clone(),
+        })
+    }
 }
 
 /// Recomputes the request's SigV4 signature with aws-sigv4 from the headers it says it signed,
 /// and compares. `Err` says what is wrong, as API Gateway's 403 would.
-fn check_signature(r: &Received<'_>, access_key_id: &str, secret: &str) -> Result<(), String> {
+fn check_signature(r: &RequestHead, body: &[u8], access_key_id: &str, secret: &str) -> Result<(), String> {
     let authorization = r
         .headers
         .get("authorization")
@@ -339,7 +356,7 @@ fn check_signature(r: &Received<'_>, access_key_id: &str, secret: &str) -> Resul
         r.method.as_str(),
         &uri,
         headers.into_iter(),
-        aws_sigv4::http_request::SignableBody::Bytes(r.body),
+        aws_sigv4::http_request::SignableBody::Bytes(body),
     )
     .map_err(|e| e.to_string())?;
     let (_, expected) = aws_sigv4::http_request::sign(signable, &params)
@@ -354,7 +371,7 @@ fn check_signature(r: &Received<'_>, access_key_id: &str, secret: &str) -> Resul
 
 impl Inner {
     /// Applies latency, signing check and injected failures; `Some` is the answer to give instead.
-    async fn gate(&self, request: &Received<'_>, connection_id: &str) -> Option<Response> {
+    async fn gate(&self, request: &RequestHead, body: &[u8], connection_id: &str) -> Option<Response> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let signed = request
             .headers
@@ -371,7 +388,7 @@ impl Inner {
         }
         let secret = self.signing_secret.read().unwrap().clone();
         if let Some((key_id, secret)) = secret {
-            if let Err(why) = check_signature(request, &key_id, &secret) {
+            if let Err(why) = check_signature(request, body, &key_id, &secret) {
                 self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(connection = connection_id, %why, "@connections: bad signature");
                 return Some(error(StatusCode::FORBIDDEN, "InvalidSignatureException", &why));
@@ -422,18 +439,10 @@ impl Inner {
 async fn post_data(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
+    head: RequestHead,
     body: Bytes,
 ) -> Response {
-    let received = Received {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &body,
-    };
-    if let Some(answer) = inner.gate(&received, &id).await {
+    if let Some(answer) = inner.gate(&head, &body, &id).await {
         return answer;
     }
     if let Some(sink) = &inner.sink {
@@ -449,20 +458,8 @@ async fn post_data(
     StatusCode::OK.into_response()
 }
 
-async fn get_info(
-    State(inner): State<Arc<Inner>>,
-    Path(id): Path<String>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    let received = Received {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &[],
-    };
-    if let Some(answer) = inner.gate(&received, &id).await {
+async fn get_info(State(inner): State<Arc<Inner>>, Path(id): Path<String>, head: RequestHead) -> Response {
+    if let Some(answer) = inner.gate(&head, &[], &id).await {
         return answer;
     }
     if inner.sink.as_ref().is_some_and(|s| !s.exists(&id)) {
@@ -478,20 +475,8 @@ async fn get_info(
     .into_response()
 }
 
-async fn delete_connection(
-    State(inner): State<Arc<Inner>>,
-    Path(id): Path<String>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    let received = Received {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-        body: &[],
-    };
-    if let Some(answer) = inner.gate(&received, &id).await {
+async fn delete_connection(State(inner): State<Arc<Inner>>, Path(id): Path<String>, head: RequestHead) -> Response {
+    if let Some(answer) = inner.gate(&head, &[], &id).await {
         return answer;
     }
     if inner.sink.as_ref().is_some_and(|s| !s.close(&id)) {
@@ -504,32 +489,18 @@ async fn delete_connection(
 async fn post_staged(
     state: State<Arc<Inner>>,
     Path((_, id)): Path<(String, String)>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    head: RequestHead,
     body: Bytes,
 ) -> Response {
-    post_data(state, Path(id), method, uri, headers, body).await
+    post_data(state, Path(id), head, body).await
 }
 
-async fn get_staged(
-    state: State<Arc<Inner>>,
-    Path((_, id)): Path<(String, String)>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    get_info(state, Path(id), method, uri, headers).await
+async fn get_staged(state: State<Arc<Inner>>, Path((_, id)): Path<(String, String)>, head: RequestHead) -> Response {
+    get_info(state, Path(id), head).await
 }
 
-async fn delete_staged(
-    state: State<Arc<Inner>>,
-    Path((_, id)): Path<(String, String)>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    delete_connection(state, Path(id), method, uri, headers).await
+async fn delete_staged(state: State<Arc<Inner>>, Path((_, id)): Path<(String, String)>, head: RequestHead) -> Response {
+    delete_connection(state, Path(id), head).await
 }
 
 /// ISO 8601 in UTC, as the Management API returns timestamps.
