@@ -3,9 +3,10 @@
 //!
 //! `POST`, `GET` and `DELETE /@connections/{id}`, with or without a stage prefix. It accepts the
 //! real SDK client's SigV4-signed requests and checks each signature against the local
-//! credentials with aws-sigv4, as API Gateway would, records what each connection received, and can be told to misbehave: answer 410, 429 or 500 for a
-//! connection or at a rate, add latency, or enforce a token bucket. With a [`Sink`] it delivers
-//! to real sockets instead, answering 410 for connections the sink does not know.
+//! credentials with aws-sigv4, as API Gateway would. It records what each connection received,
+//! and can be told to misbehave: answer 410, 429 or 500 for a connection or at a rate, add
+//! latency, or enforce a token bucket. With a [`Sink`] it delivers to real sockets instead,
+//! answering 410 for connections the sink does not know.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -323,8 +324,7 @@ fn check_signature(r: &RequestHead, body: &[u8], access_key_id: &str, secret: &s
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or("no x-amz-date header")?;
-    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let at = time::PrimitiveDateTime::parse(amz_date, format)
+    let at = time::PrimitiveDateTime::parse(amz_date, wsfan_shared::sigv4::AMZ_DATE)
         .map_err(|e| format!("x-amz-date {amz_date:?}: {e}"))?
         .assume_utc();
     if !amz_date.starts_with(date) {

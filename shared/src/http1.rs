@@ -148,8 +148,7 @@ impl Http1Client {
         Some(idle.swap_remove(at).connection)
     }
 
-    fn checkin(&self, origin: Arc<str>, mut connection: Connection) {
-        connection.buf.clear();
+    fn checkin(&self, origin: Arc<str>, connection: Connection) {
         let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
@@ -208,8 +207,7 @@ impl Http1Client {
                 .get_or_init(|| tls_config(&self.pool.extra_roots))
                 .clone()
                 .map_err(|e| ConnectorError::user(e.into()))?;
-            let name = ServerName::try_from(target.host.trim_start_matches('[').trim_end_matches(']').to_owned())
-                .map_err(|e| ConnectorError::user(e.into()))?;
+            let name = ServerName::try_from(target.host.clone()).map_err(|e| ConnectorError::user(e.into()))?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await

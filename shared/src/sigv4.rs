@@ -21,7 +21,6 @@ use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::{GetIdentityResolver, RuntimeComponents};
 use aws_smithy_types::config_bag::ConfigBag;
 use hmac::{KeyInit, Mac};
-use percent_encoding::{AsciiSet, CONTROLS};
 use sha2::{Digest, Sha256};
 
 /// This scheme's id. It differs from the SDK's `sigv4`, so the resolver below picks it.
@@ -32,36 +31,9 @@ const SDK_SIGV4: AuthSchemeId = AuthSchemeId::new("sigv4");
 pub const SERVICE: &str = "execute-api";
 /// Headers that proxies may change, so SigV4 signers leave them out (aws-sigv4's defaults).
 const UNSIGNED_HEADERS: [&str; 4] = ["authorization", "user-agent", "x-amzn-trace-id", "transfer-encoding"];
-/// What aws-smithy-http encodes in a path segment: everything but the unreserved characters.
-const PATH_SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b':')
-    .add(b',')
-    .add(b'?')
-    .add(b'#')
-    .add(b'[')
-    .add(b']')
-    .add(b'{')
-    .add(b'}')
-    .add(b'|')
-    .add(b'@')
-    .add(b'!')
-    .add(b'$')
-    .add(b'&')
-    .add(b'\'')
-    .add(b'(')
-    .add(b')')
-    .add(b'*')
-    .add(b'+')
-    .add(b';')
-    .add(b'=')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'"')
-    .add(b'^')
-    .add(b'`')
-    .add(b'\\');
+/// `x-amz-date`'s form, `YYYYMMDDTHHMMSSZ`; its first eight characters are the scope's date.
+pub const AMZ_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -144,8 +116,8 @@ pub enum SigningError {
     NoHost(String),
     #[error("the request path {0:?} has dot segments or a query, which posts never have")]
     UnsupportedPath(String),
-    #[error("the system clock is before 1970")]
-    Clock,
+    #[error("the time {0:?} cannot be written as x-amz-date")]
+    Clock(SystemTime),
 }
 
 impl CachedKeySigner {
@@ -161,8 +133,8 @@ impl CachedKeySigner {
 
     /// Adds `x-amz-date`, the session token if any, and `authorization` to `request`.
     pub fn sign(&self, request: &mut HttpRequest, creds: &Credentials, now: SystemTime) -> Result<(), SigningError> {
-        let stamp = Stamp::new(now)?;
-        let amz_date = stamp.amz_date();
+        let amz_date = amz_date(now)?;
+        let amz_date = amz_date.as_str();
         let date = &amz_date[..8];
         request.headers_mut().insert("x-amz-date", amz_date.to_owned());
         if let Some(token) = creds.session_token() {
@@ -188,8 +160,11 @@ impl CachedKeySigner {
             creq.push('/');
         }
         // Double encoding: the path is already encoded once, and SigV4 for every service but S3
-        // encodes it again.
-        creq.extend(percent_encoding::utf8_percent_encode(&path, PATH_SEGMENT));
+        // encodes it again, as the SDK encodes a greedy path label.
+        creq.push_str(&aws_smithy_http::label::fmt_string(
+            &path,
+            aws_smithy_http::label::EncodingStrategy::Greedy,
+        ));
         creq.push_str("\n\n");
         let mut headers: Vec<(&str, &str)> = request
             .headers()
@@ -302,52 +277,11 @@ impl Sign for CachedKeySigner {
     }
 }
 
-/// `YYYYMMDDTHHMMSSZ`, the first eight bytes of which are the credential scope's date.
-struct Stamp([u8; 16]);
-
-impl Stamp {
-    fn new(now: SystemTime) -> Result<Self, SigningError> {
-        let secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|_| SigningError::Clock)?
-            .as_secs();
-        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-        let t = secs % 86_400;
-        let mut s = [b'0'; 16];
-        let mut put = |at: usize, width: usize, mut n: u64| {
-            for i in (at..at + width).rev() {
-                s[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-            }
-        };
-        put(0, 4, y as u64);
-        put(4, 2, m as u64);
-        put(6, 2, d as u64);
-        put(9, 2, t / 3600);
-        put(11, 2, t / 60 % 60);
-        put(13, 2, t % 60);
-        s[8] = b'T';
-        s[15] = b'Z';
-        Ok(Stamp(s))
-    }
-
-    fn amz_date(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("ASCII digits")
-    }
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// `now` as `x-amz-date` carries it, in UTC.
+fn amz_date(now: SystemTime) -> Result<String, SigningError> {
+    time::OffsetDateTime::from(now)
+        .format(AMZ_DATE)
+        .map_err(|_| SigningError::Clock(now))
 }
 
 /// `host[:port]` of an absolute URI, without the scheme's default port, as aws-sigv4 signs it.
@@ -536,10 +470,10 @@ mod tests {
 
     #[test]
     fn stamps_are_utc_calendar_dates() {
-        assert_eq!(Stamp::new(at(0)).unwrap().amz_date(), "19700101T000000Z");
-        assert_eq!(Stamp::new(at(951_782_400)).unwrap().amz_date(), "20000229T000000Z");
-        assert_eq!(Stamp::new(at(1_795_391_999)).unwrap().amz_date(), "20261122T235959Z");
-        assert_eq!(Stamp::new(at(4_107_542_400)).unwrap().amz_date(), "21000301T000000Z");
+        assert_eq!(amz_date(at(0)).unwrap(), "19700101T000000Z");
+        assert_eq!(amz_date(at(951_782_400)).unwrap(), "20000229T000000Z");
+        assert_eq!(amz_date(at(1_795_391_999)).unwrap(), "20261122T235959Z");
+        assert_eq!(amz_date(at(4_107_542_400)).unwrap(), "21000301T000000Z");
     }
 
     #[test]
