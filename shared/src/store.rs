@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The caller's connection is not a member of the channel it writes to.
     #[error("connection is not a member of the channel")]
     NotMember,
+    /// A connection's user id cannot name its `user:<sub>` channel (the authorizer admits none such).
+    #[error("user id cannot name a user channel: {0}")]
+    InvalidUserId(String),
     #[error("DynamoDB: {0}")]
     Dynamo(String),
     #[error("item does not match the model: {0}")]
@@ -351,7 +354,10 @@ impl DynamoStore {
 impl Store for DynamoStore {
     async fn connect(&self, connection: &Connection) -> Result<(), StoreError> {
         let mut actions = vec![self.put(to_item(connection.key(), connection)?, None)];
-        if let Some(channel) = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok()) {
+        if let Some(user) = connection.user_id.as_deref() {
+            // Every signed-in connection gets its personal channel; one without it would miss its
+            // notifications unnoticed, so it is refused instead.
+            let channel = ChannelId::user(user).map_err(|e| StoreError::InvalidUserId(e.to_string()))?;
             let membership = Membership {
                 channel,
                 connection_id: connection.connection_id.clone(),
