@@ -462,6 +462,46 @@ async fn connect_fails_loudly_when_the_write_fails() {
     assert_eq!(r.status_code, 500);
 }
 
+/// DynamoDB that accepts connections and never answers: the handler gets a clear timeout error
+/// from the store within its operation timeout, instead of hanging until Lambda kills it.
+#[tokio::test]
+async fn a_silent_store_gives_a_timeout_error_not_a_hung_handler() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let sdk = wsfan_local::moto::sdk_config(&endpoint).await;
+    let client = wsfan_shared::store::client_with_timeout(&sdk, std::time::Duration::from_millis(300));
+    let store = DynamoStore::new(client, "silent", Retention::default());
+    // A bound so that a missing timeout fails this test instead of hanging it.
+    let bound = std::time::Duration::from_secs(60);
+    let outcome = tokio::time::timeout(bound, store.connection(CONN))
+        .await
+        .expect("the store timed out by itself");
+    match outcome {
+        Err(StoreError::Timeout(why)) => assert!(why.contains("timeout"), "{why}"),
+        other => panic!("expected a timeout error, got {other:?}"),
+    }
+    let r = tokio::time::timeout(
+        bound,
+        ws_connect::handle(&store, &Retention::default(), ws("ws-connect/connect")),
+    )
+    .await
+    .expect("ws-connect answered by itself");
+    assert_eq!(r.status_code, 500);
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 2,
+        "the requests reached the silent server"
+    );
+}
+
 // ---------- ws-disconnect ----------
 
 #[tokio::test]

@@ -510,6 +510,18 @@ fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
                 }
             }
         }
+        if let Some(value) = env.get("DYNAMODB_TIMEOUT_MS").and_then(|v| v.as_str()) {
+            let timeout_ms = t
+                .function_property(&f, "Timeout")
+                .and_then(Value::as_u64)
+                .map_or(3000, |s| s * 1000);
+            // Three operations that time out (ws-message's longest path) still end, logged, in time.
+            if value.parse::<u64>().map_or(true, |ms| ms * 3 > timeout_ms) {
+                out.push(format!(
+                    "{id} ({binary}): DYNAMODB_TIMEOUT_MS is \"{value}\"; three of them must fit in its {timeout_ms} ms Timeout"
+                ));
+            }
+        }
         for statement in t.statements(&f) {
             let names_transact = strings(statement.get("Action"))
                 .iter()
@@ -1807,5 +1819,27 @@ fn an_alarm_that_notifies_no_one_and_a_dashboard_without_latency_are_reported() 
             "AWS/ApiGateway IntegrationLatency of the stage is not on the dashboard",
             "alarm StreamIteratorAgeAlarm's OKActions do not notify AlarmTopicArn",
         ],
+    );
+}
+
+#[test]
+fn a_dynamodb_timeout_that_does_not_fit_the_function_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &[
+                "Resources",
+                "WsMessageFunction",
+                "Properties",
+                "Environment",
+                "Variables",
+                "DYNAMODB_TIMEOUT_MS",
+            ],
+            Value::from("9000"),
+        );
+    });
+    assert_reported(
+        &problems,
+        &["WsMessageFunction (ws-message): DYNAMODB_TIMEOUT_MS is \"9000\"; three of them must fit in its 10000 ms Timeout"],
     );
 }

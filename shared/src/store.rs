@@ -38,6 +38,9 @@ pub enum StoreError {
     /// A connection's user id cannot name its `user:<sub>` channel (the authorizer admits none such).
     #[error("user id cannot name a user channel: {0}")]
     InvalidUserId(String),
+    /// DynamoDB did not answer within the operation timeout (`DYNAMODB_TIMEOUT_MS`).
+    #[error("DynamoDB did not answer within the operation timeout (DYNAMODB_TIMEOUT_MS): {0}")]
+    Timeout(String),
     #[error("DynamoDB: {0}")]
     Dynamo(String),
     #[error("item does not match the model: {0}")]
@@ -49,7 +52,11 @@ where
     E: std::error::Error + 'static,
 {
     fn from(e: SdkError<E, R>) -> Self {
-        StoreError::Dynamo(format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+        let context = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+        match e {
+            SdkError::TimeoutError(_) => StoreError::Timeout(context),
+            _ => StoreError::Dynamo(context),
+        }
     }
 }
 
@@ -149,6 +156,18 @@ pub struct DynamoStore {
     retention: Retention,
 }
 
+/// A DynamoDB client whose every operation, retries included, ends within `timeout`.
+pub fn client_with_timeout(sdk: &aws_config::SdkConfig, timeout: std::time::Duration) -> Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .timeout_config(
+            aws_smithy_types::timeout::TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -191,11 +210,12 @@ impl DynamoStore {
         }
     }
 
-    /// The store a Lambda uses: table and retention from the environment, one SDK client.
+    /// The store a Lambda uses: table, retention and timeout from the environment, one SDK client.
     pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
         let config = crate::config::StoreConfig::from_env()?;
         let sdk = crate::config::aws().await;
-        Ok(DynamoStore::new(Client::new(&sdk), config.table_name, config.retention))
+        let client = client_with_timeout(&sdk, config.operation_timeout);
+        Ok(DynamoStore::new(client, config.table_name, config.retention))
     }
 
     pub fn retention(&self) -> &Retention {

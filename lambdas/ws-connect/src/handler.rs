@@ -3,7 +3,7 @@
 //! clean up. A failed write refuses the connection rather than leaving it half open.
 
 /// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &["TABLE_NAME", "CONNECTION_TTL_SECONDS"];
+pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS", "CONNECTION_TTL_SECONDS"];
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::access::IdentityError;
