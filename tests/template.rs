@@ -691,6 +691,12 @@ fn check_stage(t: &Template, out: &mut Vec<String>) {
     if !throttled {
         out.push(format!("{id}: no default route throttling"));
     }
+    // SECURITY.md promises that message bodies (and tokens in $connect queries) are never logged.
+    if get(stage, &["Properties", "DefaultRouteSettings", "DataTraceEnabled"]).and_then(Value::as_bool) != Some(false) {
+        out.push(format!(
+            "{id}: DataTraceEnabled must be false, or API Gateway logs message bodies"
+        ));
+    }
 }
 
 /// A DynamoDB key schema as `[(attribute, HASH|RANGE)]`.
@@ -1841,5 +1847,26 @@ fn a_dynamodb_timeout_that_does_not_fit_the_function_is_reported() {
     assert_reported(
         &problems,
         &["WsMessageFunction (ws-message): DYNAMODB_TIMEOUT_MS is \"9000\"; three of them must fit in its 10000 ms Timeout"],
+    );
+}
+
+#[test]
+fn a_stage_that_logs_message_bodies_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &[
+                "Resources",
+                "Stage",
+                "Properties",
+                "DefaultRouteSettings",
+                "DataTraceEnabled",
+            ],
+            Value::from(true),
+        );
+    });
+    assert_reported(
+        &problems,
+        &["Stage: DataTraceEnabled must be false, or API Gateway logs message bodies"],
     );
 }
