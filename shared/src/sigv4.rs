@@ -190,7 +190,12 @@ impl CachedKeySigner {
                 creq.push_str(name);
                 creq.push(':');
             }
-            push_trimmed(&mut creq, value);
+            if *name == "x-amz-security-token" {
+                // aws-sigv4 signs the session token as it is, untrimmed.
+                creq.push_str(value);
+            } else {
+                push_trimmed(&mut creq, value);
+            }
             previous = Some(name);
         }
         creq.push_str("\n\n");
@@ -552,6 +557,24 @@ mod tests {
                 signer.sign(&mut post(uri, b"x", &[]), &creds, at(0)),
                 Err(SigningError::UnwritableCredentials(_))
             ));
+        }
+    }
+
+    /// Found by the `sigv4` fuzz target: aws-sigv4 signs the session token untrimmed, where this
+    /// signer trimmed it like any header value.
+    #[test]
+    fn session_tokens_are_signed_untrimmed_as_aws_sigv4_does() {
+        let signer = CachedKeySigner::new("eu-west-1", SERVICE);
+        let uri = "https://h/prod/%40connections/x";
+        for token in [" ", " t ", "a  b"] {
+            let creds = Credentials::new("AKID", "s", Some(token.to_owned()), None, "test");
+            let expected = reference(&post(uri, b"x", &[]), &creds, "eu-west-1", at(0));
+            let signed = ours(&signer, post(uri, b"x", &[]), &creds, at(0));
+            assert_eq!(
+                signed.headers().get("authorization"),
+                Some(expected.as_str()),
+                "{token:?}"
+            );
         }
     }
 }
