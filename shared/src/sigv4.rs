@@ -116,6 +116,8 @@ pub enum SigningError {
     NoHost(String),
     #[error("the request path {0:?} has dot segments or a query, which posts never have")]
     UnsupportedPath(String),
+    #[error("the request URI {0:?} carries user info, which posts never have")]
+    UserInfo(String),
     #[error("the time {0:?} cannot be written as x-amz-date")]
     Clock(SystemTime),
     #[error("the credentials' {0} has characters a header cannot carry")]
@@ -148,6 +150,9 @@ impl CachedKeySigner {
         let payload_hash = Sha256::digest(request.body().bytes().ok_or(SigningError::StreamingBody)?);
 
         let uri = request.uri().to_owned();
+        if authority_of(&uri).is_some_and(|a| a.contains('@')) {
+            return Err(SigningError::UserInfo(uri));
+        }
         let host = match request.headers().get("host") {
             Some(h) => h.to_owned(),
             None => host_of(&uri).ok_or_else(|| SigningError::NoHost(uri.clone()))?,
@@ -302,8 +307,8 @@ fn amz_date(now: SystemTime) -> Result<String, SigningError> {
 
 /// `host[:port]` of an absolute URI, without the scheme's default port, as aws-sigv4 signs it.
 fn host_of(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())?;
+    let scheme = uri.split_once("://")?.0;
+    let authority = authority_of(uri)?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let default_port = match scheme {
         "https" => Some(":443"),
@@ -331,6 +336,12 @@ fn without_empty_segments(path: &str) -> std::borrow::Cow<'_, str> {
         out.push('/');
     }
     out.into()
+}
+
+/// The `[userinfo@]host[:port]` of an absolute URI.
+fn authority_of(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())
 }
 
 fn has_dot_segment(path: &str) -> bool {
@@ -523,6 +534,18 @@ mod tests {
             signer.sign(&mut request, &creds, at(0)),
             Err(SigningError::UnsupportedPath(_))
         ));
+        // Found by the `sigv4` fuzz target: aws-sigv4 signs user info into the host when the
+        // port is not the scheme's, which no server would check; such a URI is refused.
+        for uri in [
+            "https://u@h:8443/prod/%40connections/x",
+            "https://@:65535//%40connections/",
+        ] {
+            let mut request = post(uri, b"x", &[]);
+            assert!(matches!(
+                signer.sign(&mut request, &creds, at(0)),
+                Err(SigningError::UserInfo(_))
+            ));
+        }
     }
 
     /// Found by the `sigv4` fuzz target: aws-sigv4 (and so API Gateway) drops empty path segments
