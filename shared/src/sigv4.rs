@@ -116,6 +116,8 @@ pub enum SigningError {
     NoHost(String),
     #[error("the request path {0:?} has dot segments or a query, which posts never have")]
     UnsupportedPath(String),
+    #[error("the request has several host headers")]
+    SeveralHosts,
     #[error("the request URI {0:?} carries user info, which posts never have")]
     UserInfo(String),
     #[error("the time {0:?} cannot be written as x-amz-date")]
@@ -152,6 +154,9 @@ impl CachedKeySigner {
         let uri = request.uri().to_owned();
         if authority_of(&uri).is_some_and(|a| a.contains('@')) {
             return Err(SigningError::UserInfo(uri));
+        }
+        if request.headers().get_all("host").count() > 1 {
+            return Err(SigningError::SeveralHosts);
         }
         let host = match request.headers().get("host") {
             Some(h) => h.to_owned(),
@@ -536,6 +541,12 @@ mod tests {
         ));
         // Found by the `sigv4` fuzz target: aws-sigv4 signs user info into the host when the
         // port is not the scheme's, which no server would check; such a URI is refused.
+        // And one with several host headers, which aws-sigv4 signs as a list.
+        let mut request = post("https://h/prod/%40connections/x", b"x", &[("host", "a"), ("host", "b")]);
+        assert!(matches!(
+            signer.sign(&mut request, &creds, at(0)),
+            Err(SigningError::SeveralHosts)
+        ));
         for uri in [
             "https://u@h:8443/prod/%40connections/x",
             "https://@:65535//%40connections/",
