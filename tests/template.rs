@@ -1072,7 +1072,7 @@ fn dashboard_metrics(t: &Template) -> Vec<MetricName> {
                     }
                 }
                 let text: Vec<&str> = row.iter().filter_map(Json::as_str).collect();
-                if text.len() >= 2 && text.len() % 2 == 0 {
+                if text.len() >= 2 && text.len().is_multiple_of(2) {
                     out.push(MetricName {
                         namespace: text[0].to_owned(),
                         name: text[1].to_owned(),

@@ -68,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (control, rest) = data.split_at(2);
-    let reads: Vec<usize> = rest.iter().take(usize::from(control[1] % 16)).map(|b| usize::from(*b)).collect();
+    let reads: Vec<usize> = rest
+        .iter()
+        .take(usize::from(control[1] % 16))
+        .map(|b| usize::from(*b))
+        .collect();
     if control[0] & 1 == 0 {
         // Raw bytes, as a broken or hostile server might send them.
         if let Ok(answer) = read_answer(rest, &reads) {
@@ -82,7 +86,8 @@ fuzz_target!(|data: &[u8]| {
         let Some((status, bytes)) = write(&answer) else {
             return;
         };
-        let parsed = read_answer(&bytes, &reads).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&bytes)));
+        let parsed =
+            read_answer(&bytes, &reads).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&bytes)));
         assert_eq!(parsed.status, status);
         assert_eq!(parsed.body, answer.body);
         assert_eq!(parsed.reusable, !matches!(answer.framing, Framing::UntilClose));

@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(event) = ProgressEvent::parse(body) {
         let json = serde_json::to_string(&event).unwrap();
-        assert_eq!(ProgressEvent::parse(&json).expect("a valid event's JSON is valid"), event);
+        assert_eq!(
+            ProgressEvent::parse(&json).expect("a valid event's JSON is valid"),
+            event
+        );
         // Its document always names a channel.
         assert!(wsfan_shared::channel::ChannelId::doc(&event.doc_id).is_ok());
     }

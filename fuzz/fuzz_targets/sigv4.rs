@@ -49,7 +49,10 @@ fn reference(request: &HttpRequest, creds: &Credentials, now: SystemTime) -> Opt
     .ok()?;
     let (instructions, _) = sign(signable, &params).ok()?.into_parts();
     let (headers, _) = instructions.into_parts();
-    headers.iter().find(|h| h.name() == "authorization").map(|h| h.value().to_owned())
+    headers
+        .iter()
+        .find(|h| h.name() == "authorization")
+        .map(|h| h.value().to_owned())
 }
 
 fuzz_target!(|post: Post| {

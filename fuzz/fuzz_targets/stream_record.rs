@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(push)) => {
             let frame: serde_json::Value = serde_json::from_str(&push.frame.to_json()).unwrap();
             assert!(frame["type"].is_string());
-            assert_eq!(push.channel.to_string().parse::<wsfan_shared::ChannelId>().unwrap(), push.channel);
+            assert_eq!(
+                push.channel.to_string().parse::<wsfan_shared::ChannelId>().unwrap(),
+                push.channel
+            );
         }
         Ok(None) => {}
         Err(RecordError::Malformed(_)) => {}
