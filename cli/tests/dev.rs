@@ -714,3 +714,45 @@ async fn a_client_that_leaves_during_connect_leaves_nothing_behind() {
         "the clean-up is logged: {log}"
     );
 }
+
+/// The short, deterministic form of `scripts/bench local`: the harness itself must count right.
+#[test]
+fn the_load_harness_counts_every_delivery() {
+    require_lambda_binaries();
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
+        .args(["bench", "local", "--repo"])
+        .arg(repo())
+        .args(["--clients", "12", "--senders", "3", "--messages", "4", "--rate", "10"])
+        .args(["--soak", "60", "--members", "1200"])
+        .output()
+        .expect("running wsfan bench local");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|json| serde_json::from_str(json).expect("the report is JSON"))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    assert_eq!(report["joined"], 12, "{report}");
+    assert_eq!(report["messages"], 12, "{report}");
+    assert_eq!(
+        report["deliveries"],
+        json!({"expected": 144, "delivered": 144, "missing": 0, "duplicated": 0}),
+        "{report}"
+    );
+    assert_eq!(report["soak"]["sends"], 60, "{report}");
+    assert_eq!(report["largeChannel"]["read"], 1200, "{report}");
+    assert_eq!(report["timeouts"], json!({}), "{report}");
+    let processes: Vec<&str> = report["peakRssMb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["process"].as_str())
+        .collect();
+    assert!(processes.contains(&"moto"), "{processes:?}");
+    assert!(processes.contains(&"ws-message"), "{processes:?}");
+}
