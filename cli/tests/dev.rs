@@ -532,25 +532,6 @@ async fn a_poison_progress_message_lands_in_the_dlq() {
     }
 }
 
-/// Every process below `pid`, children of children included.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(parent) = frontier.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                found.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    found
-}
-
 /// Whether `pid` still runs (a zombie waiting for its reaper does not).
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -570,9 +551,22 @@ async fn stopping_wsfan_dev_ends_every_process_it_started() {
         // A client makes the stack do some work first: authorizer, $connect, a write in moto.
         let mut alice = stack.client("alice").await;
         alice.join("workspace:lifecycle").await;
-        let processes = descendants(stack.child.id());
+        let processes = wsfan_local::children::descendants(stack.child.id());
         // moto and one process per function of the template.
         assert!(processes.len() >= 7, "{name}: {processes:?}");
+        // moto is busy when the stack stops: a long poll holds one of its request threads, as
+        // a slow call did when a stopped stack left a 7 GB moto behind.
+        let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+        let queue = stack.queue.clone();
+        tokio::spawn(async move {
+            let _ = sqs
+                .receive_message()
+                .queue_url(queue)
+                .wait_time_seconds(20)
+                .send()
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
         // SAFETY: kill(2) with a pid of our own child.
         assert_eq!(unsafe { libc::kill(stack.child.id() as i32, signal) }, 0);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -719,4 +713,46 @@ async fn a_client_that_leaves_during_connect_leaves_nothing_behind() {
         log.contains("during $connect") || log.contains("the upgrade failed"),
         "the clean-up is logged: {log}"
     );
+}
+
+/// The short, deterministic form of `scripts/bench local`: the harness itself must count right.
+#[test]
+fn the_load_harness_counts_every_delivery() {
+    require_lambda_binaries();
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
+        .args(["bench", "local", "--repo"])
+        .arg(repo())
+        .args(["--clients", "12", "--senders", "3", "--messages", "4", "--rate", "10"])
+        .args(["--soak", "60", "--members", "1200"])
+        .output()
+        .expect("running wsfan bench local");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|json| serde_json::from_str(json).expect("the report is JSON"))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    assert_eq!(report["joined"], 12, "{report}");
+    assert_eq!(report["messages"], 12, "{report}");
+    assert_eq!(
+        report["deliveries"],
+        json!({"expected": 144, "delivered": 144, "missing": 0, "duplicated": 0}),
+        "{report}"
+    );
+    assert_eq!(report["soak"]["sends"], 60, "{report}");
+    assert_eq!(report["largeChannel"]["read"], 1200, "{report}");
+    assert_eq!(report["timeouts"], json!({}), "{report}");
+    let processes: Vec<&str> = report["peakRssMb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["process"].as_str())
+        .collect();
+    assert!(processes.contains(&"moto"), "{processes:?}");
+    assert!(processes.contains(&"ws-message"), "{processes:?}");
 }
