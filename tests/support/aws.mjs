@@ -62,3 +62,17 @@ export async function connectionsOf(env, channel, userId) {
     .sort((a, b) => Number(b.joinedAt?.N || 0) - Number(a.joinedAt?.N || 0))
     .map((i) => i.connectionId.S);
 }
+
+/** The stored progress snapshot of a document (its type), or null. */
+export async function progressSnapshot(env, docId) {
+  const res = await signedFetch({
+    method: 'POST',
+    url: `${env.moto}/`,
+    service: 'dynamodb',
+    body: JSON.stringify({ TableName: env.table, Key: { pk: { S: `DOC#${docId}` }, sk: { S: 'PROGRESS' } }, ConsistentRead: true }),
+    headers: { 'content-type': 'application/x-amz-json-1.0', 'x-amz-target': 'DynamoDB_20120810.GetItem' },
+  });
+  if (!res.ok) throw new Error(`moto GetItem answered ${res.status}: ${await res.text()}`);
+  const item = (await res.json()).Item;
+  return item ? item.type.S : null;
+}

@@ -12,7 +12,7 @@ import net from 'node:net';
 import WebSocket from 'ws';
 import { connect } from '../src/index.js';
 import { startStack, tail, WSFAN, REPO } from '../../../tests/support/stack.mjs';
-import { connectionsOf, deleteConnection } from '../../../tests/support/aws.mjs';
+import { connectionsOf, deleteConnection, progressSnapshot } from '../../../tests/support/aws.mjs';
 
 const MESSAGES = 500;
 const SEND_EVERY_MS = 40; // 500 messages over 20 s
@@ -217,5 +217,46 @@ describe('the JS client against wsfan dev', { timeout: 900_000 }, () => {
     assert.ok(cuts.reset >= 1, `a TCP reset cut the receiver: ${JSON.stringify(report)}`);
     assert.ok(cuts.delete + cuts.maxConnection + cuts.reset >= 5, `at least 5 cuts: ${JSON.stringify(report)}`);
     assert.deepEqual(cuts.other, []);
+  });
+
+  it("a document's progress survives a reconnect: the snapshot catches the bar up, never back", async () => {
+    let hold = null; // while set, reconnects wait at their token
+    const watcher = connect(stack.wsUrl, {
+      token: async () => { if (hold) await hold; return tokenFor('watcher'); },
+      WebSocket, backoffBaseMs: 50, backoffMaxMs: 200,
+    });
+    clients.push(watcher);
+    await until('the watcher to connect', () => watcher.state === 'connected', 30_000);
+    const res = await fetch(`${stack.baseUrl}/dev/docs`, { method: 'POST' });
+    const { docId } = await res.json();
+    const events = [];
+    watcher.on('progress', (e) => events.push(e));
+    watcher.subscribe(docId);
+    await until('the first progress event', () => events.some((e) => e.type === 'progress'), 30_000);
+
+    // Cut from the server side, and stay away until the document is done.
+    let release;
+    hold = new Promise((resolve) => { release = resolve; });
+    const [id] = await connectionsOf(stack.env, `doc:${docId}`, 'watcher');
+    assert.equal(await deleteConnection(stack.baseUrl, new URL(stack.wsUrl).pathname.slice(1), id), 204);
+    await until('the watcher to notice', () => watcher.state !== 'connected', 30_000);
+    for (let snapshot = null; snapshot !== 'processing_complete';) {
+      snapshot = await progressSnapshot(stack.env, docId);
+      await sleep(100);
+    }
+    const seenBefore = events.length;
+    hold = null;
+    release();
+
+    await until('the bar to complete', () => events.at(-1)?.type === 'processing_complete', 30_000);
+    await sleep(300); // anything late or replayed would land now
+    assert.equal(events.at(-1).type, 'processing_complete', 'complete, not frozen');
+    assert.ok(seenBefore < 12, `some events were missed while away (${seenBefore} of 12 seen)`);
+    // started < progress by pages < complete: each event strictly further than the one before.
+    const phase = { processing_started: 0, progress: 1, processing_complete: 2 };
+    const rank = (e) => phase[e.type] * 1000 + (e.pagesProcessed ?? 0);
+    for (let i = 1; i < events.length; i++) {
+      assert.ok(rank(events[i]) > rank(events[i - 1]), `never backwards or repeated: ${JSON.stringify(events)}`);
+    }
   });
 });
