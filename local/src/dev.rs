@@ -360,7 +360,11 @@ async fn index(
 }
 
 async fn client_module() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CLIENT_MODULE).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_MODULE,
+    )
+        .into_response()
 }
 
 async fn websocket(
