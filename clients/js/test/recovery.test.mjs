@@ -138,6 +138,8 @@ describe('the JS client against wsfan dev', { timeout: 900_000 }, () => {
 
     const sender = connect(stack.wsUrl, options('sender'));
     clients.push(sender);
+    let senderCuts = 0; // the maximum connection time cuts the sender too: its outbox resends
+    sender.on('offline', () => { senderCuts += 1; });
     await sender.join(channel);
 
     // The cutter: while messages flow, alternately delete the receiver's connection through
@@ -210,7 +212,7 @@ describe('the JS client against wsfan dev', { timeout: 900_000 }, () => {
     const seqs = [...senderAcks, ...otherAcks].map((a) => a.seq).sort((a, b) => a - b);
     assert.deepEqual(seqs, Array.from({ length: total }, (_, i) => i + 1), 'every message took one number');
 
-    const report = { ...cuts, deleted, tcpResets: reset, duplicateAcks: senderAcks.filter((a) => a.duplicate).length };
+    const report = { ...cuts, deleted, tcpResets: reset, senderCuts, duplicateAcks: senderAcks.filter((a) => a.duplicate).length };
     console.log(`cuts: ${JSON.stringify(report)}`);
     assert.ok(cuts.delete >= 1, `an @connections DELETE cut the receiver: ${JSON.stringify(report)}`);
     assert.ok(cuts.maxConnection >= 1, `the maximum connection time cut the receiver: ${JSON.stringify(report)}`);
