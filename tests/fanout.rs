@@ -863,8 +863,12 @@ async fn a_message_with_an_older_id_that_commits_later_is_still_recovered() {
     let rig = Rig::new().await;
     member(&rig, "a1", "alice", "workspace:42").await;
     let store = &rig.table.store;
-    let minted_first = chat("workspace:42", "alice", "minted first, committed second");
-    let minted_second = chat("workspace:42", "alice", "minted second, committed first");
+    let mut minted_first = chat("workspace:42", "alice", "minted first, committed second");
+    let mut minted_second = chat("workspace:42", "alice", "minted second, committed first");
+    // A millisecond apart: ULIDs of one millisecond are random, not ordered.
+    let now = wsfan_shared::clock::now_millis() as u64;
+    minted_first.message_id = ulid::Ulid::from_parts(now, 7).to_string();
+    minted_second.message_id = ulid::Ulid::from_parts(now + 1, 3).to_string();
     assert!(minted_first.message_id < minted_second.message_id);
     let seen = store.post(&minted_second, Some("a1")).await.unwrap();
     let late = store.post(&minted_first, Some("a1")).await.unwrap();

@@ -219,9 +219,10 @@ describe('wsfan dev demo page', { timeout: 180_000 }, () => {
     await erin.locator(`.message[data-message-id="${messageId}"] .reaction[data-emoji="👍"][data-count="1"]`).waitFor();
     await erin.locator('#load-older').waitFor({ state: 'hidden' }); // that was the oldest page
     assert.equal(await erin.locator('.message[data-message-id]').count(), 23);
-    // The messages are in time order, oldest first.
-    const ids = await erin.locator('.message[data-message-id]').evaluateAll((els) => els.map((e) => e.dataset.messageId));
-    assert.deepEqual(ids, [...ids].sort());
+    // The messages are in the order they were stored (the channel's sequence), oldest first.
+    const seqs = await erin.locator('.message[data-message-id]').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+    assert.equal(new Set(seqs).size, 23);
   });
 
   it('alice cut off from the server gets everything bob sent meanwhile, once, and who is here', async () => {
