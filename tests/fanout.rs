@@ -30,8 +30,10 @@ async fn connect(rig: &Rig, connection: &str, user: Option<&str>) {
         domain_name: None,
         stage: None,
         expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: None,
     };
-    rig.table.store.connect(&c).await.unwrap();
+    rig.table.store.connect(&c, &[]).await.unwrap();
 }
 
 async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
@@ -42,6 +44,7 @@ async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
         role: Role::Member,
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 3600,
+        history: None,
     };
     rig.table.store.join(&m).await.unwrap();
 }
@@ -405,6 +408,7 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
                 role: Role::Member,
                 joined_at: 1,
                 expires_at: 2_000_000_000,
+                history: None,
             };
             wsfan_shared::store::to_item(m.key(), &m).unwrap()
         })
@@ -828,6 +832,7 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
         role: Role::Member,
         joined_at: 1,
         expires_at: 2_000_000_000,
+        history: None,
     };
     assert!(matches!(
         rig.table.store.join(&ghost).await,

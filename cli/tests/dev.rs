@@ -458,17 +458,22 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
     let now = wsfan_shared::clock::now_millis();
     use wsfan_shared::store::Store;
     store
-        .connect(&wsfan_shared::model::Connection {
-            connection_id: "Gh0stConn000AA=".into(),
-            user_id: Some("casper".into()),
-            role: wsfan_shared::access::Role::Member,
-            channels: vec![],
-            connected_at: now,
-            source_ip: None,
-            domain_name: None,
-            stage: None,
-            expires_at: now / 1000 + 3600,
-        })
+        .connect(
+            &wsfan_shared::model::Connection {
+                connection_id: "Gh0stConn000AA=".into(),
+                user_id: Some("casper".into()),
+                role: wsfan_shared::access::Role::Member,
+                channels: vec![],
+                connected_at: now,
+                source_ip: None,
+                domain_name: None,
+                stage: None,
+                expires_at: now / 1000 + 3600,
+                joined: vec![],
+                history: None,
+            },
+            &[],
+        )
         .await
         .unwrap();
     store
@@ -479,6 +484,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
             role: wsfan_shared::access::Role::Member,
             joined_at: now,
             expires_at: now / 1000 + 3600,
+            history: None,
         })
         .await
         .unwrap();

@@ -76,6 +76,14 @@ pub struct Connection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     pub expires_at: i64,
+    /// The channels this connection named at connect or joined since, its personal `user:`
+    /// channel and subscribed documents aside: with exactly one, frames may leave out `channel`.
+    /// A string set in the table (`ADD` on join, `DELETE` on leave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<String>,
+    /// Messages of history each channel named at connect asked for (`?history=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
 }
 
 /// A connection's membership of a channel. `connectionId` + `channel` key the `byConnection` GSI.
@@ -89,6 +97,10 @@ pub struct Membership {
     pub role: Role,
     pub joined_at: i64,
     pub expires_at: i64,
+    /// Asks the stream fanout to push this many messages of the channel's history to this
+    /// connection (only) once the membership is written; set by `?history=` at connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
