@@ -612,7 +612,9 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
     // Only the newcomer got a history frame.
     host.send(json!({"body": "Welcome"})).await;
     let welcome = guest
-        .expect("the host's message", |f| f["type"] == "message" && f["senderId"] == "host")
+        .expect("the host's message", |f| {
+            f["type"] == "message" && f["senderId"] == "host"
+        })
         .await;
     assert_eq!(
         (welcome["senderId"].as_str(), welcome["body"].as_str()),
@@ -835,5 +837,74 @@ async fn a_backends_bare_put_item_reaches_the_channel_and_an_unusable_one_is_par
         .await
         .unwrap();
     ops.expect("the next message", |f| f["body"] == "disk 60% full").await;
+    stack.check_contract(&[&ops]);
+}
+
+#[tokio::test]
+async fn an_oversized_item_is_parked_at_once_and_one_the_queue_refuses_arrives_after_its_retries() {
+    let stack = Stack::start(&[]);
+    let mut ops = stack.client("ops").await;
+    ops.join("workspace:big").await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
+    let s = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned());
+    let put = |body: String| {
+        dynamodb
+            .put_item()
+            .table_name(&stack.table)
+            .item("pk", s("CHAN#workspace:big"))
+            .item("sk", s(&format!("MSG#{}", ulid::Ulid::generate())))
+            .item("senderId", s("batch-job"))
+            .item("body", s(&body))
+            .send()
+    };
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+    let next_failure = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = sqs.receive_message().queue_url(&stack.failures).send().await.unwrap();
+            if let Some(m) = out.messages.unwrap_or_default().into_iter().next() {
+                sqs.delete_message()
+                    .queue_url(&stack.failures)
+                    .receipt_handle(m.receipt_handle.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                break serde_json::from_str::<Value>(&m.body.unwrap()).unwrap();
+            }
+            assert!(Instant::now() < deadline, "nothing reached the failure queue");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    // 150 KB: no frame can carry it, so it is parked at once, record and reason.
+    put("x".repeat(150 * 1024)).await.unwrap();
+    let parked = next_failure().await;
+    assert_eq!(parked["condition"], "UnusableRecord", "{}", parked["reason"]);
+    assert!(parked["reason"]
+        .as_str()
+        .unwrap()
+        .contains("@connections takes at most"));
+    // When the failure queue refuses the function's message (here: too big for it), the record
+    // is retried; when its retries run out, the poller sends where it was, as Lambda does.
+    sqs.set_queue_attributes()
+        .queue_url(&stack.failures)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .unwrap();
+    put("y".repeat(150 * 1024)).await.unwrap();
+    let exhausted = next_failure().await;
+    assert_eq!(
+        exhausted["requestContext"]["condition"],
+        "RetryAttemptsExhausted",
+        "{}",
+        exhausted.get("condition").unwrap_or(&Value::Null)
+    );
+    assert!(
+        exhausted["DDBStreamBatchInfo"]["startSequenceNumber"].is_string(),
+        "{exhausted}"
+    );
+    // And the channel goes on.
+    put("small".into()).await.unwrap();
+    ops.expect("the next message", |f| f["body"] == "small").await;
     stack.check_contract(&[&ops]);
 }

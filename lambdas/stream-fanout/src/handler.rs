@@ -34,7 +34,7 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use serde_dynamo::AttributeValue;
 use wsfan_shared::batch::{in_key_order, Outcome};
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
+use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
@@ -128,9 +128,17 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
             item.entry(name.clone()).or_insert_with(|| value.clone());
         }
         let message = Message::from_stream_item(item).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        let frame = message.to_frame();
+        // A backend can write a body no frame can carry; no retry would ever deliver it.
+        let size = frame.to_json().len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(RecordError::Malformed(format!(
+                "the frame would be {size} bytes; @connections takes at most {MAX_PAYLOAD_BYTES}"
+            )));
+        }
         return Ok(Some(Work::Push(Push {
             channel: message.channel.clone(),
-            frame: message.to_frame(),
+            frame,
         })));
     }
     if let Some(connection_id) = sk.strip_prefix(keys::CONN_PREFIX) {
