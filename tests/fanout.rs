@@ -854,6 +854,36 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
     assert_eq!(keys, vec![format!("MSG#{}", message.message_id)]);
 }
 
+#[tokio::test]
+async fn a_post_over_128_kb_is_refused_with_413_as_api_gateway_does() {
+    use aws_credential_types::Credentials;
+    let rig = Rig::new().await;
+    let client = aws_sdk_apigatewaymanagement::Client::from_conf(
+        aws_sdk_apigatewaymanagement::config::Builder::new()
+            .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
+            .region(aws_sdk_apigatewaymanagement::config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "t"))
+            .endpoint_url(rig.server.endpoint("prod"))
+            .build(),
+    );
+    let post = |size: usize| {
+        client
+            .post_to_connection()
+            .connection_id("c1")
+            .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(vec![b'x'; size]))
+            .send()
+    };
+    post(128 * 1024).await.expect("exactly 128 KB is delivered");
+    let error = post(128 * 1024 + 1).await.expect_err("one byte more is refused");
+    let service = error.into_service_error();
+    assert!(service.is_payload_too_large_exception(), "{service:?}");
+    assert_eq!(
+        rig.server.received("c1").len(),
+        1,
+        "the oversized post was not delivered"
+    );
+}
+
 // ---------- items written by backends, history on connect, progress end states ----------
 
 fn put(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {

@@ -325,6 +325,8 @@ async fn run(cli: Cli) -> Result<String, String> {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             shutdown_signal().await;
+            eprintln!("wsfan dev: stopping");
+            stack.shutdown().await;
             Ok(String::new())
         }
         Command::Invoke(i) => {

@@ -35,6 +35,8 @@ fn require_lambda_binaries() {
 
 struct Stack {
     child: Child,
+    /// What `wsfan dev` wrote to stderr: its invocation log.
+    log: PathBuf,
     http: String,
     ws: String,
     moto: String,
@@ -81,6 +83,7 @@ impl Stack {
             dlq: field("dlq"),
             failures: field("failures"),
             child,
+            log,
         }
     }
 
@@ -907,4 +910,193 @@ async fn an_oversized_item_is_parked_at_once_and_one_the_queue_refuses_arrives_a
     put("small".into()).await.unwrap();
     ops.expect("the next message", |f| f["body"] == "small").await;
     stack.check_contract(&[&ops]);
+}
+
+/// Every process below `pid`, children of children included.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+#[tokio::test]
+async fn stopping_wsfan_dev_ends_every_process_it_started() {
+    for (signal, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGKILL, "SIGKILL"),
+    ] {
+        let mut stack = Stack::start(&[]);
+        // A client makes the stack do some work first: authorizer, $connect, a write in moto.
+        let mut alice = stack.client("alice").await;
+        alice.join("workspace:lifecycle").await;
+        let processes = descendants(stack.child.id());
+        // moto and one process per function of the template.
+        assert!(processes.len() >= 7, "{name}: {processes:?}");
+        // SAFETY: kill(2) with a pid of our own child.
+        assert_eq!(unsafe { libc::kill(stack.child.id() as i32, signal) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stack.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{name}: wsfan dev still runs after 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        loop {
+            let left: Vec<u32> = processes.iter().copied().filter(|p| running(*p)).collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: {left:?} outlived wsfan dev by 5 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_the_socket_ends_cleanly() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let stack = Stack::start(&[]);
+    let mut alice = stack.client("alice").await;
+    let close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    alice.socket.send(Message::Close(Some(close))).await.unwrap();
+    match tokio::time::timeout(WAIT, alice.socket.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the close to be echoed, got {other:?}"),
+    }
+    match tokio::time::timeout(WAIT, alice.socket.next()).await {
+        Ok(None) => {}
+        other => panic!("expected a clean end after the close handshake, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reserved_route_keys_in_a_frame_go_to_default() {
+    let stack = Stack::start(&[]);
+    let mut alice = stack.client("alice").await;
+    alice.join("workspace:reserved").await;
+    for action in ["$disconnect", "$connect", "$default"] {
+        let answer = alice.ask(json!({"action": action}), "error").await;
+        assert_eq!(answer["code"], "unknown_action", "{action}: {answer}");
+    }
+    // $disconnect did not run: the connection and its membership are still there.
+    let ack = alice
+        .ask(
+            json!({"action": "sendMessage", "channel": "workspace:reserved", "body": "still here"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    alice.expect("own message", |f| f["body"] == "still here").await;
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let stack = Stack::start(&[]);
+    let mut alice = stack.client("alice").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    alice.socket.send(Message::Frame(frame)).await.unwrap();
+    match tokio::time::timeout(WAIT, alice.socket.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1007),
+        other => panic!("expected a 1007 close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_connect_leaves_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::start(&[]);
+    let authority = stack
+        .ws
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Upgrade requests whose clients hang up after 0 to 320 ms, so that some leave while the
+    // authorizer runs, some while ws-connect writes, and some before the 101 is written.
+    let users: Vec<String> = (0..7).map(|i| format!("leaver{i}")).collect();
+    for (i, user) in users.iter().enumerate() {
+        let mut tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let request = format!(
+            "GET /local?token={} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            stack.token(user)
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(5 << i)).await;
+        }
+        drop(tcp);
+    }
+    // Nothing of theirs may stay: no connection item, no membership, no connection in a
+    // presence item (which itself stays, empty, until its TTL: docs/DESIGN-NOTES.md).
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
+    let leftovers = || async {
+        let items = dynamodb
+            .scan()
+            .table_name(&stack.table)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        items
+            .into_iter()
+            .filter(|item| {
+                let user = item
+                    .get("userId")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                let emptied_presence = sk.starts_with("USER#") && !item.contains_key("connections");
+                users.contains(&user) && !emptied_presence
+            })
+            .count()
+    };
+    // Let every handshake finish first: an item may appear only after the client left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = leftovers().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} items of clients that left during $connect remain; log: {}",
+            std::fs::read_to_string(&stack.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(&stack.log).unwrap_or_default();
+    assert!(
+        log.contains("during $connect") || log.contains("the upgrade failed"),
+        "the clean-up is logged: {log}"
+    );
 }

@@ -22,6 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+/// API Gateway's limit on the data of one post (128 KB), answered with 413 above it; the
+/// broadcaster refuses larger payloads before posting.
+use wsfan_shared::broadcaster::MAX_PAYLOAD_BYTES as MAX_POST_BYTES;
+
 /// Where posted data goes when the server fronts real connections (the local stack).
 pub trait Sink: Send + Sync + 'static {
     /// Delivers `data`; `false` when the connection does not exist (answered with 410).
@@ -444,6 +448,14 @@ async fn post_data(
 ) -> Response {
     if let Some(answer) = inner.gate(&head, &body, &id).await {
         return answer;
+    }
+    if body.len() > MAX_POST_BYTES {
+        inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "the data is {} bytes; a post carries at most {MAX_POST_BYTES}",
+            body.len()
+        );
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLargeException", &message);
     }
     if let Some(sink) = &inner.sink {
         if !sink.send(&id, body.clone()) {

@@ -220,6 +220,15 @@ pub struct DevStack {
     pub functions: HashMap<String, Arc<LambdaFunction>>,
 }
 
+impl DevStack {
+    /// Ends every process of the stack: the functions first, so that none is cut off mid-write
+    /// by moto going away, then moto. The pollers and servers are tasks of this process.
+    pub async fn shutdown(&self) {
+        futures::future::join_all(self.functions.values().map(|f| f.stop())).await;
+        self.environment.moto.stop();
+    }
+}
+
 struct App {
     gateway: Arc<Gateway>,
     environment: Arc<Environment>,

@@ -113,6 +113,19 @@ fn new_connection_id() -> String {
     aws_smithy_types::base64::encode(bytes)
 }
 
+/// The close code for a socket that failed: a text frame that is not UTF-8 is 1007, a frame or
+/// message over the limits 1009, and anything else a lost connection.
+fn close_for(error: &axum::Error) -> (u16, String) {
+    let text = error.to_string();
+    if text.contains("UTF-8") {
+        (1007, "Invalid frame payload data".to_owned())
+    } else if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
+        (1009, "Message too big".to_owned())
+    } else {
+        (1006, text)
+    }
+}
+
 fn header_maps(headers: &HeaderMap) -> (Value, Value) {
     let mut single = Map::new();
     let mut multi: Map<String, Value> = Map::new();
@@ -158,6 +171,11 @@ impl Gateway {
     }
 
     /// The upgrade request: authorizer, then `$connect`, then the socket.
+    ///
+    /// The handshake runs in a task of its own, so that a client that goes away meanwhile cannot
+    /// cancel it half-way; a connection that `$connect` accepted but that never opens (the
+    /// client left during `$connect`, or the upgrade failed) gets its `$disconnect`, so that no
+    /// connection item or membership is left behind.
     pub async fn upgrade(
         self: Arc<Self>,
         ws: WebSocketUpgrade,
@@ -165,6 +183,43 @@ impl Gateway {
         headers: HeaderMap,
         peer: SocketAddr,
     ) -> Response {
+        let (answer, handshake) = tokio::sync::oneshot::channel();
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let outcome = gateway.handshake(query, headers, peer).await;
+            if let Err(Ok(connection)) = answer.send(outcome) {
+                gateway.abandon(connection, "the client left during $connect").await;
+            }
+        });
+        let connection = match handshake.await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(refusal)) => return refusal,
+            Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response(),
+        };
+        let limits = self.limits;
+        let (gateway, failed) = (self.clone(), connection.clone());
+        ws.max_frame_size(limits.max_frame_bytes)
+            .max_message_size(limits.max_message_bytes)
+            .on_failed_upgrade(move |e| {
+                tokio::spawn(async move { gateway.abandon(failed, &format!("the upgrade failed: {e}")).await });
+            })
+            .on_upgrade(move |socket| self.serve(socket, connection))
+    }
+
+    /// `$disconnect` for a connection that `$connect` accepted but that never opened.
+    async fn abandon(&self, connection: Connection, why: &str) {
+        self.logs
+            .warn(&format!("{}: {why}; running $disconnect", connection.id));
+        self.disconnect(&connection, 1006, why).await;
+    }
+
+    /// The authorizer, then `$connect`: the connection to open, or the answer to the upgrade.
+    async fn handshake(
+        &self,
+        query: HashMap<String, String>,
+        headers: HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<Connection, Response> {
         let mut connection = Connection {
             id: new_connection_id(),
             connected_at: wsfan_shared::clock::now_millis(),
@@ -210,7 +265,7 @@ impl Gateway {
                         started.elapsed(),
                         Outcome::Refused("Deny: 403"),
                     );
-                    return (StatusCode::FORBIDDEN, "Forbidden").into_response();
+                    return Err((StatusCode::FORBIDDEN, "Forbidden").into_response());
                 }
                 (Err(e), _) => {
                     self.logs.invocation(
@@ -219,7 +274,7 @@ impl Gateway {
                         started.elapsed(),
                         Outcome::Failed(&e.to_string()),
                     );
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response();
+                    return Err((StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response());
                 }
             }
         }
@@ -241,7 +296,7 @@ impl Gateway {
                         started.elapsed(),
                         Outcome::Failed(&e.to_string()),
                     );
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response();
+                    return Err((StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response());
                 }
             };
             if status != 200 {
@@ -249,7 +304,7 @@ impl Gateway {
                 self.logs
                     .invocation(connect.name(), "$connect", started.elapsed(), Outcome::Refused(&detail));
                 let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return (code, "Connection refused").into_response();
+                return Err((code, "Connection refused").into_response());
             }
             self.logs.invocation(
                 connect.name(),
@@ -259,10 +314,7 @@ impl Gateway {
             );
         }
 
-        let limits = self.limits;
-        ws.max_frame_size(limits.max_frame_bytes)
-            .max_message_size(limits.max_message_bytes)
-            .on_upgrade(move |socket| self.serve(socket, connection))
+        Ok(connection)
     }
 
     async fn serve(self: Arc<Self>, socket: WebSocket, connection: Connection) {
@@ -278,12 +330,15 @@ impl Gateway {
                 let result = match out {
                     Outgoing::Text(t) => sink.send(Message::Text(t.into())).await,
                     Outgoing::Close(code, reason) => {
+                        // After the client's close this send is refused, and the close below
+                        // flushes the echo the WebSocket queued instead.
                         let _ = sink
                             .send(Message::Close(Some(CloseFrame {
                                 code,
                                 reason: reason.into(),
                             })))
                             .await;
+                        let _ = sink.close().await;
                         break;
                     }
                 };
@@ -302,13 +357,7 @@ impl Gateway {
             let message = match next {
                 Err(_) => break (1001, "Going away: idle timeout".to_owned()),
                 Ok(None) => break (1006, "connection lost".to_owned()),
-                Ok(Some(Err(e))) => {
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
-                        break (1009, "Message too big".to_owned());
-                    }
-                    break (1006, text);
-                }
+                Ok(Some(Err(e))) => break close_for(&e),
                 Ok(Some(Ok(m))) => m,
             };
             match message {
@@ -331,7 +380,10 @@ impl Gateway {
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         };
-        if status == 1009 || status == 1001 {
+        // Every way out but a lost connection ends with a close frame. For a client's close this
+        // sends the echo RFC 6455 asks for (the WebSocket queued it when the close arrived, and
+        // sends it on this flush instead of a frame of ours).
+        if status != 1006 {
             let _ = tx.send(Outgoing::Close(status, reason.clone()));
         }
         self.sockets.open.lock().unwrap().remove(&connection.id);
@@ -370,7 +422,10 @@ impl Gateway {
         let action = serde_json::from_str::<Value>(body)
             .ok()
             .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned));
-        let (key, function) = match action.as_deref().and_then(|a| self.routes.by_key.get_key_value(a)) {
+        // `$connect`, `$disconnect` and `$default` are never chosen by the selection expression:
+        // a frame naming one goes to `$default` like any other unknown action.
+        let custom = action.as_deref().filter(|a| !a.starts_with('$'));
+        let (key, function) = match custom.and_then(|a| self.routes.by_key.get_key_value(a)) {
             Some((k, f)) => (k.clone(), f.clone()),
             None => match self.routes.by_key.get("$default") {
                 Some(f) => ("$default".to_owned(), f.clone()),

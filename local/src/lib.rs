@@ -9,6 +9,7 @@
 //! - [`connections`]: the `@connections` Management API, delivering to the real sockets.
 //! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
 
+pub mod children;
 pub mod connections;
 pub mod dev;
 pub mod gateway;

@@ -1,5 +1,6 @@
 //! A moto server (DynamoDB, Streams, SQS) from the project's venv, on loopback.
-//! It lives exactly as long as its owner: it exits when its standard input closes.
+//! It lives exactly as long as its owner: it exits when its standard input closes, when
+//! [`MotoProcess::stop`] is called, and (SIGKILL from the kernel) when its parent dies.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,7 +12,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 pub struct MotoProcess {
     pub endpoint: String,
     pub port: u16,
-    _child: Mutex<(Child, ChildStdin)>,
+    child: Mutex<(Child, ChildStdin)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,9 @@ impl MotoProcess {
         if !python.exists() {
             return Err(MotoError::Missing(python.display().to_string()));
         }
-        let mut child = Command::new(&python)
+        let mut command = Command::new(&python);
+        crate::children::die_with_parent(&mut command);
+        let mut child = command
             .arg(repo_root.join("scripts/moto_server.py"))
             .args(["--port", &port.to_string()])
             .stdin(Stdio::piped())
@@ -51,8 +54,20 @@ impl MotoProcess {
         Ok(MotoProcess {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
-            _child: Mutex::new((child, stdin)),
+            child: Mutex::new((child, stdin)),
         })
+    }
+
+    /// The server's process id (for resource figures and tests).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().0.id()
+    }
+
+    /// Ends the server now and reaps it. Its state is throwaway, so there is nothing to flush.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.0.kill();
+        let _ = child.0.wait();
     }
 
     /// SDK configuration for this moto, with dummy credentials.

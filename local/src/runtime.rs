@@ -69,6 +69,15 @@ pub struct LambdaFunction {
     runtime_api: String,
     /// Invocations are served one at a time, in arrival order.
     turn: Mutex<()>,
+    /// [`LambdaFunction::stop`] asks, the supervisor kills the process and answers.
+    phase: tokio::sync::watch::Sender<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping,
+    Stopped,
 }
 
 impl LambdaFunction {
@@ -107,6 +116,7 @@ impl LambdaFunction {
             queue: tx,
             runtime_api,
             turn: Mutex::new(()),
+            phase: tokio::sync::watch::channel(Phase::Running).0,
         });
         function.clone().supervise(logs);
         Ok(function)
@@ -116,18 +126,39 @@ impl LambdaFunction {
         &self.spec.name
     }
 
+    /// Ends the function: kills its process, fails what is in flight, and restarts nothing.
+    /// Returns once the process is gone.
+    pub async fn stop(&self) {
+        let mut phase = self.phase.subscribe();
+        self.phase.send_if_modified(|p| {
+            let running = *p == Phase::Running;
+            if running {
+                *p = Phase::Stopping;
+            }
+            running
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), phase.wait_for(|p| *p == Phase::Stopped)).await;
+    }
+
     /// Keeps one process running; restarts it when it exits, as Lambda starts a new environment.
     fn supervise(self: Arc<Self>, logs: Logs) {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
+            let mut phase = self.phase.subscribe();
             loop {
                 let started = Instant::now();
                 let status = match self.spawn(&logs) {
-                    Ok(mut child) => child
-                        .wait()
-                        .await
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|e| e.to_string()),
+                    Ok(mut child) => tokio::select! {
+                        status = child.wait() => status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                        _ = stop_requested(&mut phase) => {
+                            let _ = child.kill().await;
+                            for (_, reply) in self.state.in_flight.lock().await.drain() {
+                                let _ = reply.send(Err(InvokeError::Crashed("the stack is shutting down".into())));
+                            }
+                            self.phase.send_replace(Phase::Stopped);
+                            return;
+                        }
+                    },
                     Err(e) => format!("could not start: {e}"),
                 };
                 let reason = match self.state.init_error.lock().await.take() {
@@ -138,7 +169,8 @@ impl LambdaFunction {
                 for (_, reply) in self.state.in_flight.lock().await.drain() {
                     let _ = reply.send(Err(InvokeError::Crashed(reason.clone())));
                 }
-                if self.queue.is_closed() {
+                if self.queue.is_closed() || *self.phase.borrow() != Phase::Running {
+                    self.phase.send_replace(Phase::Stopped);
                     return;
                 }
                 // A process that dies at once would otherwise spin.
@@ -147,7 +179,13 @@ impl LambdaFunction {
                 } else {
                     (backoff * 2).min(Duration::from_secs(5))
                 };
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_requested(&mut phase) => {
+                        self.phase.send_replace(Phase::Stopped);
+                        return;
+                    }
+                }
             }
         });
     }
@@ -170,6 +208,7 @@ impl LambdaFunction {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        crate::children::die_with_parent(command.as_std_mut());
         let mut child = command.spawn()?;
         if let Some(out) = child.stdout.take() {
             pipe_lines(out, logs.clone(), self.spec.name.clone());
@@ -210,6 +249,11 @@ impl LambdaFunction {
             }
         }
     }
+}
+
+/// Resolves once [`LambdaFunction::stop`] was called (the watch's guard is not held past it).
+async fn stop_requested(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p != Phase::Running).await;
 }
 
 /// Forwards a child's output to the local logs, line by line.
