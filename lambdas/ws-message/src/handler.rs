@@ -56,12 +56,16 @@ struct Route<'a, S> {
     request: &'a RouteRequest,
 }
 
+fn not_connected() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NotConnected,
+        "this connection is no longer registered; reconnect",
+    )
+}
+
 fn store_error(channel: &ChannelId, e: StoreError) -> ProtocolError {
     match e {
-        StoreError::NotConnected => ProtocolError::new(
-            ErrorCode::NotConnected,
-            "this connection is no longer registered; reconnect",
-        ),
+        StoreError::NotConnected => not_connected(),
         StoreError::NotMember => {
             ProtocolError::new(ErrorCode::NotMember, format!("join {channel} before posting to it"))
         }
@@ -225,12 +229,7 @@ impl<S: Store> Route<'_, S> {
                 tracing::error!(error = %e, "reading the connection item");
                 ProtocolError::new(ErrorCode::Internal, "the connection could not be read; try again")
             })?
-            .ok_or_else(|| {
-                ProtocolError::new(
-                    ErrorCode::NotConnected,
-                    "this connection is no longer registered; reconnect",
-                )
-            })?;
+            .ok_or_else(not_connected)?;
         ClientFrame::default_channel(&connection.joined)
     }
 
