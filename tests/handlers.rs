@@ -347,7 +347,7 @@ async fn connect_joins_the_channels_named_in_the_url_and_asks_for_their_history(
 }
 
 #[tokio::test]
-async fn connect_naming_a_channel_the_token_does_not_allow_is_refused_and_writes_nothing() {
+async fn connect_refuses_a_channel_the_token_does_not_allow_and_takes_the_personal_one_in_stride() {
     let t = TestTable::new().await;
     // ?workspaceId=43 with a token for workspace:42 only.
     assert_eq!(
@@ -355,6 +355,14 @@ async fn connect_naming_a_channel_the_token_does_not_allow_is_refused_and_writes
         403
     );
     assert!(t.items().await.is_empty());
+    let own = event("ws-connect/connect", |v| {
+        v["queryStringParameters"]["channels"] = json!("user:alice,workspace:42");
+    });
+    let r = ws_connect::handle(&t.store, &Retention::default(), own).await;
+    assert_eq!(r.status_code, 200, "naming the personal channel too is no error");
+    let conn = t.item(&format!("CONN#{CONN}"), "META").await.unwrap();
+    assert_eq!(string_set(&conn, "joined"), vec!["workspace:42"]);
+    let t = TestTable::new().await;
     let bad = event("ws-connect/connect", |v| {
         v["queryStringParameters"]["channels"] = json!("team:1");
     });

@@ -379,10 +379,12 @@ impl Store for DynamoStore {
             expires_at: connection.expires_at,
             history,
         };
-        if let Some(channel) = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok()) {
-            actions.extend(self.membership_actions(&membership(channel, None))?);
+        let personal = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok());
+        if let Some(channel) = &personal {
+            actions.extend(self.membership_actions(&membership(channel.clone(), None))?);
         }
-        for channel in named {
+        // A transaction may touch an item once: the personal channel is joined above already.
+        for channel in named.iter().filter(|c| Some(*c) != personal.as_ref()) {
             actions.extend(self.membership_actions(&membership(channel.clone(), connection.history))?);
         }
         self.transact(actions).await?;
