@@ -5,6 +5,7 @@
 //! - `wsfan token`: a dev JWT signed with the HS256 secret, to connect by hand.
 
 mod bench;
+mod bench_local;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,34 @@ enum Bench {
         /// Rounds of the throughput run; the median is reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
+    /// rate, and every delivery is counted; then an optional soak and a large channel's read.
+    Local {
+        /// The repository (for sam/template.yaml, scripts/ and .venv).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// WebSocket clients, all joined to one channel.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// How many of them send.
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Messages each sender sends.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Messages per second, all senders together.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// sendMessage frames in a row from one client, each after the last one's ack (0: none).
+        #[arg(long, default_value_t = 0)]
+        soak: usize,
+        /// Memberships of one channel to write, then read through the fanout's paged Query (0: none).
+        #[arg(long, default_value_t = 0)]
+        members: usize,
+        /// Upgrades in flight at once while the clients connect.
+        #[arg(long, default_value_t = 50)]
+        connect_concurrency: usize,
     },
 }
 
@@ -358,6 +387,28 @@ async fn run(cli: Cli) -> Result<String, String> {
             })
             .await
         }
+        Command::Bench(Bench::Local {
+            repo,
+            clients,
+            senders,
+            messages,
+            rate,
+            soak,
+            members,
+            connect_concurrency,
+        }) => {
+            bench_local::run(bench_local::LocalBench {
+                repo,
+                clients,
+                senders,
+                messages,
+                rate,
+                soak,
+                members,
+                connect_concurrency,
+            })
+            .await
+        }
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(
@@ -402,7 +453,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The benchmark measures the broadcaster as the fanout Lambdas run it: on one thread.
     let runtime = match cli.command {
-        Command::Bench(_) | Command::ServeConnections(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Bench(Bench::Fanout { .. }) | Command::ServeConnections(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         _ => tokio::runtime::Builder::new_multi_thread(),
     }
     .enable_all()

@@ -912,25 +912,6 @@ async fn an_oversized_item_is_parked_at_once_and_one_the_queue_refuses_arrives_a
     stack.check_contract(&[&ops]);
 }
 
-/// Every process below `pid`, children of children included.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(parent) = frontier.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                found.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    found
-}
-
 /// Whether `pid` still runs (a zombie waiting for its reaper does not).
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -950,9 +931,22 @@ async fn stopping_wsfan_dev_ends_every_process_it_started() {
         // A client makes the stack do some work first: authorizer, $connect, a write in moto.
         let mut alice = stack.client("alice").await;
         alice.join("workspace:lifecycle").await;
-        let processes = descendants(stack.child.id());
+        let processes = wsfan_local::children::descendants(stack.child.id());
         // moto and one process per function of the template.
         assert!(processes.len() >= 7, "{name}: {processes:?}");
+        // moto is busy when the stack stops: a long poll holds one of its request threads, as
+        // a slow call did when a stopped stack left a 7 GB moto behind.
+        let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+        let queue = stack.queue.clone();
+        tokio::spawn(async move {
+            let _ = sqs
+                .receive_message()
+                .queue_url(queue)
+                .wait_time_seconds(20)
+                .send()
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
         // SAFETY: kill(2) with a pid of our own child.
         assert_eq!(unsafe { libc::kill(stack.child.id() as i32, signal) }, 0);
         let deadline = Instant::now() + Duration::from_secs(5);

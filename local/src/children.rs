@@ -23,3 +23,22 @@ pub fn die_with_parent(command: &mut std::process::Command) {
         });
     }
 }
+
+/// Every process below `pid`, children of children included.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}

@@ -271,6 +271,38 @@ class Queries(Case):
                             if last:
                                 self.assertEqual(last["sk"]["S"], page[-1])
 
+    def test_projections_equal_moto_projections(self):
+        self.client.put_item(
+            TableName="t",
+            Item={
+                "pk": {"S": "P"},
+                "sk": {"S": "CONN#1"},
+                "userId": {"S": "u"},
+                "n": {"N": "12.50"},
+                "m": {"M": {"a": {"S": "b"}}},
+                "ss": {"SS": ["x", "y"]},
+            },
+        )
+        self.client.put_item(TableName="t", Item={"pk": {"S": "P"}, "sk": {"S": "CONN#2"}})
+        Table = type(self.table)
+        for projection in ("sk, userId", "sk, n, absent", "m.a, sk", "ss", "#u", "m"):
+            with self.subTest(projection=projection):
+                kwargs = dict(
+                    TableName="t",
+                    KeyConditionExpression="pk = :p AND begins_with(sk, :c)",
+                    ExpressionAttributeValues={":p": {"S": "P"}, ":c": {"S": "CONN#"}},
+                    ProjectionExpression=projection,
+                )
+                if "#u" in projection:
+                    kwargs["ExpressionAttributeNames"] = {"#u": "userId"}
+                fast = self.client.query(**kwargs)["Items"]
+                Table.query = moto_server._original_table_query
+                try:
+                    slow = self.client.query(**kwargs)["Items"]
+                finally:
+                    Table.query = moto_server.table_query
+                self.assertEqual(fast, slow)
+
     def test_a_missing_partition_is_not_created_by_reading_it(self):
         for n in range(100):
             self.client.get_item(TableName="t", Key={"pk": {"S": f"GONE#{n}"}, "sk": {"S": "META"}})

@@ -1,0 +1,538 @@
+//! `wsfan bench local`: `wsfan dev` under load, driven as its users drive it.
+//!
+//! It starts the stack as `scripts/dev` does (`wsfan dev`, as a child process, with the Lambda
+//! binaries beside this wsfan), opens real WebSocket clients, joins them to one channel, has some
+//! of them send at a steady rate, and counts every delivery by `messageId`. Then, optionally, a
+//! soak (one client sending frame after frame) and the read of a large channel's members through
+//! the fanout's paged Query. Every figure is printed with the counts that show it happened, and
+//! the last line is the whole report as JSON (`RESULT {...}`) for scripts and tests.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use wsfan_shared::auth::{mint_hs256, Claims};
+use wsfan_shared::channel::ChannelId;
+use wsfan_shared::store::{DynamoStore, Store};
+
+/// What to run; see `wsfan bench local --help`.
+#[derive(Debug, Clone)]
+pub struct LocalBench {
+    pub repo: PathBuf,
+    pub clients: usize,
+    pub senders: usize,
+    pub messages: usize,
+    pub rate: f64,
+    pub soak: usize,
+    pub members: usize,
+    /// Upgrades in flight at once while connecting.
+    pub connect_concurrency: usize,
+}
+
+/// The stack under test: a `wsfan dev` child process.
+struct DevProcess {
+    child: Child,
+    ws_url: String,
+    moto: String,
+    table: String,
+    log: PathBuf,
+}
+
+impl DevProcess {
+    fn start(repo: &Path) -> Result<DevProcess, String> {
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let log = std::env::temp_dir().join(format!("wsfan-bench-local-{}.log", std::process::id()));
+        let mut child = Command::new(me)
+            .args(["dev", "--port", "0", "--moto-port", "0", "--repo"])
+            .arg(repo)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("starting wsfan dev: {e}"))?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+        let env = lines.next().and_then(Result::ok).unwrap_or_default();
+        if !ready.starts_with("wsfan dev ready:") {
+            let _ = child.kill();
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("wsfan dev did not start: {ready:?}\n{said}"));
+        }
+        let field = |name: &str| {
+            env.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok(DevProcess {
+            ws_url: ready.split_whitespace().nth(4).unwrap_or_default().to_owned(),
+            moto: field("moto"),
+            table: field("table"),
+            child,
+            log,
+        })
+    }
+
+    /// Every process of the stack, with its name and peak resident memory (VmHWM) in KiB.
+    fn peak_rss(&self) -> Vec<(String, u32, u64)> {
+        let mut pids = vec![self.child.id()];
+        pids.extend(wsfan_local::children::descendants(self.child.id()));
+        pids.into_iter()
+            .filter_map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let field = |name: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                let name = field("Name:")?;
+                let hwm = field("VmHWM:")?.trim_end_matches("kB").trim().parse().ok()?;
+                let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let name = if cmdline.contains("moto_server.py") {
+                    "moto".to_owned()
+                } else {
+                    name
+                };
+                Some((name, pid, hwm))
+            })
+            .collect()
+    }
+
+    /// Invocations the stack's log reports as timed out, by function.
+    fn timeouts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for line in std::fs::read_to_string(&self.log).unwrap_or_default().lines() {
+            if line.contains("timed out") {
+                let function = line.split_whitespace().nth(1).unwrap_or("?").to_owned();
+                *counts.entry(function).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// SIGTERM, as Ctrl-C would, and the wait for the stack to end.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn token(sub: &str) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        exp: wsfan_shared::clock::now_secs() + 6 * 3600,
+        nbf: None,
+        channels: vec!["workspace:*".into()],
+        role: None,
+        aud: None,
+        iss: None,
+    };
+    mint_hs256(wsfan_local::dev::DEV_SECRET, &claims)
+}
+
+/// What the clients saw, shared by their tasks.
+#[derive(Default)]
+struct Seen {
+    /// Every frame any client received (for the quiet-period check).
+    frames: AtomicU64,
+    presence: AtomicU64,
+    /// (client, messageId, clientMsgId, when) for every `message` frame.
+    messages: Mutex<Vec<(usize, String, String, Instant)>>,
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a socket and joins `channel`; returns the socket once `joined` came back.
+async fn connect_and_join(url: &str, sub: &str, channel: &str) -> Result<(Socket, Duration), String> {
+    let started = Instant::now();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={}", token(sub)))
+        .await
+        .map_err(|e| format!("{sub}: connecting: {e}"))?;
+    let connected = started.elapsed();
+    let join = json!({"action": "join", "channel": channel}).to_string();
+    socket
+        .send(Message::Text(join.into()))
+        .await
+        .map_err(|e| format!("{sub}: {e}"))?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                match frame["type"].as_str() {
+                    Some("joined") => return Ok((socket, connected)),
+                    Some("error") => return Err(format!("{sub}: join refused: {frame}")),
+                    _ => {}
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => return Err(format!("{sub}: waiting for joined: {other:?}")),
+        }
+    }
+}
+
+/// Reads one client's socket until the end, recording what arrives; sends what `outbox` says.
+fn run_client(index: usize, socket: Socket, seen: Arc<Seen>) -> mpsc::UnboundedSender<String> {
+    let (tx, mut outbox) = mpsc::unbounded_channel::<String>();
+    let (mut sink, mut stream) = socket.split();
+    tokio::spawn(async move {
+        while let Some(text) = outbox.recv().await {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let Message::Text(text) = message else { continue };
+            seen.frames.fetch_add(1, Ordering::Relaxed);
+            let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+            match frame["type"].as_str() {
+                Some("message") => {
+                    let id = frame["messageId"].as_str().unwrap_or_default().to_owned();
+                    let client_id = frame["clientMsgId"].as_str().unwrap_or_default().to_owned();
+                    seen.messages
+                        .lock()
+                        .unwrap()
+                        .push((index, id, client_id, Instant::now()));
+                }
+                Some("presence") => {
+                    seen.presence.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
+    tx
+}
+
+/// Waits until no client has received a frame for `quiet`, at most `limit`.
+async fn settle(seen: &Seen, quiet: Duration, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut last = seen.frames.load(Ordering::Relaxed);
+    let mut still_since = Instant::now();
+    while started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = seen.frames.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= quiet {
+            break;
+        }
+    }
+    still_since.duration_since(started)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+pub async fn run(bench: LocalBench) -> Result<String, String> {
+    let stack = DevProcess::start(&bench.repo)?;
+    let result = measure(&bench, &stack).await;
+    let peaks = stack.peak_rss();
+    let timeouts = stack.timeouts();
+    stack.stop();
+    let mut report = result?;
+
+    println!("peak RSS (VmHWM) of every process of the stack:");
+    for (name, pid, kib) in &peaks {
+        println!("  {name:<16} pid {pid:<7} {:>8.1} MB", *kib as f64 / 1024.0);
+    }
+    println!("invocations that timed out: {timeouts:?}");
+    report["peakRssMb"] = json!(peaks
+        .iter()
+        .map(|(name, pid, kib)| json!({"process": name, "pid": pid, "mb": *kib as f64 / 1024.0}))
+        .collect::<Vec<_>>());
+    report["timeouts"] = json!(timeouts);
+    Ok(format!("RESULT {report}"))
+}
+
+async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String> {
+    let mut report = json!({"clients": bench.clients, "build": build_profile()});
+    println!(
+        "wsfan bench local ({} build): {} clients, {} senders x {} messages at {}/s, soak {}, members {}",
+        build_profile(),
+        bench.clients,
+        bench.senders,
+        bench.messages,
+        bench.rate,
+        bench.soak,
+        bench.members
+    );
+    let seen = Arc::new(Seen::default());
+    let channel = "workspace:bench";
+
+    // Connect and join, with a bounded number of upgrades in flight.
+    let started = Instant::now();
+    let joined: Vec<Result<(usize, Socket, Duration), String>> = futures::stream::iter(0..bench.clients)
+        .map(|i| {
+            let url = stack.ws_url.clone();
+            async move {
+                connect_and_join(&url, &format!("bench-{i}"), channel)
+                    .await
+                    .map(|(s, c)| (i, s, c))
+            }
+        })
+        .buffer_unordered(bench.connect_concurrency.max(1))
+        .collect()
+        .await;
+    let join_time = started.elapsed();
+    let mut outboxes = HashMap::new();
+    let mut connect_times = Vec::new();
+    let mut failures = Vec::new();
+    for outcome in joined {
+        match outcome {
+            Ok((i, socket, connected)) => {
+                connect_times.push(connected);
+                outboxes.insert(i, run_client(i, socket, seen.clone()));
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    connect_times.sort();
+    println!(
+        "connect and join: {} of {} clients in {:.2} s (upgrade p50 {} ms, p99 {} ms); {} failed",
+        outboxes.len(),
+        bench.clients,
+        join_time.as_secs_f64(),
+        ms(percentile(&connect_times, 50.0)),
+        ms(percentile(&connect_times, 99.0)),
+        failures.len()
+    );
+    for f in failures.iter().take(5) {
+        println!("  {f}");
+    }
+    let drained = settle(&seen, Duration::from_secs(2), Duration::from_secs(600)).await;
+    println!(
+        "presence fanout settled {:.2} s after the last join ({} presence frames)",
+        drained.as_secs_f64(),
+        seen.presence.load(Ordering::Relaxed)
+    );
+    report["connectJoinSeconds"] = json!(join_time.as_secs_f64());
+    report["joined"] = json!(outboxes.len());
+    report["joinFailures"] = json!(failures.len());
+    report["presenceSettledSeconds"] = json!(drained.as_secs_f64());
+
+    // Senders: round robin over the first `senders` clients, at `rate` overall.
+    let total = bench.senders.min(outboxes.len()) * bench.messages;
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / bench.rate.max(0.001));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let send_started = Instant::now();
+    for n in 0..total {
+        tick.tick().await;
+        let sender = n % bench.senders.max(1);
+        let client_msg_id = format!("bench-{n}");
+        let frame = json!({"action": "sendMessage", "channel": channel, "body": format!("message {n}"), "clientMsgId": client_msg_id});
+        sent_at.insert(client_msg_id, Instant::now());
+        if let Some(outbox) = outboxes.get(&sender) {
+            let _ = outbox.send(frame.to_string());
+        }
+    }
+    let expected = total * outboxes.len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.messages.lock().unwrap().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    settle(&seen, Duration::from_secs(2), Duration::from_secs(10)).await;
+    let send_time = send_started.elapsed();
+
+    // Count by (client, messageId): the first arrival is the delivery, later ones duplicates.
+    let mut first: HashMap<(usize, String), Instant> = HashMap::new();
+    let mut duplicates = 0usize;
+    let mut ids_by_client_msg: HashMap<String, String> = HashMap::new();
+    for (client, id, client_msg_id, at) in seen.messages.lock().unwrap().iter() {
+        if !client_msg_id.starts_with("bench-") {
+            continue;
+        }
+        ids_by_client_msg.insert(client_msg_id.clone(), id.clone());
+        match first.entry((*client, id.clone())) {
+            std::collections::hash_map::Entry::Occupied(_) => duplicates += 1,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(*at);
+            }
+        }
+    }
+    let sent_by_id: HashMap<&String, &Instant> = ids_by_client_msg
+        .iter()
+        .filter_map(|(c, id)| sent_at.get(c).map(|at| (id, at)))
+        .collect();
+    let mut latencies: Vec<Duration> = first
+        .iter()
+        .filter_map(|((_, id), at)| sent_by_id.get(id).map(|sent| at.saturating_duration_since(**sent)))
+        .collect();
+    latencies.sort();
+    let delivered = first.len();
+    let missing = expected.saturating_sub(delivered);
+    let unseen_messages = total.saturating_sub(ids_by_client_msg.len());
+    println!(
+        "fanout: {total} messages to {} clients in {:.1} s: {delivered} of {expected} deliveries, {missing} missing, {duplicates} duplicated ({unseen_messages} messages never seen by anyone)",
+        outboxes.len(),
+        send_time.as_secs_f64()
+    );
+    println!(
+        "send to delivery: p50 {} ms, p99 {} ms, max {} ms",
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+    report["messages"] = json!(total);
+    report["deliveries"] =
+        json!({"expected": expected, "delivered": delivered, "missing": missing, "duplicated": duplicates});
+    report["deliveryMs"] = json!({"p50": ms(percentile(&latencies, 50.0)), "p99": ms(percentile(&latencies, 99.0))});
+
+    // Close the fanout clients before the soak, as clients leave.
+    drop(outboxes);
+    settle(&seen, Duration::from_secs(1), Duration::from_secs(60)).await;
+
+    if bench.soak > 0 {
+        report["soak"] = soak(&stack.ws_url, bench.soak).await?;
+    }
+    if bench.members > 0 {
+        report["largeChannel"] = large_channel(stack, bench.members).await?;
+    }
+    Ok(report)
+}
+
+/// One client sends `count` messages one after another, each after the last one's ack.
+async fn soak(url: &str, count: usize) -> Result<Value, String> {
+    let (socket, _) = connect_and_join(url, "soaker", "workspace:soak").await?;
+    let (mut sink, mut stream) = socket.split();
+    let mut acks = Vec::with_capacity(count);
+    let started = Instant::now();
+    for n in 0..count {
+        let frame = json!({"action": "sendMessage", "channel": "workspace:soak", "body": format!("soak {n}"), "clientMsgId": format!("soak-{n}")});
+        let sent = Instant::now();
+        sink.send(Message::Text(frame.to_string().into()))
+            .await
+            .map_err(|e| format!("soak send {n}: {e}"))?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                    match frame["type"].as_str() {
+                        Some("ack") => break,
+                        Some("error") => return Err(format!("soak send {n} refused: {frame}")),
+                        _ => {}
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                other => return Err(format!("soak send {n}: no ack: {other:?}")),
+            }
+        }
+        acks.push(sent.elapsed());
+        if (n + 1) % 1000 == 0 {
+            println!(
+                "  soak: {} sends, median ack of the last 1,000 {} ms",
+                n + 1,
+                ms(median(&acks[n + 1 - 1000..]))
+            );
+        }
+    }
+    let window = (count / 10).clamp(1, 1000);
+    let head = median(&acks[..window]);
+    let tail = median(&acks[count - window..]);
+    let ratio = tail.as_secs_f64() / head.as_secs_f64().max(1e-9);
+    println!(
+        "soak: {count} sendMessage in a row in {:.1} s; median ack first {window}: {} ms, last {window}: {} ms ({ratio:.2}x)",
+        started.elapsed().as_secs_f64(),
+        ms(head),
+        ms(tail)
+    );
+    Ok(json!({"sends": count, "window": window, "firstMedianMs": ms(head), "lastMedianMs": ms(tail), "ratio": ratio}))
+}
+
+fn median(values: &[Duration]) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    percentile(&sorted, 50.0)
+}
+
+/// Writes `count` memberships of one channel straight into the table, then reads them back as
+/// stream-fanout does (the store's paged Query).
+async fn large_channel(stack: &DevProcess, count: usize) -> Result<Value, String> {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let sdk = wsfan_local::moto::sdk_config(&stack.moto).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let channel: ChannelId = "workspace:large".parse().map_err(|e| format!("{e:?}"))?;
+    let written = Instant::now();
+    let batches: Vec<Vec<WriteRequest>> = (0..count)
+        .map(|i| {
+            let item = HashMap::from([
+                ("pk".to_owned(), AttributeValue::S(format!("CHAN#{channel}"))),
+                ("sk".to_owned(), AttributeValue::S(format!("CONN#member{i:07}"))),
+                ("userId".to_owned(), AttributeValue::S(format!("user{i}"))),
+                ("role".to_owned(), AttributeValue::S("member".into())),
+                ("joinedAt".to_owned(), AttributeValue::N("1".into())),
+            ]);
+            let put = PutRequest::builder().set_item(Some(item)).build().expect("item set");
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect::<Vec<_>>()
+        .chunks(25)
+        .map(<[WriteRequest]>::to_vec)
+        .collect();
+    let results: Vec<Result<(), String>> = futures::stream::iter(batches)
+        .map(|batch| {
+            let (client, table) = (client.clone(), stack.table.clone());
+            async move {
+                let mut pending = HashMap::from([(table.clone(), batch)]);
+                while !pending.is_empty() {
+                    let out = client
+                        .batch_write_item()
+                        .set_request_items(Some(pending))
+                        .send()
+                        .await
+                        .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+                    pending = out.unprocessed_items.unwrap_or_default();
+                    pending.retain(|_, v| !v.is_empty());
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    let write_time = written.elapsed();
+    let store = DynamoStore::new(client, &stack.table, Default::default());
+    let read = Instant::now();
+    let members = store.members(&channel).await.map_err(|e| e.to_string())?;
+    let read_time = read.elapsed();
+    println!(
+        "large channel: {count} memberships written in {:.1} s; the fanout's paged Query read {} of them in {:.2} s",
+        write_time.as_secs_f64(),
+        members.len(),
+        read_time.as_secs_f64()
+    );
+    Ok(json!({"members": count, "read": members.len(), "readSeconds": read_time.as_secs_f64()}))
+}
+
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
