@@ -31,8 +31,10 @@ async fn connect(rig: &Rig, connection: &str, user: Option<&str>) {
         domain_name: None,
         stage: None,
         expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: None,
     };
-    rig.table.store.connect(&c).await.unwrap();
+    rig.table.store.connect(&c, &[]).await.unwrap();
 }
 
 async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
@@ -43,6 +45,7 @@ async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
         role: Role::Member,
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 3600,
+        history: None,
     };
     rig.table.store.join(&m).await.unwrap();
 }
@@ -352,18 +355,25 @@ async fn batch_item_failures_list_exactly_the_failed_records() {
     rig.run_stream_fanout().await;
     rig.server.reset();
 
-    let response = stream_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture::<DynamoDbEvent>("stream-fanout/mixed-batch-with-poison"),
-    )
-    .await;
-    // The poison record (200) and the later record of its channel (300), which must wait
-    // behind it to keep the channel in order. Nothing of workspace:42.
-    assert_eq!(failures(&response), vec!["200", "300"]);
+    let response = rig
+        .stream_fanout(fixture::<DynamoDbEvent>("stream-fanout/mixed-batch-with-poison"))
+        .await;
+    // The poison record (200, a message item without a body) can never be used: it went to
+    // the failure destination at once, so it is not retried, and the record behind it in its
+    // channel (300) went on.
+    assert_eq!(failures(&response), Vec::<String>::new());
     let bodies: Vec<Value> = rig.frames("a1").iter().map(|f| f["body"].clone()).collect();
     assert_eq!(bodies, vec![json!("first"), json!("second")], "workspace:42 in order");
-    assert!(rig.frames("d1").is_empty());
+    let parked = rig.parked().await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0]["record"]["dynamodb"]["SequenceNumber"], "200");
+    assert!(
+        parked[0]["reason"].as_str().unwrap().contains("needs body"),
+        "{}",
+        parked[0]["reason"]
+    );
+    let d1: Vec<Value> = rig.frames("d1").iter().map(|f| f["body"].clone()).collect();
+    assert_eq!(d1, vec![json!("after the poison")]);
 }
 
 #[tokio::test]
@@ -407,6 +417,7 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
                 role: Role::Member,
                 joined_at: 1,
                 expires_at: 2_000_000_000,
+                history: None,
             };
             wsfan_shared::store::to_item(m.key(), &m).unwrap()
         })
@@ -451,12 +462,7 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
 // ---------- stream-fanout fixtures ----------
 
 async fn run_stream_fixture(rig: &Rig, name: &str) -> aws_lambda_events::streams::DynamoDbEventResponse {
-    stream_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture(&format!("stream-fanout/{name}")),
-    )
-    .await
+    rig.stream_fanout(fixture(&format!("stream-fanout/{name}"))).await
 }
 
 #[tokio::test]
@@ -895,6 +901,7 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
         role: Role::Member,
         joined_at: 1,
         expires_at: 2_000_000_000,
+        history: None,
     };
     assert!(matches!(
         rig.table.store.join(&ghost).await,
@@ -945,4 +952,173 @@ async fn a_post_over_128_kb_is_refused_with_413_as_api_gateway_does() {
         1,
         "the oversized post was not delivered"
     );
+}
+
+// ---------- items written by backends, history on connect, progress end states ----------
+
+fn put(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), aws_sdk_dynamodb::types::AttributeValue::S(v.to_string())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backends_bare_put_item_reaches_the_channel_and_an_unusable_one_goes_to_the_failure_destination() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    // The contract's minimum: keys, senderId, body. Everything else comes from the keys.
+    let id = ulid::Ulid::generate();
+    let sk = format!("MSG#{id}");
+    rig.table
+        .put(put(&[
+            ("pk", "CHAN#workspace:42"),
+            ("sk", &sk),
+            ("senderId", "billing"),
+            ("body", "Invoice ready"),
+        ]))
+        .await;
+    // Unusable: a channel that contradicts the key, an id that is no ULID, no senderId.
+    let other = format!("MSG#{}", ulid::Ulid::generate());
+    rig.table
+        .put(put(&[
+            ("pk", "CHAN#workspace:42"),
+            ("sk", &other),
+            ("channel", "workspace:9"),
+            ("senderId", "billing"),
+            ("body", "x"),
+        ]))
+        .await;
+    rig.table
+        .put(put(&[
+            ("pk", "CHAN#workspace:42"),
+            ("sk", "MSG#123"),
+            ("senderId", "billing"),
+            ("body", "x"),
+        ]))
+        .await;
+    let nameless = format!("MSG#{}", ulid::Ulid::generate());
+    rig.table
+        .put(put(&[("pk", "CHAN#workspace:42"), ("sk", &nameless), ("body", "x")]))
+        .await;
+
+    let response = rig.run_stream_fanout().await;
+    assert_eq!(failures(&response), Vec::<String>::new(), "nothing is retried");
+    let frames = rig.frames("a1");
+    assert_eq!(
+        frames,
+        vec![json!({
+            "type": "message",
+            "channel": "workspace:42",
+            "messageId": id.to_string(),
+            "senderId": "billing",
+            "body": "Invoice ready",
+            "sentAt": id.timestamp_ms(),
+        })]
+    );
+    let mut reasons: Vec<String> = rig
+        .parked()
+        .await
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap().to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("channel is")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("not a ULID")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("senderId")), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "booking:1").await;
+    for body in ["one", "two", "three"] {
+        rig.table
+            .store
+            .post(&chat("booking:1", "alice", body), None)
+            .await
+            .unwrap();
+    }
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    let now = wsfan_shared::clock::now_millis();
+    let bob = Connection {
+        connection_id: "b1".into(),
+        user_id: Some("bob".into()),
+        role: Role::Member,
+        channels: vec![],
+        connected_at: now,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: Some(2),
+    };
+    rig.table
+        .store
+        .connect(&bob, &["booking:1".parse().unwrap()])
+        .await
+        .unwrap();
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    let got = rig.frames("b1");
+    let history = of_type(&got, "history");
+    assert_eq!(history.len(), 1, "{got:?}");
+    assert_eq!(history[0]["channel"], "booking:1");
+    let bodies: Vec<&Value> = history[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["body"])
+        .collect();
+    assert_eq!(bodies, vec!["two", "three"], "the last two, oldest first");
+    assert!(history[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["type"] == "message"));
+    let alice = rig.frames("a1");
+    assert!(of_type(&alice, "history").is_empty(), "{alice:?}");
+    assert_eq!(
+        of_type(&alice, "presence").len(),
+        1,
+        "alice hears bob arrive: {alice:?}"
+    );
+}
+
+#[tokio::test]
+async fn complete_without_counts_keeps_all_pages_and_a_late_error_changes_nothing() {
+    let rig = Rig::new().await;
+    connect(&rig, "s1", Some("sam")).await;
+    join(&rig, "s1", Some("sam"), "doc:d9").await;
+    for event in [
+        ProgressEvent::started("d9", Some(10)),
+        ProgressEvent::progress("d9", 4, 10),
+        ProgressEvent::complete("d9", None),
+    ] {
+        progress_fanout::apply(&rig.table.store, &rig.broadcaster, &event)
+            .await
+            .unwrap();
+    }
+    let late = ProgressEvent::error("d9", "OCR_FAILED", "page 3", false);
+    let applied = progress_fanout::apply(&rig.table.store, &rig.broadcaster, &late)
+        .await
+        .unwrap();
+    assert_eq!(applied, progress_fanout::Applied::Stale);
+    let snapshot = rig.table.store.progress("d9").await.unwrap().unwrap();
+    assert_eq!(snapshot["type"], "processing_complete");
+    assert_eq!(
+        (snapshot["pagesProcessed"].as_u64(), snapshot["totalPages"].as_u64()),
+        (Some(10), Some(10))
+    );
+    let pushed = rig.frames("s1");
+    let complete = of_type(&pushed, "processing_complete");
+    assert_eq!(complete.len(), 1);
+    assert_eq!(complete[0]["pagesProcessed"], 10, "subscribers hear all pages too");
+    assert!(of_type(&pushed, "error").is_empty());
 }

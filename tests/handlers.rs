@@ -310,6 +310,130 @@ async fn connect_writes_the_connection_and_its_personal_membership() {
 }
 
 #[tokio::test]
+async fn connect_joins_the_channels_named_in_the_url_and_asks_for_their_history() {
+    let t = TestTable::new().await;
+    // ?type=chat&booking_id=1&history=50, as the booking chat clients connect.
+    let r = connect(&t, "ws-connect/connect-booking-chat").await;
+    assert_eq!(r.status_code, 200);
+    let member = t
+        .item("CHAN#booking:1", &format!("CONN#{CONN}"))
+        .await
+        .expect("booking:1 membership");
+    assert_eq!(s(&member, "userId"), "alice");
+    assert_eq!(
+        n(&member, "history"),
+        50,
+        "the fanout answers this with a history frame"
+    );
+    let presence = t.item("CHAN#booking:1", "USER#alice").await.expect("presence item");
+    assert_eq!(string_set(&presence, "connections"), vec![CONN.to_owned()]);
+    let conn = t.item(&format!("CONN#{CONN}"), "META").await.unwrap();
+    assert_eq!(string_set(&conn, "joined"), vec!["booking:1"], "its default channel");
+    // The personal channel is joined as before, without a history request.
+    let personal = t.item("CHAN#user:alice", &format!("CONN#{CONN}")).await.unwrap();
+    assert!(!personal.contains_key("history"));
+
+    // Its frames without a channel go to booking:1.
+    let booking_chat: Value = fixture("ws-connect/connect-booking-chat");
+    let frame = as_caller(
+        "ws-message/message-without-action",
+        CONN,
+        booking_chat["requestContext"]["authorizer"].clone(),
+        None,
+    );
+    let r = body(&message(&t, frame).await);
+    assert_eq!(r["type"], "ack", "{r}");
+    assert_eq!(r["channel"], "booking:1");
+}
+
+#[tokio::test]
+async fn connect_refuses_a_channel_the_token_does_not_allow_and_takes_the_personal_one_in_stride() {
+    let t = TestTable::new().await;
+    // ?workspaceId=43 with a token for workspace:42 only.
+    assert_eq!(
+        connect(&t, "ws-connect/connect-forbidden-channel").await.status_code,
+        403
+    );
+    assert!(t.items().await.is_empty());
+    let own = event("ws-connect/connect", |v| {
+        v["queryStringParameters"]["channels"] = json!("user:alice,workspace:42");
+    });
+    let r = ws_connect::handle(&t.store, &Retention::default(), own).await;
+    assert_eq!(r.status_code, 200, "naming the personal channel too is no error");
+    let conn = t.item(&format!("CONN#{CONN}"), "META").await.unwrap();
+    assert_eq!(string_set(&conn, "joined"), vec!["workspace:42"]);
+    let t = TestTable::new().await;
+    let bad = event("ws-connect/connect", |v| {
+        v["queryStringParameters"]["channels"] = json!("team:1");
+    });
+    let r = ws_connect::handle(&t.store, &Retention::default(), bad).await;
+    assert_eq!(r.status_code, 400);
+    assert!(t.items().await.is_empty());
+}
+
+#[tokio::test]
+async fn frames_without_a_channel_go_to_the_one_joined_channel_and_nowhere_else() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    // No channel joined yet (user:alice is no conversation): refused, with what to do.
+    let r = run(&t, "ws-message/message-without-action").await;
+    assert_eq!(error_code(&r), "no_default_channel");
+    assert!(t.partition("CHAN#workspace:42").await.is_empty());
+
+    run(&t, "ws-message/join").await;
+    let ack = body(&run(&t, "ws-message/message-without-action").await);
+    assert_eq!(ack["channel"], "workspace:42", "{ack}");
+    let message_id = ack["messageId"].as_str().unwrap().to_owned();
+    let stored = t.message("CHAN#workspace:42", &message_id).await.unwrap();
+    assert_eq!(s(&stored, "body"), "Hello!");
+
+    let frame = |body: Value| {
+        as_caller(
+            "ws-message/message-without-action",
+            CONN,
+            fixture::<Value>("ws-message/message-without-action")["requestContext"]["authorizer"].clone(),
+            Some(body),
+        )
+    };
+    let r = body(
+        &message(
+            &t,
+            frame(json!({"type": "reaction", "emoji": "❤️", "message_id": message_id})),
+        )
+        .await,
+    );
+    assert_eq!(
+        (r["type"].as_str(), r["action"].as_str()),
+        (Some("ack"), Some("react")),
+        "{r}"
+    );
+    let r = message(&t, frame(json!({"type": "reaction", "emoji": "❤️", "message_id": 123}))).await;
+    assert_eq!(error_code(&r), "invalid_field");
+    let r = body(&message(&t, frame(json!({"action": "presence"}))).await);
+    assert_eq!(
+        r,
+        json!({"type": "present", "channel": "workspace:42", "present": ["alice"]})
+    );
+    let r = message(&t, frame(json!({"action": "typing"}))).await;
+    assert!(r.body.is_none(), "typing answers nothing");
+
+    // A second channel makes a frame without one ambiguous; leaving it makes it plain again.
+    let r = body(&message(&t, frame(json!({"action": "join", "channel": "session:s1"}))).await);
+    assert_eq!(r["type"], "joined");
+    let r = message(&t, frame(json!({"body": "to whom?"}))).await;
+    assert_eq!(error_code(&r), "no_default_channel");
+    assert!(body(&r)["message"]
+        .as_str()
+        .unwrap()
+        .contains("session:s1, workspace:42"));
+    // Subscribing to a document adds no conversation.
+    body(&message(&t, frame(json!({"action": "leave", "channel": "session:s1"}))).await);
+    body(&message(&t, frame(json!({"action": "subscribe", "docId": "report-1"}))).await);
+    let r = body(&message(&t, frame(json!({"body": "back to one"}))).await);
+    assert_eq!(r["channel"], "workspace:42", "{r}");
+}
+
+#[tokio::test]
 async fn connect_of_an_anonymous_listener_writes_only_the_connection() {
     let t = TestTable::new().await;
     assert_eq!(connect(&t, "ws-connect/connect-anonymous").await.status_code, 200);

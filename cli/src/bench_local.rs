@@ -50,7 +50,9 @@ impl DevProcess {
     fn start(repo: &Path) -> Result<DevProcess, String> {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         let log = std::env::temp_dir().join(format!("wsfan-bench-local-{}.log", std::process::id()));
-        let mut child = Command::new(me)
+        let mut command = Command::new(me);
+        wsfan_local::children::die_with_parent(&mut command);
+        let mut child = command
             .args(["dev", "--port", "0", "--moto-port", "0", "--repo"])
             .arg(repo)
             .stdin(Stdio::null())
@@ -81,8 +83,9 @@ impl DevProcess {
         })
     }
 
-    /// Every process of the stack, with its name and peak resident memory (VmHWM) in KiB.
-    fn peak_rss(&self) -> Vec<(String, u32, u64)> {
+    /// Every process of the stack, with its name, peak resident memory (VmHWM) in KiB and the
+    /// CPU seconds it used.
+    fn peak_rss(&self) -> Vec<(String, u32, u64, f64)> {
         let mut pids = vec![self.child.id()];
         pids.extend(wsfan_local::children::descendants(self.child.id()));
         pids.into_iter()
@@ -102,7 +105,7 @@ impl DevProcess {
                 } else {
                     name
                 };
-                Some((name, pid, hwm))
+                Some((name, pid, hwm, cpu_seconds(pid)))
             })
             .collect()
     }
@@ -125,6 +128,19 @@ impl DevProcess {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// User and system CPU time of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 fn token(sub: &str) -> String {
@@ -254,14 +270,23 @@ pub async fn run(bench: LocalBench) -> Result<String, String> {
     stack.stop();
     let mut report = result?;
 
-    println!("peak RSS (VmHWM) of every process of the stack:");
-    for (name, pid, kib) in &peaks {
-        println!("  {name:<16} pid {pid:<7} {:>8.1} MB", *kib as f64 / 1024.0);
+    println!("peak RSS (VmHWM) and CPU time of every process of the stack:");
+    for (name, pid, kib, cpu) in &peaks {
+        println!(
+            "  {name:<16} pid {pid:<7} {:>8.1} MB {cpu:>8.1} s CPU",
+            *kib as f64 / 1024.0
+        );
     }
+    println!(
+        "  this harness (the clients)      {:>8.1} s CPU",
+        cpu_seconds(std::process::id())
+    );
     println!("invocations that timed out: {timeouts:?}");
     report["peakRssMb"] = json!(peaks
         .iter()
-        .map(|(name, pid, kib)| json!({"process": name, "pid": pid, "mb": *kib as f64 / 1024.0}))
+        .map(
+            |(name, pid, kib, cpu)| json!({"process": name, "pid": pid, "mb": *kib as f64 / 1024.0, "cpuSeconds": cpu})
+        )
         .collect::<Vec<_>>());
     report["timeouts"] = json!(timeouts);
     Ok(format!("RESULT {report}"))

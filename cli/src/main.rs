@@ -345,9 +345,10 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .environment
                 .dead_letter_queue_of("progress-fanout")
                 .unwrap_or_default();
+            let failures = stack.environment.failure_queue_of("stream-fanout").unwrap_or_default();
             println!("wsfan dev ready: {} {}", stack.http_url, stack.ws_url);
             println!(
-                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq}",
+                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq} failures={failures}",
                 stack.environment.moto.endpoint, stack.environment.table_name
             );
             use std::io::Write;

@@ -25,6 +25,9 @@ pub type Item = HashMap<String, AttributeValue>;
 /// The snapshot attribute that orders progress events; internal, never shown to clients.
 const POSITION: &str = "position";
 
+/// The connection item's set of conversation channels (`Connection::joined`).
+const JOINED: &str = "joined";
+
 /// DynamoDB allows 100 actions per transaction; a leave is two.
 const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
 
@@ -101,8 +104,13 @@ pub struct Cleanup {
 
 /// The table operations wsfan's handlers need.
 pub trait Store: Send + Sync {
-    /// Writes the connection item and, for a signed-in user, its membership of `user:<sub>`.
-    fn connect(&self, connection: &Connection) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes the connection item and, in the same transaction, its membership of `user:<sub>`
+    /// (for a signed-in user) and of each channel `named` at connect (with `connection.history`).
+    fn connect(
+        &self,
+        connection: &Connection,
+        named: &[ChannelId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
@@ -401,18 +409,35 @@ impl DynamoStore {
 }
 
 impl Store for DynamoStore {
-    async fn connect(&self, connection: &Connection) -> Result<(), StoreError> {
-        let mut actions = vec![self.put(to_item(connection.key(), connection)?, None)];
-        if let Some(channel) = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok()) {
-            let membership = Membership {
-                channel,
-                connection_id: connection.connection_id.clone(),
-                user_id: connection.user_id.clone(),
-                role: connection.role,
-                joined_at: connection.connected_at,
-                expires_at: connection.expires_at,
-            };
-            actions.extend(self.membership_actions(&membership)?);
+    async fn connect(&self, connection: &Connection, named: &[ChannelId]) -> Result<(), StoreError> {
+        let mut item = to_item(connection.key(), connection)?;
+        // A string set, so join and leave can ADD and DELETE one channel without a read.
+        let joined: Vec<String> = named
+            .iter()
+            .filter(|c| c.kind().is_conversation())
+            .map(ToString::to_string)
+            .collect();
+        item.remove(JOINED);
+        if !joined.is_empty() {
+            item.insert(JOINED.to_owned(), AttributeValue::Ss(joined));
+        }
+        let mut actions = vec![self.put(item, None)];
+        let membership = |channel: ChannelId, history: Option<u32>| Membership {
+            channel,
+            connection_id: connection.connection_id.clone(),
+            user_id: connection.user_id.clone(),
+            role: connection.role,
+            joined_at: connection.connected_at,
+            expires_at: connection.expires_at,
+            history,
+        };
+        let personal = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok());
+        if let Some(channel) = &personal {
+            actions.extend(self.membership_actions(&membership(channel.clone(), None))?);
+        }
+        // A transaction may touch an item once: the personal channel is joined above already.
+        for channel in named.iter().filter(|c| Some(*c) != personal.as_ref()) {
+            actions.extend(self.membership_actions(&membership(channel.clone(), connection.history))?);
         }
         self.transact(actions).await?;
         Ok(())
@@ -469,10 +494,26 @@ impl Store for DynamoStore {
     }
 
     async fn join(&self, membership: &Membership) -> Result<(), StoreError> {
-        let mut actions = vec![self.exists_check(key_of(
-            keys::connection(&membership.connection_id),
-            keys::META.to_owned(),
-        ))];
+        let connection_key = key_of(keys::connection(&membership.connection_id), keys::META.to_owned());
+        let first = if membership.channel.kind().is_conversation() {
+            // Also remembered on the connection, for its default channel; same condition.
+            TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(connection_key))
+                        .update_expression("ADD #joined :ch")
+                        .condition_expression("attribute_exists(pk)")
+                        .expression_attribute_names("#joined", JOINED)
+                        .expression_attribute_values(":ch", AttributeValue::Ss(vec![membership.channel.to_string()]))
+                        .build()
+                        .expect("update is complete"),
+                )
+                .build()
+        } else {
+            self.exists_check(connection_key)
+        };
+        let mut actions = vec![first];
         actions.extend(self.membership_actions(membership)?);
         match self.transact(actions).await {
             Ok(()) => Ok(()),
@@ -482,11 +523,34 @@ impl Store for DynamoStore {
     }
 
     async fn leave(&self, channel: &ChannelId, connection_id: &str, user_id: Option<&str>) -> Result<bool, StoreError> {
-        match self.transact(self.leave_actions(channel, connection_id, user_id)).await {
-            Ok(()) => Ok(true),
-            Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => Ok(false),
-            Err(e) => Err(e.into()),
+        let left = match self.transact(self.leave_actions(channel, connection_id, user_id)).await {
+            Ok(()) => true,
+            Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if channel.kind().is_conversation() {
+            // Apart from the transaction, because $disconnect leaves after deleting the connection
+            // item; the condition keeps this from creating a bare one.
+            let forgotten = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+                .update_expression("DELETE #joined :ch")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#joined", JOINED)
+                .expression_attribute_values(":ch", AttributeValue::Ss(vec![channel.to_string()]))
+                .send()
+                .await;
+            match forgotten {
+                Ok(_) => {}
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(left)
     }
 
     async fn is_member(&self, channel: &ChannelId, connection_id: &str) -> Result<bool, StoreError> {

@@ -10,18 +10,17 @@ static SHARED: OnceLock<Moto> = OnceLock::new();
 /// The moto server this test binary shares; every test makes its own table and queues on it.
 pub fn shared() -> &'static Moto {
     SHARED.get_or_init(|| {
-        // moto dies with the *thread* that spawned it (PR_SET_PDEATHSIG, local/src/children.rs),
-        // and each test runs on a thread of its own that ends with it: spawn moto from a thread
-        // that lives as long as the test binary.
-        let (tx, rx) = std::sync::mpsc::channel();
+        // moto dies with the *thread* that started it (PR_SET_PDEATHSIG), and each test runs on
+        // a thread of its own that ends with the test: start it from one that never ends.
+        let (started, moto) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(Moto::start(&super::repo_root(), 0));
+            let _ = started.send(Moto::start(&super::repo_root(), 0));
             loop {
                 std::thread::park();
             }
         });
-        rx.recv()
-            .expect("the moto thread answers")
+        moto.recv()
+            .expect("the thread starting moto ended")
             .unwrap_or_else(|e| panic!("{e}"))
     })
 }

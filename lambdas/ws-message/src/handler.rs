@@ -56,12 +56,16 @@ struct Route<'a, S> {
     request: &'a RouteRequest,
 }
 
+fn not_connected() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NotConnected,
+        "this connection is no longer registered; reconnect",
+    )
+}
+
 fn store_error(channel: &ChannelId, e: StoreError) -> ProtocolError {
     match e {
-        StoreError::NotConnected => ProtocolError::new(
-            ErrorCode::NotConnected,
-            "this connection is no longer registered; reconnect",
-        ),
+        StoreError::NotConnected => not_connected(),
         StoreError::NotMember => {
             ProtocolError::new(ErrorCode::NotMember, format!("join {channel} before posting to it"))
         }
@@ -149,6 +153,7 @@ impl<S: Store> Route<'_, S> {
                 body,
                 client_msg_id,
             } => {
+                let channel = self.channel_or_default(channel).await?;
                 let mut message = self.message(identity, MessageKind::Message, &channel)?;
                 message.body = Some(body);
                 message.client_msg_id = client_msg_id;
@@ -159,17 +164,20 @@ impl<S: Store> Route<'_, S> {
                 message_id,
                 emoji,
             } => {
+                let channel = self.channel_or_default(channel).await?;
                 let mut message = self.message(identity, MessageKind::Reaction, &channel)?;
                 message.target_id = Some(message_id);
                 message.emoji = Some(emoji);
                 Some(self.post("react", message).await?)
             }
             ClientFrame::Read { channel, message_id } => {
+                let channel = self.channel_or_default(channel).await?;
                 let mut message = self.message(identity, MessageKind::Receipt, &channel)?;
                 message.target_id = Some(message_id);
                 Some(self.post("read", message).await?)
             }
             ClientFrame::Typing { channel } => {
+                let channel = self.channel_or_default(channel).await?;
                 // Typing is fire-and-forget: no ack, to keep the chatter down.
                 let message = self.message(identity, MessageKind::Typing, &channel)?;
                 self.post("typing", message).await?;
@@ -201,10 +209,40 @@ impl<S: Store> Route<'_, S> {
                     complete: page.complete,
                 })
             }
+            ClientFrame::Presence { channel } => {
+                let channel = self.channel_or_default(channel).await?;
+                require_read(identity, &channel)?;
+                let present = self
+                    .store
+                    .present(&channel, MAX_PRESENT_USERS)
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
+                Some(ServerFrame::Present {
+                    channel: channel.to_string(),
+                    present,
+                })
+            }
             ClientFrame::Ping => Some(ServerFrame::Pong {
                 at: clock::now_millis(),
             }),
         })
+    }
+
+    /// The channel a frame named, or else the connection's default channel (one read).
+    async fn channel_or_default(&self, named: Option<ChannelId>) -> Result<ChannelId, ProtocolError> {
+        if let Some(channel) = named {
+            return Ok(channel);
+        }
+        let connection = self
+            .store
+            .connection(&self.request.connection_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading the connection item");
+                ProtocolError::new(ErrorCode::Internal, "the connection could not be read; try again")
+            })?
+            .ok_or_else(not_connected)?;
+        ClientFrame::default_channel(&connection.joined)
     }
 
     async fn join(&self, identity: &Identity, channel: &ChannelId) -> Result<(), ProtocolError> {
@@ -222,6 +260,7 @@ impl<S: Store> Route<'_, S> {
             joined_at: clock::now_millis(),
             // A membership lives as long as its connection can.
             expires_at: connected_secs + self.retention.connection_secs,
+            history: None,
         };
         self.store.join(&membership).await.map_err(|e| store_error(channel, e))
     }
