@@ -75,6 +75,7 @@ fn chat(kind: MessageKind) -> Message {
         kind,
         channel: "booking:1".parse().unwrap(),
         message_id: "01JD0000000000000000000000".into(),
+        seq: kind.is_history().then_some(7),
         sender_id: "alice".into(),
         body: (kind == MessageKind::Message).then(|| "hi".into()),
         client_msg_id: (kind == MessageKind::Message).then(|| "c-1".into()),
@@ -92,6 +93,7 @@ fn every_server_frame() -> Vec<Value> {
     let frames = vec![
         ServerFrame::Joined {
             channel: "workspace:42".into(),
+            head: 17,
             present: vec!["alice".into()],
         },
         ServerFrame::Left {
@@ -103,6 +105,7 @@ fn every_server_frame() -> Vec<Value> {
             channel: "workspace:42".into(),
             message_id: "01JD0000000000000000000000".into(),
             client_msg_id: Some("c-1".into()),
+            seq: Some(18),
             duplicate: false,
         },
         ServerFrame::Subscribed {
@@ -125,7 +128,21 @@ fn every_server_frame() -> Vec<Value> {
                 chat(MessageKind::Message).to_frame(),
                 chat(MessageKind::Reaction).to_frame(),
             ],
-            before: Some("01JD0000000000000000000000".into()),
+            before: Some(2),
+            after: None,
+            complete: None,
+        },
+        // A recovery page: everything after a point, whether complete, the next cursor.
+        ServerFrame::History {
+            channel: "booking:1".into(),
+            messages: vec![
+                chat(MessageKind::Message).to_frame(),
+                chat(MessageKind::Reaction).to_frame(),
+                chat(MessageKind::Receipt).to_frame(),
+            ],
+            before: None,
+            after: Some(7),
+            complete: Some(true),
         },
         ServerFrame::Pong { at: 1 },
         ServerFrame::Message(event(chat(MessageKind::Message))),
@@ -210,7 +227,7 @@ fn wrong_server_frames_fail_the_check_each_for_its_own_reason() {
         v.as_object_mut().unwrap().remove("messageId");
     });
     edit(&message, &|v| v["channel"] = json!("team:1"));
-    edit(&message, &|v| v["seq"] = json!(1));
+    edit(&message, &|v| v["seq"] = json!(0)); // sequence numbers start at 1
     edit(&json!({"type": "error", "code": "oops", "message": "m"}), &|_| {});
     edit(
         &json!({"type": "presence", "channel": "workspace:1", "userId": "u", "state": "away"}),

@@ -420,7 +420,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .publish(&m.channel, &m.body, &m.sender, m.client_msg_id.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({"messageId": outcome.message_id, "duplicate": outcome.duplicate}).to_string())
+            Ok(serde_json::json!({"messageId": outcome.message_id, "seq": outcome.seq, "duplicate": outcome.duplicate}).to_string())
         }
         Command::Publish(Publish::Progress(p)) => {
             let event = ProgressEvent::progress(&p.queue.doc_id, p.pages_processed, p.total_pages);

@@ -30,6 +30,8 @@ use crate::template::{matches_any, EventSource, Template};
 pub const DEV_SECRET: &str = "wsfan-local-dev-secret";
 const TABLE_NAME: &str = "wsfan-local";
 const DEMO_PAGE: &str = include_str!("../demo/index.html");
+/// The JS client (clients/js), which the demo page imports as a module.
+const CLIENT_MODULE: &str = include_str!("../../clients/js/src/index.js");
 
 #[derive(Debug, Clone)]
 pub struct DevConfig {
@@ -286,6 +288,7 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     let router = Router::new()
         .route("/", get(index))
         .route("/{stage}", get(websocket))
+        .route("/wsfan-client.js", get(client_module))
         .route("/dev/token", get(token))
         .route("/dev/docs", post(simulate_document))
         .with_state(app)
@@ -371,6 +374,14 @@ async fn index(
     request: Request,
 ) -> Response {
     page_or_socket(app, true, peer, query, request).await
+}
+
+async fn client_module() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_MODULE,
+    )
+        .into_response()
 }
 
 async fn websocket(

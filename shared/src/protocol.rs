@@ -79,9 +79,11 @@ pub enum ClientFrame {
     Subscribe {
         doc_id: String,
     },
+    /// Without a cursor: the newest page. `before`: the page before that sequence number.
+    /// `after`: recovery, everything after that sequence number, oldest first.
     History {
         channel: ChannelId,
-        before: Option<String>,
+        cursor: HistoryCursor,
         limit: u32,
     },
     Ping,
@@ -90,6 +92,18 @@ pub enum ClientFrame {
         channel: ChannelId,
     },
 }
+
+/// Where a history page starts. Both cursors are channel sequence numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryCursor {
+    Latest,
+    Before(u64),
+    After(u64),
+}
+
+/// The fields a `history` frame may carry; anything else is refused rather than silently ignored,
+/// so a client asking for `since` learns that it is not a thing.
+const HISTORY_FIELDS: &[&str] = &["action", "channel", "before", "after", "limit"];
 
 impl ClientFrame {
     pub fn action(&self) -> &'static str {
@@ -154,10 +168,21 @@ impl ClientFrame {
                 }
             }
             "history" => {
+                if let Some(unknown) = obj.keys().find(|k| !HISTORY_FIELDS.contains(&k.as_str())) {
+                    return Err(ProtocolError::invalid(
+                        &unknown.chars().take(64).collect::<String>(),
+                        "is not a history field; history takes channel, limit, and before or after \
+                         (a sequence number: after recovers everything since it, oldest first)",
+                    ));
+                }
                 let channel = fields.channel()?;
-                let before = match obj.get("before") {
-                    None | Some(Value::Null) => None,
-                    Some(_) => Some(fields.message_id("before")?),
+                let cursor = match (fields.seq("before")?, fields.seq("after")?) {
+                    (None, None) => HistoryCursor::Latest,
+                    (Some(before), None) => HistoryCursor::Before(before),
+                    (None, Some(after)) => HistoryCursor::After(after),
+                    (Some(_), Some(_)) => {
+                        return Err(ProtocolError::invalid("after", "cannot be combined with \"before\""))
+                    }
                 };
                 let limit = match obj.get("limit") {
                     None | Some(Value::Null) => DEFAULT_HISTORY_LIMIT,
@@ -171,7 +196,7 @@ impl ClientFrame {
                         }
                     },
                 };
-                ClientFrame::History { channel, before, limit }
+                ClientFrame::History { channel, cursor, limit }
             }
             "ping" => ClientFrame::Ping,
             other => {
@@ -288,6 +313,19 @@ impl<'a> Fields<'a> {
     fn channel(&self) -> Result<ChannelId, ProtocolError> {
         self.optional_channel()?
             .ok_or_else(|| ProtocolError::new(ErrorCode::MissingField, "missing field \"channel\""))
+    }
+
+    /// A sequence number cursor: a whole number, 0 meaning "before anything".
+    fn seq(&self, name: &str) -> Result<Option<u64>, ProtocolError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                ProtocolError::invalid(
+                    name,
+                    "must be a sequence number (the \"seq\" of a message, or a cursor from a history answer)",
+                )
+            }),
+        }
     }
 
     fn optional_channel(&self) -> Result<Option<ChannelId>, ProtocolError> {
@@ -450,6 +488,10 @@ impl ProtocolError {
 pub struct ChatEvent {
     pub channel: String,
     pub message_id: String,
+    /// The channel's sequence number (messages, reactions, receipts): gapless and in commit
+    /// order, so a client that sees n+2 after n knows it missed n+1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub sender_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -469,6 +511,9 @@ pub struct ChatEvent {
 pub enum ServerFrame {
     Joined {
         channel: String,
+        /// The channel's last sequence number when the join committed (0: nothing posted yet).
+        /// Everything after it is pushed; a client that saw less asks `history` with `after`.
+        head: u64,
         /// Who is in the channel now (users with a connection in it, the caller included), so
         /// a newcomer starts from a full list; presence frames keep it current. At most
         /// MAX_PRESENT_USERS.
@@ -486,6 +531,9 @@ pub enum ServerFrame {
         message_id: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// The message's sequence number in its channel (absent for typing).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
         duplicate: bool,
     },
     /// The answer to `presence`: who is in the channel now, as in `joined`.
@@ -500,12 +548,21 @@ pub enum ServerFrame {
     },
     History {
         channel: String,
-        /// Oldest first, each as it was pushed (`message` and `reaction` frames, with `type`),
-        /// so a client handles history and live frames alike.
+        /// Oldest first, each a `message`, `reaction` or `receipt` frame exactly as pushed (with
+        /// `type`, `seq` and `messageId`).
         messages: Vec<ServerFrame>,
-        /// Pass as `before` to get the page before this one; absent on the last page.
+        /// Pass as `before` to get the page before this one; absent on the oldest page.
         #[serde(skip_serializing_if = "Option::is_none")]
-        before: Option<String>,
+        before: Option<u64>,
+        /// Recovery only: pass as `after` for the next page; absent when this page reaches the
+        /// newest message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// Recovery only: false when messages after the requested point are gone (past the
+        /// retention) or the point is unknown (past the channel's head). The client cannot
+        /// recover exactly and should reload from the latest page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        complete: Option<bool>,
     },
     Pong {
         at: i64,

@@ -39,6 +39,7 @@ impl<S: Store> ChannelPublisher<S> {
             kind: MessageKind::Message,
             channel: channel.clone(),
             message_id: ulid::Ulid::generate().to_string(),
+            seq: None,
             sender_id: sender_id.to_owned(),
             body: Some(body.to_owned()),
             client_msg_id: client_msg_id.map(str::to_owned),

@@ -140,6 +140,15 @@ impl TestTable {
             .item
     }
 
+    /// A history item (message, reaction, receipt) by its message id; they are keyed by sequence.
+    pub async fn message(&self, pk: &str, message_id: &str) -> Option<Item> {
+        self.partition(pk)
+            .await
+            .into_iter()
+            .find(|(sk, i)| sk.starts_with("MSG#") && s(i, "messageId") == message_id)
+            .map(|(_, i)| i)
+    }
+
     pub async fn put(&self, item: HashMap<String, AttributeValue>) {
         self.client
             .put_item()

@@ -37,7 +37,7 @@ use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
-use wsfan_shared::protocol::{PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
+use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
 use wsfan_shared::store::{Store, StoreError};
 
@@ -192,11 +192,13 @@ async fn send_history<S: Store, D: Deliver>(
     connection_id: &str,
     limit: u32,
 ) -> Result<Counters, RecordError> {
-    let page = store.history(channel, None, limit).await?;
+    let page = store.history(channel, HistoryCursor::Latest, limit).await?;
     let frame = ServerFrame::History {
         channel: channel.to_string(),
         messages: page.messages.iter().map(Message::to_frame).collect(),
         before: page.before,
+        after: None,
+        complete: None,
     };
     let report = deliver
         .deliver(vec![connection_id.to_owned()], frame.to_json().as_bytes())

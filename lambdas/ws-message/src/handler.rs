@@ -69,6 +69,13 @@ fn store_error(channel: &ChannelId, e: StoreError) -> ProtocolError {
         StoreError::NotMember => {
             ProtocolError::new(ErrorCode::NotMember, format!("join {channel} before posting to it"))
         }
+        StoreError::Contended => {
+            tracing::warn!(%channel, "sequence contention: gave up");
+            ProtocolError::new(
+                ErrorCode::Internal,
+                format!("{channel} is too busy right now; send again with the same clientMsgId"),
+            )
+        }
         other => {
             tracing::error!(%channel, error = %other, "store failure");
             ProtocolError::new(ErrorCode::Internal, "the message could not be saved; try again")
@@ -122,8 +129,11 @@ impl<S: Store> Route<'_, S> {
                     .present(&channel, MAX_PRESENT_USERS)
                     .await
                     .map_err(|e| store_error(&channel, e))?;
+                // Read after the membership committed: everything after it is pushed to us.
+                let head = self.store.head(&channel).await.map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::Joined {
                     channel: channel.to_string(),
+                    head,
                     present,
                 })
             }
@@ -184,17 +194,19 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::Subscribed { doc_id, snapshot })
             }
-            ClientFrame::History { channel, before, limit } => {
+            ClientFrame::History { channel, cursor, limit } => {
                 require_read(identity, &channel)?;
                 let page = self
                     .store
-                    .history(&channel, before.as_deref(), limit)
+                    .history(&channel, cursor, limit)
                     .await
                     .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::History {
                     channel: channel.to_string(),
                     messages: page.messages.iter().map(Message::to_frame).collect(),
                     before: page.before,
+                    after: page.after,
+                    complete: page.complete,
                 })
             }
             ClientFrame::Presence { channel } => {
@@ -265,6 +277,7 @@ impl<S: Store> Route<'_, S> {
             kind,
             channel: channel.clone(),
             message_id: ulid::Ulid::generate().to_string(),
+            seq: None,
             sender_id: identity.sender_id().to_owned(),
             body: None,
             client_msg_id: None,
@@ -286,6 +299,7 @@ impl<S: Store> Route<'_, S> {
             channel: message.channel.to_string(),
             message_id: outcome.message_id,
             client_msg_id: message.client_msg_id,
+            seq: outcome.seq,
             duplicate: outcome.duplicate,
         })
     }
