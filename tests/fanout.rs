@@ -13,8 +13,9 @@ use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
 use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
 use wsfan_shared::progress::ProgressEvent;
+use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::publisher::{ChannelPublisher, ProgressPublisher};
-use wsfan_shared::store::Store;
+use wsfan_shared::store::{DynamoStore, Store};
 
 // ---------- helpers ----------
 
@@ -30,8 +31,10 @@ async fn connect(rig: &Rig, connection: &str, user: Option<&str>) {
         domain_name: None,
         stage: None,
         expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: None,
     };
-    rig.table.store.connect(&c).await.unwrap();
+    rig.table.store.connect(&c, &[]).await.unwrap();
 }
 
 async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
@@ -42,6 +45,7 @@ async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
         role: Role::Member,
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 3600,
+        history: None,
     };
     rig.table.store.join(&m).await.unwrap();
 }
@@ -57,6 +61,7 @@ fn chat(channel: &str, sender: &str, body: &str) -> Message {
         kind: MessageKind::Message,
         channel: channel.parse().unwrap(),
         message_id: ulid::Ulid::generate().to_string(),
+        seq: None,
         sender_id: sender.into(),
         body: Some(body.into()),
         client_msg_id: None,
@@ -351,18 +356,25 @@ async fn batch_item_failures_list_exactly_the_failed_records() {
     rig.run_stream_fanout().await;
     rig.server.reset();
 
-    let response = stream_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture::<DynamoDbEvent>("stream-fanout/mixed-batch-with-poison"),
-    )
-    .await;
-    // The poison record (200) and the later record of its channel (300), which must wait
-    // behind it to keep the channel in order. Nothing of workspace:42.
-    assert_eq!(failures(&response), vec!["200", "300"]);
+    let response = rig
+        .stream_fanout(fixture::<DynamoDbEvent>("stream-fanout/mixed-batch-with-poison"))
+        .await;
+    // The poison record (200, a message item without a body) can never be used: it went to
+    // the failure destination at once, so it is not retried, and the record behind it in its
+    // channel (300) went on.
+    assert_eq!(failures(&response), Vec::<String>::new());
     let bodies: Vec<Value> = rig.frames("a1").iter().map(|f| f["body"].clone()).collect();
     assert_eq!(bodies, vec![json!("first"), json!("second")], "workspace:42 in order");
-    assert!(rig.frames("d1").is_empty());
+    let parked = rig.parked().await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0]["record"]["dynamodb"]["SequenceNumber"], "200");
+    assert!(
+        parked[0]["reason"].as_str().unwrap().contains("needs body"),
+        "{}",
+        parked[0]["reason"]
+    );
+    let d1: Vec<Value> = rig.frames("d1").iter().map(|f| f["body"].clone()).collect();
+    assert_eq!(d1, vec![json!("after the poison")]);
 }
 
 #[tokio::test]
@@ -406,6 +418,7 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
                 role: Role::Member,
                 joined_at: 1,
                 expires_at: 2_000_000_000,
+                history: None,
             };
             wsfan_shared::store::to_item(m.key(), &m).unwrap()
         })
@@ -450,12 +463,7 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
 // ---------- stream-fanout fixtures ----------
 
 async fn run_stream_fixture(rig: &Rig, name: &str) -> aws_lambda_events::streams::DynamoDbEventResponse {
-    stream_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        fixture(&format!("stream-fanout/{name}")),
-    )
-    .await
+    rig.stream_fanout(fixture(&format!("stream-fanout/{name}"))).await
 }
 
 #[tokio::test]
@@ -750,11 +758,7 @@ async fn a_backend_notifies_one_user_on_every_device_with_one_write() {
         .unwrap();
     assert_eq!(first.message_id, again.message_id);
     assert!(again.duplicate);
-    let item = rig
-        .table
-        .item("CHAN#user:alice", &format!("MSG#{}", first.message_id))
-        .await
-        .unwrap();
+    let item = rig.table.message("CHAN#user:alice", &first.message_id).await.unwrap();
     assert_eq!(s(&item, "senderId"), "bookings");
     assert!(n(&item, "expiresAt") > 0);
 
@@ -816,6 +820,75 @@ async fn concurrent_retries_of_one_send_store_one_message() {
 }
 
 #[tokio::test]
+async fn concurrent_sends_from_two_writers_take_every_sequence_number_once_in_commit_order() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    member(&rig, "b1", "bob", "workspace:42").await;
+    rig.stream_batch().await;
+    // Two stores with their own SDK clients: two ws-message Lambdas racing for the channel head.
+    let sdk = harness::moto::shared().sdk_config().await;
+    let other = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &rig.table.name,
+        Retention::default(),
+    );
+    let sends = (0..24).map(|i| {
+        let (store, sender, connection) = if i % 2 == 0 {
+            (&rig.table.store, "alice", "a1")
+        } else {
+            (&other, "bob", "b1")
+        };
+        let message = chat("workspace:42", sender, &format!("m{i}"));
+        async move { store.post(&message, Some(connection)).await.unwrap() }
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    let mut numbers: Vec<u64> = outcomes.iter().map(|o| o.seq.unwrap()).collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=24).collect::<Vec<u64>>(), "gapless, each once");
+
+    // The stream (what the fanout pushes) carries the messages in sequence order.
+    let batch = rig.stream_batch().await;
+    let streamed: Vec<u64> = batch
+        .records
+        .iter()
+        .filter_map(|r| match r.change.new_image.get("seq") {
+            Some(serde_dynamo::AttributeValue::N(n))
+                if r.change.keys.get("sk") != Some(&serde_dynamo::AttributeValue::S("HEAD".into())) =>
+            {
+                n.parse().ok()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed, (1..=24).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_message_with_an_older_id_that_commits_later_is_still_recovered() {
+    // Two Lambdas mint ids, then commit in the opposite order: "everything after id X" would miss
+    // the older id; "everything after sequence number n" cannot.
+    let rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    let store = &rig.table.store;
+    let mut minted_first = chat("workspace:42", "alice", "minted first, committed second");
+    let mut minted_second = chat("workspace:42", "alice", "minted second, committed first");
+    // A millisecond apart: ULIDs of one millisecond are random, not ordered.
+    let now = wsfan_shared::clock::now_millis() as u64;
+    minted_first.message_id = ulid::Ulid::from_parts(now, 7).to_string();
+    minted_second.message_id = ulid::Ulid::from_parts(now + 1, 3).to_string();
+    assert!(minted_first.message_id < minted_second.message_id);
+    let seen = store.post(&minted_second, Some("a1")).await.unwrap();
+    let late = store.post(&minted_first, Some("a1")).await.unwrap();
+    assert_eq!((seen.seq, late.seq), (Some(1), Some(2)));
+
+    let channel: ChannelId = "workspace:42".parse().unwrap();
+    let page = store.history(&channel, HistoryCursor::After(1), 50).await.unwrap();
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids, vec![minted_first.message_id.as_str()]);
+    assert_eq!(page.complete, Some(true));
+}
+
+#[tokio::test]
 async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_arrive() {
     // Guards the local emulator (scripts/moto_server.py) against moto's rollback, which would
     // otherwise show writes that never happened and hide everything written after.
@@ -829,6 +902,7 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
         role: Role::Member,
         joined_at: 1,
         expires_at: 2_000_000_000,
+        history: None,
     };
     assert!(matches!(
         rig.table.store.join(&ghost).await,
@@ -845,7 +919,10 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(keys, vec![format!("MSG#{}", message.message_id)]);
+    // The message, numbered 1, and nothing of the cancelled join. (The channel's head is also
+    // written; moto reports an update that creates an item as two records. No fanout reads it.)
+    let keys: Vec<String> = keys.into_iter().filter(|k| k != "HEAD").collect();
+    assert_eq!(keys, vec!["MSG#00000000000000000001".to_owned()]);
 }
 
 #[tokio::test]
@@ -876,4 +953,173 @@ async fn a_post_over_128_kb_is_refused_with_413_as_api_gateway_does() {
         1,
         "the oversized post was not delivered"
     );
+}
+
+// ---------- items written by backends, history on connect, progress end states ----------
+
+fn put(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), aws_sdk_dynamodb::types::AttributeValue::S(v.to_string())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backends_bare_put_item_reaches_the_channel_and_an_unusable_one_goes_to_the_failure_destination() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    // The contract's minimum: keys, senderId, body. Everything else comes from the keys.
+    let id = ulid::Ulid::generate();
+    let sk = format!("MSG#{id}");
+    rig.table
+        .put(put(&[
+            ("pk", "CHAN#workspace:42"),
+            ("sk", &sk),
+            ("senderId", "billing"),
+            ("body", "Invoice ready"),
+        ]))
+        .await;
+    // Unusable: a channel that contradicts the key, an id that is no ULID, no senderId.
+    let other = format!("MSG#{}", ulid::Ulid::generate());
+    rig.table
+        .put(put(&[
+            ("pk", "CHAN#workspace:42"),
+            ("sk", &other),
+            ("channel", "workspace:9"),
+            ("senderId", "billing"),
+            ("body", "x"),
+        ]))
+        .await;
+    rig.table
+        .put(put(&[
+            ("pk", "CHAN#workspace:42"),
+            ("sk", "MSG#123"),
+            ("senderId", "billing"),
+            ("body", "x"),
+        ]))
+        .await;
+    let nameless = format!("MSG#{}", ulid::Ulid::generate());
+    rig.table
+        .put(put(&[("pk", "CHAN#workspace:42"), ("sk", &nameless), ("body", "x")]))
+        .await;
+
+    let response = rig.run_stream_fanout().await;
+    assert_eq!(failures(&response), Vec::<String>::new(), "nothing is retried");
+    let frames = rig.frames("a1");
+    assert_eq!(
+        frames,
+        vec![json!({
+            "type": "message",
+            "channel": "workspace:42",
+            "messageId": id.to_string(),
+            "senderId": "billing",
+            "body": "Invoice ready",
+            "sentAt": id.timestamp_ms(),
+        })]
+    );
+    let mut reasons: Vec<String> = rig
+        .parked()
+        .await
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap().to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("channel is")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("not a ULID")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("senderId")), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "booking:1").await;
+    for body in ["one", "two", "three"] {
+        rig.table
+            .store
+            .post(&chat("booking:1", "alice", body), None)
+            .await
+            .unwrap();
+    }
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+
+    let now = wsfan_shared::clock::now_millis();
+    let bob = Connection {
+        connection_id: "b1".into(),
+        user_id: Some("bob".into()),
+        role: Role::Member,
+        channels: vec![],
+        connected_at: now,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: Some(2),
+    };
+    rig.table
+        .store
+        .connect(&bob, &["booking:1".parse().unwrap()])
+        .await
+        .unwrap();
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    let got = rig.frames("b1");
+    let history = of_type(&got, "history");
+    assert_eq!(history.len(), 1, "{got:?}");
+    assert_eq!(history[0]["channel"], "booking:1");
+    let bodies: Vec<&Value> = history[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["body"])
+        .collect();
+    assert_eq!(bodies, vec!["two", "three"], "the last two, oldest first");
+    assert!(history[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["type"] == "message"));
+    let alice = rig.frames("a1");
+    assert!(of_type(&alice, "history").is_empty(), "{alice:?}");
+    assert_eq!(
+        of_type(&alice, "presence").len(),
+        1,
+        "alice hears bob arrive: {alice:?}"
+    );
+}
+
+#[tokio::test]
+async fn complete_without_counts_keeps_all_pages_and_a_late_error_changes_nothing() {
+    let rig = Rig::new().await;
+    connect(&rig, "s1", Some("sam")).await;
+    join(&rig, "s1", Some("sam"), "doc:d9").await;
+    for event in [
+        ProgressEvent::started("d9", Some(10)),
+        ProgressEvent::progress("d9", 4, 10),
+        ProgressEvent::complete("d9", None),
+    ] {
+        progress_fanout::apply(&rig.table.store, &rig.broadcaster, &event)
+            .await
+            .unwrap();
+    }
+    let late = ProgressEvent::error("d9", "OCR_FAILED", "page 3", false);
+    let applied = progress_fanout::apply(&rig.table.store, &rig.broadcaster, &late)
+        .await
+        .unwrap();
+    assert_eq!(applied, progress_fanout::Applied::Stale);
+    let snapshot = rig.table.store.progress("d9").await.unwrap().unwrap();
+    assert_eq!(snapshot["type"], "processing_complete");
+    assert_eq!(
+        (snapshot["pagesProcessed"].as_u64(), snapshot["totalPages"].as_u64()),
+        (Some(10), Some(10))
+    );
+    let pushed = rig.frames("s1");
+    let complete = of_type(&pushed, "processing_complete");
+    assert_eq!(complete.len(), 1);
+    assert_eq!(complete[0]["pagesProcessed"], 10, "subscribers hear all pages too");
+    assert!(of_type(&pushed, "error").is_empty());
 }

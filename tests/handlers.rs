@@ -406,6 +406,130 @@ async fn connect_writes_the_connection_and_its_personal_membership() {
 }
 
 #[tokio::test]
+async fn connect_joins_the_channels_named_in_the_url_and_asks_for_their_history() {
+    let t = TestTable::new().await;
+    // ?type=chat&booking_id=1&history=50, as the booking chat clients connect.
+    let r = connect(&t, "ws-connect/connect-booking-chat").await;
+    assert_eq!(r.status_code, 200);
+    let member = t
+        .item("CHAN#booking:1", &format!("CONN#{CONN}"))
+        .await
+        .expect("booking:1 membership");
+    assert_eq!(s(&member, "userId"), "alice");
+    assert_eq!(
+        n(&member, "history"),
+        50,
+        "the fanout answers this with a history frame"
+    );
+    let presence = t.item("CHAN#booking:1", "USER#alice").await.expect("presence item");
+    assert_eq!(string_set(&presence, "connections"), vec![CONN.to_owned()]);
+    let conn = t.item(&format!("CONN#{CONN}"), "META").await.unwrap();
+    assert_eq!(string_set(&conn, "joined"), vec!["booking:1"], "its default channel");
+    // The personal channel is joined as before, without a history request.
+    let personal = t.item("CHAN#user:alice", &format!("CONN#{CONN}")).await.unwrap();
+    assert!(!personal.contains_key("history"));
+
+    // Its frames without a channel go to booking:1.
+    let booking_chat: Value = fixture("ws-connect/connect-booking-chat");
+    let frame = as_caller(
+        "ws-message/message-without-action",
+        CONN,
+        booking_chat["requestContext"]["authorizer"].clone(),
+        None,
+    );
+    let r = body(&message(&t, frame).await);
+    assert_eq!(r["type"], "ack", "{r}");
+    assert_eq!(r["channel"], "booking:1");
+}
+
+#[tokio::test]
+async fn connect_refuses_a_channel_the_token_does_not_allow_and_takes_the_personal_one_in_stride() {
+    let t = TestTable::new().await;
+    // ?workspaceId=43 with a token for workspace:42 only.
+    assert_eq!(
+        connect(&t, "ws-connect/connect-forbidden-channel").await.status_code,
+        403
+    );
+    assert!(t.items().await.is_empty());
+    let own = event("ws-connect/connect", |v| {
+        v["queryStringParameters"]["channels"] = json!("user:alice,workspace:42");
+    });
+    let r = ws_connect::handle(&t.store, &Retention::default(), own).await;
+    assert_eq!(r.status_code, 200, "naming the personal channel too is no error");
+    let conn = t.item(&format!("CONN#{CONN}"), "META").await.unwrap();
+    assert_eq!(string_set(&conn, "joined"), vec!["workspace:42"]);
+    let t = TestTable::new().await;
+    let bad = event("ws-connect/connect", |v| {
+        v["queryStringParameters"]["channels"] = json!("team:1");
+    });
+    let r = ws_connect::handle(&t.store, &Retention::default(), bad).await;
+    assert_eq!(r.status_code, 400);
+    assert!(t.items().await.is_empty());
+}
+
+#[tokio::test]
+async fn frames_without_a_channel_go_to_the_one_joined_channel_and_nowhere_else() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    // No channel joined yet (user:alice is no conversation): refused, with what to do.
+    let r = run(&t, "ws-message/message-without-action").await;
+    assert_eq!(error_code(&r), "no_default_channel");
+    assert!(t.partition("CHAN#workspace:42").await.is_empty());
+
+    run(&t, "ws-message/join").await;
+    let ack = body(&run(&t, "ws-message/message-without-action").await);
+    assert_eq!(ack["channel"], "workspace:42", "{ack}");
+    let message_id = ack["messageId"].as_str().unwrap().to_owned();
+    let stored = t.message("CHAN#workspace:42", &message_id).await.unwrap();
+    assert_eq!(s(&stored, "body"), "Hello!");
+
+    let frame = |body: Value| {
+        as_caller(
+            "ws-message/message-without-action",
+            CONN,
+            fixture::<Value>("ws-message/message-without-action")["requestContext"]["authorizer"].clone(),
+            Some(body),
+        )
+    };
+    let r = body(
+        &message(
+            &t,
+            frame(json!({"type": "reaction", "emoji": "❤️", "message_id": message_id})),
+        )
+        .await,
+    );
+    assert_eq!(
+        (r["type"].as_str(), r["action"].as_str()),
+        (Some("ack"), Some("react")),
+        "{r}"
+    );
+    let r = message(&t, frame(json!({"type": "reaction", "emoji": "❤️", "message_id": 123}))).await;
+    assert_eq!(error_code(&r), "invalid_field");
+    let r = body(&message(&t, frame(json!({"action": "presence"}))).await);
+    assert_eq!(
+        r,
+        json!({"type": "present", "channel": "workspace:42", "present": ["alice"]})
+    );
+    let r = message(&t, frame(json!({"action": "typing"}))).await;
+    assert!(r.body.is_none(), "typing answers nothing");
+
+    // A second channel makes a frame without one ambiguous; leaving it makes it plain again.
+    let r = body(&message(&t, frame(json!({"action": "join", "channel": "session:s1"}))).await);
+    assert_eq!(r["type"], "joined");
+    let r = message(&t, frame(json!({"body": "to whom?"}))).await;
+    assert_eq!(error_code(&r), "no_default_channel");
+    assert!(body(&r)["message"]
+        .as_str()
+        .unwrap()
+        .contains("session:s1, workspace:42"));
+    // Subscribing to a document adds no conversation.
+    body(&message(&t, frame(json!({"action": "leave", "channel": "session:s1"}))).await);
+    body(&message(&t, frame(json!({"action": "subscribe", "docId": "report-1"}))).await);
+    let r = body(&message(&t, frame(json!({"body": "back to one"}))).await);
+    assert_eq!(r["channel"], "workspace:42", "{r}");
+}
+
+#[tokio::test]
 async fn connect_of_an_anonymous_listener_writes_only_the_connection() {
     let t = TestTable::new().await;
     assert_eq!(connect(&t, "ws-connect/connect-anonymous").await.status_code, 200);
@@ -445,9 +569,14 @@ async fn connect_with_a_bad_user_id_is_refused_and_writes_nothing() {
             domain_name: None,
             stage: None,
             expires_at: 2,
+            joined: vec![],
+            history: None,
         };
         assert!(
-            matches!(t.store.connect(&connection).await, Err(StoreError::InvalidUserId(_))),
+            matches!(
+                t.store.connect(&connection, &[]).await,
+                Err(StoreError::InvalidUserId(_))
+            ),
             "{user:?}"
         );
     }
@@ -559,7 +688,7 @@ async fn join_and_leave_write_and_delete_the_membership() {
     let r = body(&run(&t, "ws-message/join").await);
     assert_eq!(
         r,
-        json!({"type": "joined", "channel": "workspace:42", "present": ["alice"]})
+        json!({"type": "joined", "channel": "workspace:42", "head": 0, "present": ["alice"]})
     );
     let m = t
         .item("CHAN#workspace:42", &format!("CONN#{CONN}"))
@@ -597,10 +726,7 @@ async fn send_writes_one_message_and_a_retry_does_not_duplicate_it() {
     let id = first["messageId"].as_str().unwrap().to_owned();
     assert!(ulid::Ulid::from_string(&id).is_ok());
 
-    let item = t
-        .item("CHAN#workspace:42", &format!("MSG#{id}"))
-        .await
-        .expect("message item");
+    let item = t.message("CHAN#workspace:42", &id).await.expect("message item");
     assert_eq!(s(&item, "kind"), "message");
     assert_eq!(s(&item, "body"), "Hello, team!");
     assert_eq!(s(&item, "senderId"), "alice");
@@ -655,19 +781,27 @@ async fn react_typing_and_read_write_their_items() {
     let react = body(&run(&t, "ws-message/react").await);
     assert_eq!(react["action"], "react");
     let id = react["messageId"].as_str().unwrap();
-    let item = t
-        .item("CHAN#workspace:42", &format!("MSG#{id}"))
-        .await
-        .expect("reaction item");
+    let item = t.message("CHAN#workspace:42", id).await.expect("reaction item");
     assert_eq!(s(&item, "kind"), "reaction");
     assert_eq!(s(&item, "emoji"), "👍");
     assert_eq!(s(&item, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
+
+    assert_eq!(react["seq"], 1);
+    assert_eq!(n(&item, "seq"), 1);
 
     let typing = run(&t, "ws-message/typing").await;
     assert_eq!(typing.status_code, 200);
     assert!(typing.body.is_none(), "typing is not acknowledged");
     let read = body(&run(&t, "ws-message/read").await);
     assert_eq!(read["action"], "read");
+    // A receipt is history: numbered, kept, recovered after a reconnect.
+    assert_eq!(read["seq"], 2);
+    let receipt = t
+        .message("CHAN#workspace:42", read["messageId"].as_str().unwrap())
+        .await
+        .expect("receipt item");
+    assert_eq!(s(&receipt, "kind"), "receipt");
+    assert_eq!(s(&receipt, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
 
     let events: Vec<_> = t
         .partition("CHAN#workspace:42")
@@ -677,12 +811,12 @@ async fn react_typing_and_read_write_their_items() {
         .map(|(_, i)| i)
         .collect();
     let kinds: Vec<&str> = events.iter().map(|i| s(i, "kind")).collect();
-    assert_eq!(kinds.len(), 2);
-    assert!(kinds.contains(&"typing") && kinds.contains(&"receipt"));
+    assert_eq!(kinds, vec!["typing"]);
     let now = wsfan_shared::clock::now_secs();
     for e in &events {
-        // Short-lived: typing and receipts expire within minutes, not days.
+        // Short-lived: typing expires within minutes, not days, and takes no sequence number.
         assert!(n(e, "expiresAt") <= now + Retention::default().event_secs + 5);
+        assert!(!e.contains_key("seq"));
     }
 }
 
@@ -739,11 +873,22 @@ async fn history_pages_back_through_messages_only() {
         .map(|m| m["body"].as_str().unwrap())
         .collect();
     assert_eq!(bodies, vec!["m1", "m2"], "newest page, oldest first");
-    assert_eq!(page["before"], ids[1].as_str());
+    assert_eq!(
+        page["before"], 2,
+        "the cursor is the oldest sequence number of the page"
+    );
+    for (m, seq) in page["messages"].as_array().unwrap().iter().zip([2, 3]) {
+        assert_eq!(m["type"], "message", "history entries carry their type: {m}");
+        assert_eq!(m["seq"], seq);
+    }
+    assert_eq!(page["messages"][0]["messageId"], ids[1].as_str());
+    assert!(
+        page.get("complete").is_none(),
+        "only recovery says whether it is complete"
+    );
 
     let older = event("ws-message/history", |v| {
-        v["body"] =
-            json!(json!({"action": "history", "channel": "workspace:42", "limit": 2, "before": ids[1]}).to_string())
+        v["body"] = json!(json!({"action": "history", "channel": "workspace:42", "limit": 2, "before": 2}).to_string())
     });
     let page = body(&message(&t, older).await);
     let bodies: Vec<&str> = page["messages"]
@@ -754,6 +899,164 @@ async fn history_pages_back_through_messages_only() {
         .collect();
     assert_eq!(bodies, vec!["m0"]);
     assert!(page.get("before").is_none(), "last page has no cursor");
+}
+
+/// A route frame from the fixture's caller (alice, a member of workspace:42).
+async fn ask(t: &TestTable, retention: &Retention, frame: Value) -> Value {
+    let e = event("ws-message/send-message", |v| v["body"] = json!(frame.to_string()));
+    body(&ws_message::handle(&t.store, retention, e).await)
+}
+
+async fn say(t: &TestTable, text: &str) -> Value {
+    let frame = json!({"action": "sendMessage", "channel": "workspace:42", "body": text});
+    ask(t, &Retention::default(), frame).await
+}
+
+async fn recover(t: &TestTable, after: u64, limit: u32) -> Value {
+    let frame = json!({"action": "history", "channel": "workspace:42", "after": after, "limit": limit});
+    ask(t, &Retention::default(), frame).await
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn recovery_returns_everything_after_a_point_oldest_first_paged_and_typed() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    let joined = body(&run(&t, "ws-message/join").await);
+    assert_eq!(joined["head"], 0, "an empty channel's head");
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let ack = say(&t, &format!("m{i}")).await;
+        assert_eq!(ack["seq"], i, "{ack}");
+        ids.push(ack["messageId"].as_str().unwrap().to_owned());
+    }
+    run(&t, "ws-message/typing").await; // not history: takes no number, never recovered
+    let react = body(&run(&t, "ws-message/react").await);
+    assert_eq!(react["seq"], 6);
+    let read = body(&run(&t, "ws-message/read").await);
+    assert_eq!(read["seq"], 7);
+    let again = body(&run(&t, "ws-message/join").await);
+    assert_eq!(again["head"], 7, "a rejoin learns where the channel is");
+
+    // The client saw up to m2: pages of 2 bring back 3..7, oldest first, each typed.
+    let first = recover(&t, 2, 2).await;
+    assert_eq!(first["type"], "history");
+    assert_eq!(seqs(&first), vec![3, 4]);
+    assert_eq!(first["complete"], true);
+    assert_eq!(first["after"], 4, "the cursor for the next page");
+    assert_eq!(first["messages"][0]["messageId"], ids[2].as_str());
+    assert_eq!(first["messages"][0]["body"], "m3");
+    let second = recover(&t, 4, 2).await;
+    assert_eq!(seqs(&second), vec![5, 6]);
+    let last = recover(&t, 6, 2).await;
+    assert_eq!(seqs(&last), vec![7]);
+    assert!(
+        last.get("after").is_none(),
+        "the newest page has no next cursor: {last}"
+    );
+    assert_eq!(last["complete"], true);
+    let types: Vec<&str> = [&first, &second, &last]
+        .iter()
+        .flat_map(|p| p["messages"].as_array().unwrap().iter())
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["message", "message", "message", "reaction", "receipt"]);
+    assert_eq!(second["messages"][1]["emoji"], "👍");
+    assert_eq!(last["messages"][0]["targetId"], "01JDB2X5Q0E7M3V9K4T8N6R2WA");
+
+    // Up to date: nothing to recover, and that is complete.
+    let none = recover(&t, 7, 50).await;
+    assert_eq!(seqs(&none), Vec::<u64>::new());
+    assert_eq!(none["complete"], true);
+    // A retried send takes no new number and answers with the first one's.
+    let frame = json!({"action": "sendMessage", "channel": "workspace:42", "body": "x", "clientMsgId": "once"});
+    let sent = ask(&t, &Retention::default(), frame.clone()).await;
+    let retried = ask(&t, &Retention::default(), frame).await;
+    assert_eq!((sent["seq"].as_u64(), retried["seq"].as_u64()), (Some(8), Some(8)));
+    assert_eq!(retried["duplicate"], true);
+    assert_eq!(seqs(&recover(&t, 7, 50).await), vec![8]);
+}
+
+#[tokio::test]
+async fn recovery_from_an_expired_or_unknown_point_is_incomplete() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    run(&t, "ws-message/join").await;
+    // Two messages already past their retention (the TTL sweep has not run yet), then two kept.
+    let expired = Retention {
+        message_secs: 0,
+        ..Retention::default()
+    };
+    for text in ["old 1", "old 2"] {
+        let frame = json!({"action": "sendMessage", "channel": "workspace:42", "body": text});
+        assert_eq!(ask(&t, &expired, frame).await["type"], "ack");
+    }
+    say(&t, "kept 3").await;
+    say(&t, "kept 4").await;
+
+    let from_start = recover(&t, 0, 50).await;
+    assert_eq!(from_start["complete"], false, "1 and 2 are gone: {from_start}");
+    assert_eq!(seqs(&from_start), vec![3, 4], "what is left still comes back");
+    let from_one = recover(&t, 1, 50).await;
+    assert_eq!(from_one["complete"], false);
+    let from_two = recover(&t, 2, 50).await;
+    assert_eq!(from_two["complete"], true, "nothing after 2 is missing");
+    assert_eq!(seqs(&from_two), vec![3, 4]);
+
+    // The TTL sweep removed message 3: a client that saw 2 can no longer recover exactly.
+    t.client
+        .delete_item()
+        .table_name(&t.name)
+        .key("pk", AttributeValue::S("CHAN#workspace:42".into()))
+        .key("sk", AttributeValue::S("MSG#00000000000000000003".into()))
+        .send()
+        .await
+        .unwrap();
+    let after_sweep = recover(&t, 2, 50).await;
+    assert_eq!(after_sweep["complete"], false, "{after_sweep}");
+    assert_eq!(seqs(&after_sweep), vec![4]);
+    assert_eq!(recover(&t, 3, 50).await["complete"], true);
+
+    // A point the channel never reached (another channel's number, a reset store) is unknown.
+    let unknown = recover(&t, 99, 50).await;
+    assert_eq!(unknown["complete"], false, "{unknown}");
+    assert_eq!(seqs(&unknown), Vec::<u64>::new());
+}
+
+#[tokio::test]
+async fn history_refuses_fields_it_does_not_know_instead_of_ignoring_them() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    run(&t, "ws-message/join").await;
+    let id = say(&t, "m1").await["messageId"].as_str().unwrap().to_owned();
+    let cases = [
+        (json!({"since": 1}), "since"),
+        (json!({"after": id}), "after"),
+        (json!({"before": id}), "before"),
+        (json!({"after": -1}), "after"),
+        (json!({"after": 1, "before": 3}), "after"),
+        (json!({"cursor": "x"}), "cursor"),
+    ];
+    for (extra, field) in cases {
+        let mut frame = json!({"action": "history", "channel": "workspace:42"});
+        frame
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let e = event("ws-message/history", |v| v["body"] = json!(frame.to_string()));
+        let answer = message(&t, e).await;
+        assert_eq!(error_code(&answer), "invalid_field", "{frame}");
+        let text = body(&answer)["message"].as_str().unwrap().to_owned();
+        assert!(text.contains(&format!("\"{field}\"")), "{frame}: {text}");
+    }
 }
 
 #[tokio::test]
@@ -767,7 +1070,7 @@ async fn ping_answers_pong_and_legacy_register_joins_the_session() {
     let r = body(&run(&t, "ws-message/legacy-register").await);
     assert_eq!(
         r,
-        json!({"type": "joined", "channel": "session:s-2026-abc", "present": ["alice"]})
+        json!({"type": "joined", "channel": "session:s-2026-abc", "head": 0, "present": ["alice"]})
     );
     assert!(t
         .item("CHAN#session:s-2026-abc", &format!("CONN#{CONN}"))

@@ -57,6 +57,8 @@ struct Code {
     table: TableSpec,
     /// Sort-key prefixes stream-fanout acts on.
     stream_prefixes: Vec<String>,
+    /// The attribute that makes a new membership a history request for stream-fanout.
+    history_attribute: String,
     retention: Retention,
     /// Every CloudWatch metric the functions emit as EMF: (namespace, metric, `Function` dimension).
     emf: Vec<(String, String, String)>,
@@ -86,6 +88,7 @@ impl Code {
             event_dirs: event_dirs(),
             table: TABLE.clone(),
             stream_prefixes: owned(stream_fanout::HANDLED_SORT_KEY_PREFIXES),
+            history_attribute: stream_fanout::HISTORY_REQUEST_ATTRIBUTE.to_owned(),
             retention: Retention::default(),
             emf: emf_metrics(),
         }
@@ -443,6 +446,7 @@ fn problems(doc: &Value, code: &Code) -> Vec<String> {
     let mut out = Vec::new();
     check_functions(&t, code, &mut out);
     check_routes(&t, code, &mut out);
+    check_permissions(&t, &mut out);
     check_authorizer(&t, &mut out);
     check_stage(&t, &mut out);
     check_table(&t, code, &mut out);
@@ -611,6 +615,32 @@ fn check_routes(t: &Template, code: &Code, out: &mut Vec<String>) {
             if !selects || !responses.iter().any(|r| r.contains(*route_id)) {
                 out.push(format!(
                     "route \"{key}\": no route response, so its answer never reaches the caller"
+                ));
+            }
+        }
+    }
+}
+
+/// One permission per function covers all of its routes, and it is limited to this API's stage.
+fn check_permissions(t: &Template, out: &mut Vec<String>) {
+    let (Some((api_id, _)), Some(stage)) = (t.api(), t.stage_segment()) else {
+        return;
+    };
+    for binary in [CONNECT, DISCONNECT, MESSAGE] {
+        let Some(function) = t.function(binary) else { continue };
+        let arns = t.apigateway_permissions(function.id);
+        if arns.len() > 1 {
+            out.push(format!(
+                "{}: {} Lambda permissions for API Gateway; one per function covers all of its routes",
+                function.id,
+                arns.len()
+            ));
+        }
+        for arn in arns {
+            if !arn.contains(&format!("${{{api_id}}}/{stage}/")) {
+                out.push(format!(
+                    "{}: permission {arn} is not limited to the stage {stage}",
+                    function.id
                 ));
             }
         }
@@ -881,6 +911,28 @@ fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
                 "stream filter drops {prefix} records, which {STREAM_FANOUT} handles"
             ));
         }
+    }
+    // A new membership that asks for history is work; every other membership change is not.
+    let mut request = stream_record("INSERT", &keys::connection("L0SM9cOFvHcCIhw="));
+    request["dynamodb"]["NewImage"] = json!({(code.history_attribute.as_str()): {"N": "50"}});
+    if !filter_passes(&patterns, &request) {
+        out.push(format!(
+            "stream filter drops new memberships with \"{}\", which {STREAM_FANOUT} answers with history",
+            code.history_attribute
+        ));
+    }
+    let failure_queue = props(&["DestinationConfig", "OnFailure", "Destination"]).and_then(getatt_of);
+    let told = t.function(STREAM_FANOUT).and_then(|f| {
+        t.environment(&f)
+            .get("FAILURE_QUEUE_URL")
+            .copied()
+            .and_then(ref_of)
+            .map(str::to_owned)
+    });
+    if failure_queue.as_ref().map(|(id, _)| id) != told.as_ref() {
+        out.push(format!(
+            "{STREAM_FANOUT}: FAILURE_QUEUE_URL must !Ref the stream mapping's on-failure queue"
+        ));
     }
     // Item kinds stream-fanout does not act on must not cost an invocation.
     let others = [
@@ -1389,11 +1441,72 @@ fn a_route_to_the_wrong_function_is_reported() {
 #[test]
 fn a_missing_lambda_permission_is_reported() {
     let problems = problems_after(|doc| {
-        remove(doc, &["Resources", "HistoryPermission"]);
+        remove(doc, &["Resources", "WsDisconnectPermission"]);
     });
     assert_reported(
         &problems,
-        &["route \"history\": no Lambda permission lets API Gateway invoke WsMessageFunction for it"],
+        &["route \"$disconnect\": no Lambda permission lets API Gateway invoke WsDisconnectFunction for it"],
+    );
+    // ws-message's one permission covers every one of its routes; without it, none is allowed.
+    let problems = problems_after(|doc| {
+        remove(doc, &["Resources", "WsMessagePermission"]);
+    });
+    assert!(problems.len() > 10, "{problems:?}");
+    assert!(problems.contains(
+        &"route \"presence\": no Lambda permission lets API Gateway invoke WsMessageFunction for it".to_owned()
+    ));
+}
+
+#[test]
+fn a_permission_per_route_or_beyond_the_stage_is_reported() {
+    let problems = problems_after(|doc| {
+        let mut extra = at(doc, &["Resources", "WsMessagePermission"]).clone();
+        set(
+            &mut extra,
+            &["Properties", "SourceArn"],
+            yaml("!Sub arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/*"),
+        );
+        set(doc, &["Resources", "HistoryPermission"], extra);
+    });
+    assert_reported(
+        &problems,
+        &[
+            "WsMessageFunction: 2 Lambda permissions for API Gateway; one per function covers all of its routes",
+            "WsMessageFunction: permission arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${WebSocketApi}/* is not limited to the stage ${StageName}",
+        ],
+    );
+}
+
+#[test]
+fn a_stream_filter_without_history_requests_or_a_stray_failure_queue_is_reported() {
+    let problems = problems_after(|doc| {
+        let mut filters_path = STREAM_MAPPING.to_vec();
+        filters_path.extend(["FilterCriteria", "Filters"]);
+        let filters = at(doc, &filters_path).as_sequence_mut().expect("filters are a list");
+        filters.retain(|f| {
+            !f.get("Pattern")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p.contains("CONN#"))
+        });
+        set(
+            doc,
+            &[
+                "Resources",
+                "StreamFanoutFunction",
+                "Properties",
+                "Environment",
+                "Variables",
+                "FAILURE_QUEUE_URL",
+            ],
+            yaml("!Ref ProgressDeadLetterQueue"),
+        );
+    });
+    assert_reported(
+        &problems,
+        &[
+            "stream filter drops new memberships with \"history\", which stream-fanout answers with history",
+            "stream-fanout: FAILURE_QUEUE_URL must !Ref the stream mapping's on-failure queue",
+        ],
     );
 }
 

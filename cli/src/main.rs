@@ -345,9 +345,10 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .environment
                 .dead_letter_queue_of("progress-fanout")
                 .unwrap_or_default();
+            let failures = stack.environment.failure_queue_of("stream-fanout").unwrap_or_default();
             println!("wsfan dev ready: {} {}", stack.http_url, stack.ws_url);
             println!(
-                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq}",
+                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq} failures={failures}",
                 stack.environment.moto.endpoint, stack.environment.table_name
             );
             use std::io::Write;
@@ -419,7 +420,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .publish(&m.channel, &m.body, &m.sender, m.client_msg_id.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({"messageId": outcome.message_id, "duplicate": outcome.duplicate}).to_string())
+            Ok(serde_json::json!({"messageId": outcome.message_id, "seq": outcome.seq, "duplicate": outcome.duplicate}).to_string())
         }
         Command::Publish(Publish::Progress(p)) => {
             let event = ProgressEvent::progress(&p.queue.doc_id, p.pages_processed, p.total_pages);

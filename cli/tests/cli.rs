@@ -82,10 +82,7 @@ async fn publish_message_writes_one_message_item() {
     assert_eq!(first["messageId"], again["messageId"]);
     assert_eq!(again["duplicate"], true);
     let id = first["messageId"].as_str().unwrap();
-    let item = table
-        .item("CHAN#user:alice", &format!("MSG#{id}"))
-        .await
-        .expect("message item");
+    let item = table.message("CHAN#user:alice", id).await.expect("message item");
     assert_eq!(s(&item, "body"), "Your report is ready");
     assert_eq!(s(&item, "senderId"), "reports");
 

@@ -43,6 +43,7 @@ struct Stack {
     table: String,
     queue: String,
     dlq: String,
+    failures: String,
 }
 
 impl Stack {
@@ -80,24 +81,36 @@ impl Stack {
             table: field("table"),
             queue: field("queue"),
             dlq: field("dlq"),
+            failures: field("failures"),
             child,
             log,
         }
     }
 
     fn token(&self, sub: &str) -> String {
+        self.token_for(sub, &["workspace:*", "doc:*"])
+    }
+
+    fn token_for(&self, sub: &str, channels: &[&str]) -> String {
         mint_hs256(
             DEV_SECRET,
             &Claims {
                 sub: sub.into(),
                 exp: wsfan_shared::clock::now_secs() + 600,
                 nbf: None,
-                channels: vec!["workspace:*".into(), "doc:*".into()],
+                channels: channels.iter().map(|c| c.to_string()).collect(),
                 role: None,
                 aud: None,
                 iss: None,
             },
         )
+    }
+
+    /// A client connecting as the older clients do: their own query string, then the token.
+    async fn client_with(&self, sub: &str, channels: &[&str], query: &str) -> Client {
+        Client::connect(&format!("{}?{query}&token={}", self.ws, self.token_for(sub, channels)))
+            .await
+            .expect("connecting")
     }
 
     async fn client(&self, sub: &str) -> Client {
@@ -108,6 +121,32 @@ impl Stack {
 
     async fn sdk(&self) -> aws_config::SdkConfig {
         wsfan_local::moto::sdk_config(&self.moto).await
+    }
+}
+
+impl Stack {
+    /// Every frame these clients received matches its schema in docs/asyncapi.yaml.
+    fn check_contract(&self, clients: &[&Client]) {
+        let frames: Vec<String> = clients.iter().flat_map(|c| &c.seen).map(Value::to_string).collect();
+        assert!(!frames.is_empty(), "no frames to check");
+        let file = std::env::temp_dir().join(format!("wsfan-dev-frames-{}.jsonl", ulid::Ulid::generate()));
+        std::fs::write(&file, frames.join("\n")).unwrap();
+        assert!(
+            repo().join("node_modules/@asyncapi/parser").exists(),
+            "node_modules/@asyncapi/parser is missing: run scripts/setup (npm ci)"
+        );
+        let out = Command::new("node")
+            .arg(repo().join("scripts/contract.mjs"))
+            .args(["frames", file.to_str().unwrap()])
+            .output()
+            .expect("running node");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "frames the server sent break docs/asyncapi.yaml:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -124,6 +163,8 @@ struct Client {
     socket: Socket,
     /// Frames received but not yet asked for.
     inbox: Vec<Value>,
+    /// Every frame received, for the contract check.
+    seen: Vec<Value>,
 }
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -134,6 +175,7 @@ impl Client {
         Ok(Client {
             socket,
             inbox: Vec::new(),
+            seen: Vec::new(),
         })
     }
 
@@ -156,6 +198,7 @@ impl Client {
             match next {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     let frame: Value = serde_json::from_str(t.as_str()).expect("frames are JSON");
+                    self.seen.push(frame.clone());
                     if matches(&frame) {
                         return frame;
                     }
@@ -257,6 +300,7 @@ async fn two_users_chat_and_see_presence_and_typing_and_a_second_tab_adds_no_joi
         "exactly one leave: {:?}",
         bob.inbox
     );
+    stack.check_contract(&[&alice, &bob]);
 }
 
 #[tokio::test]
@@ -303,6 +347,7 @@ async fn history_pages_back() {
         .await;
     assert_eq!(bodies(&page), vec!["m0"]);
     assert!(page.get("before").is_none());
+    stack.check_contract(&[&alice]);
 }
 
 #[tokio::test]
@@ -352,6 +397,7 @@ async fn wsfan_publish_progress_reaches_subscribers_and_a_late_subscriber_gets_t
     for client in [&mut sam, &mut late] {
         client.expect("complete", |f| f["type"] == "processing_complete").await;
     }
+    stack.check_contract(&[&sam, &late]);
 }
 
 #[tokio::test]
@@ -419,6 +465,7 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_open() {
         .unwrap();
     let mut zoe = Client::connect(token["url"].as_str().unwrap()).await.unwrap();
     zoe.join("workspace:demo").await;
+    stack.check_contract(&[&alice, &zoe]);
 }
 
 #[tokio::test]
@@ -461,17 +508,22 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
     let now = wsfan_shared::clock::now_millis();
     use wsfan_shared::store::Store;
     store
-        .connect(&wsfan_shared::model::Connection {
-            connection_id: "Gh0stConn000AA=".into(),
-            user_id: Some("casper".into()),
-            role: wsfan_shared::access::Role::Member,
-            channels: vec![],
-            connected_at: now,
-            source_ip: None,
-            domain_name: None,
-            stage: None,
-            expires_at: now / 1000 + 3600,
-        })
+        .connect(
+            &wsfan_shared::model::Connection {
+                connection_id: "Gh0stConn000AA=".into(),
+                user_id: Some("casper".into()),
+                role: wsfan_shared::access::Role::Member,
+                channels: vec![],
+                connected_at: now,
+                source_ip: None,
+                domain_name: None,
+                stage: None,
+                expires_at: now / 1000 + 3600,
+                joined: vec![],
+                history: None,
+            },
+            &[],
+        )
         .await
         .unwrap();
     store
@@ -482,6 +534,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
             role: wsfan_shared::access::Role::Member,
             joined_at: now,
             expires_at: now / 1000 + 3600,
+            history: None,
         })
         .await
         .unwrap();
@@ -508,6 +561,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
         .expect("casper's leave", |f| f["type"] == "presence" && f["state"] == "leave")
         .await;
     assert_eq!(leave["userId"], "casper");
+    stack.check_contract(&[&bob]);
 }
 
 #[tokio::test]
@@ -530,6 +584,332 @@ async fn a_poison_progress_message_lands_in_the_dlq() {
         assert!(Instant::now() < deadline, "the poison message never reached the DLQ");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+// ---------- the clients of the backends wsfan replaces, with their own frames ----------
+
+#[tokio::test]
+async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_and_reactions() {
+    let stack = Stack::start(&[]);
+    let url = "type=chat&booking_id=1&history=50";
+    let mut guest = stack.client_with("guest", &["booking:1"], url).await;
+    let history = guest.expect("history on connect", |f| f["type"] == "history").await;
+    assert_eq!(
+        history,
+        json!({"type": "history", "channel": "booking:1", "messages": []})
+    );
+    guest.send(json!({"body": "Hello!"})).await;
+    let ack = guest
+        .expect("ack", |f| f["type"] == "ack" || f["type"] == "error")
+        .await;
+    assert_eq!(ack["channel"], "booking:1", "{ack}");
+
+    // The host's client connects the same way and finds the guest's message in its history.
+    let mut host = stack.client_with("host", &["booking:1"], url).await;
+    let history = host.expect("history on connect", |f| f["type"] == "history").await;
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{history}");
+    assert_eq!(messages[0]["type"], "message");
+    assert_eq!(messages[0]["body"], "Hello!");
+    assert_eq!(messages[0]["messageId"], ack["messageId"]);
+    // Only the newcomer got a history frame.
+    host.send(json!({"body": "Welcome"})).await;
+    let welcome = guest
+        .expect("the host's message", |f| {
+            f["type"] == "message" && f["senderId"] == "host"
+        })
+        .await;
+    assert_eq!(
+        (welcome["senderId"].as_str(), welcome["body"].as_str()),
+        (Some("host"), Some("Welcome"))
+    );
+    assert!(of_type(&guest.inbox, "history").is_empty(), "{:?}", guest.inbox);
+
+    guest
+        .send(json!({"type": "reaction", "emoji": "❤️", "message_id": welcome["messageId"]}))
+        .await;
+    let reaction = host.expect("the guest's reaction", |f| f["type"] == "reaction").await;
+    assert_eq!(reaction["emoji"], "❤️");
+    assert_eq!(reaction["targetId"], welcome["messageId"]);
+    assert_eq!(reaction["senderId"], "guest");
+
+    // The old clients' numeric ids cannot name a message: a clear error, and the socket stays.
+    guest
+        .send(json!({"type": "reaction", "emoji": "❤️", "message_id": 123}))
+        .await;
+    let error = guest.expect("error", |f| f["type"] == "error").await;
+    assert_eq!(error["code"], "invalid_field");
+    assert!(error["message"].as_str().unwrap().contains("messageId"), "{error}");
+    stack.check_contract(&[&guest, &host]);
+}
+
+#[tokio::test]
+async fn workspace_chat_clients_use_message_typing_and_presence() {
+    let stack = Stack::start(&[]);
+    let mut ann = stack.client_with("ann", &["workspace:*"], "workspaceId=W").await;
+    let mut ben = stack.client_with("ben", &["workspace:*"], "workspaceId=W").await;
+    ann.expect("ben's arrival", |f| f["type"] == "presence" && f["userId"] == "ben")
+        .await;
+
+    let ack = ann.ask(json!({"action": "message", "body": "standup?"}), "ack").await;
+    assert_eq!(ack["channel"], "workspace:W", "{ack}");
+    let got = ben.expect("ann's message", |f| f["type"] == "message").await;
+    assert_eq!(got["body"], "standup?");
+
+    ben.send(json!({"action": "typing"})).await;
+    let typing = ann.expect("ben typing", |f| f["type"] == "typing").await;
+    assert_eq!(
+        (typing["senderId"].as_str(), typing["channel"].as_str()),
+        (Some("ben"), Some("workspace:W"))
+    );
+
+    let present = ben.ask(json!({"action": "presence"}), "present").await;
+    assert_eq!(
+        present,
+        json!({"type": "present", "channel": "workspace:W", "present": ["ann", "ben"]})
+    );
+
+    // A second channel makes frames without one ambiguous: told, not guessed.
+    ben.join("workspace:X").await;
+    let error = ben.ask(json!({"action": "message", "body": "which?"}), "ack").await;
+    assert_eq!(error["code"], "no_default_channel", "{error}");
+    stack.check_contract(&[&ann, &ben]);
+}
+
+#[tokio::test]
+async fn register_by_message_and_by_url_share_a_session() {
+    let stack = Stack::start(&[]);
+    let mut viewer = stack.client_with("viewer", &["session:*"], "session_id=live-7").await;
+    let mut presenter = stack.client_with("presenter", &["session:*"], "x=1").await;
+    let joined = presenter
+        .ask(json!({"type": "register", "sessionID": "live-7"}), "joined")
+        .await;
+    assert_eq!(joined["channel"], "session:live-7", "{joined}");
+    presenter.send(json!({"body": "slide 2"})).await;
+    let got = viewer
+        .expect("the presenter's message", |f| f["type"] == "message")
+        .await;
+    assert_eq!(
+        (got["channel"].as_str(), got["body"].as_str()),
+        (Some("session:live-7"), Some("slide 2"))
+    );
+
+    // A channel the token does not allow refuses the upgrade.
+    match Client::connect(&format!(
+        "{}?workspaceId=W&token={}",
+        stack.ws,
+        stack.token_for("viewer", &["session:*"])
+    ))
+    .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        Err(other) => panic!("expected a 403, got {other}"),
+        Ok(_) => panic!("a channel the token does not allow must refuse the upgrade"),
+    }
+    stack.check_contract(&[&viewer, &presenter]);
+}
+
+#[tokio::test]
+async fn progress_clients_subscribe_with_action_progress_and_a_late_error_does_not_undo_complete() {
+    let stack = Stack::start(&[]);
+    let mut viewer = stack.client("viewer").await;
+    let answer = viewer
+        .ask(json!({"action": "progress", "docId": "scan-1"}), "subscribed")
+        .await;
+    assert_eq!(
+        answer,
+        json!({"type": "subscribed", "docId": "scan-1", "snapshot": null})
+    );
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+    let send = |body: Value| {
+        let sqs = sqs.clone();
+        let queue = stack.queue.clone();
+        async move {
+            sqs.send_message()
+                .queue_url(queue)
+                .message_body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    send(json!({"type": "processing_started", "docId": "scan-1", "totalPages": 8})).await;
+    viewer.expect("started", |f| f["type"] == "processing_started").await;
+    send(json!({"type": "progress", "docId": "scan-1", "pagesProcessed": 3, "totalPages": 8})).await;
+    viewer.expect("progress", |f| f["type"] == "progress").await;
+    send(json!({"type": "processing_complete", "docId": "scan-1"})).await;
+    let done = viewer.expect("complete", |f| f["type"] == "processing_complete").await;
+    assert_eq!(
+        done,
+        json!({"type": "processing_complete", "docId": "scan-1", "pagesProcessed": 8, "totalPages": 8})
+    );
+    send(json!({"type": "error", "docId": "scan-1", "errorCode": "LATE", "message": "late", "recoverable": false}))
+        .await;
+    // The late error is stale: a later subscriber still finds the document complete, all pages.
+    let mut late = stack.client("late").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = late
+            .ask(json!({"action": "progress", "docId": "scan-1"}), "subscribed")
+            .await;
+        assert_eq!(answer["snapshot"]["type"], "processing_complete", "{answer}");
+        assert_eq!(answer["snapshot"]["pagesProcessed"], 8);
+        // Wait until the error was handled (it went to the queue after the complete).
+        let sqs_empty = sqs
+            .get_queue_attributes()
+            .queue_url(&stack.queue)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("ApproximateNumberOfMessages"))
+            .all(|(_, v)| v == "0");
+        if sqs_empty {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the late error was never handled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(of_type(&viewer.inbox, "error").is_empty(), "{:?}", viewer.inbox);
+    stack.check_contract(&[&viewer, &late]);
+}
+
+#[tokio::test]
+async fn a_backends_bare_put_item_reaches_the_channel_and_an_unusable_one_is_parked_at_once() {
+    let stack = Stack::start(&[]);
+    let mut ops = stack.client("ops").await;
+    ops.join("workspace:alerts").await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
+    let s = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned());
+    let id = ulid::Ulid::generate();
+    // The README's example put_item: keys, senderId, body.
+    dynamodb
+        .put_item()
+        .table_name(&stack.table)
+        .item("pk", s("CHAN#workspace:alerts"))
+        .item("sk", s(&format!("MSG#{id}")))
+        .item("senderId", s("monitor"))
+        .item("body", s("disk 91% full"))
+        .send()
+        .await
+        .unwrap();
+    let got = ops.expect("the backend's message", |f| f["type"] == "message").await;
+    assert_eq!(
+        got,
+        json!({"type": "message", "channel": "workspace:alerts", "messageId": id.to_string(),
+               "senderId": "monitor", "body": "disk 91% full", "sentAt": id.timestamp_ms()})
+    );
+    // No body: unusable. It lands in the failure queue from the function itself, not after
+    // the mapping's retries ran out.
+    dynamodb
+        .put_item()
+        .table_name(&stack.table)
+        .item("pk", s("CHAN#workspace:alerts"))
+        .item("sk", s(&format!("MSG#{}", ulid::Ulid::generate())))
+        .item("senderId", s("monitor"))
+        .send()
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+    let deadline = Instant::now() + WAIT;
+    let parked = loop {
+        let out = sqs.receive_message().queue_url(&stack.failures).send().await.unwrap();
+        if let Some(m) = out.messages.unwrap_or_default().first() {
+            break serde_json::from_str::<Value>(m.body.as_deref().unwrap()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the unusable item never reached the failure queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(parked["condition"], "UnusableRecord", "{parked}");
+    assert!(parked["reason"].as_str().unwrap().contains("needs body"), "{parked}");
+    // And the channel goes on.
+    dynamodb
+        .put_item()
+        .table_name(&stack.table)
+        .item("pk", s("CHAN#workspace:alerts"))
+        .item("sk", s(&format!("MSG#{}", ulid::Ulid::generate())))
+        .item("senderId", s("monitor"))
+        .item("body", s("disk 60% full"))
+        .send()
+        .await
+        .unwrap();
+    ops.expect("the next message", |f| f["body"] == "disk 60% full").await;
+    stack.check_contract(&[&ops]);
+}
+
+#[tokio::test]
+async fn an_oversized_item_is_parked_at_once_and_one_the_queue_refuses_arrives_after_its_retries() {
+    let stack = Stack::start(&[]);
+    let mut ops = stack.client("ops").await;
+    ops.join("workspace:big").await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
+    let s = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned());
+    let put = |body: String| {
+        dynamodb
+            .put_item()
+            .table_name(&stack.table)
+            .item("pk", s("CHAN#workspace:big"))
+            .item("sk", s(&format!("MSG#{}", ulid::Ulid::generate())))
+            .item("senderId", s("batch-job"))
+            .item("body", s(&body))
+            .send()
+    };
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+    let next_failure = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = sqs.receive_message().queue_url(&stack.failures).send().await.unwrap();
+            if let Some(m) = out.messages.unwrap_or_default().into_iter().next() {
+                sqs.delete_message()
+                    .queue_url(&stack.failures)
+                    .receipt_handle(m.receipt_handle.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                break serde_json::from_str::<Value>(&m.body.unwrap()).unwrap();
+            }
+            assert!(Instant::now() < deadline, "nothing reached the failure queue");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    // 150 KB: no frame can carry it, so it is parked at once, record and reason.
+    put("x".repeat(150 * 1024)).await.unwrap();
+    let parked = next_failure().await;
+    assert_eq!(parked["condition"], "UnusableRecord", "{}", parked["reason"]);
+    assert!(parked["reason"]
+        .as_str()
+        .unwrap()
+        .contains("@connections takes at most"));
+    // When the failure queue refuses the function's message (here: too big for it), the record
+    // is retried; when its retries run out, the poller sends where it was, as Lambda does.
+    sqs.set_queue_attributes()
+        .queue_url(&stack.failures)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .unwrap();
+    put("y".repeat(150 * 1024)).await.unwrap();
+    let exhausted = next_failure().await;
+    assert_eq!(
+        exhausted["requestContext"]["condition"],
+        "RetryAttemptsExhausted",
+        "{}",
+        exhausted.get("condition").unwrap_or(&Value::Null)
+    );
+    assert!(
+        exhausted["DDBStreamBatchInfo"]["startSequenceNumber"].is_string(),
+        "{exhausted}"
+    );
+    // And the channel goes on.
+    put("small".into()).await.unwrap();
+    ops.expect("the next message", |f| f["body"] == "small").await;
+    stack.check_contract(&[&ops]);
 }
 
 /// Whether `pid` still runs (a zombie waiting for its reaper does not).

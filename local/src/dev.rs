@@ -30,6 +30,8 @@ use crate::template::{matches_any, EventSource, Template};
 pub const DEV_SECRET: &str = "wsfan-local-dev-secret";
 const TABLE_NAME: &str = "wsfan-local";
 const DEMO_PAGE: &str = include_str!("../demo/index.html");
+/// The JS client (clients/js), which the demo page imports as a module.
+const CLIENT_MODULE: &str = include_str!("../../clients/js/src/index.js");
 
 #[derive(Debug, Clone)]
 pub struct DevConfig {
@@ -140,6 +142,17 @@ impl Environment {
             .map(|(url, _)| url.clone())
     }
 
+    /// The URL of the on-failure destination of the stream mapping that feeds `binary`.
+    pub fn failure_queue_of(&self, binary: &str) -> Option<String> {
+        self.template
+            .event_sources
+            .iter()
+            .filter(|s| s.binary == binary)
+            .find_map(|s| s.on_failure.as_ref())
+            .and_then(|q| self.queues.get(q))
+            .map(|(url, _)| url.clone())
+    }
+
     /// The template's environment for `binary`, with local values.
     pub fn function_env(
         &self,
@@ -169,6 +182,7 @@ impl Environment {
                 "JWT_SECRET" => DEV_SECRET.to_owned(),
                 "JWKS_URL" | "JWT_AUDIENCE" | "JWT_ISSUER" => String::new(),
                 "ANONYMOUS_CHANNELS" => anonymous.unwrap_or_default().to_owned(),
+                "FAILURE_QUEUE_URL" => self.failure_queue_of(binary).unwrap_or_default(),
                 _ => value.clone().unwrap_or_default(),
             };
             env.push((name.clone(), local));
@@ -274,6 +288,7 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     let router = Router::new()
         .route("/", get(index))
         .route("/{stage}", get(websocket))
+        .route("/wsfan-client.js", get(client_module))
         .route("/dev/token", get(token))
         .route("/dev/docs", post(simulate_document))
         .with_state(app)
@@ -305,7 +320,12 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
                 &environment.stream_arn,
                 true,
             );
-            tokio::spawn(stream_poller(reader, source.clone(), function, logs.clone()));
+            let failures = source
+                .on_failure
+                .as_ref()
+                .and_then(|q| environment.queues.get(q))
+                .map(|(url, _)| (aws_sdk_sqs::Client::new(&environment.sdk), url.clone()));
+            tokio::spawn(stream_poller(reader, source.clone(), function, failures, logs.clone()));
         }
     }
 
@@ -354,6 +374,14 @@ async fn index(
     request: Request,
 ) -> Response {
     page_or_socket(app, true, peer, query, request).await
+}
+
+async fn client_module() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_MODULE,
+    )
+        .into_response()
 }
 
 async fn websocket(
@@ -459,10 +487,35 @@ async fn invoke_batch(function: &LambdaFunction, event: &Value, size: usize, log
     }
 }
 
+/// What Lambda sends an on-failure destination for a stream batch that ran out of retries: where
+/// the records are, not the records.
+fn stream_failure_record(record: &aws_sdk_dynamodbstreams::types::Record, arn: &str, attempts: u32) -> Value {
+    let sequence = record.dynamodb.as_ref().and_then(|d| d.sequence_number.clone());
+    json!({
+        "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": attempts},
+        "version": "1.0",
+        "timestamp": wsfan_shared::clock::now_millis(),
+        "DDBStreamBatchInfo": {
+            "shardId": "local",
+            "startSequenceNumber": sequence,
+            "endSequenceNumber": sequence,
+            "batchSize": 1,
+            "streamArn": arn,
+        },
+    })
+}
+
 /// Feeds the table's stream to its function as Lambda's event source mapping does: filtered,
 /// in batches, and on `batchItemFailures` retried from the first failed record, up to
-/// MaximumRetryAttempts (then that record is dropped, as to an on-failure destination).
-async fn stream_poller(mut reader: StreamReader, source: EventSource, function: Arc<LambdaFunction>, logs: Logs) {
+/// MaximumRetryAttempts; then that record goes to the mapping's on-failure queue, as Lambda
+/// sends it to its destination (dropped only when the template names none).
+async fn stream_poller(
+    mut reader: StreamReader,
+    source: EventSource,
+    function: Arc<LambdaFunction>,
+    failures: Option<(aws_sdk_sqs::Client, String)>,
+    logs: Logs,
+) {
     let mut pending = VecDeque::new();
     let mut attempts = 0u32;
     let arn = reader.stream_arn().to_owned();
@@ -507,11 +560,29 @@ async fn stream_poller(mut reader: StreamReader, source: EventSource, function: 
                 pending.drain(..index);
                 attempts += 1;
                 if attempts > source.maximum_retry_attempts.unwrap_or(u32::MAX) {
-                    if let Some(dropped) = pending.pop_front() {
-                        let seq = dropped.dynamodb.and_then(|d| d.sequence_number).unwrap_or_default();
-                        logs.warn(&format!(
-                            "stream record {seq} failed {attempts} times; dropped (on-failure destination)"
-                        ));
+                    if let Some(failed) = pending.pop_front() {
+                        let seq = failed
+                            .dynamodb
+                            .as_ref()
+                            .and_then(|d| d.sequence_number.clone())
+                            .unwrap_or_default();
+                        let sent = match &failures {
+                            Some((sqs, url)) => sqs
+                                .send_message()
+                                .queue_url(url)
+                                .message_body(stream_failure_record(&failed, &arn, attempts).to_string())
+                                .send()
+                                .await
+                                .map(|_| url.clone())
+                                .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
+                            None => Err("the template names no on-failure destination".to_owned()),
+                        };
+                        match sent {
+                            Ok(url) => logs.warn(&format!(
+                                "stream record {seq} failed {attempts} times; sent to the on-failure destination {url}"
+                            )),
+                            Err(e) => logs.warn(&format!("stream record {seq} failed {attempts} times; dropped: {e}")),
+                        }
                     }
                     attempts = 0;
                 } else {

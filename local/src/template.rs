@@ -44,6 +44,8 @@ pub struct EventSource {
     pub maximum_retry_attempts: Option<u32>,
     /// Lambda filter patterns, as JSON.
     pub filters: Vec<serde_json::Value>,
+    /// The logical id of the queue in `DestinationConfig.OnFailure` (stream mappings).
+    pub on_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +256,9 @@ impl Template {
                 batch_size: number(p("BatchSize")).unwrap_or(10) as usize,
                 maximum_retry_attempts: number(p("MaximumRetryAttempts")).map(|n| n as u32),
                 filters,
+                on_failure: get(r, &["Properties", "DestinationConfig", "OnFailure", "Destination"])
+                    .map(references)
+                    .and_then(|r| r.into_iter().next()),
             });
         }
 

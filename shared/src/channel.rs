@@ -36,6 +36,12 @@ impl ChannelKind {
         }
     }
 
+    /// Conversations are what a connection talks in; its personal `user:` channel and the
+    /// `doc:` channels it follows progress in are not, so they never make a default channel.
+    pub fn is_conversation(self) -> bool {
+        !matches!(self, ChannelKind::User | ChannelKind::Doc)
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }

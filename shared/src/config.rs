@@ -77,9 +77,9 @@ pub struct Retention {
     /// Connections and memberships: past API Gateway's 2-hour connection limit, because
     /// `$disconnect` is best effort.
     pub connection_secs: i64,
-    /// Messages and reactions, which history pages through.
+    /// Messages, reactions and read receipts: history, and how far back recovery reaches.
     pub message_secs: i64,
-    /// Typing notices and read receipts.
+    /// Typing notices.
     pub event_secs: i64,
     /// How long a `clientMsgId` is remembered for idempotent retries.
     pub dedupe_secs: i64,

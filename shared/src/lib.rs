@@ -8,6 +8,7 @@ pub mod broadcaster;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod connect;
 pub mod http1;
 pub mod model;
 pub mod progress;

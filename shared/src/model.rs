@@ -5,8 +5,9 @@
 //! | connection | `CONN#<id>`       | `META`                    |
 //! | membership | `CHAN#<channel>`  | `CONN#<id>`               |
 //! | presence   | `CHAN#<channel>`  | `USER#<userId>`           |
-//! | message    | `CHAN#<channel>`  | `MSG#<ulid>` (message, reaction: kept, paged by history) |
-//! | event      | `CHAN#<channel>`  | `EVT#<ulid>` (typing, read receipt: short-lived) |
+//! | head       | `CHAN#<channel>`  | `HEAD` (`seq`: the channel's last sequence number) |
+//! | message    | `CHAN#<channel>`  | `MSG#<seq, 20 digits>` (message, reaction, read receipt: kept, recovered) |
+//! | event      | `CHAN#<channel>`  | `EVT#<ulid>` (typing: short-lived, never recovered) |
 //! | dedupe     | `CHAN#<channel>`  | `DEDUPE#<sender>#<clientMsgId>` |
 //! | progress   | `DOC#<docId>`     | `PROGRESS`                |
 
@@ -25,6 +26,8 @@ pub mod keys {
 
     pub const META: &str = "META";
     pub const PROGRESS: &str = "PROGRESS";
+    /// The per-channel item holding the last sequence number handed out.
+    pub const HEAD: &str = "HEAD";
     pub const CONN_PREFIX: &str = "CONN#";
     pub const CHAN_PREFIX: &str = "CHAN#";
     pub const MSG_PREFIX: &str = "MSG#";
@@ -39,8 +42,13 @@ pub mod keys {
     pub fn channel(channel: &ChannelId) -> String {
         format!("{CHAN_PREFIX}{channel}")
     }
-    pub fn message(message_id: &str) -> String {
-        format!("{MSG_PREFIX}{message_id}")
+    /// Zero-padded so that the sort key orders by sequence number.
+    pub fn message(seq: u64) -> String {
+        format!("{MSG_PREFIX}{seq:020}")
+    }
+    /// The sequence number back from a message sort key.
+    pub fn message_seq(sk: &str) -> Option<u64> {
+        sk.strip_prefix(MSG_PREFIX)?.parse().ok()
     }
     pub fn event(event_id: &str) -> String {
         format!("{EVT_PREFIX}{event_id}")
@@ -76,6 +84,14 @@ pub struct Connection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     pub expires_at: i64,
+    /// The channels this connection named at connect or joined since, its personal `user:`
+    /// channel and subscribed documents aside: with exactly one, frames may leave out `channel`.
+    /// A string set in the table (`ADD` on join, `DELETE` on leave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<String>,
+    /// Messages of history each channel named at connect asked for (`?history=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
 }
 
 /// A connection's membership of a channel. `connectionId` + `channel` key the `byConnection` GSI.
@@ -89,6 +105,10 @@ pub struct Membership {
     pub role: Role,
     pub joined_at: i64,
     pub expires_at: i64,
+    /// Asks the stream fanout to push this many messages of the channel's history to this
+    /// connection (only) once the membership is written; set by `?history=` at connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,9 +121,14 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    /// Messages and reactions are history; typing and receipts are short-lived signals.
+    /// Messages, reactions and read receipts are history: numbered in the channel's sequence,
+    /// kept for the message retention and recovered after a reconnect. Typing is a short-lived
+    /// signal that nobody needs to see late.
     pub fn is_history(self) -> bool {
-        matches!(self, MessageKind::Message | MessageKind::Reaction)
+        matches!(
+            self,
+            MessageKind::Message | MessageKind::Reaction | MessageKind::Receipt
+        )
     }
 }
 
@@ -113,8 +138,13 @@ impl MessageKind {
 pub struct Message {
     pub kind: MessageKind,
     pub channel: ChannelId,
-    /// A ULID: sortable by time, so the sort key orders history.
+    /// A ULID minted by the writer: unique, the id clients deduplicate on. Not the order: two
+    /// writers can commit in the opposite order to their ids.
     pub message_id: String,
+    /// The position in the channel's gapless sequence (history kinds only), given by the store
+    /// when it commits the message; commit order is sequence order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub sender_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -129,11 +159,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// History items are keyed by their sequence number, which the store sets before writing.
     pub fn sort_key(&self) -> String {
-        if self.kind.is_history() {
-            keys::message(&self.message_id)
-        } else {
-            keys::event(&self.message_id)
+        match self.seq {
+            Some(seq) if self.kind.is_history() => keys::message(seq),
+            _ => keys::event(&self.message_id),
         }
     }
 
@@ -141,6 +171,7 @@ impl Message {
         ChatEvent {
             channel: self.channel.to_string(),
             message_id: self.message_id.clone(),
+            seq: self.seq,
             sender_id: self.sender_id.clone(),
             body: self.body.clone(),
             client_msg_id: self.client_msg_id.clone(),
@@ -158,6 +189,98 @@ impl Message {
             MessageKind::Reaction => ServerFrame::Reaction(event),
             MessageKind::Typing => ServerFrame::Typing(event),
             MessageKind::Receipt => ServerFrame::Receipt(event),
+        }
+    }
+}
+
+/// Why a message item written to the table cannot be pushed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unusable message item: {0}")]
+pub struct UnusableItem(pub String);
+
+impl Message {
+    /// Reads a message item as the stream delivers it, including one a backend wrote by hand
+    /// (the contract is in README's "Publishing from a backend"). What the keys say is filled in:
+    /// `channel` from `pk`, `messageId` from `sk`, `kind` "message" under `MSG#`, `sentAt` from
+    /// the id's ULID time; where an item states them too, they must agree with the keys.
+    pub fn from_stream_item(mut item: serde_dynamo::Item) -> Result<Message, UnusableItem> {
+        use serde_dynamo::AttributeValue as A;
+        let bad = |why: String| UnusableItem(why);
+        let key = |item: &serde_dynamo::Item, name: &str| match item.get(name) {
+            Some(A::S(s)) => Ok(s.clone()),
+            _ => Err(bad(format!("{name} is missing or not a string"))),
+        };
+        let pk = key(&item, "pk")?;
+        let sk = key(&item, "sk")?;
+        let channel: ChannelId = pk
+            .strip_prefix(keys::CHAN_PREFIX)
+            .ok_or_else(|| bad(format!("pk {pk:?} is not CHAN#<channel>")))?
+            .parse()
+            .map_err(|e| bad(format!("pk: {e}")))?;
+        // Store::post keys history by the channel's sequence number (the id is an attribute);
+        // a backend's own items are keyed by their ULID and stay outside the sequence.
+        let seq = keys::message_seq(&sk).filter(|_| sk.len() == keys::message(0).len());
+        let given_id = match item.get("messageId") {
+            Some(A::S(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let (id, history) = match (
+            seq,
+            sk.strip_prefix(keys::MSG_PREFIX),
+            sk.strip_prefix(keys::EVT_PREFIX),
+        ) {
+            (Some(_), ..) => (
+                given_id.ok_or_else(|| bad(format!("{sk:?} is numbered but has no messageId")))?,
+                true,
+            ),
+            (None, Some(id), _) => (id.to_owned(), true),
+            (None, _, Some(id)) => (id.to_owned(), false),
+            _ => return Err(bad(format!("sk {sk:?} is neither MSG#<ulid> nor EVT#<ulid>"))),
+        };
+        let id = id.as_str();
+        let ulid = ulid::Ulid::from_string(id).map_err(|_| bad(format!("the id of {sk:?} is not a ULID")))?;
+        let mut derive = |name: &str, value: A| match item.get(name) {
+            None => {
+                item.insert(name.to_owned(), value);
+                Ok(())
+            }
+            Some(given) if *given == value => Ok(()),
+            Some(given) => Err(bad(format!("{name} is {given:?}, but the keys say {value:?}"))),
+        };
+        derive("channel", A::S(channel.to_string()))?;
+        derive("messageId", A::S(id.to_owned()))?;
+        if let Some(seq) = seq {
+            derive("seq", A::N(seq.to_string()))?;
+        }
+        item.entry("sentAt".to_owned())
+            .or_insert_with(|| A::N(ulid.timestamp_ms().to_string()));
+        // Not needed to push; the table's TTL is the writer's business.
+        item.entry("expiresAt".to_owned())
+            .or_insert_with(|| A::N("0".to_owned()));
+        if history {
+            item.entry("kind".to_owned())
+                .or_insert_with(|| A::S("message".to_owned()));
+        }
+        let message: Message = serde_dynamo::from_item(item).map_err(|e| bad(e.to_string()))?;
+        // Receipts are history when stored through the sequence; a backend may still write one as
+        // a short-lived event.
+        let fits = if history {
+            message.kind.is_history()
+        } else {
+            matches!(message.kind, MessageKind::Typing | MessageKind::Receipt)
+        };
+        if !fits {
+            return Err(bad(format!("kind {:?} does not belong under {sk:?}", message.kind)));
+        }
+        let missing = match message.kind {
+            MessageKind::Message if message.body.is_none() => Some("body"),
+            MessageKind::Reaction if message.emoji.is_none() => Some("emoji"),
+            MessageKind::Reaction | MessageKind::Receipt if message.target_id.is_none() => Some("targetId"),
+            _ => None,
+        };
+        match missing {
+            Some(field) => Err(bad(format!("a {:?} needs {field}", message.kind))),
+            None => Ok(message),
         }
     }
 }

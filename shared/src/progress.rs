@@ -111,17 +111,40 @@ impl ProgressEvent {
         }
     }
 
+    /// Complete and unrecoverable errors end a document's processing.
+    pub fn is_terminal(&self) -> bool {
+        match self.kind {
+            ProgressKind::ProcessingComplete => true,
+            ProgressKind::Error => self.recoverable != Some(true),
+            _ => false,
+        }
+    }
+
+    /// `processing_complete` without page counts means done, all pages: it takes the total
+    /// from the snapshot it follows (`known_total`), so the snapshot keeps its counts.
+    pub fn with_counts_filled(mut self, known_total: Option<u32>) -> Self {
+        if self.kind == ProgressKind::ProcessingComplete {
+            let total = self.total_pages.or(self.pages_processed).or(known_total);
+            self.total_pages = total;
+            self.pages_processed = self.pages_processed.or(total);
+        }
+        self
+    }
+
     /// Where this event stands in a document's life. The stored snapshot only moves to a higher
     /// position, so a late or duplicate event never rolls it back: started < progress by pages <
-    /// a recoverable error at the same page < done (complete, or an unrecoverable error).
+    /// a recoverable error at the same page < done. Every terminal event (complete, or an
+    /// unrecoverable error) has the same position whatever its counts, so the first one stays:
+    /// a late event never replaces a terminal state.
     pub fn position(&self) -> i64 {
+        if self.is_terminal() {
+            return 2 << 40;
+        }
         let pages = i64::from(self.pages_processed.unwrap_or(0));
         let (phase, tie) = match self.kind {
             ProgressKind::ProcessingStarted => (0, 0),
-            ProgressKind::Progress => (1, 0),
-            ProgressKind::Error if self.recoverable == Some(true) => (1, 1),
-            ProgressKind::ProcessingComplete => (2, 0),
-            ProgressKind::Error => (2, 1),
+            ProgressKind::Error => (1, 1),
+            _ => (1, 0),
         };
         (phase << 40) | (pages << 1) | tie
     }
@@ -181,5 +204,42 @@ mod tests {
         assert!(
             ProgressEvent::error("d", "X", "fatal", false).position() > ProgressEvent::progress("d", 9, 10).position()
         );
+    }
+
+    #[test]
+    fn a_terminal_state_is_never_replaced() {
+        let done_without_counts = ProgressEvent::complete("d", None);
+        let done = ProgressEvent::complete("d", Some(10));
+        let failed = ProgressEvent::error("d", "X", "fatal", false);
+        let mut failed_late = failed.clone();
+        failed_late.pages_processed = Some(9);
+        for terminal in [&done_without_counts, &done, &failed] {
+            for late in [
+                &done_without_counts,
+                &done,
+                &failed,
+                &failed_late,
+                &ProgressEvent::progress("d", 10, 10),
+                &ProgressEvent::error("d", "SLOW", "retrying", true),
+            ] {
+                // The store moves the snapshot only to a strictly higher position.
+                assert!(
+                    late.position() <= terminal.position(),
+                    "{late:?} would replace {terminal:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn complete_without_counts_means_all_pages() {
+        let filled = ProgressEvent::complete("d", None).with_counts_filled(Some(12));
+        assert_eq!((filled.pages_processed, filled.total_pages), (Some(12), Some(12)));
+        let own = ProgressEvent::complete("d", Some(5)).with_counts_filled(Some(12));
+        assert_eq!((own.pages_processed, own.total_pages), (Some(5), Some(5)));
+        let unknown = ProgressEvent::complete("d", None).with_counts_filled(None);
+        assert_eq!((unknown.pages_processed, unknown.total_pages), (None, None));
+        let progress = ProgressEvent::progress("d", 1, 12).with_counts_filled(Some(3));
+        assert_eq!(progress, ProgressEvent::progress("d", 1, 12));
     }
 }

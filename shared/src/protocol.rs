@@ -1,8 +1,13 @@
 //! The client protocol: JSON text frames in both directions.
 //!
 //! Client frames are chosen by `action` (API Gateway's route selection expression is
-//! `$request.body.action`); the legacy `{"type":"register","sessionID":…}` frame has no action.
-//! Every way a frame can be wrong maps to a stable [`ErrorCode`] and a readable message.
+//! `$request.body.action`). Frames without an action reach the `$default` route; three shapes of
+//! them are understood, because clients written for the backends wsfan replaces send them:
+//! `{"type":"register","sessionID":…}`, `{"body":…}` (a message) and
+//! `{"type":"reaction","emoji":…,"message_id":…}`. A frame that names no channel goes to the
+//! connection's default channel (see [`ClientFrame::default_channel`]). Every way a frame can be
+//! wrong maps to a stable [`ErrorCode`] and a readable message that says what to send instead;
+//! nothing is guessed. `docs/asyncapi.yaml` is the contract for all of it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -32,7 +37,14 @@ pub const ACTIONS: &[&str] = &[
     "progress",
     "history",
     "ping",
+    // The names other backends used: `message` is `sendMessage`; `presence` lists who is there.
+    "message",
+    "presence",
 ];
+
+/// How a frame without `action` may look; said in every error about such a frame.
+const ACTIONLESS_FORMS: &str = "{\"body\":…} (a message) or {\"type\":\"reaction\",\"emoji\":…,\"message_id\":…} \
+     to the connection's one channel, or {\"type\":\"register\",\"sessionID\":…}";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientFrame {
@@ -42,29 +54,36 @@ pub enum ClientFrame {
     Leave {
         channel: ChannelId,
     },
+    /// `channel: None` (here and below): the connection's default channel.
     SendMessage {
-        channel: ChannelId,
+        channel: Option<ChannelId>,
         body: String,
         client_msg_id: Option<String>,
     },
     React {
-        channel: ChannelId,
+        channel: Option<ChannelId>,
         message_id: String,
         emoji: String,
     },
     Typing {
-        channel: ChannelId,
+        channel: Option<ChannelId>,
     },
     Read {
-        channel: ChannelId,
+        channel: Option<ChannelId>,
         message_id: String,
+    },
+    /// Who is present in a channel.
+    Presence {
+        channel: Option<ChannelId>,
     },
     Subscribe {
         doc_id: String,
     },
+    /// Without a cursor: the newest page. `before`: the page before that sequence number.
+    /// `after`: recovery, everything after that sequence number, oldest first.
     History {
         channel: ChannelId,
-        before: Option<String>,
+        cursor: HistoryCursor,
         limit: u32,
     },
     Ping,
@@ -73,6 +92,18 @@ pub enum ClientFrame {
         channel: ChannelId,
     },
 }
+
+/// Where a history page starts. Both cursors are channel sequence numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryCursor {
+    Latest,
+    Before(u64),
+    After(u64),
+}
+
+/// The fields a `history` frame may carry; anything else is refused rather than silently ignored,
+/// so a client asking for `since` learns that it is not a thing.
+const HISTORY_FIELDS: &[&str] = &["action", "channel", "before", "after", "limit"];
 
 impl ClientFrame {
     pub fn action(&self) -> &'static str {
@@ -86,6 +117,7 @@ impl ClientFrame {
             ClientFrame::Subscribe { .. } => "subscribe",
             ClientFrame::History { .. } => "history",
             ClientFrame::Ping => "ping",
+            ClientFrame::Presence { .. } => "presence",
             ClientFrame::Register { .. } => "register",
         }
     }
@@ -107,16 +139,7 @@ impl ClientFrame {
         let action = match obj.get("action") {
             Some(Value::String(a)) => a.as_str(),
             Some(_) => return Err(ProtocolError::invalid("action", "must be a string")),
-            None if obj.get("type").and_then(Value::as_str) == Some("register") => {
-                let session = fields.required_str("sessionID")?;
-                let channel = ChannelId::new(crate::channel::ChannelKind::Session, session)
-                    .map_err(|e| ProtocolError::new(ErrorCode::InvalidChannel, e.to_string()))?;
-                return Ok(ClientFrame::Register { channel });
-            }
-            None => return Err(ProtocolError::new(
-                ErrorCode::MissingField,
-                "frame needs an \"action\" (join, leave, sendMessage, react, typing, read, subscribe, history, ping)",
-            )),
+            None => return Self::parse_without_action(&obj),
         };
         Ok(match action {
             "join" => ClientFrame::Join {
@@ -125,54 +148,16 @@ impl ClientFrame {
             "leave" => ClientFrame::Leave {
                 channel: fields.channel()?,
             },
-            "sendMessage" => {
-                let channel = fields.channel()?;
-                let body = fields.required_str("body")?;
-                if body.is_empty() {
-                    return Err(ProtocolError::invalid("body", "must not be empty"));
-                }
-                if body.len() > MAX_BODY_BYTES {
-                    return Err(ProtocolError::new(
-                        ErrorCode::TooLarge,
-                        format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
-                    ));
-                }
-                let client_msg_id = fields.optional_str("clientMsgId")?.map(str::to_owned);
-                if let Some(id) = &client_msg_id {
-                    let ok = !id.is_empty()
-                        && id.len() <= MAX_CLIENT_MSG_ID_LEN
-                        && id.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
-                    if !ok {
-                        return Err(ProtocolError::invalid(
-                            "clientMsgId",
-                            "must be 1-128 printable ASCII characters without '#'",
-                        ));
-                    }
-                }
-                ClientFrame::SendMessage {
-                    channel,
-                    body: body.to_owned(),
-                    client_msg_id,
-                }
-            }
-            "react" => {
-                let channel = fields.channel()?;
-                let message_id = fields.message_id("messageId")?;
-                let emoji = fields.required_str("emoji")?;
-                if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES || emoji.chars().any(char::is_control) {
-                    return Err(ProtocolError::invalid("emoji", "must be 1-64 bytes of printable text"));
-                }
-                ClientFrame::React {
-                    channel,
-                    message_id,
-                    emoji: emoji.to_owned(),
-                }
-            }
+            "sendMessage" | "message" => fields.send_message()?,
+            "react" => fields.react("messageId")?,
             "typing" => ClientFrame::Typing {
-                channel: fields.channel()?,
+                channel: fields.optional_channel()?,
+            },
+            "presence" => ClientFrame::Presence {
+                channel: fields.optional_channel()?,
             },
             "read" => ClientFrame::Read {
-                channel: fields.channel()?,
+                channel: fields.optional_channel()?,
                 message_id: fields.message_id("messageId")?,
             },
             "subscribe" | "progress" => {
@@ -183,10 +168,21 @@ impl ClientFrame {
                 }
             }
             "history" => {
+                if let Some(unknown) = obj.keys().find(|k| !HISTORY_FIELDS.contains(&k.as_str())) {
+                    return Err(ProtocolError::invalid(
+                        &unknown.chars().take(64).collect::<String>(),
+                        "is not a history field; history takes channel, limit, and before or after \
+                         (a sequence number: after recovers everything since it, oldest first)",
+                    ));
+                }
                 let channel = fields.channel()?;
-                let before = match obj.get("before") {
-                    None | Some(Value::Null) => None,
-                    Some(_) => Some(fields.message_id("before")?),
+                let cursor = match (fields.seq("before")?, fields.seq("after")?) {
+                    (None, None) => HistoryCursor::Latest,
+                    (Some(before), None) => HistoryCursor::Before(before),
+                    (None, Some(after)) => HistoryCursor::After(after),
+                    (Some(_), Some(_)) => {
+                        return Err(ProtocolError::invalid("after", "cannot be combined with \"before\""))
+                    }
                 };
                 let limit = match obj.get("limit") {
                     None | Some(Value::Null) => DEFAULT_HISTORY_LIMIT,
@@ -200,7 +196,7 @@ impl ClientFrame {
                         }
                     },
                 };
-                ClientFrame::History { channel, before, limit }
+                ClientFrame::History { channel, cursor, limit }
             }
             "ping" => ClientFrame::Ping,
             other => {
@@ -214,6 +210,87 @@ impl ClientFrame {
                 ))
             }
         })
+    }
+}
+
+impl ClientFrame {
+    /// The channel a frame without `channel` goes to: the one channel the connection named at
+    /// connect or joined (its personal `user:` channel and `subscribe`d documents aside). With
+    /// none or several, the frame is refused with the list, never sent to a guess.
+    pub fn default_channel(joined: &[String]) -> Result<ChannelId, ProtocolError> {
+        match joined {
+            [one] => one
+                .parse()
+                .map_err(|e: crate::channel::ChannelError| ProtocolError::new(ErrorCode::Internal, e.to_string())),
+            [] => Err(ProtocolError::new(
+                ErrorCode::NoDefaultChannel,
+                "this connection has no channel to default to; add \"channel\", or join exactly one \
+                 channel (or name it at connect: ?channels=…)",
+            )),
+            many => {
+                let mut names = many.to_vec();
+                names.sort();
+                Err(ProtocolError::new(
+                    ErrorCode::NoDefaultChannel,
+                    format!(
+                        "this connection is in {} channels ({}); add \"channel\" to say which",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A frame with no `action`: one of the shapes in [`ACTIONLESS_FORMS`], or a clear refusal.
+    fn parse_without_action(obj: &Map<String, Value>) -> Result<ClientFrame, ProtocolError> {
+        let fields = Fields(obj);
+        let kind = fields.optional_str("type")?;
+        let has_body = obj.contains_key("body");
+        match kind {
+            Some("register") => {
+                let session = fields.required_str("sessionID")?;
+                let channel = ChannelId::new(crate::channel::ChannelKind::Session, session)
+                    .map_err(|e| ProtocolError::new(ErrorCode::InvalidChannel, e.to_string()))?;
+                Ok(ClientFrame::Register { channel })
+            }
+            Some("reaction") if has_body => Err(ProtocolError::new(
+                ErrorCode::Ambiguous,
+                "a frame with both \"type\":\"reaction\" and \"body\" could be a reaction or a message; \
+                 send {\"action\":\"react\",…} or {\"action\":\"sendMessage\",…}",
+            )),
+            Some("reaction") => {
+                let name = match (obj.contains_key("message_id"), obj.contains_key("messageId")) {
+                    (true, true) => {
+                        return Err(ProtocolError::new(
+                            ErrorCode::Ambiguous,
+                            "the frame has both \"message_id\" and \"messageId\"; send one",
+                        ))
+                    }
+                    (false, true) => "messageId",
+                    _ => "message_id",
+                };
+                fields.react(name)
+            }
+            Some("message") => fields.send_message(),
+            None if has_body => fields.send_message(),
+            None => Err(ProtocolError::new(
+                ErrorCode::MissingField,
+                format!(
+                    "frame needs an \"action\" ({}), or must be {ACTIONLESS_FORMS}",
+                    ACTIONS.join(", ")
+                ),
+            )),
+            Some(other) => Err(ProtocolError::new(
+                ErrorCode::UnknownAction,
+                format!(
+                    "a frame without \"action\" cannot have type {:?}; send {ACTIONLESS_FORMS}, \
+                     or a frame with an \"action\" ({})",
+                    other.chars().take(64).collect::<String>(),
+                    ACTIONS.join(", ")
+                ),
+            )),
+        }
     }
 }
 
@@ -234,16 +311,93 @@ impl<'a> Fields<'a> {
     }
 
     fn channel(&self) -> Result<ChannelId, ProtocolError> {
-        self.required_str("channel")?
-            .parse()
-            .map_err(|e: crate::channel::ChannelError| ProtocolError::new(ErrorCode::InvalidChannel, e.to_string()))
+        self.optional_channel()?
+            .ok_or_else(|| ProtocolError::new(ErrorCode::MissingField, "missing field \"channel\""))
     }
 
-    /// Message ids are ULIDs; anything else cannot name a message, so it is refused early.
+    /// A sequence number cursor: a whole number, 0 meaning "before anything".
+    fn seq(&self, name: &str) -> Result<Option<u64>, ProtocolError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                ProtocolError::invalid(
+                    name,
+                    "must be a sequence number (the \"seq\" of a message, or a cursor from a history answer)",
+                )
+            }),
+        }
+    }
+
+    fn optional_channel(&self) -> Result<Option<ChannelId>, ProtocolError> {
+        self.optional_str("channel")?
+            .map(|c| {
+                c.parse().map_err(|e: crate::channel::ChannelError| {
+                    ProtocolError::new(ErrorCode::InvalidChannel, e.to_string())
+                })
+            })
+            .transpose()
+    }
+
+    /// Message ids are ULIDs; anything else cannot name a message, so it is refused early. A
+    /// number is what other backends used: say so, and what to send instead.
     fn message_id(&self, name: &str) -> Result<String, ProtocolError> {
+        if let Some(Value::Number(n)) = self.0.get(name) {
+            return Err(ProtocolError::invalid(
+                name,
+                &format!(
+                    "is the number {n}, which cannot be a wsfan message id; send the \"messageId\" string \
+                     (a ULID such as \"01JD0000000000000000000000\") of the message frame or ack"
+                ),
+            ));
+        }
         let s = self.required_str(name)?;
         ulid::Ulid::from_string(s).map_err(|_| ProtocolError::invalid(name, "must be a message id (a ULID)"))?;
         Ok(s.to_owned())
+    }
+
+    fn send_message(&self) -> Result<ClientFrame, ProtocolError> {
+        let channel = self.optional_channel()?;
+        let body = self.required_str("body")?;
+        if body.is_empty() {
+            return Err(ProtocolError::invalid("body", "must not be empty"));
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
+            ));
+        }
+        let client_msg_id = self.optional_str("clientMsgId")?.map(str::to_owned);
+        if let Some(id) = &client_msg_id {
+            let ok = !id.is_empty()
+                && id.len() <= MAX_CLIENT_MSG_ID_LEN
+                && id.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+            if !ok {
+                return Err(ProtocolError::invalid(
+                    "clientMsgId",
+                    "must be 1-128 printable ASCII characters without '#'",
+                ));
+            }
+        }
+        Ok(ClientFrame::SendMessage {
+            channel,
+            body: body.to_owned(),
+            client_msg_id,
+        })
+    }
+
+    fn react(&self, message_id_field: &str) -> Result<ClientFrame, ProtocolError> {
+        let channel = self.optional_channel()?;
+        let message_id = self.message_id(message_id_field)?;
+        let emoji = self.required_str("emoji")?;
+        if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES || emoji.chars().any(char::is_control) {
+            return Err(ProtocolError::invalid("emoji", "must be 1-64 bytes of printable text"));
+        }
+        Ok(ClientFrame::React {
+            channel,
+            message_id,
+            emoji: emoji.to_owned(),
+        })
     }
 }
 
@@ -263,9 +417,31 @@ pub enum ErrorCode {
     NotConnected,
     Unauthorized,
     Internal,
+    /// The frame fits more than one form; the message says which to send.
+    Ambiguous,
+    /// The frame names no channel and the connection has not exactly one to default to.
+    NoDefaultChannel,
 }
 
 impl ErrorCode {
+    /// Every code; `docs/asyncapi.yaml` documents each (checked in tests).
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownAction,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidChannel,
+        ErrorCode::TooLarge,
+        ErrorCode::Forbidden,
+        ErrorCode::ReadOnly,
+        ErrorCode::NotMember,
+        ErrorCode::NotConnected,
+        ErrorCode::Unauthorized,
+        ErrorCode::Internal,
+        ErrorCode::Ambiguous,
+        ErrorCode::NoDefaultChannel,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
@@ -280,6 +456,8 @@ impl ErrorCode {
             ErrorCode::NotConnected => "not_connected",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
+            ErrorCode::Ambiguous => "ambiguous",
+            ErrorCode::NoDefaultChannel => "no_default_channel",
         }
     }
 }
@@ -310,6 +488,10 @@ impl ProtocolError {
 pub struct ChatEvent {
     pub channel: String,
     pub message_id: String,
+    /// The channel's sequence number (messages, reactions, receipts): gapless and in commit
+    /// order, so a client that sees n+2 after n knows it missed n+1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub sender_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -329,6 +511,9 @@ pub struct ChatEvent {
 pub enum ServerFrame {
     Joined {
         channel: String,
+        /// The channel's last sequence number when the join committed (0: nothing posted yet).
+        /// Everything after it is pushed; a client that saw less asks `history` with `after`.
+        head: u64,
         /// Who is in the channel now (users with a connection in it, the caller included), so
         /// a newcomer starts from a full list; presence frames keep it current. At most
         /// MAX_PRESENT_USERS.
@@ -346,7 +531,15 @@ pub enum ServerFrame {
         message_id: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// The message's sequence number in its channel (absent for typing).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
         duplicate: bool,
+    },
+    /// The answer to `presence`: who is in the channel now, as in `joined`.
+    Present {
+        channel: String,
+        present: Vec<String>,
     },
     #[serde(rename_all = "camelCase")]
     Subscribed {
@@ -355,11 +548,21 @@ pub enum ServerFrame {
     },
     History {
         channel: String,
-        /// Oldest first.
-        messages: Vec<ChatEvent>,
-        /// Pass as `before` to get the page before this one; absent on the last page.
+        /// Oldest first, each a `message`, `reaction` or `receipt` frame exactly as pushed (with
+        /// `type`, `seq` and `messageId`).
+        messages: Vec<ServerFrame>,
+        /// Pass as `before` to get the page before this one; absent on the oldest page.
         #[serde(skip_serializing_if = "Option::is_none")]
-        before: Option<String>,
+        before: Option<u64>,
+        /// Recovery only: pass as `after` for the next page; absent when this page reaches the
+        /// newest message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// Recovery only: false when messages after the requested point are gone (past the
+        /// retention) or the point is unknown (past the channel's head). The client cannot
+        /// recover exactly and should reload from the latest page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        complete: Option<bool>,
     },
     Pong {
         at: i64,
@@ -480,6 +683,92 @@ mod tests {
         assert_eq!(code(&big), ErrorCode::TooLarge);
         let huge = format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
         assert_eq!(code(&huge), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn the_old_clients_frames_parse_without_action_or_channel() {
+        let ulid = "01JD0000000000000000000000";
+        assert_eq!(
+            ClientFrame::parse(r#"{"body":"Hello!"}"#).unwrap(),
+            ClientFrame::SendMessage {
+                channel: None,
+                body: "Hello!".into(),
+                client_msg_id: None
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(&format!(r#"{{"type":"reaction","emoji":"❤️","message_id":"{ulid}"}}"#)).unwrap(),
+            ClientFrame::React {
+                channel: None,
+                message_id: ulid.into(),
+                emoji: "❤️".into()
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"action":"message","body":"hi"}"#)
+                .unwrap()
+                .action(),
+            "sendMessage"
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"action":"typing"}"#).unwrap(),
+            ClientFrame::Typing { channel: None }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"action":"presence"}"#).unwrap(),
+            ClientFrame::Presence { channel: None }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"action":"presence","channel":"workspace:W"}"#).unwrap(),
+            ClientFrame::Presence {
+                channel: Some("workspace:W".parse().unwrap())
+            }
+        );
+        // join and history still need their channel.
+        assert_eq!(code(r#"{"action":"join"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"action":"history"}"#), ErrorCode::MissingField);
+    }
+
+    #[test]
+    fn frames_that_could_mean_two_things_or_name_no_message_are_refused_with_advice() {
+        let e = ClientFrame::parse(r#"{"type":"reaction","emoji":"❤️","message_id":123}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        assert!(
+            e.message.contains("123") && e.message.contains("messageId"),
+            "{}",
+            e.message
+        );
+        let e =
+            ClientFrame::parse(r#"{"action":"react","channel":"booking:1","messageId":7,"emoji":"x"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = ClientFrame::parse(
+            r#"{"type":"reaction","emoji":"x","body":"hi","message_id":"01JD0000000000000000000000"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Ambiguous);
+        assert!(e.message.contains("\"action\":\"react\""), "{}", e.message);
+        let e = ClientFrame::parse(
+            r#"{"type":"reaction","emoji":"x","message_id":"01JD0000000000000000000000","messageId":"01JD0000000000000000000000"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Ambiguous);
+        let e = ClientFrame::parse(r#"{"type":"poke"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownAction);
+        assert!(e.message.contains("{\"body\":…}"), "{}", e.message);
+        assert_eq!(code(r#"{"type":"message"}"#), ErrorCode::MissingField);
+    }
+
+    #[test]
+    fn the_default_channel_is_the_only_one_or_none() {
+        assert_eq!(
+            ClientFrame::default_channel(&["booking:1".into()]).unwrap().to_string(),
+            "booking:1"
+        );
+        let none = ClientFrame::default_channel(&[]).unwrap_err();
+        assert_eq!(none.code, ErrorCode::NoDefaultChannel);
+        let two = ClientFrame::default_channel(&["booking:1".into(), "workspace:W".into()]).unwrap_err();
+        assert_eq!(two.code, ErrorCode::NoDefaultChannel);
+        assert!(two.message.contains("booking:1, workspace:W"), "{}", two.message);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Producers for backends and document processors, which need no WebSocket of their own.
 //!
 //! [`ChannelPublisher`] writes a message item to any channel (the stream fanout does the rest);
-//! [`ProgressPublisher`] validates progress events and sends them to the progress queue.
+//! [`ProgressPublisher`] validates progress events and sends them to the progress queue;
+//! [`FailureQueue`] is where the stream fanout puts a record it can never use.
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
@@ -38,6 +39,7 @@ impl<S: Store> ChannelPublisher<S> {
             kind: MessageKind::Message,
             channel: channel.clone(),
             message_id: ulid::Ulid::generate().to_string(),
+            seq: None,
             sender_id: sender_id.to_owned(),
             body: Some(body.to_owned()),
             client_msg_id: client_msg_id.map(str::to_owned),
@@ -121,6 +123,44 @@ impl ProgressPublisher {
                 });
             }
         }
+        Ok(())
+    }
+}
+
+/// The stream's failure destination (`StreamFailureQueue`): the stream fanout sends a record it
+/// can never use here at once, with the reason, instead of failing it until its retries run out.
+pub struct FailureQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl FailureQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        FailureQueue {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    /// The queue in `FAILURE_QUEUE_URL`.
+    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let url = crate::config::from_process_env("FAILURE_QUEUE_URL")
+            .filter(|u| !u.is_empty())
+            .ok_or(crate::config::ConfigError::Missing("FAILURE_QUEUE_URL"))?;
+        Ok(FailureQueue::new(
+            aws_sdk_sqs::Client::new(&crate::config::aws().await),
+            url,
+        ))
+    }
+
+    pub async fn send(&self, body: String) -> Result<(), PublishError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| PublishError::Queue(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
         Ok(())
     }
 }

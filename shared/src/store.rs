@@ -17,6 +17,7 @@ use crate::channel::ChannelId;
 use crate::config::Retention;
 use crate::model::{keys, Connection, Membership, Message, PK, SK};
 use crate::progress::ProgressEvent;
+use crate::protocol::HistoryCursor;
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -24,8 +25,19 @@ pub type Item = HashMap<String, AttributeValue>;
 /// The snapshot attribute that orders progress events; internal, never shown to clients.
 const POSITION: &str = "position";
 
+/// The connection item's set of conversation channels (`Connection::joined`).
+const JOINED: &str = "joined";
+
 /// DynamoDB allows 100 actions per transaction; a leave is two.
 const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
+
+/// The head item's attribute: the channel's last sequence number.
+const SEQ: &str = "seq";
+
+/// How often a send re-reads the head and tries again when other sends to the same channel won
+/// the race for the next sequence number. Each loss means another send committed, so a send only
+/// gives up when the channel takes more than this many messages during its own attempts.
+const SEQ_ATTEMPTS: u32 = 25;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +47,9 @@ pub enum StoreError {
     /// The caller's connection is not a member of the channel it writes to.
     #[error("connection is not a member of the channel")]
     NotMember,
+    /// Other sends to the channel kept taking the next sequence number; the caller may retry.
+    #[error("the channel is too busy right now")]
+    Contended,
     /// A connection's user id cannot name its `user:<sub>` channel (the authorizer admits none such).
     #[error("user id cannot name a user channel: {0}")]
     InvalidUserId(String),
@@ -64,15 +79,23 @@ where
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostOutcome {
     pub message_id: String,
+    /// The message's place in the channel's sequence (history kinds; a duplicate answers with the
+    /// first message's).
+    pub seq: Option<u64>,
     pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
-    /// Oldest first.
+    /// Oldest first, in sequence order.
     pub messages: Vec<Message>,
     /// The cursor for the page before this one, when there is one.
-    pub before: Option<String>,
+    pub before: Option<u64>,
+    /// Recovery: the cursor for the next page, when there is one.
+    pub after: Option<u64>,
+    /// Recovery: whether the page starts right after the requested point (nothing expired or
+    /// unknown in between).
+    pub complete: Option<bool>,
 }
 
 /// One connection in a channel, as the fanout needs it.
@@ -91,8 +114,13 @@ pub struct Cleanup {
 
 /// The table operations wsfan's handlers need.
 pub trait Store: Send + Sync {
-    /// Writes the connection item and, for a signed-in user, its membership of `user:<sub>`.
-    fn connect(&self, connection: &Connection) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes the connection item and, in the same transaction, its membership of `user:<sub>`
+    /// (for a signed-in user) and of each channel `named` at connect (with `connection.history`).
+    fn connect(
+        &self,
+        connection: &Connection,
+        named: &[ChannelId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
 
@@ -124,12 +152,16 @@ pub trait Store: Send + Sync {
         member: Option<&str>,
     ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
 
+    /// A page of the channel's history (messages, reactions, receipts) in sequence order.
     fn history(
         &self,
         channel: &ChannelId,
-        before: Option<&str>,
+        cursor: HistoryCursor,
         limit: u32,
     ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// The channel's last sequence number; 0 before its first message.
+    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// The latest progress snapshot of a document, as clients see it.
     fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
@@ -327,8 +359,33 @@ impl DynamoStore {
             .map(|_| ())
     }
 
-    /// The message id a `clientMsgId` was first stored under, if it was.
-    async fn deduped(&self, key: Item) -> Result<Option<String>, StoreError> {
+    /// Moves the channel's head from `previous` to `previous + 1`; fails its condition when
+    /// another send got there first.
+    fn advance_head(&self, channel: &ChannelId, previous: u64) -> TransactWriteItem {
+        let mut values = HashMap::from([(":n".to_owned(), n(previous as i64 + 1))]);
+        let condition = if previous == 0 {
+            "attribute_not_exists(#seq)"
+        } else {
+            values.insert(":prev".to_owned(), n(previous as i64));
+            "#seq = :prev"
+        };
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
+                    .update_expression("SET #seq = :n")
+                    .condition_expression(condition)
+                    .expression_attribute_names("#seq", SEQ)
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .expect("update is complete"),
+            )
+            .build()
+    }
+
+    /// A retried send: the first message's id and sequence number, if the `clientMsgId` was stored.
+    async fn deduped(&self, key: Item) -> Result<Option<(String, Option<u64>)>, StoreError> {
         let existing = self
             .client
             .get_item()
@@ -337,9 +394,12 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await?;
-        Ok(existing
-            .item
-            .and_then(|i| i.get("messageId").and_then(|v| v.as_s().ok()).cloned()))
+        Ok(existing.item.and_then(|i| {
+            let seq = i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+            i.get("messageId")
+                .and_then(|v| v.as_s().ok())
+                .map(|id| (id.clone(), seq))
+        }))
     }
 
     /// Every membership of a connection, through the `byConnection` index.
@@ -372,21 +432,40 @@ impl DynamoStore {
 }
 
 impl Store for DynamoStore {
-    async fn connect(&self, connection: &Connection) -> Result<(), StoreError> {
-        let mut actions = vec![self.put(to_item(connection.key(), connection)?, None)];
-        if let Some(user) = connection.user_id.as_deref() {
-            // Every signed-in connection gets its personal channel; one without it would miss its
-            // notifications unnoticed, so it is refused instead.
-            let channel = ChannelId::user(user).map_err(|e| StoreError::InvalidUserId(e.to_string()))?;
-            let membership = Membership {
-                channel,
-                connection_id: connection.connection_id.clone(),
-                user_id: connection.user_id.clone(),
-                role: connection.role,
-                joined_at: connection.connected_at,
-                expires_at: connection.expires_at,
-            };
-            actions.extend(self.membership_actions(&membership)?);
+    async fn connect(&self, connection: &Connection, named: &[ChannelId]) -> Result<(), StoreError> {
+        // Every signed-in connection gets its personal channel; one without it would miss its
+        // notifications unnoticed, so it is refused instead.
+        let personal = match connection.user_id.as_deref() {
+            Some(user) => Some(ChannelId::user(user).map_err(|e| StoreError::InvalidUserId(e.to_string()))?),
+            None => None,
+        };
+        let mut item = to_item(connection.key(), connection)?;
+        // A string set, so join and leave can ADD and DELETE one channel without a read.
+        let joined: Vec<String> = named
+            .iter()
+            .filter(|c| c.kind().is_conversation())
+            .map(ToString::to_string)
+            .collect();
+        item.remove(JOINED);
+        if !joined.is_empty() {
+            item.insert(JOINED.to_owned(), AttributeValue::Ss(joined));
+        }
+        let mut actions = vec![self.put(item, None)];
+        let membership = |channel: ChannelId, history: Option<u32>| Membership {
+            channel,
+            connection_id: connection.connection_id.clone(),
+            user_id: connection.user_id.clone(),
+            role: connection.role,
+            joined_at: connection.connected_at,
+            expires_at: connection.expires_at,
+            history,
+        };
+        if let Some(channel) = &personal {
+            actions.extend(self.membership_actions(&membership(channel.clone(), None))?);
+        }
+        // A transaction may touch an item once: the personal channel is joined above already.
+        for channel in named.iter().filter(|c| Some(*c) != personal.as_ref()) {
+            actions.extend(self.membership_actions(&membership(channel.clone(), connection.history))?);
         }
         self.transact(actions).await?;
         Ok(())
@@ -443,10 +522,26 @@ impl Store for DynamoStore {
     }
 
     async fn join(&self, membership: &Membership) -> Result<(), StoreError> {
-        let mut actions = vec![self.exists_check(key_of(
-            keys::connection(&membership.connection_id),
-            keys::META.to_owned(),
-        ))];
+        let connection_key = key_of(keys::connection(&membership.connection_id), keys::META.to_owned());
+        let first = if membership.channel.kind().is_conversation() {
+            // Also remembered on the connection, for its default channel; same condition.
+            TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(connection_key))
+                        .update_expression("ADD #joined :ch")
+                        .condition_expression("attribute_exists(pk)")
+                        .expression_attribute_names("#joined", JOINED)
+                        .expression_attribute_values(":ch", AttributeValue::Ss(vec![membership.channel.to_string()]))
+                        .build()
+                        .expect("update is complete"),
+                )
+                .build()
+        } else {
+            self.exists_check(connection_key)
+        };
+        let mut actions = vec![first];
         actions.extend(self.membership_actions(membership)?);
         match self.transact(actions).await {
             Ok(()) => Ok(()),
@@ -456,11 +551,34 @@ impl Store for DynamoStore {
     }
 
     async fn leave(&self, channel: &ChannelId, connection_id: &str, user_id: Option<&str>) -> Result<bool, StoreError> {
-        match self.transact(self.leave_actions(channel, connection_id, user_id)).await {
-            Ok(()) => Ok(true),
-            Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => Ok(false),
-            Err(e) => Err(e.into()),
+        let left = match self.transact(self.leave_actions(channel, connection_id, user_id)).await {
+            Ok(()) => true,
+            Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if channel.kind().is_conversation() {
+            // Apart from the transaction, because $disconnect leaves after deleting the connection
+            // item; the condition keeps this from creating a bare one.
+            let forgotten = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+                .update_expression("DELETE #joined :ch")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#joined", JOINED)
+                .expression_attribute_values(":ch", AttributeValue::Ss(vec![channel.to_string()]))
+                .send()
+                .await;
+            match forgotten {
+                Ok(_) => {}
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(left)
     }
 
     async fn is_member(&self, channel: &ChannelId, connection_id: &str) -> Result<bool, StoreError> {
@@ -478,106 +596,187 @@ impl Store for DynamoStore {
 
     async fn post(&self, message: &Message, member: Option<&str>) -> Result<PostOutcome, StoreError> {
         let channel_pk = keys::channel(&message.channel);
-        let mut actions = Vec::with_capacity(3);
-        if let Some(connection_id) = member {
-            actions.push(self.exists_check(key_of(channel_pk.clone(), keys::connection(connection_id))));
-        }
         let dedupe_key = message
             .client_msg_id
             .as_deref()
             .map(|cmid| key_of(channel_pk.clone(), keys::dedupe(&message.sender_id, cmid)));
+        let member_check = member.map(|c| self.exists_check(key_of(channel_pk.clone(), keys::connection(c))));
+        let duplicate = |(message_id, seq)| PostOutcome {
+            message_id,
+            seq,
+            duplicate: true,
+        };
         if let Some(key) = &dedupe_key {
             // A retry is the common case: answer it with one read instead of a cancelled
             // transaction. The transaction's condition still settles concurrent duplicates.
-            if let Some(message_id) = self.deduped(key.clone()).await? {
+            if let Some(first) = self.deduped(key.clone()).await? {
                 if let Some(connection_id) = member {
                     if !self.is_member(&message.channel, connection_id).await? {
                         return Err(StoreError::NotMember);
                     }
                 }
-                return Ok(PostOutcome {
-                    message_id,
-                    duplicate: true,
-                });
+                return Ok(duplicate(first));
             }
-            let mut item = key.clone();
-            item.insert("messageId".to_owned(), s(&message.message_id));
-            item.insert(
-                crate::model::TTL_ATTRIBUTE.to_owned(),
-                n(crate::clock::now_secs() + self.retention.dedupe_secs),
-            );
-            actions.push(self.put(item, Some("attribute_not_exists(pk)")));
         }
-        actions.push(self.put(to_item(message.key(), message)?, None));
+        // History kinds take the next number of the channel's sequence in the same transaction,
+        // conditioned on the head still being where we read it: commits happen in sequence order.
+        let sequenced = message.kind.is_history();
+        for attempt in 0..SEQ_ATTEMPTS {
+            let mut message = message.clone();
+            let head = if sequenced {
+                let head = self.head(&message.channel).await?;
+                message.seq = Some(head + 1);
+                Some(head)
+            } else {
+                message.seq = None;
+                None
+            };
+            let mut actions = Vec::with_capacity(4);
+            actions.extend(member_check.clone());
+            if let Some(key) = &dedupe_key {
+                let mut item = key.clone();
+                item.insert("messageId".to_owned(), s(&message.message_id));
+                if let Some(seq) = message.seq {
+                    item.insert(SEQ.to_owned(), n(seq as i64));
+                }
+                item.insert(
+                    crate::model::TTL_ATTRIBUTE.to_owned(),
+                    n(crate::clock::now_secs() + self.retention.dedupe_secs),
+                );
+                actions.push(self.put(item, Some("attribute_not_exists(pk)")));
+            }
+            let head_index = actions.len();
+            if let Some(head) = head {
+                actions.push(self.advance_head(&message.channel, head));
+            }
+            actions.push(self.put(to_item(message.key(), &message)?, None));
 
-        let err = match self.transact(actions).await {
-            Ok(()) => {
-                return Ok(PostOutcome {
-                    message_id: message.message_id.clone(),
-                    duplicate: false,
-                })
+            let err = match self.transact(actions).await {
+                Ok(()) => {
+                    return Ok(PostOutcome {
+                        message_id: message.message_id.clone(),
+                        seq: message.seq,
+                        duplicate: false,
+                    })
+                }
+                Err(e) => e,
+            };
+            let Some(failed) = failed_conditions(&err) else {
+                return Err(err.into());
+            };
+            if member.is_some() && failed.first() == Some(&true) {
+                return Err(StoreError::NotMember);
             }
-            Err(e) => e,
-        };
-        let Some(failed) = failed_conditions(&err) else {
-            return Err(err.into());
-        };
-        let member_offset = usize::from(member.is_some());
-        if member.is_some() && failed.first() == Some(&true) {
-            return Err(StoreError::NotMember);
-        }
-        match dedupe_key {
-            Some(key) if failed.get(member_offset) == Some(&true) => {
-                let message_id = self
-                    .deduped(key)
-                    .await?
-                    .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
-                Ok(PostOutcome {
-                    message_id,
-                    duplicate: true,
-                })
+            if let Some(key) = &dedupe_key {
+                if failed.get(usize::from(member.is_some())) == Some(&true) {
+                    let first = self
+                        .deduped(key.clone())
+                        .await?
+                        .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
+                    return Ok(duplicate(first));
+                }
             }
-            _ => Err(err.into()),
+            if !(sequenced && failed.get(head_index) == Some(&true)) {
+                return Err(err.into());
+            }
+            // Another send took this number: read the head again, after a short random pause
+            // so that racing senders spread out.
+            let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         }
+        Err(StoreError::Contended)
     }
 
-    async fn history(&self, channel: &ChannelId, before: Option<&str>, limit: u32) -> Result<HistoryPage, StoreError> {
-        let mut query = self
+    async fn history(&self, channel: &ChannelId, cursor: HistoryCursor, limit: u32) -> Result<HistoryPage, StoreError> {
+        let (from, to, forward) = match cursor {
+            HistoryCursor::Latest => (1, u64::MAX, false),
+            HistoryCursor::Before(before) => (1, before.saturating_sub(1), false),
+            HistoryCursor::After(after) => (after.saturating_add(1), u64::MAX, true),
+        };
+        if from > to {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                before: None,
+                after: None,
+                complete: matches!(cursor, HistoryCursor::After(_)).then_some(false),
+            });
+        }
+        let out = self
             .client
             .query()
             .table_name(&self.table)
-            .scan_index_forward(false)
+            .scan_index_forward(forward)
             .consistent_read(true)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
             .expression_attribute_values(":pk", s(keys::channel(channel)))
-            // One more than asked, to know whether an older page exists.
-            .limit(limit as i32 + 1);
-        query = match before {
-            // ULIDs are fixed-length, so "MSG#" < "MSG#<older>" < "MSG#<before>".
-            Some(before) => query
-                .key_condition_expression("pk = :pk AND sk < :before")
-                .expression_attribute_values(":before", s(keys::message(before)))
-                .filter_expression("begins_with(sk, :msg)")
-                .expression_attribute_values(":msg", s(keys::MSG_PREFIX)),
-            None => query
-                .key_condition_expression("pk = :pk AND begins_with(sk, :msg)")
-                .expression_attribute_values(":msg", s(keys::MSG_PREFIX)),
+            .expression_attribute_values(":from", s(keys::message(from)))
+            .expression_attribute_values(":to", s(keys::message(to)))
+            // One more than asked, to know whether another page exists.
+            .limit(limit as i32 + 1)
+            .send()
+            .await?;
+        let now = crate::clock::now_secs();
+        let mut messages = Vec::new();
+        let mut more = false;
+        let mut expired = false;
+        for item in out.items.unwrap_or_default() {
+            if messages.len() == limit as usize {
+                more = true;
+                break;
+            }
+            let message: Message = serde_dynamo::from_item(item)?;
+            if message.seq.is_none() {
+                continue; // written before messages were numbered; not part of the sequence
+            }
+            // DynamoDB deletes expired items only eventually; past its retention a message is
+            // gone, whether or not the TTL sweep got to it yet.
+            if message.expires_at <= now {
+                expired = true;
+                continue;
+            }
+            messages.push(message);
+        }
+        if !forward {
+            messages.reverse();
+            let before = more.then(|| messages.first().and_then(|m| m.seq)).flatten();
+            return Ok(HistoryPage {
+                messages,
+                before,
+                after: None,
+                complete: None,
+            });
+        }
+        let HistoryCursor::After(after) = cursor else {
+            unreachable!("only recovery reads forward")
         };
-        let out = query.send().await?;
-        let mut messages: Vec<Message> = out
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(serde_dynamo::from_item)
-            .collect::<Result<_, _>>()?;
-        let more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
-        messages.reverse();
-        let before = if more {
-            messages.first().map(|m| m.message_id.clone())
-        } else {
-            None
-        };
-        Ok(HistoryPage { messages, before })
+        // Complete when nothing between the point and this page is missing: the page starts
+        // right after the point, or the point is the head itself.
+        let complete = !expired
+            && match messages.first().and_then(|m| m.seq) {
+                Some(first) => first == after + 1,
+                None => after == self.head(channel).await?,
+            };
+        Ok(HistoryPage {
+            after: more.then(|| messages.last().and_then(|m| m.seq)).flatten(),
+            messages,
+            before: None,
+            complete: Some(complete),
+        })
+    }
+
+    async fn head(&self, channel: &ChannelId) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(out
+            .item
+            .and_then(|i| i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
+            .unwrap_or(0))
     }
 
     async fn progress(&self, doc_id: &str) -> Result<Option<Value>, StoreError> {

@@ -9,102 +9,25 @@
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { REPO, startStack } from '../support/stack.mjs';
+import { connectionsOf, deleteConnection } from '../support/aws.mjs';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const WSFAN = path.join(REPO, 'target', 'debug', 'wsfan');
 const ARTIFACTS = path.join(REPO, 'tests', 'artifacts');
 const DEMO_HTML = path.join(REPO, 'local', 'demo', 'index.html');
 const FROM_DISK = process.env.WSFAN_DEMO_FROM_DISK === '1';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const READY_TIMEOUT_MS = 120_000;
 const STEP_TIMEOUT_MS = 30_000;
-const READY_LINE = /^wsfan dev ready: (http:\/\/\S+?)\/? (ws:\/\/\S+)\s*$/m;
 
-let stack = null; // the `wsfan dev` child process
-let stackLog = ''; // its stderr, the last part, to print when something fails
+let stack = null; // the running `wsfan dev`
 let browser = null;
 let baseUrl = null;
 let messageId = null; // alice's message, reacted to later
 const pages = {}; // name -> page
 const pageErrors = []; // uncaught errors and console errors of the pages
-
-function tail(text, lines = 60) {
-  return text.split('\n').slice(-lines).join('\n');
-}
-
-function startStack() {
-  if (!existsSync(WSFAN)) {
-    throw new Error(`${WSFAN} is missing: run cargo build --workspace --bins first`);
-  }
-  // Its own process group, so that stopping it also stops what it started (moto, the Lambdas).
-  stack = spawn(WSFAN, ['dev', '--port', '0', '--moto-port', '0'], {
-    cwd: REPO,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: true,
-    env: { ...process.env, WSFAN_LOG_FORMAT: 'text' },
-  });
-  stack.stderr.setEncoding('utf8');
-  stack.stderr.on('data', (chunk) => {
-    stackLog = (stackLog + chunk).slice(-64 * 1024);
-  });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => {
-      reject(new Error(`wsfan dev printed no ready line within ${READY_TIMEOUT_MS / 1000} s\n` +
-        `stdout:\n${out}\nstderr (tail):\n${tail(stackLog)}`));
-    }, READY_TIMEOUT_MS);
-    stack.stdout.setEncoding('utf8');
-    stack.stdout.on('data', (chunk) => {
-      out += chunk;
-      const m = READY_LINE.exec(out);
-      if (m && !baseUrl) {
-        baseUrl = m[1];
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    stack.on('error', (e) => { clearTimeout(timer); reject(e); });
-    stack.on('exit', (code, signal) => {
-      if (!baseUrl) {
-        clearTimeout(timer);
-        reject(new Error(`wsfan dev exited (code ${code}, signal ${signal}) before it was ready\n` +
-          `stdout:\n${out}\nstderr (tail):\n${tail(stackLog)}`));
-      }
-    });
-  });
-}
-
-function killGroup(signal) {
-  try {
-    process.kill(-stack.pid, signal);
-  } catch (e) {
-    if (e.code !== 'ESRCH') throw e;
-  }
-}
-
-async function stopStack() {
-  if (!stack || stack.exitCode !== null || stack.signalCode !== null) return;
-  const exited = new Promise((resolve) => stack.once('exit', resolve));
-  killGroup('SIGTERM');
-  const timeout = new Promise((resolve) => setTimeout(() => resolve('timeout'), 5000));
-  if ((await Promise.race([exited, timeout])) === 'timeout') {
-    killGroup('SIGKILL');
-    await exited;
-  }
-  killGroup('SIGKILL'); // anything of the group still left
-}
-
-// A stack left running would outlive the test: stop it however the process ends.
-process.on('exit', () => {
-  if (stack && stack.exitCode === null && stack.signalCode === null) {
-    try { process.kill(-stack.pid, 'SIGKILL'); } catch (_) { /* gone already */ }
-  }
-});
 
 async function openAs(name) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
@@ -141,7 +64,8 @@ const messageWithText = (page, text) => page.locator('.message[data-message-id]'
 describe('wsfan dev demo page', { timeout: 180_000 }, () => {
   before(async () => {
     mkdirSync(ARTIFACTS, { recursive: true });
-    await startStack();
+    stack = await startStack();
+    baseUrl = stack.baseUrl;
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -155,9 +79,11 @@ describe('wsfan dev demo page', { timeout: 180_000 }, () => {
       if (!screenshotsTaken) await screenshots(); // what the pages showed when something failed
       if (browser) await browser.close().catch(() => {});
     } finally {
-      await stopStack();
-      // What the stack logged (the last 64 KB), to read when a step failed.
-      writeFileSync(path.join(ARTIFACTS, 'wsfan-dev.log'), stackLog);
+      if (stack) {
+        await stack.stop();
+        // What the stack logged (the last part), to read when a step failed.
+        writeFileSync(path.join(ARTIFACTS, 'wsfan-dev.log'), stack.log());
+      }
     }
   });
 
@@ -293,8 +219,52 @@ describe('wsfan dev demo page', { timeout: 180_000 }, () => {
     await erin.locator(`.message[data-message-id="${messageId}"] .reaction[data-emoji="👍"][data-count="1"]`).waitFor();
     await erin.locator('#load-older').waitFor({ state: 'hidden' }); // that was the oldest page
     assert.equal(await erin.locator('.message[data-message-id]').count(), 23);
-    // The messages are in time order, oldest first.
-    const ids = await erin.locator('.message[data-message-id]').evaluateAll((els) => els.map((e) => e.dataset.messageId));
-    assert.deepEqual(ids, [...ids].sort());
+    // The messages are in the order they were stored (the channel's sequence), oldest first.
+    const seqs = await erin.locator('.message[data-message-id]').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+    assert.equal(new Set(seqs).size, 23);
+  });
+
+  it('alice cut off from the server gets everything bob sent meanwhile, once, and who is here', async () => {
+    const { alice, bob } = pages;
+    const frank = await openAs('frank'); // leaves while alice is away
+    await alice.locator('#presence .presence-user[data-user-id="frank"]').waitFor();
+    // Hold alice's reconnect at its token request until bob has sent everything.
+    let release;
+    const gate = new Promise((resolve) => { release = resolve; });
+    await alice.route('**/dev/token**', async (route) => { await gate; await route.continue(); });
+
+    const [connectionId] = await connectionsOf(stack.env, 'workspace:demo', 'alice');
+    assert.ok(connectionId, "alice's connection is in the table");
+    assert.equal(await deleteConnection(baseUrl, 'local', connectionId), 204);
+    await alice.locator('#status:not([data-state="online"])').waitFor();
+
+    // Meanwhile: more than a page of messages (the latest page alone would miss some), frank
+    // leaves and grace arrives.
+    const away = Array.from({ length: 25 }, (_, i) => `while alice was away (${i + 1})`);
+    await bob.evaluate((bodies) => {
+      bodies.forEach((body, i) => window.wsfanDemo.send({ action: 'sendMessage', channel: 'workspace:demo', body, clientMsgId: `away-${i}` }));
+    }, away);
+    await messageWithText(bob, away[away.length - 1]).waitFor();
+    await frank.context().close();
+    delete pages.frank;
+    await bob.locator('#presence .presence-user[data-user-id="frank"]').waitFor({ state: 'detached' });
+    const grace = await openAs('grace');
+    await bob.locator('#presence .presence-user[data-user-id="grace"]').waitFor();
+    assert.equal(await messageWithText(alice, away[0]).count(), 0, 'alice is really away');
+
+    release(); // the route lets every later token request through too
+    await alice.locator('#status[data-state="online"]').waitFor();
+    await messageWithText(alice, away[away.length - 1]).waitFor();
+    await alice.waitForTimeout(300); // let any duplicate push land before counting
+    for (const body of away) {
+      assert.equal(await messageWithText(alice, body).count(), 1, body);
+    }
+    const order = await alice.locator('.message[data-message-id]').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    assert.deepEqual(order, [...order].sort((a, b) => a - b), 'in sequence order');
+    const present = await alice.locator('#presence .presence-user').evaluateAll((els) => els.map((e) => e.dataset.userId));
+    assert.deepEqual([...present].sort(), ['alice', 'bob', 'dave', 'erin', 'grace']);
+    await grace.context().close();
+    delete pages.grace;
   });
 });

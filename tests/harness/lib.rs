@@ -140,6 +140,15 @@ impl TestTable {
             .item
     }
 
+    /// A history item (message, reaction, receipt) by its message id; they are keyed by sequence.
+    pub async fn message(&self, pk: &str, message_id: &str) -> Option<Item> {
+        self.partition(pk)
+            .await
+            .into_iter()
+            .find(|(sk, i)| sk.starts_with("MSG#") && s(i, "messageId") == message_id)
+            .map(|(_, i)| i)
+    }
+
     pub async fn put(&self, item: HashMap<String, AttributeValue>) {
         self.client
             .put_item()
@@ -173,6 +182,9 @@ pub struct Rig {
     pub server: wsfan_local::connections::ConnectionsServer,
     pub broadcaster: wsfan_shared::broadcaster::Broadcaster<DynamoStore>,
     pub streams: wsfan_local::sources::StreamReader,
+    /// The stream's failure destination: a queue of its own on moto.
+    pub failures: wsfan_shared::publisher::FailureQueue,
+    pub failures_url: String,
 }
 
 impl Rig {
@@ -192,12 +204,51 @@ impl Rig {
             &table.stream_arn,
             true,
         );
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let name = format!("wsfan-failures-{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let spec = wsfan_local::sources::QueueSpec {
+            name: &name,
+            fifo: false,
+            visibility_timeout_seconds: 30,
+            redrive: None,
+        };
+        let (failures_url, _) = wsfan_local::sources::create_queue(&sqs, spec)
+            .await
+            .expect("creating the failure queue");
         Rig {
             table,
             server,
             broadcaster,
             streams,
+            failures: wsfan_shared::publisher::FailureQueue::new(sqs, failures_url.clone()),
+            failures_url,
         }
+    }
+
+    /// Runs stream-fanout over one batch, with this rig's failure destination.
+    pub async fn stream_fanout(
+        &self,
+        batch: aws_lambda_events::dynamodb::Event,
+    ) -> aws_lambda_events::streams::DynamoDbEventResponse {
+        stream_fanout::handle(&self.table.store, &self.broadcaster, &self.failures, batch).await
+    }
+
+    /// The bodies waiting in the failure destination, parsed (and left there).
+    pub async fn parked(&self) -> Vec<serde_json::Value> {
+        let sqs = aws_sdk_sqs::Client::new(&moto::shared().sdk_config().await);
+        let out = sqs
+            .receive_message()
+            .queue_url(&self.failures_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive_message");
+        out.messages
+            .unwrap_or_default()
+            .iter()
+            .map(|m| serde_json::from_str(m.body.as_deref().unwrap_or("")).expect("failure bodies are JSON"))
+            .collect()
     }
 
     /// Everything written to the table since the last call, as one stream batch.
@@ -209,7 +260,7 @@ impl Rig {
     /// Runs stream-fanout over everything written since the last call.
     pub async fn run_stream_fanout(&mut self) -> aws_lambda_events::streams::DynamoDbEventResponse {
         let batch = self.stream_batch().await;
-        stream_fanout::handle(&self.table.store, &self.broadcaster, batch).await
+        self.stream_fanout(batch).await
     }
 
     /// Frames a connection received, parsed.

@@ -22,7 +22,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
 use wsfan_shared::channel::ChannelId;
-use wsfan_shared::progress::{InvalidProgress, ProgressEvent};
+use wsfan_shared::progress::{InvalidProgress, ProgressEvent, ProgressKind};
 use wsfan_shared::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,19 @@ pub async fn apply<S: Store, D: Deliver>(
     deliver: &D,
     event: &ProgressEvent,
 ) -> Result<Applied, MessageError> {
+    let filled;
+    let event = if event.kind == ProgressKind::ProcessingComplete && event.pages_processed.is_none() {
+        // Done, all pages: the total comes from the snapshot this event ends.
+        let known_total = store
+            .progress(&event.doc_id)
+            .await?
+            .and_then(|s| s.get("totalPages").and_then(serde_json::Value::as_u64))
+            .and_then(|n| u32::try_from(n).ok());
+        filled = event.clone().with_counts_filled(known_total);
+        &filled
+    } else {
+        event
+    };
     if !store.record_progress(event).await? {
         return Ok(Applied::Stale);
     }

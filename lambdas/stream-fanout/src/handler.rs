@@ -5,6 +5,11 @@
 //! record that cannot be handled is reported in `batchItemFailures` by its sequence number, and so
 //! is every later record of the same channel in the batch, so that the retry (which starts from
 //! the failed record) replays them in order instead of delivering them ahead of it.
+//!
+//! A record that can never be used (a message item that breaks the contract, say one a backend
+//! wrote without a body) is not retried: it goes to the stream's failure destination at once,
+//! with the reason, and the records behind it go on. A membership written with `history` (asked
+//! for at connect) sends that page of the channel's history to that one connection.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -13,10 +18,15 @@ pub const ENV: &[&str] = &[
     "CONNECTIONS_ENDPOINT",
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",
+    "FAILURE_QUEUE_URL",
 ];
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
 pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[keys::MSG_PREFIX, keys::EVT_PREFIX, keys::USER_PREFIX];
+
+/// Memberships (`CONN#`) matter only when inserted with this attribute; the stream filter lets
+/// exactly those through.
+pub const HISTORY_REQUEST_ATTRIBUTE: &str = "history";
 
 /// Channels whose records are worked on at once within one batch.
 const CHANNELS_IN_FLIGHT: usize = 16;
@@ -25,10 +35,11 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use serde_dynamo::AttributeValue;
 use wsfan_shared::batch::{in_key_order, Outcome};
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
+use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
-use wsfan_shared::protocol::{PresenceState, ServerFrame};
+use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
+use wsfan_shared::publisher::FailureQueue;
 use wsfan_shared::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +50,8 @@ pub enum RecordError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broadcast(#[from] BroadcastError),
+    #[error("could not reach the failure destination: {0}")]
+    Park(String),
 }
 
 /// A frame to push to every member of a channel.
@@ -46,6 +59,40 @@ pub enum RecordError {
 pub struct Push {
     pub channel: ChannelId,
     pub frame: ServerFrame,
+}
+
+/// What one record asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    Push(Push),
+    /// The last `limit` messages of `channel`, to `connection_id` only.
+    History {
+        channel: ChannelId,
+        connection_id: String,
+        limit: u32,
+    },
+}
+
+/// Where records that can never be used go: the stream's on-failure destination.
+pub trait FailureDestination: Send + Sync {
+    fn park(&self, body: String) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+impl FailureDestination for FailureQueue {
+    async fn park(&self, body: String) -> Result<(), String> {
+        self.send(body).await.map_err(|e| e.to_string())
+    }
+}
+
+/// What the failure destination receives: the reason and the record as the stream gave it.
+pub fn failure_body(record: &EventRecord, reason: &str) -> String {
+    serde_json::json!({
+        "condition": "UnusableRecord",
+        "reason": reason,
+        "function": "stream-fanout",
+        "record": record,
+    })
+    .to_string()
 }
 
 fn string_key<'a>(record: &'a EventRecord, name: &str) -> Result<&'a str, RecordError> {
@@ -59,8 +106,16 @@ fn has_connections(image: &serde_dynamo::Item) -> bool {
     matches!(image.get("connections"), Some(AttributeValue::Ss(set)) if !set.is_empty())
 }
 
-/// Decides what a record means (`None`: nothing to push). Pure: no I/O.
-pub fn classify(record: &EventRecord) -> Result<Option<Push>, RecordError> {
+fn channel_of(record: &EventRecord) -> Result<ChannelId, RecordError> {
+    string_key(record, "pk")?
+        .strip_prefix(keys::CHAN_PREFIX)
+        .ok_or_else(|| RecordError::Malformed("item outside a channel".into()))?
+        .parse()
+        .map_err(|e| RecordError::Malformed(format!("channel: {e}")))
+}
+
+/// Decides what a record means (`None`: nothing to do). Pure: no I/O.
+pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
     let sk = string_key(record, "sk")?;
     let is_message = sk.starts_with(keys::MSG_PREFIX) || sk.starts_with(keys::EVT_PREFIX);
     if is_message {
@@ -68,19 +123,46 @@ pub fn classify(record: &EventRecord) -> Result<Option<Push>, RecordError> {
         if record.event_name != "INSERT" {
             return Ok(None);
         }
-        let message: Message = serde_dynamo::from_item(record.change.new_image.clone())
-            .map_err(|e| RecordError::Malformed(format!("message image: {e}")))?;
-        return Ok(Some(Push {
+        let mut item = record.change.new_image.clone();
+        // Old records' images may lack the keys; the record's keys are always there.
+        for (name, value) in record.change.keys.iter() {
+            item.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        let message = Message::from_stream_item(item).map_err(|e| RecordError::Malformed(e.to_string()))?;
+        let frame = message.to_frame();
+        // A backend can write a body no frame can carry; no retry would ever deliver it.
+        let size = frame.to_json().len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(RecordError::Malformed(format!(
+                "the frame would be {size} bytes; @connections takes at most {MAX_PAYLOAD_BYTES}"
+            )));
+        }
+        return Ok(Some(Work::Push(Push {
             channel: message.channel.clone(),
-            frame: message.to_frame(),
+            frame,
+        })));
+    }
+    if let Some(connection_id) = sk.strip_prefix(keys::CONN_PREFIX) {
+        if record.event_name != "INSERT" {
+            return Ok(None);
+        }
+        let limit = match record.change.new_image.get(HISTORY_REQUEST_ATTRIBUTE) {
+            None => return Ok(None),
+            Some(AttributeValue::N(n)) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+                .ok_or_else(|| RecordError::Malformed(format!("history {n} is not 1-{MAX_HISTORY_LIMIT}")))?,
+            Some(other) => return Err(RecordError::Malformed(format!("history is {other:?}, not a number"))),
+        };
+        return Ok(Some(Work::History {
+            channel: channel_of(record)?,
+            connection_id: connection_id.to_owned(),
+            limit,
         }));
     }
     if let Some(user_id) = sk.strip_prefix(keys::USER_PREFIX) {
-        let channel: ChannelId = string_key(record, "pk")?
-            .strip_prefix(keys::CHAN_PREFIX)
-            .ok_or_else(|| RecordError::Malformed("presence item outside a channel".into()))?
-            .parse()
-            .map_err(|e| RecordError::Malformed(format!("presence channel: {e}")))?;
+        let channel = channel_of(record)?;
         // Only the user's own devices are in user:<sub>; telling them about themselves is noise.
         if channel.kind() == ChannelKind::User {
             return Ok(None);
@@ -98,9 +180,31 @@ pub fn classify(record: &EventRecord) -> Result<Option<Push>, RecordError> {
             user_id: user_id.to_owned(),
             state,
         };
-        return Ok(Some(Push { channel, frame }));
+        return Ok(Some(Work::Push(Push { channel, frame })));
     }
     Ok(None)
+}
+
+/// Sends a page of history to the one connection that asked for it at connect.
+async fn send_history<S: Store, D: Deliver>(
+    store: &S,
+    deliver: &D,
+    channel: &ChannelId,
+    connection_id: &str,
+    limit: u32,
+) -> Result<Counters, RecordError> {
+    let page = store.history(channel, HistoryCursor::Latest, limit).await?;
+    let frame = ServerFrame::History {
+        channel: channel.to_string(),
+        messages: page.messages.iter().map(Message::to_frame).collect(),
+        before: page.before,
+        after: None,
+        complete: None,
+    };
+    let report = deliver
+        .deliver(vec![connection_id.to_owned()], frame.to_json().as_bytes())
+        .await?;
+    Ok(report.counters)
 }
 
 async fn push<S: Store, D: Deliver>(
@@ -130,7 +234,12 @@ async fn push<S: Store, D: Deliver>(
 }
 
 /// Handles one batch and returns the records to retry.
-pub async fn handle<S: Store, D: Deliver>(store: &S, deliver: &D, event: Event) -> DynamoDbEventResponse {
+pub async fn handle<S: Store, D: Deliver, F: FailureDestination>(
+    store: &S,
+    deliver: &D,
+    failures: &F,
+    event: Event,
+) -> DynamoDbEventResponse {
     let work: Vec<_> = event
         .records
         .iter()
@@ -141,9 +250,24 @@ pub async fn handle<S: Store, D: Deliver>(store: &S, deliver: &D, event: Event) 
         .map(|(record, action)| (string_key(record, "pk").unwrap_or("?").to_owned(), (record, action)))
         .collect();
 
-    let outcomes = in_key_order(work, CHANNELS_IN_FLIGHT, async |(_, action)| match action {
-        Ok(Push { channel, frame }) => push(store, deliver, channel, frame).await,
-        Err(e) => Err(RecordError::Malformed(e.to_string())),
+    let outcomes = in_key_order(work, CHANNELS_IN_FLIGHT, async |(record, action)| match action {
+        Ok(Work::Push(Push { channel, frame })) => push(store, deliver, channel, frame).await,
+        Ok(Work::History {
+            channel,
+            connection_id,
+            limit,
+        }) => send_history(store, deliver, channel, connection_id, *limit).await,
+        // Retrying cannot make it usable: off to the failure destination now, and the channel
+        // goes on. Only when that fails is the record retried.
+        Err(e) => {
+            let reason = e.to_string();
+            failures
+                .park(failure_body(record, &reason))
+                .await
+                .map_err(RecordError::Park)?;
+            tracing::warn!(event_id = %record.event_id, %reason, "unusable record sent to the failure destination");
+            Ok(Counters::default())
+        }
     })
     .await;
 

@@ -7,9 +7,10 @@ use wsfan_shared::broadcaster::Broadcaster;
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (store, broadcaster) = Broadcaster::from_env().await?;
-    let (store, broadcaster) = (&store, &broadcaster);
+    let failures = wsfan_shared::publisher::FailureQueue::from_env().await?;
+    let (store, broadcaster, failures) = (&store, &broadcaster, &failures);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, event.payload).await)
+        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, failures, event.payload).await)
     }))
     .await
 }

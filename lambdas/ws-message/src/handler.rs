@@ -57,14 +57,25 @@ struct Route<'a, S> {
     request: &'a RouteRequest,
 }
 
+fn not_connected() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NotConnected,
+        "this connection is no longer registered; reconnect",
+    )
+}
+
 fn store_error(channel: &ChannelId, e: StoreError) -> ProtocolError {
     match e {
-        StoreError::NotConnected => ProtocolError::new(
-            ErrorCode::NotConnected,
-            "this connection is no longer registered; reconnect",
-        ),
+        StoreError::NotConnected => not_connected(),
         StoreError::NotMember => {
             ProtocolError::new(ErrorCode::NotMember, format!("join {channel} before posting to it"))
+        }
+        StoreError::Contended => {
+            tracing::warn!(%channel, "sequence contention: gave up");
+            ProtocolError::new(
+                ErrorCode::Internal,
+                format!("{channel} is too busy right now; send again with the same clientMsgId"),
+            )
         }
         other => {
             tracing::error!(%channel, error = %other, "store failure");
@@ -119,8 +130,11 @@ impl<S: Store> Route<'_, S> {
                     .present(&channel, MAX_PRESENT_USERS)
                     .await
                     .map_err(|e| store_error(&channel, e))?;
+                // Read after the membership committed: everything after it is pushed to us.
+                let head = self.store.head(&channel).await.map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::Joined {
                     channel: channel.to_string(),
+                    head,
                     present,
                 })
             }
@@ -140,6 +154,7 @@ impl<S: Store> Route<'_, S> {
                 body,
                 client_msg_id,
             } => {
+                let channel = self.channel_or_default(channel).await?;
                 let mut message = self.message(identity, MessageKind::Message, &channel)?;
                 message.body = Some(body);
                 message.client_msg_id = client_msg_id;
@@ -150,17 +165,20 @@ impl<S: Store> Route<'_, S> {
                 message_id,
                 emoji,
             } => {
+                let channel = self.channel_or_default(channel).await?;
                 let mut message = self.message(identity, MessageKind::Reaction, &channel)?;
                 message.target_id = Some(message_id);
                 message.emoji = Some(emoji);
                 Some(self.post("react", message).await?)
             }
             ClientFrame::Read { channel, message_id } => {
+                let channel = self.channel_or_default(channel).await?;
                 let mut message = self.message(identity, MessageKind::Receipt, &channel)?;
                 message.target_id = Some(message_id);
                 Some(self.post("read", message).await?)
             }
             ClientFrame::Typing { channel } => {
+                let channel = self.channel_or_default(channel).await?;
                 // Typing is fire-and-forget: no ack, to keep the chatter down.
                 let message = self.message(identity, MessageKind::Typing, &channel)?;
                 self.post("typing", message).await?;
@@ -177,23 +195,55 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::Subscribed { doc_id, snapshot })
             }
-            ClientFrame::History { channel, before, limit } => {
+            ClientFrame::History { channel, cursor, limit } => {
                 require_read(identity, &channel)?;
                 let page = self
                     .store
-                    .history(&channel, before.as_deref(), limit)
+                    .history(&channel, cursor, limit)
                     .await
                     .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::History {
                     channel: channel.to_string(),
-                    messages: page.messages.iter().map(Message::to_event).collect(),
+                    messages: page.messages.iter().map(Message::to_frame).collect(),
                     before: page.before,
+                    after: page.after,
+                    complete: page.complete,
+                })
+            }
+            ClientFrame::Presence { channel } => {
+                let channel = self.channel_or_default(channel).await?;
+                require_read(identity, &channel)?;
+                let present = self
+                    .store
+                    .present(&channel, MAX_PRESENT_USERS)
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
+                Some(ServerFrame::Present {
+                    channel: channel.to_string(),
+                    present,
                 })
             }
             ClientFrame::Ping => Some(ServerFrame::Pong {
                 at: clock::now_millis(),
             }),
         })
+    }
+
+    /// The channel a frame named, or else the connection's default channel (one read).
+    async fn channel_or_default(&self, named: Option<ChannelId>) -> Result<ChannelId, ProtocolError> {
+        if let Some(channel) = named {
+            return Ok(channel);
+        }
+        let connection = self
+            .store
+            .connection(&self.request.connection_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading the connection item");
+                ProtocolError::new(ErrorCode::Internal, "the connection could not be read; try again")
+            })?
+            .ok_or_else(not_connected)?;
+        ClientFrame::default_channel(&connection.joined)
     }
 
     async fn join(&self, identity: &Identity, channel: &ChannelId) -> Result<(), ProtocolError> {
@@ -211,6 +261,7 @@ impl<S: Store> Route<'_, S> {
             joined_at: clock::now_millis(),
             // A membership lives as long as its connection can.
             expires_at: connected_secs + self.retention.connection_secs,
+            history: None,
         };
         self.store.join(&membership).await.map_err(|e| store_error(channel, e))
     }
@@ -227,6 +278,7 @@ impl<S: Store> Route<'_, S> {
             kind,
             channel: channel.clone(),
             message_id: ulid::Ulid::generate().to_string(),
+            seq: None,
             sender_id: identity.sender_id().to_owned(),
             body: None,
             client_msg_id: None,
@@ -248,6 +300,7 @@ impl<S: Store> Route<'_, S> {
             channel: message.channel.to_string(),
             message_id: outcome.message_id,
             client_msg_id: message.client_msg_id,
+            seq: outcome.seq,
             duplicate: outcome.duplicate,
         })
     }

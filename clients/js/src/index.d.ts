@@ -1,0 +1,177 @@
+// Types of the wsfan client (src/index.js).
+
+/** connecting → recovering (rejoining, fetching what was missed) → connected; offline between. */
+export type ConnectionState = 'connecting' | 'recovering' | 'connected' | 'offline';
+
+export interface ClientOptions {
+  /** The JWT, or a function returning it (or a promise of it), called before every (re)connect. */
+  token?: string | (() => string | Promise<string>);
+  /** A WebSocket constructor where there is no global one (Node < 22: the `ws` package). */
+  WebSocket?: unknown;
+  /** Reconnect delays: full jitter, random(0, min(backoffMaxMs, backoffBaseMs * 2^attempt)). */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  /** A ping this often keeps API Gateway's 10-minute idle timeout away (default 4 minutes). */
+  keepaliveMs?: number;
+  /** No pong this long after a ping: the connection is dead; reconnect (default 20 s). */
+  pongTimeoutMs?: number;
+  /** Reconnect on our own terms before API Gateway's 2-hour limit (default 110 minutes). */
+  maxConnectionMs?: number;
+  /** How long to wait for the answer to a join, history page, reaction (default 15 s). */
+  answerTimeoutMs?: number;
+  /** Resend an unacknowledged message (same clientMsgId) after this long (default 10 s). */
+  resendAfterMs?: number;
+  /** Sends awaiting an ack at once; later ones wait in the outbox (default 20). */
+  maxInFlight?: number;
+  /** Messages per recovery page (1-100, default 100). */
+  historyPageSize?: number;
+}
+
+interface ChatBase {
+  channel: string;
+  /** Unique; what at-least-once delivery repeats. */
+  messageId: string;
+  /** The channel's sequence number: gapless, in commit order. */
+  seq: number;
+  senderId: string;
+  sentAt: number;
+}
+
+export interface ChatMessage extends ChatBase {
+  type: 'message';
+  body: string;
+  clientMsgId?: string;
+}
+
+export interface Reaction extends ChatBase {
+  type: 'reaction';
+  targetId: string;
+  emoji: string;
+}
+
+export interface Receipt extends ChatBase {
+  type: 'receipt';
+  targetId: string;
+}
+
+export interface Typing {
+  type: 'typing';
+  channel: string;
+  messageId: string;
+  senderId: string;
+  sentAt: number;
+}
+
+export interface Presence {
+  type: 'presence';
+  channel: string;
+  userId: string;
+  state: 'join' | 'leave';
+}
+
+export interface Joined {
+  channel: string;
+  /** Everyone in the channel now (the caller included): replace the list with it. */
+  present: string[];
+  /** The channel's last sequence number when the join committed. */
+  head: number;
+}
+
+export interface Progress {
+  type: 'processing_started' | 'progress' | 'processing_complete' | 'error';
+  docId: string;
+  pagesProcessed?: number;
+  totalPages?: number;
+  errorCode?: string;
+  message?: string;
+  recoverable?: boolean;
+}
+
+export interface Ack {
+  type: 'ack';
+  action: string;
+  channel: string;
+  messageId: string;
+  clientMsgId?: string;
+  seq?: number;
+  duplicate: boolean;
+}
+
+export interface HistoryPage {
+  type: 'history';
+  channel: string;
+  /** Oldest first. */
+  messages: Array<ChatMessage | Reaction | Receipt>;
+  /** Pass as `before` for the page before this one; absent on the oldest page. */
+  before?: number;
+}
+
+export interface ClientError {
+  code: string;
+  message: string;
+}
+
+/** Recovery could not be exact: messages expired past the retention, or the point is unknown. Reload the channel. */
+export interface Reset {
+  channel: string;
+  reason: 'expired' | 'unknown';
+  lastSeq: number | null;
+  head?: number;
+}
+
+export interface StateChange {
+  state: ConnectionState;
+  attempt?: number;
+  closed?: boolean;
+  code?: number;
+  reason?: string;
+}
+
+export interface Events {
+  message: ChatMessage;
+  reaction: Reaction;
+  receipt: Receipt;
+  typing: Typing;
+  presence: Presence;
+  joined: Joined;
+  progress: Progress;
+  reset: Reset;
+  error: ClientError;
+  state: StateChange;
+  connecting: { attempt?: number };
+  recovering: Record<string, never>;
+  connected: Record<string, never>;
+  /** Why: the close code and reason (1006: the connection dropped without a close frame). */
+  offline: { closed?: boolean; code?: number; reason?: string };
+  reconnecting: { attempt: number; delay: number };
+}
+
+export class WsfanClient {
+  constructor(url: string, options?: ClientOptions);
+  readonly state: ConnectionState;
+  on<E extends keyof Events>(event: E, listener: (value: Events[E]) => void): () => void;
+  off<E extends keyof Events>(event: E, listener: (value: Events[E]) => void): void;
+  open(): Promise<void>;
+  close(): void;
+  /** Drops the connection and reconnects (recovering what it misses meanwhile). */
+  reconnect(reason?: string): void;
+  /** Joins and keeps rejoining. `after`: a `seq` saved earlier, to recover from there. */
+  join(channel: string, options?: { after?: number }): Promise<Joined>;
+  leave(channel: string): Promise<void>;
+  /** The last `seq` delivered for a channel. */
+  lastSeq(channel: string): number | null;
+  /** Sent now or after the next reconnect, resent until acknowledged, stored once. */
+  send(channel: string, body: string, options?: { clientMsgId?: string }): Promise<Ack>;
+  /** Sends not acknowledged yet. */
+  pending(): Array<{ action: 'sendMessage'; channel: string; body: string; clientMsgId: string }>;
+  react(channel: string, messageId: string, emoji: string): Promise<Ack>;
+  read(channel: string, messageId: string): Promise<Ack>;
+  typing(channel: string): boolean;
+  history(channel: string, options?: { before?: number; limit?: number }): Promise<HistoryPage>;
+  /** Sends one raw protocol frame now; false when not connected. Answers arrive as events. */
+  transmit(frame: object): boolean;
+  /** Follows a document's progress, which only moves forward; returns a function that stops. */
+  subscribe(docId: string): () => void;
+}
+
+export function connect(url: string, options?: ClientOptions): WsfanClient;

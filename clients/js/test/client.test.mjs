@@ -1,0 +1,157 @@
+// The client's bookkeeping, driven frame by frame through a scripted socket: what it delivers,
+// what it asks for, and in which order. (recovery.test.mjs runs it against the real stack.)
+
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from '../src/index.js';
+
+/** A WebSocket whose far end is the test: it records what is sent and is told what arrives. */
+class ScriptedSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    ScriptedSocket.all.push(this);
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close() { this.readyState = 3; }
+  // The test's side:
+  accept() { this.readyState = 1; this.onopen?.(); }
+  push(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
+  drop(code = 1006) { this.readyState = 3; this.onclose?.({ code, reason: '' }); }
+  take(action) {
+    const i = this.sent.findIndex((f) => f.action === action);
+    assert.ok(i >= 0, `expected a ${action} frame; sent: ${JSON.stringify(this.sent)}`);
+    return this.sent.splice(i, 1)[0];
+  }
+}
+
+const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+async function nextSocket(count) {
+  for (let i = 0; i < 200 && ScriptedSocket.all.length < count; i++) await tick();
+  assert.equal(ScriptedSocket.all.length, count, 'a new socket');
+  return ScriptedSocket.all[count - 1];
+}
+
+function chat(seq, extra = {}) {
+  return { type: 'message', channel: 'workspace:1', messageId: `m${seq}`, seq, senderId: 'bob', body: `b${seq}`, sentAt: seq, ...extra };
+}
+
+async function started(options = {}) {
+  ScriptedSocket.all = [];
+  const client = connect('ws://test/local', { WebSocket: ScriptedSocket, token: () => 'tok', backoffBaseMs: 1, backoffMaxMs: 2, ...options });
+  const socket = await nextSocket(1);
+  assert.equal(socket.url, 'ws://test/local?token=tok');
+  socket.accept();
+  const delivered = [];
+  const resets = [];
+  client.on('message', (m) => delivered.push(m.seq));
+  client.on('reset', (r) => resets.push(r));
+  return { client, socket, delivered, resets };
+}
+
+describe('the wsfan client', () => {
+  it('delivers each seq once and in order, and fills a gap from history while connected', async () => {
+    const { client, socket, delivered } = await started();
+    const joined = client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 5, present: ['alice'] });
+    await joined;
+    socket.push(chat(4)); // before the join point: not ours to deliver
+    socket.push(chat(6));
+    socket.push(chat(6)); // a fanout retry
+    socket.push(chat(8)); // 7 went missing
+    assert.deepEqual(delivered, [6]);
+    assert.equal(client.state, 'recovering');
+    const ask = socket.take('history');
+    assert.deepEqual(ask, { action: 'history', channel: 'workspace:1', after: 6, limit: 100 });
+    socket.push(chat(9)); // arrives during the recovery: held back
+    socket.push({ type: 'history', channel: 'workspace:1', messages: [chat(7), chat(8)], complete: true });
+    await tick();
+    assert.deepEqual(delivered, [6, 7, 8, 9]);
+    socket.push(chat(8));
+    assert.deepEqual(delivered, [6, 7, 8, 9]);
+    assert.equal(client.state, 'connected');
+    client.close();
+  });
+
+  it('after a reconnect it rejoins, recovers after the last seq page by page, and resends the outbox', async () => {
+    const { client, socket, delivered } = await started();
+    client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    socket.push(chat(1));
+    const sent = client.send('workspace:1', 'hello', { clientMsgId: 'c-1' });
+    assert.equal(socket.take('sendMessage').clientMsgId, 'c-1');
+    const states = [];
+    client.on('state', ({ state }) => states.push(state));
+    socket.drop(1006); // no ack came
+
+    const again = await nextSocket(2);
+    again.accept();
+    again.take('join');
+    again.push({ type: 'joined', channel: 'workspace:1', head: 4, present: ['alice', 'bob'] });
+    assert.equal(again.take('sendMessage').clientMsgId, 'c-1', 'the same clientMsgId, so it is stored once');
+    assert.equal(again.take('history').after, 1);
+    again.push({ type: 'history', channel: 'workspace:1', messages: [chat(2), chat(3)], after: 3, complete: true });
+    await tick();
+    assert.equal(again.take('history').after, 3);
+    again.push({ type: 'history', channel: 'workspace:1', messages: [chat(4, { senderId: 'me', clientMsgId: 'c-1' })], complete: true });
+    again.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm4', clientMsgId: 'c-1', seq: 4, duplicate: true });
+    assert.equal((await sent).messageId, 'm4');
+    await tick();
+    assert.deepEqual(delivered, [1, 2, 3, 4]);
+    assert.deepEqual(states, ['offline', 'connecting', 'recovering', 'connected']);
+    client.close();
+  });
+
+  it('reports a recovery that cannot be exact, and still delivers what is left in order', async () => {
+    const { client, socket, delivered, resets } = await started();
+    client.join('workspace:1', { after: 2 }); // a point saved before a page reload
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 7, present: [] });
+    assert.equal(socket.take('history').after, 2);
+    socket.push({ type: 'history', channel: 'workspace:1', messages: [chat(6), chat(7)], complete: false });
+    await tick();
+    assert.deepEqual(resets.map((r) => r.reason), ['expired']);
+    assert.deepEqual(delivered, [6, 7]);
+    client.close();
+  });
+
+  it('sends a window of the outbox at a time', async () => {
+    const { client, socket } = await started({ maxInFlight: 2 });
+    client.join('workspace:1');
+    socket.take('join');
+    const acks = ['a', 'b', 'c'].map((id) => client.send('workspace:1', id, { clientMsgId: id }));
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'b']);
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'a', seq: 1, duplicate: false });
+    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'b', 'c']);
+    client.close();
+    const outcomes = await Promise.allSettled(acks);
+    assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'rejected'], 'close rejects what is unacknowledged');
+  });
+
+  it('moves a progress bar only forward, through snapshots and replays', async () => {
+    const { client, socket } = await started();
+    const seen = [];
+    client.on('progress', (e) => seen.push(`${e.type}:${e.pagesProcessed ?? ''}`));
+    client.subscribe('d1');
+    assert.equal(socket.take('subscribe').docId, 'd1');
+    const p = (type, pages) => ({ type, docId: 'd1', pagesProcessed: pages, totalPages: 10 });
+    socket.push(p('progress', 4));
+    socket.push({ type: 'subscribed', docId: 'd1', snapshot: p('progress', 2) }); // older: ignored
+    socket.push(p('progress', 4)); // a redelivery
+    socket.push(p('progress', 6));
+    socket.drop();
+    const again = await nextSocket(2);
+    again.accept();
+    assert.equal(again.take('subscribe').docId, 'd1', 'resubscribed after the reconnect');
+    again.push({ type: 'subscribed', docId: 'd1', snapshot: p('processing_complete', 10) });
+    again.push(p('progress', 8)); // late
+    assert.deepEqual(seen, ['progress:4', 'progress:6', 'processing_complete:10']);
+    client.close();
+  });
+});
