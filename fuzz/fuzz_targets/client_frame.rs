@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-use wsfan_shared::protocol::{ClientFrame, ServerFrame, ACTIONS};
+use wsfan_shared::protocol::{ClientFrame, HistoryCursor, ServerFrame, ACTIONS};
 
 /// The frame as a client would send it.
 fn encode(frame: &ClientFrame) -> Value {
@@ -26,8 +26,14 @@ fn encode(frame: &ClientFrame) -> Value {
             json!({"action": "read", "channel": channel, "messageId": message_id})
         }
         ClientFrame::Subscribe { doc_id } => json!({"action": "subscribe", "docId": doc_id}),
-        ClientFrame::History { channel, before, limit } => {
-            json!({"action": "history", "channel": channel, "before": before, "limit": limit})
+        ClientFrame::Presence { channel } => json!({"action": "presence", "channel": channel}),
+        ClientFrame::History { channel, cursor, limit } => {
+            let (before, after) = match cursor {
+                HistoryCursor::Latest => (None, None),
+                HistoryCursor::Before(seq) => (Some(*seq), None),
+                HistoryCursor::After(seq) => (None, Some(*seq)),
+            };
+            json!({"action": "history", "channel": channel, "before": before, "after": after, "limit": limit})
         }
         ClientFrame::Ping => json!({"action": "ping"}),
         ClientFrame::Register { channel } => json!({"type": "register", "sessionID": channel.id()}),
