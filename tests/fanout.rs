@@ -320,13 +320,10 @@ async fn the_server_checks_signatures_and_the_broadcasters_are_right() {
     }
 
     // The SDK's own signer passes the same check, so the check is SigV4's and not ours.
-    let sdk_signed = aws_sdk_apigatewaymanagement::Client::from_conf(
-        aws_sdk_apigatewaymanagement::config::Builder::new()
-            .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
-            .region(aws_sdk_apigatewaymanagement::config::Region::new("eu-west-1"))
-            .credentials_provider(Credentials::new("ASIAEXAMPLE", "secret/with+chars", None, None, "t"))
-            .endpoint_url(rig.server.endpoint("prod"))
-            .build(),
+    let sdk_signed = management_client(
+        &rig,
+        "eu-west-1",
+        Credentials::new("ASIAEXAMPLE", "secret/with+chars", None, None, "t"),
     );
     sdk_signed
         .post_to_connection()
@@ -925,18 +922,27 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
     assert_eq!(keys, vec!["MSG#00000000000000000001".to_owned()]);
 }
 
+/// The SDK's own @connections client (its signer, not ours), pointed at the rig's server.
+fn management_client(
+    rig: &Rig,
+    region: &'static str,
+    credentials: aws_credential_types::Credentials,
+) -> aws_sdk_apigatewaymanagement::Client {
+    aws_sdk_apigatewaymanagement::Client::from_conf(
+        aws_sdk_apigatewaymanagement::config::Builder::new()
+            .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
+            .region(aws_sdk_apigatewaymanagement::config::Region::new(region))
+            .credentials_provider(credentials)
+            .endpoint_url(rig.server.endpoint("prod"))
+            .build(),
+    )
+}
+
 #[tokio::test]
 async fn a_post_over_128_kb_is_refused_with_413_as_api_gateway_does() {
     use aws_credential_types::Credentials;
     let rig = Rig::new().await;
-    let client = aws_sdk_apigatewaymanagement::Client::from_conf(
-        aws_sdk_apigatewaymanagement::config::Builder::new()
-            .behavior_version(aws_sdk_apigatewaymanagement::config::BehaviorVersion::latest())
-            .region(aws_sdk_apigatewaymanagement::config::Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "t"))
-            .endpoint_url(rig.server.endpoint("prod"))
-            .build(),
-    );
+    let client = management_client(&rig, "us-east-1", Credentials::new("test", "test", None, None, "t"));
     let post = |size: usize| {
         client
             .post_to_connection()
@@ -1122,4 +1128,119 @@ async fn complete_without_counts_keeps_all_pages_and_a_late_error_changes_nothin
     assert_eq!(complete.len(), 1);
     assert_eq!(complete[0]["pagesProcessed"], 10, "subscribers hear all pages too");
     assert!(of_type(&pushed, "error").is_empty());
+}
+
+/// The real store, counting how often the fanout reads a channel's members.
+struct CountingMemberReads<'a> {
+    store: &'a DynamoStore,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for CountingMemberReads<'_> {
+    async fn connect(&self, c: &Connection, named: &[ChannelId]) -> Result<(), wsfan_shared::store::StoreError> {
+        self.store.connect(c, named).await
+    }
+    async fn connection(&self, id: &str) -> Result<Option<Connection>, wsfan_shared::store::StoreError> {
+        self.store.connection(id).await
+    }
+    async fn disconnect(&self, id: &str) -> Result<wsfan_shared::store::Cleanup, wsfan_shared::store::StoreError> {
+        self.store.disconnect(id).await
+    }
+    async fn join(&self, m: &Membership) -> Result<(), wsfan_shared::store::StoreError> {
+        self.store.join(m).await
+    }
+    async fn leave(
+        &self,
+        c: &ChannelId,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<bool, wsfan_shared::store::StoreError> {
+        self.store.leave(c, id, user).await
+    }
+    async fn is_member(&self, c: &ChannelId, id: &str) -> Result<bool, wsfan_shared::store::StoreError> {
+        self.store.is_member(c, id).await
+    }
+    async fn post(
+        &self,
+        m: &Message,
+        member: Option<&str>,
+    ) -> Result<wsfan_shared::store::PostOutcome, wsfan_shared::store::StoreError> {
+        self.store.post(m, member).await
+    }
+    async fn history(
+        &self,
+        c: &ChannelId,
+        cursor: HistoryCursor,
+        limit: u32,
+    ) -> Result<wsfan_shared::store::HistoryPage, wsfan_shared::store::StoreError> {
+        self.store.history(c, cursor, limit).await
+    }
+    async fn head(&self, c: &ChannelId) -> Result<u64, wsfan_shared::store::StoreError> {
+        self.store.head(c).await
+    }
+    async fn progress(&self, doc: &str) -> Result<Option<Value>, wsfan_shared::store::StoreError> {
+        self.store.progress(doc).await
+    }
+    async fn record_progress(&self, e: &ProgressEvent) -> Result<bool, wsfan_shared::store::StoreError> {
+        self.store.record_progress(e).await
+    }
+    async fn present(&self, c: &ChannelId, limit: usize) -> Result<Vec<String>, wsfan_shared::store::StoreError> {
+        self.store.present(c, limit).await
+    }
+    async fn members(
+        &self,
+        c: &ChannelId,
+    ) -> Result<Vec<wsfan_shared::store::Member>, wsfan_shared::store::StoreError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.store.members(c).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_reads_each_channels_members_once_and_delivers_in_order() {
+    // A join storm: most records of a batch are presence and messages of one channel.
+    let mut rig = Rig::new().await;
+    for (i, user) in ["ann", "ben", "cat"].iter().enumerate() {
+        member(&rig, &format!("c{i}"), user, "workspace:storm").await;
+    }
+    member(&rig, "o1", "oli", "workspace:other").await;
+    rig.stream_batch().await;
+    for (i, user) in ["dan", "eve"].iter().enumerate() {
+        member(&rig, &format!("late{i}"), user, "workspace:storm").await;
+    }
+    for n in 0..4 {
+        rig.table
+            .store
+            .post(&chat("workspace:storm", "ann", &format!("m{n}")), None)
+            .await
+            .unwrap();
+    }
+    rig.table
+        .store
+        .post(&chat("workspace:other", "oli", "elsewhere"), None)
+        .await
+        .unwrap();
+    let batch = rig.stream_batch().await;
+    let counting = CountingMemberReads {
+        store: &rig.table.store,
+        reads: Default::default(),
+    };
+    let response = stream_fanout::handle(&counting, &rig.broadcaster, &rig.failures, batch).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    // Two joins and four messages in one channel, one message in another: one read each.
+    assert_eq!(counting.reads.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let bodies = |id: &str| -> Vec<String> {
+        rig.frames(id)
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["body"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for id in ["c0", "c1", "c2", "late0", "late1"] {
+        assert_eq!(bodies(id), ["m0", "m1", "m2", "m3"], "{id}");
+    }
+    assert_eq!(bodies("o1"), ["elsewhere"]);
+    // ann, ben and cat heard both joins; dan heard eve's (eve joined after him).
+    let joins = |id: &str| rig.frames(id).iter().filter(|f| f["type"] == "presence").count();
+    assert_eq!([joins("c0"), joins("c1"), joins("c2")], [2, 2, 2]);
 }

@@ -24,16 +24,31 @@ use wsfan_shared::channel::ChannelId;
 use wsfan_shared::store::{DynamoStore, Store};
 
 /// What to run; see `wsfan bench local --help`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LocalBench {
+    /// The repository (for sam/template.yaml, scripts/ and .venv).
+    #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    /// WebSocket clients, all joined to one channel.
+    #[arg(long, default_value_t = 1000)]
     pub clients: usize,
+    /// How many of them send.
+    #[arg(long, default_value_t = 10)]
     pub senders: usize,
+    /// Messages each sender sends.
+    #[arg(long, default_value_t = 20)]
     pub messages: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
+    /// sendMessage frames in a row from one client, each after the last one's ack (0: none).
+    #[arg(long, default_value_t = 0)]
     pub soak: usize,
+    /// Memberships of one channel to write, then read through the fanout's paged Query (0: none).
+    #[arg(long, default_value_t = 0)]
     pub members: usize,
-    /// Upgrades in flight at once while connecting.
+    /// Upgrades in flight at once while the clients connect.
+    #[arg(long, default_value_t = 50)]
     pub connect_concurrency: usize,
 }
 

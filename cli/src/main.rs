@@ -71,32 +71,7 @@ enum Bench {
     },
     /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
     /// rate, and every delivery is counted; then an optional soak and a large channel's read.
-    Local {
-        /// The repository (for sam/template.yaml, scripts/ and .venv).
-        #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        /// WebSocket clients, all joined to one channel.
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        /// How many of them send.
-        #[arg(long, default_value_t = 10)]
-        senders: usize,
-        /// Messages each sender sends.
-        #[arg(long, default_value_t = 20)]
-        messages: usize,
-        /// Messages per second, all senders together.
-        #[arg(long, default_value_t = 2.0)]
-        rate: f64,
-        /// sendMessage frames in a row from one client, each after the last one's ack (0: none).
-        #[arg(long, default_value_t = 0)]
-        soak: usize,
-        /// Memberships of one channel to write, then read through the fanout's paged Query (0: none).
-        #[arg(long, default_value_t = 0)]
-        members: usize,
-        /// Upgrades in flight at once while the clients connect.
-        #[arg(long, default_value_t = 50)]
-        connect_concurrency: usize,
-    },
+    Local(bench_local::LocalBench),
 }
 
 #[derive(Args)]
@@ -387,28 +362,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             })
             .await
         }
-        Command::Bench(Bench::Local {
-            repo,
-            clients,
-            senders,
-            messages,
-            rate,
-            soak,
-            members,
-            connect_concurrency,
-        }) => {
-            bench_local::run(bench_local::LocalBench {
-                repo,
-                clients,
-                senders,
-                messages,
-                rate,
-                soak,
-                members,
-                connect_concurrency,
-            })
-            .await
-        }
+        Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(

@@ -865,6 +865,9 @@ impl Store for DynamoStore {
             .expression_attribute_values(":user", s(keys::USER_PREFIX))
             .projection_expression("userId")
             .consistent_read(true)
+            // Pages of `limit`: a full 1 MB page read every presence item of a large channel
+            // for each join, to answer with the first 200 (a join storm read N² items).
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
             .into_paginator()
             .items()
             .send();

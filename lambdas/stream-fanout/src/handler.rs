@@ -31,6 +31,9 @@ pub const HISTORY_REQUEST_ATTRIBUTE: &str = "history";
 /// Channels whose records are worked on at once within one batch.
 const CHANNELS_IN_FLIGHT: usize = 16;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use serde_dynamo::AttributeValue;
@@ -40,7 +43,7 @@ use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::store::{Member, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -207,8 +210,39 @@ async fn send_history<S: Store, D: Deliver>(
     Ok(report.counters)
 }
 
+/// The member lists of one batch, read once per channel.
+///
+/// A batch holds up to a hundred records, and when many people join a channel at once most of
+/// them are presence records of that one channel: reading the whole member list again for each
+/// made a join storm quadratic in reads (1,000 joins read a million items). Records of a channel
+/// are handled in order, so the list read for the first serves the rest of the batch; everyone
+/// who joins later wrote their membership after these records, and learns what came before from
+/// `joined` and `history`.
+struct BatchMembers<'a, S> {
+    store: &'a S,
+    read: std::sync::Mutex<HashMap<ChannelId, Arc<Vec<Member>>>>,
+}
+
+impl<'a, S: Store> BatchMembers<'a, S> {
+    fn new(store: &'a S) -> Self {
+        BatchMembers {
+            store,
+            read: Default::default(),
+        }
+    }
+
+    async fn of(&self, channel: &ChannelId) -> Result<Arc<Vec<Member>>, StoreError> {
+        if let Some(members) = self.read.lock().unwrap().get(channel) {
+            return Ok(members.clone());
+        }
+        let members = Arc::new(self.store.members(channel).await?);
+        self.read.lock().unwrap().insert(channel.clone(), members.clone());
+        Ok(members)
+    }
+}
+
 async fn push<S: Store, D: Deliver>(
-    store: &S,
+    members: &BatchMembers<'_, S>,
     deliver: &D,
     channel: &ChannelId,
     frame: &ServerFrame,
@@ -218,12 +252,12 @@ async fn push<S: Store, D: Deliver>(
         ServerFrame::Presence { user_id, .. } => Some(user_id.as_str()),
         _ => None,
     };
-    let members: Vec<String> = store
-        .members(channel)
+    let members: Vec<String> = members
+        .of(channel)
         .await?
-        .into_iter()
+        .iter()
         .filter(|m| subject.is_none() || m.user_id.as_deref() != subject)
-        .map(|m| m.connection_id)
+        .map(|m| m.connection_id.clone())
         .collect();
     if members.is_empty() {
         return Ok(Counters::default());
@@ -250,8 +284,9 @@ pub async fn handle<S: Store, D: Deliver, F: FailureDestination>(
         .map(|(record, action)| (string_key(record, "pk").unwrap_or("?").to_owned(), (record, action)))
         .collect();
 
+    let members = BatchMembers::new(store);
     let outcomes = in_key_order(work, CHANNELS_IN_FLIGHT, async |(record, action)| match action {
-        Ok(Work::Push(Push { channel, frame })) => push(store, deliver, channel, frame).await,
+        Ok(Work::Push(Push { channel, frame })) => push(&members, deliver, channel, frame).await,
         Ok(Work::History {
             channel,
             connection_id,
