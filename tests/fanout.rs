@@ -231,6 +231,7 @@ async fn throttling_and_server_errors_are_retried_until_delivered() {
     );
     assert_eq!(report.counters.delivered, 3);
     assert_eq!(report.counters.retried, 5);
+    assert_eq!(report.counters.throttled, 3, "b1's three 429s, not c1's 500s");
     assert_eq!(report.counters.failed, 0);
 }
 

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use ws_authorizer::Decision;
 use wsfan_shared::auth::{Claims, JwtVerifier};
 use wsfan_shared::config::{AuthConfig, KeySource, Retention};
-use wsfan_shared::store::DynamoStore;
+use wsfan_shared::model::Connection;
+use wsfan_shared::store::{DynamoStore, Store, StoreError};
 
 const CONN: &str = "L0SM9cOFvHcCIhw=";
 
@@ -77,7 +78,11 @@ fn error_code(response: &ApiGatewayProxyResponse) -> String {
 }
 
 async fn connect(t: &TestTable, path: &str) -> ApiGatewayProxyResponse {
-    ws_connect::handle(&t.store, &Retention::default(), ws(path)).await
+    connect_event(t, ws(path)).await
+}
+
+async fn connect_event(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+    ws_connect::handle(&t.store, &Retention::default(), e).await
 }
 
 async fn message(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
@@ -207,6 +212,97 @@ async fn authorizer_refuses_contexts_over_api_gateways_limit() {
     match ws_authorizer::decide(&dev_verifier(None), Some(&token)).await {
         Decision::Deny(reason) => assert!(reason.contains("8192"), "{reason}"),
         other => panic!("expected Deny, got {other:?}"),
+    }
+}
+
+fn token_for(sub: &str) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        exp: wsfan_shared::clock::now_secs() + 600,
+        nbf: None,
+        channels: vec!["workspace:42".into()],
+        role: None,
+        aud: None,
+        iss: None,
+    };
+    wsfan_shared::auth::mint_hs256(DEV_SECRET, &claims)
+}
+
+/// The `$connect` authorizer event of the fixture, carrying `token` instead.
+fn authorizer_event(token: &str) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
+    let mut value: Value = fixture("ws-authorizer/valid-token");
+    value["queryStringParameters"]["token"] = json!(token);
+    value["multiValueQueryStringParameters"]["token"] = json!([token]);
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn authorizer_denies_subs_that_cannot_name_a_user_channel() {
+    let verifier = dev_verifier(None);
+    let long = "x".repeat(129);
+    let huge = "x".repeat(1100);
+    for sub in ["", "a#b", "a/b", "a\0b", "a b", "auth0|123", "\u{1f600}", &long, &huge] {
+        let token = token_for(sub);
+        match ws_authorizer::decide(&verifier, Some(&token)).await {
+            Decision::Deny(reason) => assert!(reason.contains("sub must be 1-128 characters"), "{sub:?}: {reason}"),
+            other => panic!("{sub:?}: expected Deny, got {other:?}"),
+        }
+        let r = ws_authorizer::handle(&verifier, authorizer_event(&token)).await;
+        assert_eq!(effect(&r), IamPolicyEffect::Deny, "{sub:?}");
+        assert!(r.context.as_object().unwrap().is_empty(), "{sub:?}");
+    }
+}
+
+/// Every sub the authorizer admits, up to the longest, connects with its `user:<sub>` membership,
+/// and its presence and dedupe keys fit DynamoDB's limits (moto enforces them as AWS does).
+#[tokio::test]
+async fn every_admitted_sub_gets_its_user_channel_presence_and_dedupe_keys() {
+    let verifier = dev_verifier(None);
+    let longest = "x".repeat(128);
+    let at_limit = format!("{}@example.com", "a".repeat(116));
+    for sub in [
+        "a",
+        "alice@example.com",
+        "0f6e5d9c-4a44-4fd2-9a36-2f1e6c4b8a11",
+        "A.b_c-D",
+        &longest,
+        &at_limit,
+    ] {
+        let t = TestTable::new().await;
+        let r = ws_authorizer::handle(&verifier, authorizer_event(&token_for(sub))).await;
+        assert_eq!(effect(&r), IamPolicyEffect::Allow, "{sub:?}");
+        // API Gateway hands the authorizer's context to every route of the connection.
+        let mut context = r.context.clone();
+        context["principalId"] = json!(r.principal_id.clone().unwrap());
+        let e = as_caller("ws-connect/connect", CONN, context.clone(), None);
+        assert_eq!(
+            ws_connect::handle(&t.store, &Retention::default(), e).await.status_code,
+            200,
+            "{sub:?}"
+        );
+        let user_channel = format!("CHAN#user:{sub}");
+        assert!(
+            t.item(&user_channel, &format!("CONN#{CONN}")).await.is_some(),
+            "{sub:?}: membership"
+        );
+        assert!(
+            t.item(&user_channel, &format!("USER#{sub}")).await.is_some(),
+            "{sub:?}: presence"
+        );
+
+        let joined = body(&message(&t, as_caller("ws-message/join", CONN, context.clone(), None)).await);
+        assert_eq!(joined["type"], "joined", "{sub:?}: {joined}");
+        assert_eq!(joined["present"], json!([sub]));
+        let client_msg_id = "c".repeat(wsfan_shared::protocol::MAX_CLIENT_MSG_ID_LEN);
+        let frame =
+            json!({"action": "sendMessage", "channel": "workspace:42", "body": "hi", "clientMsgId": client_msg_id});
+        let ack = body(&message(&t, as_caller("ws-message/send-message", CONN, context, Some(frame))).await);
+        assert_eq!(ack["type"], "ack", "{sub:?}: {ack}");
+        let dedupe = format!("DEDUPE#{sub}#{client_msg_id}");
+        assert!(
+            t.item("CHAN#workspace:42", &dedupe).await.is_some(),
+            "{sub:?}: dedupe item"
+        );
     }
 }
 
@@ -453,12 +549,86 @@ async fn connect_without_authorizer_context_is_refused_and_writes_nothing() {
     assert!(t.items().await.is_empty());
 }
 
+/// A context with a user id that cannot name `user:<sub>` (not one our authorizer makes) is refused
+/// rather than connected without its personal channel.
+#[tokio::test]
+async fn connect_with_a_bad_user_id_is_refused_and_writes_nothing() {
+    let t = TestTable::new().await;
+    for user in ["a#b", &"x".repeat(1100)] {
+        let e = event("ws-connect/connect", |v| {
+            v["requestContext"]["authorizer"]["userId"] = json!(user)
+        });
+        assert_eq!(connect_event(&t, e).await.status_code, 403, "{user:?}");
+        let connection = Connection {
+            connection_id: CONN.into(),
+            user_id: Some(user.to_owned()),
+            role: wsfan_shared::access::Role::Member,
+            channels: vec![],
+            connected_at: 1,
+            source_ip: None,
+            domain_name: None,
+            stage: None,
+            expires_at: 2,
+            joined: vec![],
+            history: None,
+        };
+        assert!(
+            matches!(
+                t.store.connect(&connection, &[]).await,
+                Err(StoreError::InvalidUserId(_))
+            ),
+            "{user:?}"
+        );
+    }
+    assert!(t.items().await.is_empty());
+}
+
 #[tokio::test]
 async fn connect_fails_loudly_when_the_write_fails() {
     let t = TestTable::new().await;
     let broken = DynamoStore::new(t.client.clone(), "no-such-table", Retention::default());
     let r = ws_connect::handle(&broken, &Retention::default(), ws("ws-connect/connect")).await;
     assert_eq!(r.status_code, 500);
+}
+
+/// DynamoDB that accepts connections and never answers: the handler gets a clear timeout error
+/// from the store within its operation timeout, instead of hanging until Lambda kills it.
+#[tokio::test]
+async fn a_silent_store_gives_a_timeout_error_not_a_hung_handler() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let sdk = wsfan_local::moto::sdk_config(&endpoint).await;
+    let client = wsfan_shared::store::client_with_timeout(&sdk, std::time::Duration::from_millis(300));
+    let store = DynamoStore::new(client, "silent", Retention::default());
+    // A bound so that a missing timeout fails this test instead of hanging it.
+    let bound = std::time::Duration::from_secs(60);
+    let outcome = tokio::time::timeout(bound, store.connection(CONN))
+        .await
+        .expect("the store timed out by itself");
+    match outcome {
+        Err(StoreError::Timeout(why)) => assert!(why.contains("timeout"), "{why}"),
+        other => panic!("expected a timeout error, got {other:?}"),
+    }
+    let r = tokio::time::timeout(
+        bound,
+        ws_connect::handle(&store, &Retention::default(), ws("ws-connect/connect")),
+    )
+    .await
+    .expect("ws-connect answered by itself");
+    assert_eq!(r.status_code, 500);
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 2,
+        "the requests reached the silent server"
+    );
 }
 
 // ---------- ws-disconnect ----------

@@ -60,6 +60,8 @@ struct Code {
     /// The attribute that makes a new membership a history request for stream-fanout.
     history_attribute: String,
     retention: Retention,
+    /// Every CloudWatch metric the functions emit as EMF: (namespace, metric, `Function` dimension).
+    emf: Vec<(String, String, String)>,
 }
 
 fn owned(list: &[&str]) -> Vec<String> {
@@ -88,6 +90,7 @@ impl Code {
             stream_prefixes: owned(stream_fanout::HANDLED_SORT_KEY_PREFIXES),
             history_attribute: stream_fanout::HISTORY_REQUEST_ATTRIBUTE.to_owned(),
             retention: Retention::default(),
+            emf: emf_metrics(),
         }
     }
 
@@ -143,6 +146,44 @@ fn workspace_bins() -> BTreeSet<String> {
         }
     }
     bins
+}
+
+/// The EMF metrics of every function that logs them: the functions are found by their
+/// `log_emf("<function>")` calls, the metrics in the EMF document itself, so a new counter or a new
+/// emitter is checked without editing this test.
+fn emf_metrics() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo_root().join("lambdas"))
+        .unwrap()
+        .filter_map(Result::ok)
+    {
+        for file in std::fs::read_dir(dir.path().join("src"))
+            .unwrap()
+            .filter_map(Result::ok)
+        {
+            let source = std::fs::read_to_string(file.path()).unwrap();
+            for call in source.split("log_emf(\"").skip(1) {
+                let function = call.split('"').next().unwrap();
+                let doc: Json =
+                    serde_json::from_str(&wsfan_shared::broadcaster::Counters::default().emf(function)).unwrap();
+                for directive in doc["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+                    let namespace = directive["Namespace"].as_str().unwrap();
+                    assert_eq!(
+                        directive["Dimensions"],
+                        json!([["Function"]]),
+                        "the dashboard is by Function"
+                    );
+                    for metric in directive["Metrics"].as_array().unwrap() {
+                        let name = metric["Name"].as_str().unwrap();
+                        out.push((namespace.to_owned(), name.to_owned(), function.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(!out.is_empty(), "the fanouts emit EMF metrics");
+    out.sort();
+    out
 }
 
 fn event_dirs() -> BTreeSet<String> {
@@ -414,6 +455,7 @@ fn problems(doc: &Value, code: &Code) -> Vec<String> {
     check_connections(&t, code, &mut out);
     check_events(&t, code, &mut out);
     check_outputs(&t, &mut out);
+    check_monitoring(&t, code, &mut out);
     out
 }
 
@@ -470,6 +512,18 @@ fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
                         "{id} ({binary}): {name} is \"{value}\", but shared/src/config.rs defaults to {default}"
                     ));
                 }
+            }
+        }
+        if let Some(value) = env.get("DYNAMODB_TIMEOUT_MS").and_then(|v| v.as_str()) {
+            let timeout_ms = t
+                .function_property(&f, "Timeout")
+                .and_then(Value::as_u64)
+                .map_or(3000, |s| s * 1000);
+            // Three operations that time out (ws-message's longest path) still end, logged, in time.
+            if value.parse::<u64>().map_or(true, |ms| ms * 3 > timeout_ms) {
+                out.push(format!(
+                    "{id} ({binary}): DYNAMODB_TIMEOUT_MS is \"{value}\"; three of them must fit in its {timeout_ms} ms Timeout"
+                ));
             }
         }
         for statement in t.statements(&f) {
@@ -666,6 +720,12 @@ fn check_stage(t: &Template, out: &mut Vec<String>) {
         .all(|k| get(stage, &["Properties", "DefaultRouteSettings", k]).is_some());
     if !throttled {
         out.push(format!("{id}: no default route throttling"));
+    }
+    // SECURITY.md promises that message bodies (and tokens in $connect queries) are never logged.
+    if get(stage, &["Properties", "DefaultRouteSettings", "DataTraceEnabled"]).and_then(Value::as_bool) != Some(false) {
+        out.push(format!(
+            "{id}: DataTraceEnabled must be false, or API Gateway logs message bodies"
+        ));
     }
 }
 
@@ -1020,6 +1080,206 @@ fn check_outputs(t: &Template, out: &mut Vec<String>) {
     for name in OUTPUTS {
         if get(t.doc, &["Outputs", *name, "Value"]).is_none() {
             out.push(format!("output {name} is missing"));
+        }
+    }
+}
+
+/// A metric as the dashboard or an alarm names it; dimension values that refer to resources are
+/// written `${Id}` / `${Id.Attr}`, as in a `!Sub` string.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct MetricName {
+    namespace: String,
+    name: String,
+    dimensions: BTreeMap<String, String>,
+}
+
+fn metric(namespace: &str, name: &str, dimensions: &[(&str, &str)]) -> MetricName {
+    MetricName {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        dimensions: dimensions.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+/// Every metric on the dashboards' metric widgets (`"."` repeats the row above's value).
+fn dashboard_metrics(t: &Template) -> Vec<MetricName> {
+    let mut out = Vec::new();
+    for (id, dashboard) in t.of_type("AWS::CloudWatch::Dashboard") {
+        let body = get(dashboard, &["Properties", "DashboardBody"]);
+        let body = body
+            .and_then(sub_of)
+            .or_else(|| body.and_then(Value::as_str))
+            .unwrap_or_default();
+        let body: Json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{id}'s DashboardBody is not JSON: {e}"));
+        for widget in body["widgets"].as_array().into_iter().flatten() {
+            let mut previous: Vec<Json> = Vec::new();
+            for row in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+                let mut row: Vec<Json> = row.as_array().cloned().unwrap_or_default();
+                if row.last().is_some_and(Json::is_object) {
+                    row.pop();
+                }
+                for (i, cell) in row.iter_mut().enumerate() {
+                    if cell == "." {
+                        *cell = previous.get(i).cloned().unwrap_or(Json::Null);
+                    }
+                }
+                let text: Vec<&str> = row.iter().filter_map(Json::as_str).collect();
+                if text.len() >= 2 && text.len().is_multiple_of(2) {
+                    out.push(MetricName {
+                        namespace: text[0].to_owned(),
+                        name: text[1].to_owned(),
+                        dimensions: text[2..]
+                            .chunks(2)
+                            .map(|p| (p[0].to_owned(), p[1].to_owned()))
+                            .collect(),
+                    });
+                }
+                previous = row;
+            }
+        }
+    }
+    out
+}
+
+/// A dimension value: a literal, or `${Id}` for `!Ref Id`, or `${Id.Attr}` for `!GetAtt Id.Attr`.
+fn dimension_value(v: &Value) -> String {
+    if let Some(name) = ref_of(v) {
+        format!("${{{name}}}")
+    } else if let Some((id, attr)) = getatt_of(v) {
+        format!("${{{id}.{attr}}}")
+    } else {
+        v.as_str().unwrap_or("?").to_owned()
+    }
+}
+
+fn alarm_metric(m: &Value) -> MetricName {
+    MetricName {
+        namespace: m
+            .get("Namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        name: m
+            .get("MetricName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        dimensions: strings(m.get("Dimensions"))
+            .into_iter()
+            .filter_map(|d| Some((d.get("Name")?.as_str()?.to_owned(), dimension_value(d.get("Value")?))))
+            .collect(),
+    }
+}
+
+/// Every alarm, with the metrics it watches (its own, or those of its metric math).
+fn alarms<'a>(t: &Template<'a>) -> Vec<(&'a str, &'a Value, Vec<MetricName>)> {
+    t.of_type("AWS::CloudWatch::Alarm")
+        .into_iter()
+        .map(|(id, alarm)| {
+            let props = alarm.get("Properties").unwrap_or(&Value::Null);
+            let mut metrics = Vec::new();
+            if props.get("MetricName").is_some() {
+                metrics.push(alarm_metric(props));
+            }
+            for m in strings(props.get("Metrics")) {
+                if let Some(stat) = get(m, &["MetricStat", "Metric"]) {
+                    metrics.push(alarm_metric(stat));
+                }
+            }
+            (id, props, metrics)
+        })
+        .collect()
+}
+
+fn check_monitoring(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let on_dashboard = dashboard_metrics(t);
+    let alarms = alarms(t);
+    let alarmed = |m: &MetricName| alarms.iter().any(|(_, _, metrics)| metrics.contains(m));
+    let function_ids: Vec<&str> = t.functions().iter().map(|f| f.id).collect();
+
+    // Every EMF metric is on the dashboard; alarms on EMF metrics watch ones that exist.
+    for (namespace, name, function) in &code.emf {
+        if !on_dashboard.contains(&metric(namespace, name, &[("Function", function)])) {
+            out.push(format!(
+                "EMF metric {namespace}/{name} of {function} is not on the dashboard"
+            ));
+        }
+    }
+    let emitted = |m: &MetricName| {
+        code.emf
+            .iter()
+            .any(|(namespace, name, function)| *m == metric(namespace, name, &[("Function", function)]))
+    };
+    let emf_namespaces: BTreeSet<&str> = code.emf.iter().map(|(ns, _, _)| ns.as_str()).collect();
+    for (id, _, metrics) in &alarms {
+        for m in metrics {
+            if emf_namespaces.contains(m.namespace.as_str()) && !emitted(m) {
+                out.push(format!(
+                    "alarm {id} watches {}/{} {:?}, which no function emits",
+                    m.namespace, m.name, m.dimensions
+                ));
+            }
+        }
+    }
+    for (namespace, name, function) in &code.emf {
+        if ["Failed", "Throttled"].contains(&name.as_str())
+            && !alarmed(&metric(namespace, name, &[("Function", function)]))
+        {
+            out.push(format!("no alarm on {namespace}/{name} of {function}"));
+        }
+    }
+
+    // What operators asked to see, and what must wake someone.
+    let api = t.api().map(|(id, _)| format!("${{{id}}}")).unwrap_or_default();
+    let stage = t.stage_segment().unwrap_or_default();
+    for name in ["ConnectCount", "MessageCount", "IntegrationLatency"] {
+        let m = metric("AWS/ApiGateway", name, &[("ApiId", &api), ("Stage", &stage)]);
+        if !on_dashboard.contains(&m) {
+            out.push(format!("AWS/ApiGateway {name} of the stage is not on the dashboard"));
+        }
+    }
+    for id in &function_ids {
+        let errors = metric("AWS/Lambda", "Errors", &[("FunctionName", &format!("${{{id}}}"))]);
+        if !on_dashboard.contains(&errors) {
+            out.push(format!("{id}'s Lambda Errors are not on the dashboard"));
+        }
+        if !alarmed(&errors) {
+            out.push(format!("no alarm on {id}'s Lambda Errors"));
+        }
+    }
+    for queue in ["ProgressDeadLetterQueue", "StreamFailureQueue"] {
+        let depth = metric(
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            &[("QueueName", &format!("${{{queue}.QueueName}}"))],
+        );
+        let any_message = alarms.iter().any(|(_, props, metrics)| {
+            metrics.contains(&depth)
+                && props.get("Threshold").and_then(Value::as_f64) == Some(1.0)
+                && props.get("ComparisonOperator").and_then(Value::as_str) == Some("GreaterThanOrEqualToThreshold")
+        });
+        if !any_message {
+            out.push(format!("no alarm on any message in {queue}"));
+        }
+    }
+    if let Some(f) = t.function(STREAM_FANOUT) {
+        if !alarmed(&metric(
+            "AWS/Lambda",
+            "IteratorAge",
+            &[("FunctionName", &format!("${{{}}}", f.id))],
+        )) {
+            out.push("no alarm on the stream fanout's IteratorAge".to_owned());
+        }
+    }
+    for (id, props, _) in &alarms {
+        for actions in ["AlarmActions", "OKActions"] {
+            let notifies = props
+                .get(actions)
+                .map(references)
+                .is_some_and(|r| r.contains("AlarmTopicArn"));
+            if !notifies {
+                out.push(format!("alarm {id}'s {actions} do not notify AlarmTopicArn"));
+            }
         }
     }
 }
@@ -1580,5 +1840,146 @@ fn transact_write_items_in_a_policy_is_reported() {
             "WsConnectFunction: dynamodb:TransactWriteItems is not an IAM action; grant the actions inside the \
            transaction",
         ],
+    );
+}
+
+// ---------------------------------------------------------------- alarms and dashboard
+
+fn dashboard_body(doc: &mut Value) -> &mut String {
+    match at(doc, &["Resources", "Dashboard", "Properties", "DashboardBody"]) {
+        Value::Tagged(t) => match &mut t.value {
+            Value::String(s) => s,
+            other => panic!("DashboardBody is {other:?}"),
+        },
+        other => panic!("DashboardBody is {other:?}"),
+    }
+}
+
+#[test]
+fn an_emf_metric_missing_from_the_dashboard_is_reported() {
+    let problems = problems_after(|doc| {
+        let body = dashboard_body(doc);
+        *body = body.replace(
+            "\"Throttled\", \"Function\", \"progress-fanout\"",
+            "\"Throttled\", \"Function\", \"elsewhere\"",
+        );
+    });
+    assert_reported(
+        &problems,
+        &["EMF metric wsfan/Throttled of progress-fanout is not on the dashboard"],
+    );
+}
+
+#[test]
+fn a_new_emf_metric_in_the_code_is_reported() {
+    let mut code = Code::current();
+    code.emf.push(("wsfan".into(), "Dropped".into(), STREAM_FANOUT.into()));
+    assert_reported(
+        &problems(&load_template(), &code),
+        &["EMF metric wsfan/Dropped of stream-fanout is not on the dashboard"],
+    );
+}
+
+#[test]
+fn an_alarm_on_a_metric_no_function_emits_is_reported() {
+    let problems = problems_after(|doc| {
+        let metrics = at(doc, &["Resources", "FanoutFailedAlarm", "Properties", "Metrics"]);
+        let stream = metrics
+            .as_sequence_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|m| m["Id"] == "stream")
+            .unwrap();
+        set(stream, &["MetricStat", "Metric", "MetricName"], Value::from("Failures"));
+    });
+    assert_reported(
+        &problems,
+        &[
+            "alarm FanoutFailedAlarm watches wsfan/Failures {\"Function\": \"stream-fanout\"}, which no function emits",
+            "no alarm on wsfan/Failed of stream-fanout",
+        ],
+    );
+}
+
+#[test]
+fn missing_queue_iterator_age_and_error_alarms_are_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &["Resources", "ProgressDeadLetterAlarm"]);
+        set(
+            doc,
+            &["Resources", "StreamFailureAlarm", "Properties", "Threshold"],
+            Value::from(10),
+        );
+        remove(doc, &["Resources", "StreamIteratorAgeAlarm"]);
+        let metrics = at(doc, &["Resources", "FunctionErrorsAlarm", "Properties", "Metrics"]);
+        metrics.as_sequence_mut().unwrap().retain(|m| m["Id"] != "message");
+    });
+    assert_reported(
+        &problems,
+        &[
+            "no alarm on WsMessageFunction's Lambda Errors",
+            "no alarm on any message in ProgressDeadLetterQueue",
+            "no alarm on any message in StreamFailureQueue",
+            "no alarm on the stream fanout's IteratorAge",
+        ],
+    );
+}
+
+#[test]
+fn an_alarm_that_notifies_no_one_and_a_dashboard_without_latency_are_reported() {
+    let problems = problems_after(|doc| {
+        remove(doc, &["Resources", "StreamIteratorAgeAlarm", "Properties", "OKActions"]);
+        let body = dashboard_body(doc);
+        *body = body.replace("\"IntegrationLatency\"", "\"Latency\"");
+    });
+    assert_reported(
+        &problems,
+        &[
+            "AWS/ApiGateway IntegrationLatency of the stage is not on the dashboard",
+            "alarm StreamIteratorAgeAlarm's OKActions do not notify AlarmTopicArn",
+        ],
+    );
+}
+
+#[test]
+fn a_dynamodb_timeout_that_does_not_fit_the_function_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &[
+                "Resources",
+                "WsMessageFunction",
+                "Properties",
+                "Environment",
+                "Variables",
+                "DYNAMODB_TIMEOUT_MS",
+            ],
+            Value::from("9000"),
+        );
+    });
+    assert_reported(
+        &problems,
+        &["WsMessageFunction (ws-message): DYNAMODB_TIMEOUT_MS is \"9000\"; three of them must fit in its 10000 ms Timeout"],
+    );
+}
+
+#[test]
+fn a_stage_that_logs_message_bodies_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &[
+                "Resources",
+                "Stage",
+                "Properties",
+                "DefaultRouteSettings",
+                "DataTraceEnabled",
+            ],
+            Value::from(true),
+        );
+    });
+    assert_reported(
+        &problems,
+        &["Stage: DataTraceEnabled must be false, or API Gateway logs message bodies"],
     );
 }

@@ -54,6 +54,10 @@ async fn token_mints_a_token_the_authorizer_accepts() {
     let bad = wsfan(&["token", "--sub", "alice", "--role", "wizard", "--secret", DEV_SECRET]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("wizard"));
+    // Nor a token whose sub cannot name its user channel.
+    let bad = wsfan(&["token", "--sub", "auth0|alice", "--secret", DEV_SECRET]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sub must be 1-128 characters"));
 }
 
 #[tokio::test]

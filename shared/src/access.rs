@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::channel::{ChannelId, ChannelKind, ChannelPattern};
+use crate::channel::{validate_id, ChannelId, ChannelKind, ChannelPattern};
 
 /// API Gateway refuses authorizer contexts above this size, so the authorizer checks it.
 pub const MAX_CONTEXT_BYTES: usize = 8 * 1024;
@@ -126,7 +126,10 @@ impl Identity {
             None => return Err(IdentityError::Missing),
         };
         let user_id = match ctx.get("userId") {
-            Some(Value::String(u)) if !u.is_empty() => Some(u.clone()),
+            Some(Value::String(u)) if !u.is_empty() => {
+                validate_user_id(u).map_err(IdentityError::Malformed)?;
+                Some(u.clone())
+            }
             Some(Value::String(_)) | None | Some(Value::Null) => None,
             Some(_) => return Err(IdentityError::Malformed("userId is not a string".into())),
         };
@@ -141,6 +144,21 @@ impl Identity {
             channels,
         })
     }
+}
+
+/// Checks a user id (a token's `sub`). It names the user's own channel `user:<sub>`, so it follows
+/// the channel id rule: 1-128 characters of A-Z a-z 0-9 _ . @ -. That rule also keeps every key
+/// built from it (`USER#<sub>`, `DEDUPE#<sub>#<clientMsgId>`, `CHAN#user:<sub>`) far under
+/// DynamoDB's key limits (model.rs checks the longest), and keeps `#`, which separates key parts,
+/// out of it. Cognito's UUID subs and e-mail-like ids pass; ids with `|` (Auth0's `auth0|…`) do not.
+pub fn validate_user_id(sub: &str) -> Result<(), String> {
+    validate_id(sub).map_err(|_| {
+        format!(
+            "sub must be 1-128 characters of A-Z a-z 0-9 _ . @ - (it names the channel user:<sub>); got {} bytes: {:?}",
+            sub.len(),
+            sub.chars().take(64).collect::<String>()
+        )
+    })
 }
 
 /// Parses a comma-separated list of channel patterns, ignoring blanks.
@@ -206,5 +224,46 @@ mod tests {
             Identity::from_context(&serde_json::Map::new()),
             Err(IdentityError::Missing)
         );
+    }
+
+    #[test]
+    fn user_ids_follow_the_channel_id_rule() {
+        let max = "x".repeat(128);
+        for good in [
+            "a",
+            "alice",
+            "alice@example.com",
+            "a.b_c-d",
+            "0f6e5d9c-4a44-4fd2-9a36-2f1e6c4b8a11",
+            &max,
+        ] {
+            assert_eq!(validate_user_id(good), Ok(()), "{good:?}");
+        }
+        let long = "x".repeat(129);
+        let huge = "x".repeat(1100);
+        for bad in [
+            "",
+            "a#b",
+            "a/b",
+            "a b",
+            "a\0b",
+            "auth0|123",
+            "user:alice",
+            "caf\u{e9}",
+            "\u{1f600}",
+            &long,
+            &huge,
+        ] {
+            let why = validate_user_id(bad).expect_err(bad);
+            assert!(why.contains("sub must be 1-128 characters"), "{why}");
+            assert!(why.len() < 300, "a hostile sub is not copied whole into the log: {why}");
+        }
+    }
+
+    #[test]
+    fn a_context_with_a_bad_user_id_is_malformed() {
+        let mut ctx: serde_json::Map<String, Value> = member("").to_context().into_iter().collect();
+        ctx.insert("userId".into(), Value::String("a#b".into()));
+        assert!(matches!(Identity::from_context(&ctx), Err(IdentityError::Malformed(m)) if m.contains("sub")));
     }
 }

@@ -11,7 +11,7 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, EncodingKey, H
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
-use crate::access::{parse_patterns, Identity, Role};
+use crate::access::{parse_patterns, validate_user_id, Identity, Role};
 use crate::config::{AuthConfig, KeySource};
 
 const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -66,9 +66,7 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
 impl Claims {
     /// The identity these claims grant; a claim that cannot be honoured refuses the token.
     pub fn identity(&self) -> Result<Identity, AuthError> {
-        if self.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub".into()));
-        }
+        validate_user_id(&self.sub).map_err(AuthError::Invalid)?;
         let role = match &self.role {
             None => Role::Member,
             Some(r) => r.parse().map_err(AuthError::Invalid)?,

@@ -116,6 +116,8 @@ pub struct Counters {
     pub delivered: u64,
     pub gone: u64,
     pub retried: u64,
+    /// Of the retries, those @connections asked for with 429: the alarm for throttling.
+    pub throttled: u64,
     pub failed: u64,
 }
 
@@ -124,6 +126,7 @@ impl Counters {
         self.delivered += other.delivered;
         self.gone += other.gone;
         self.retried += other.retried;
+        self.throttled += other.throttled;
         self.failed += other.failed;
     }
 
@@ -139,6 +142,7 @@ impl Counters {
                         {"Name": "Delivered", "Unit": "Count"},
                         {"Name": "Gone", "Unit": "Count"},
                         {"Name": "Retried", "Unit": "Count"},
+                        {"Name": "Throttled", "Unit": "Count"},
                         {"Name": "Failed", "Unit": "Count"},
                     ],
                 }],
@@ -147,6 +151,7 @@ impl Counters {
             "Delivered": self.delivered,
             "Gone": self.gone,
             "Retried": self.retried,
+            "Throttled": self.throttled,
             "Failed": self.failed,
         })
         .to_string()
@@ -217,6 +222,8 @@ pub struct Broadcaster<G> {
 enum Attempt {
     Done(Delivery),
     Retry(String),
+    /// A retry because @connections answered 429.
+    Throttled(String),
 }
 
 impl Broadcaster<crate::store::DynamoStore> {
@@ -292,12 +299,13 @@ impl<G: GoneCleanup> Broadcaster<G> {
         match &err {
             SdkError::ServiceError(service) => match service.err() {
                 PostToConnectionError::GoneException(_) => Attempt::Done(Delivery::Gone),
-                PostToConnectionError::LimitExceededException(_) => Attempt::Retry("throttled (429)".into()),
+                PostToConnectionError::LimitExceededException(_) => Attempt::Throttled("throttled (429)".into()),
                 PostToConnectionError::PayloadTooLargeException(_) | PostToConnectionError::ForbiddenException(_) => {
                     Attempt::Done(Delivery::Failed(describe(&err)))
                 }
                 _ if status == Some(410) => Attempt::Done(Delivery::Gone),
-                _ if status == Some(429) || status.is_some_and(|s| s >= 500) => Attempt::Retry(describe(&err)),
+                _ if status == Some(429) => Attempt::Throttled(describe(&err)),
+                _ if status.is_some_and(|s| s >= 500) => Attempt::Retry(describe(&err)),
                 _ => Attempt::Done(Delivery::Failed(describe(&err))),
             },
             // Timeouts, dropped connections, and unparseable responses are transient.
@@ -308,19 +316,25 @@ impl<G: GoneCleanup> Broadcaster<G> {
         }
     }
 
-    /// Posts to one connection, retrying throttling and 5xx until the deadline.
-    pub async fn post(&self, connection_id: &str, payload: &[u8]) -> (Delivery, u64) {
+    /// Posts to one connection, retrying throttling and 5xx until the deadline. Also returns
+    /// the retries, and how many of them followed a 429.
+    pub async fn post(&self, connection_id: &str, payload: &[u8]) -> (Delivery, u64, u64) {
         let started = Instant::now();
         let mut backoff = self.config.first_backoff;
         let mut retries = 0;
+        let mut throttled = 0;
         loop {
             let why = match self.attempt(connection_id, payload).await {
                 Attempt::Done(Delivery::Gone) => {
                     self.gone.connection_gone(connection_id).await;
-                    return (Delivery::Gone, retries);
+                    return (Delivery::Gone, retries, throttled);
                 }
-                Attempt::Done(d) => return (d, retries),
+                Attempt::Done(d) => return (d, retries, throttled),
                 Attempt::Retry(why) => why,
+                Attempt::Throttled(why) => {
+                    throttled += 1;
+                    why
+                }
             };
             // Full jitter: sleep a random time up to the current backoff.
             let sleep = backoff.mul_f64(fastrand::f64());
@@ -328,6 +342,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
                 return (
                     Delivery::Failed(format!("gave up after {retries} retries: {why}")),
                     retries,
+                    throttled,
                 );
             }
             tokio::time::sleep(sleep).await;
@@ -401,17 +416,18 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(BroadcastError::PayloadTooLarge(payload.len()));
         }
-        let outcomes: Vec<(String, Delivery, u64)> = stream::iter(recipients)
+        let outcomes: Vec<(String, Delivery, u64, u64)> = stream::iter(recipients)
             .map(|id| async move {
-                let (delivery, retries) = self.post(&id, payload).await;
-                (id, delivery, retries)
+                let (delivery, retries, throttled) = self.post(&id, payload).await;
+                (id, delivery, retries, throttled)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
         let mut report = Report::default();
-        for (id, delivery, retries) in outcomes {
+        for (id, delivery, retries, throttled) in outcomes {
             report.counters.retried += retries;
+            report.counters.throttled += throttled;
             match &delivery {
                 Delivery::Delivered => report.counters.delivered += 1,
                 Delivery::Gone => report.counters.gone += 1,
@@ -541,6 +557,7 @@ mod tests {
             delivered: 3,
             gone: 1,
             retried: 2,
+            throttled: 1,
             failed: 0,
         };
         let v: serde_json::Value = serde_json::from_str(&c.emf("stream-fanout")).unwrap();
@@ -548,6 +565,7 @@ mod tests {
         assert_eq!(v["Delivered"], 3);
         assert_eq!(v["Gone"], 1);
         assert_eq!(v["Retried"], 2);
+        assert_eq!(v["Throttled"], 1);
         assert_eq!(v["Failed"], 0);
         assert_eq!(v["Function"], "stream-fanout");
     }

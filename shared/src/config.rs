@@ -37,6 +37,26 @@ fn seconds(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default
     }
 }
 
+fn millis(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    let ms = match optional(lookup, name) {
+        None => default,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::Invalid {
+                name,
+                why: format!("{v:?} is not a positive number of milliseconds"),
+            })?,
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 fn list(value: Option<String>) -> Option<Vec<String>> {
     value.map(|v| {
         v.split(',')
@@ -76,11 +96,18 @@ impl Default for Retention {
     }
 }
 
+/// How long one DynamoDB operation (all its attempts) may take when `DYNAMODB_TIMEOUT_MS` is unset.
+pub const DEFAULT_DYNAMODB_TIMEOUT_MS: u64 = 5000;
+
 /// What every function that touches the table needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub table_name: String,
     pub retention: Retention,
+    /// The SDK's operation timeout: a store that does not answer gives a clear error well
+    /// inside the function's own timeout instead of a Lambda timeout (the template sets it
+    /// below each function's `Timeout`; tests/template.rs checks that).
+    pub operation_timeout: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -98,6 +125,7 @@ impl StoreConfig {
                 event_secs: seconds(&lookup, "EVENT_TTL_SECONDS", d.event_secs)?,
                 dedupe_secs: seconds(&lookup, "DEDUPE_TTL_SECONDS", d.dedupe_secs)?,
             },
+            operation_timeout: millis(&lookup, "DYNAMODB_TIMEOUT_MS", DEFAULT_DYNAMODB_TIMEOUT_MS)?,
         })
     }
 }
@@ -181,6 +209,10 @@ mod tests {
             Err(ConfigError::Missing("TABLE_NAME"))
         );
         assert!(StoreConfig::from_lookup(lookup(&[("TABLE_NAME", "t"), ("MESSAGE_TTL_SECONDS", "-1")])).is_err());
+        assert_eq!(c.operation_timeout.as_millis(), 5000);
+        let c = StoreConfig::from_lookup(lookup(&[("TABLE_NAME", "t"), ("DYNAMODB_TIMEOUT_MS", "2500")])).unwrap();
+        assert_eq!(c.operation_timeout.as_millis(), 2500);
+        assert!(StoreConfig::from_lookup(lookup(&[("TABLE_NAME", "t"), ("DYNAMODB_TIMEOUT_MS", "0")])).is_err());
     }
 
     #[test]

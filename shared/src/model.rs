@@ -302,3 +302,46 @@ impl Message {
         (keys::channel(&self.channel), self.sort_key())
     }
 }
+
+#[cfg(test)]
+mod key_limits {
+    use proptest::prelude::*;
+
+    use super::keys;
+    use crate::access::validate_user_id;
+    use crate::channel::{ChannelId, ChannelKind};
+    use crate::protocol::{ClientFrame, MAX_CLIENT_MSG_ID_LEN};
+
+    /// DynamoDB's limits on a partition key and a sort key value.
+    const MAX_PARTITION_KEY_BYTES: usize = 2048;
+    const MAX_SORT_KEY_BYTES: usize = 1024;
+
+    proptest! {
+        /// Whatever `sub` the authorizer admits names its user channel, and every key built from
+        /// it (with any `clientMsgId` a frame may carry) fits DynamoDB's key limits.
+        #[test]
+        fn keys_of_every_admitted_sub_fit(
+            sub in "[A-Za-z0-9_.@-]{1,128}|\\PC{0,200}",
+            client_msg_id in "[!-\"$-~]{1,128}",
+            kind in 0..ChannelKind::ALL.len(),
+        ) {
+            if validate_user_id(&sub).is_err() {
+                prop_assert!(ChannelId::user(&sub).is_err(), "a refused sub {sub:?} names no channel");
+                return Ok(());
+            }
+            let user_channel = ChannelId::user(&sub).expect("an admitted sub names its channel");
+            let frame = serde_json::json!({
+                "action": "sendMessage", "channel": "workspace:1", "body": "x", "clientMsgId": client_msg_id,
+            });
+            prop_assert!(ClientFrame::parse(&frame.to_string()).is_ok(), "{client_msg_id:?} is a valid clientMsgId");
+            prop_assert!(client_msg_id.len() <= MAX_CLIENT_MSG_ID_LEN);
+            let any_channel = ChannelId::new(ChannelKind::ALL[kind], &sub).unwrap();
+            prop_assert!(keys::channel(&user_channel).len() <= MAX_PARTITION_KEY_BYTES);
+            prop_assert!(keys::channel(&any_channel).len() <= MAX_PARTITION_KEY_BYTES);
+            prop_assert!(keys::presence(&sub).len() <= MAX_SORT_KEY_BYTES);
+            prop_assert!(keys::dedupe(&sub, &client_msg_id).len() <= MAX_SORT_KEY_BYTES);
+            // The `byConnection` index's sort key is the channel.
+            prop_assert!(any_channel.to_string().len() <= MAX_SORT_KEY_BYTES);
+        }
+    }
+}

@@ -116,8 +116,14 @@ pub enum SigningError {
     NoHost(String),
     #[error("the request path {0:?} has dot segments or a query, which posts never have")]
     UnsupportedPath(String),
+    #[error("the request has several host headers")]
+    SeveralHosts,
+    #[error("the request URI {0:?} carries user info, which posts never have")]
+    UserInfo(String),
     #[error("the time {0:?} cannot be written as x-amz-date")]
     Clock(SystemTime),
+    #[error("the credentials' {0} has characters a header cannot carry")]
+    UnwritableCredentials(&'static str),
 }
 
 impl CachedKeySigner {
@@ -138,11 +144,20 @@ impl CachedKeySigner {
         let date = &amz_date[..8];
         request.headers_mut().insert("x-amz-date", amz_date.to_owned());
         if let Some(token) = creds.session_token() {
-            request.headers_mut().insert("x-amz-security-token", token.to_owned());
+            request
+                .headers_mut()
+                .try_insert("x-amz-security-token", token.to_owned())
+                .map_err(|_| SigningError::UnwritableCredentials("session token"))?;
         }
         let payload_hash = Sha256::digest(request.body().bytes().ok_or(SigningError::StreamingBody)?);
 
         let uri = request.uri().to_owned();
+        if authority_of(&uri).is_some_and(|a| a.contains('@')) {
+            return Err(SigningError::UserInfo(uri));
+        }
+        if request.headers().get_all("host").count() > 1 {
+            return Err(SigningError::SeveralHosts);
+        }
         let host = match request.headers().get("host") {
             Some(h) => h.to_owned(),
             None => host_of(&uri).ok_or_else(|| SigningError::NoHost(uri.clone()))?,
@@ -151,6 +166,7 @@ impl CachedKeySigner {
         if request.uri_mut().query().is_some_and(|q| !q.is_empty()) || has_dot_segment(&path) {
             return Err(SigningError::UnsupportedPath(uri));
         }
+        let path = without_empty_segments(&path);
 
         // The canonical request, in one buffer.
         let mut creq = String::with_capacity(512 + path.len());
@@ -184,7 +200,12 @@ impl CachedKeySigner {
                 creq.push_str(name);
                 creq.push(':');
             }
-            push_trimmed(&mut creq, value);
+            if *name == "x-amz-security-token" {
+                // aws-sigv4 signs the session token as it is, untrimmed.
+                creq.push_str(value);
+            } else {
+                push_trimmed(&mut creq, value);
+            }
             previous = Some(name);
         }
         creq.push_str("\n\n");
@@ -229,7 +250,12 @@ impl CachedKeySigner {
         authorization.push_str(signed_headers);
         authorization.push_str(", Signature=");
         push_hex(&mut authorization, &signature);
-        request.headers_mut().insert("authorization", authorization);
+        // An access key id that cannot be written in a header is an error, not a panic (it
+        // would abort the fanout).
+        request
+            .headers_mut()
+            .try_insert("authorization", authorization)
+            .map_err(|_| SigningError::UnwritableCredentials("access key id"))?;
         Ok(())
     }
 
@@ -286,8 +312,8 @@ fn amz_date(now: SystemTime) -> Result<String, SigningError> {
 
 /// `host[:port]` of an absolute URI, without the scheme's default port, as aws-sigv4 signs it.
 fn host_of(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())?;
+    let scheme = uri.split_once("://")?.0;
+    let authority = authority_of(uri)?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let default_port = match scheme {
         "https" => Some(":443"),
@@ -298,6 +324,29 @@ fn host_of(uri: &str) -> Option<String> {
         Some(host) => host.to_owned(),
         None => authority.to_owned(),
     })
+}
+
+/// The path as aws-sigv4 normalises it before signing (RFC 3986 5.2.4, as for every service but
+/// S3): empty segments dropped, a trailing slash kept. Allocates only when there is one.
+fn without_empty_segments(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains("//") {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if path.ends_with('/') {
+        out.push('/');
+    }
+    out.into()
+}
+
+/// The `[userinfo@]host[:port]` of an absolute URI.
+fn authority_of(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())
 }
 
 fn has_dot_segment(path: &str) -> bool {
@@ -490,5 +539,76 @@ mod tests {
             signer.sign(&mut request, &creds, at(0)),
             Err(SigningError::UnsupportedPath(_))
         ));
+        // Found by the `sigv4` fuzz target: aws-sigv4 signs user info into the host when the
+        // port is not the scheme's, which no server would check; such a URI is refused.
+        // And one with several host headers, which aws-sigv4 signs as a list.
+        let mut request = post("https://h/prod/%40connections/x", b"x", &[("host", "a"), ("host", "b")]);
+        assert!(matches!(
+            signer.sign(&mut request, &creds, at(0)),
+            Err(SigningError::SeveralHosts)
+        ));
+        for uri in [
+            "https://u@h:8443/prod/%40connections/x",
+            "https://@:65535//%40connections/",
+        ] {
+            let mut request = post(uri, b"x", &[]);
+            assert!(matches!(
+                signer.sign(&mut request, &creds, at(0)),
+                Err(SigningError::UserInfo(_))
+            ));
+        }
+    }
+
+    /// Found by the `sigv4` fuzz target: aws-sigv4 (and so API Gateway) drops empty path segments
+    /// before signing, and an endpoint with an empty stage or a trailing slash makes one.
+    #[test]
+    fn empty_path_segments_are_signed_as_aws_sigv4_normalises_them() {
+        let signer = CachedKeySigner::new("eu-west-1", SERVICE);
+        let creds = Credentials::new("AKID", "s", None, None, "test");
+        for uri in [
+            "https://h//%40connections/x",
+            "https://h/prod//%40connections/x",
+            "https://h/prod/%40connections//x",
+            "https://h/prod/%40connections/x//",
+            "https://h//",
+            "https://h/prod/%40connections/",
+        ] {
+            let expected = reference(&post(uri, b"x", &[]), &creds, "eu-west-1", at(0));
+            let signed = ours(&signer, post(uri, b"x", &[]), &creds, at(0));
+            assert_eq!(signed.headers().get("authorization"), Some(expected.as_str()), "{uri}");
+        }
+    }
+
+    /// Found by the `sigv4` fuzz target: credentials with a control character made the header
+    /// insert panic, which would abort a fanout (panic = "abort" in release).
+    #[test]
+    fn credentials_a_header_cannot_carry_are_an_error() {
+        let signer = CachedKeySigner::new("eu-west-1", SERVICE);
+        let uri = "https://h/prod/%40connections/x";
+        for (key, token) in [("AKID\u{7f}", None), ("AKID", Some("tok\nen".to_owned()))] {
+            let creds = Credentials::new(key, "s", token, None, "test");
+            assert!(matches!(
+                signer.sign(&mut post(uri, b"x", &[]), &creds, at(0)),
+                Err(SigningError::UnwritableCredentials(_))
+            ));
+        }
+    }
+
+    /// Found by the `sigv4` fuzz target: aws-sigv4 signs the session token untrimmed, where this
+    /// signer trimmed it like any header value.
+    #[test]
+    fn session_tokens_are_signed_untrimmed_as_aws_sigv4_does() {
+        let signer = CachedKeySigner::new("eu-west-1", SERVICE);
+        let uri = "https://h/prod/%40connections/x";
+        for token in [" ", " t ", "a  b"] {
+            let creds = Credentials::new("AKID", "s", Some(token.to_owned()), None, "test");
+            let expected = reference(&post(uri, b"x", &[]), &creds, "eu-west-1", at(0));
+            let signed = ours(&signer, post(uri, b"x", &[]), &creds, at(0));
+            assert_eq!(
+                signed.headers().get("authorization"),
+                Some(expected.as_str()),
+                "{token:?}"
+            );
+        }
     }
 }

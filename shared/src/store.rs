@@ -50,6 +50,12 @@ pub enum StoreError {
     /// Other sends to the channel kept taking the next sequence number; the caller may retry.
     #[error("the channel is too busy right now")]
     Contended,
+    /// A connection's user id cannot name its `user:<sub>` channel (the authorizer admits none such).
+    #[error("user id cannot name a user channel: {0}")]
+    InvalidUserId(String),
+    /// DynamoDB did not answer within the operation timeout (`DYNAMODB_TIMEOUT_MS`).
+    #[error("DynamoDB did not answer within the operation timeout (DYNAMODB_TIMEOUT_MS): {0}")]
+    Timeout(String),
     #[error("DynamoDB: {0}")]
     Dynamo(String),
     #[error("item does not match the model: {0}")]
@@ -61,7 +67,11 @@ where
     E: std::error::Error + 'static,
 {
     fn from(e: SdkError<E, R>) -> Self {
-        StoreError::Dynamo(format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+        let context = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+        match e {
+            SdkError::TimeoutError(_) => StoreError::Timeout(context),
+            _ => StoreError::Dynamo(context),
+        }
     }
 }
 
@@ -178,6 +188,18 @@ pub struct DynamoStore {
     retention: Retention,
 }
 
+/// A DynamoDB client whose every operation, retries included, ends within `timeout`.
+pub fn client_with_timeout(sdk: &aws_config::SdkConfig, timeout: std::time::Duration) -> Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .timeout_config(
+            aws_smithy_types::timeout::TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -220,11 +242,12 @@ impl DynamoStore {
         }
     }
 
-    /// The store a Lambda uses: table and retention from the environment, one SDK client.
+    /// The store a Lambda uses: table, retention and timeout from the environment, one SDK client.
     pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
         let config = crate::config::StoreConfig::from_env()?;
         let sdk = crate::config::aws().await;
-        Ok(DynamoStore::new(Client::new(&sdk), config.table_name, config.retention))
+        let client = client_with_timeout(&sdk, config.operation_timeout);
+        Ok(DynamoStore::new(client, config.table_name, config.retention))
     }
 
     pub fn retention(&self) -> &Retention {
@@ -410,6 +433,12 @@ impl DynamoStore {
 
 impl Store for DynamoStore {
     async fn connect(&self, connection: &Connection, named: &[ChannelId]) -> Result<(), StoreError> {
+        // Every signed-in connection gets its personal channel; one without it would miss its
+        // notifications unnoticed, so it is refused instead.
+        let personal = match connection.user_id.as_deref() {
+            Some(user) => Some(ChannelId::user(user).map_err(|e| StoreError::InvalidUserId(e.to_string()))?),
+            None => None,
+        };
         let mut item = to_item(connection.key(), connection)?;
         // A string set, so join and leave can ADD and DELETE one channel without a read.
         let joined: Vec<String> = named
@@ -431,7 +460,6 @@ impl Store for DynamoStore {
             expires_at: connection.expires_at,
             history,
         };
-        let personal = connection.user_id.as_deref().and_then(|u| ChannelId::user(u).ok());
         if let Some(channel) = &personal {
             actions.extend(self.membership_actions(&membership(channel.clone(), None))?);
         }

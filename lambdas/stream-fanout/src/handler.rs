@@ -14,6 +14,7 @@
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
     "TABLE_NAME",
+    "DYNAMODB_TIMEOUT_MS",
     "CONNECTIONS_ENDPOINT",
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",

@@ -9,9 +9,10 @@
 //! stream fanout answers it (this handler only writes items).
 
 /// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &["TABLE_NAME", "CONNECTION_TTL_SECONDS"];
+pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS", "CONNECTION_TTL_SECONDS"];
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
+use wsfan_shared::access::IdentityError;
 use wsfan_shared::clock;
 use wsfan_shared::config::Retention;
 use wsfan_shared::connect::ConnectParams;
@@ -34,12 +35,17 @@ pub async fn handle<S: Store>(
     };
     let identity = match request.identity {
         Ok(identity) => identity,
-        Err(e) => {
+        Err(e @ IdentityError::Missing) => {
             tracing::error!(
                 connection = %request.connection_id,
                 error = %e,
                 "refusing $connect: is the authorizer attached to the $connect route?"
             );
+            return empty(403);
+        }
+        // Only a context our authorizer did not make gets here (it denies bad subs itself).
+        Err(e) => {
+            tracing::error!(connection = %request.connection_id, error = %e, "refusing $connect");
             return empty(403);
         }
     };

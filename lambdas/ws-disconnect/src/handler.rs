@@ -2,7 +2,7 @@
 //! API Gateway's side and may arrive twice, so it is idempotent; TTL catches any it never gets.
 
 /// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &["TABLE_NAME"];
+pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS"];
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::store::Store;

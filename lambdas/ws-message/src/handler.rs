@@ -7,6 +7,7 @@
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
     "TABLE_NAME",
+    "DYNAMODB_TIMEOUT_MS",
     "CONNECTION_TTL_SECONDS",
     "MESSAGE_TTL_SECONDS",
     "EVENT_TTL_SECONDS",
