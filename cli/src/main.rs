@@ -87,6 +87,10 @@ struct StackArgs {
     moto_port: u16,
     #[arg(long, default_value = "local")]
     stage: String,
+    /// Execution environments each function may scale out to, as Lambda starts one more when an
+    /// invocation finds every environment busy (kept low: each is a process on this machine).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
     /// Show the functions' own log lines, not only invocations, warnings and errors.
     #[arg(long, short)]
     verbose: bool,
@@ -139,6 +143,7 @@ impl StackArgs {
             stage: self.stage.clone(),
             limits: wsfan_local::gateway::Limits::default(),
             anonymous_channels: None,
+            concurrency: usize::from(self.concurrency),
             verbose: self.verbose,
         })
     }
