@@ -5,6 +5,7 @@
 //! - `wsfan token`: a dev JWT signed with the HS256 secret, to connect by hand.
 
 mod bench;
+mod bench_lambdas;
 mod bench_local;
 
 use std::path::PathBuf;
@@ -68,10 +69,20 @@ enum Bench {
         /// Rounds of the throughput run; the median is reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// The throttled run's token bucket refill, in posts per second (API Gateway's account
+        /// default is 10,000). The run fails if the bucket never answers 429.
+        #[arg(long, default_value_t = 10_000.0)]
+        bucket_rate: f64,
+        /// The throttled run's bucket size (API Gateway's account default burst is 5,000).
+        #[arg(long, default_value_t = 5_000.0)]
+        bucket_burst: f64,
     },
     /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
     /// rate, and every delivery is counted; then an optional soak and a large channel's read.
     Local(bench_local::LocalBench),
+    /// Each real Lambda binary's cold start (time to its first `/next`) and peak RSS then, and
+    /// stream-fanout's CPU per stream record (decode, classify, build the frame).
+    Lambdas(bench_lambdas::LambdasBench),
 }
 
 #[derive(Args)]
@@ -356,6 +367,8 @@ async fn run(cli: Cli) -> Result<String, String> {
             baseline_recipients,
             concurrency,
             rounds,
+            bucket_rate,
+            bucket_burst,
         }) => {
             bench::fanout(bench::Options {
                 python,
@@ -364,10 +377,13 @@ async fn run(cli: Cli) -> Result<String, String> {
                 recipients,
                 baseline_recipients,
                 rounds,
+                bucket_rate,
+                bucket_burst,
             })
             .await
         }
         Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
+        Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(
