@@ -43,6 +43,8 @@ pub struct DevConfig {
     pub stage: String,
     pub limits: Limits,
     pub anonymous_channels: Option<String>,
+    /// Execution environments per function (see [`FunctionSpec::concurrency`]).
+    pub concurrency: usize,
     pub verbose: bool,
 }
 
@@ -204,6 +206,7 @@ impl Environment {
             env: self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref()),
             timeout: Duration::from_secs(function.map(|f| f.timeout_secs).unwrap_or(30)),
             memory_mb: function.map(|f| f.memory_mb).unwrap_or(128),
+            concurrency: config.concurrency,
         };
         LambdaFunction::start(spec, logs.clone())
             .await
@@ -454,7 +457,7 @@ async fn simulate_document(State(app): State<Arc<App>>, Query(query): Query<Hash
 
 /// Invokes an event-source function with one batch and logs how it went. Returns the ids in
 /// `batchItemFailures`, or `None` when the invocation itself failed (the whole batch did).
-async fn invoke_batch(function: &LambdaFunction, event: &Value, size: usize, logs: &Logs) -> Option<Vec<String>> {
+async fn invoke_batch(function: &Arc<LambdaFunction>, event: &Value, size: usize, logs: &Logs) -> Option<Vec<String>> {
     let what = format!("batch of {size}");
     let started = Instant::now();
     match function.invoke(event).await {
