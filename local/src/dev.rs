@@ -66,6 +66,9 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DevError + '_ {
     move |e| DevError::Setup(format!("{what}: {e}"))
 }
 
+/// How long a message whose batch failed stays invisible before its retry, locally.
+const FAILED_VISIBILITY_SECS: u32 = 2;
+
 /// The AWS side: moto, the table, the queues, from the template.
 pub struct Environment {
     pub moto: MotoProcess,
@@ -103,12 +106,23 @@ impl Environment {
                 }
                 _ => None,
             };
-            let name = format!("wsfan-{}", queue.logical_id.to_lowercase());
+            // FIFO queue names must end in .fifo.
+            let suffix = if queue.fifo { ".fifo" } else { "" };
+            let name = format!("wsfan-{}{suffix}", queue.logical_id.to_lowercase());
+            // A batch is not handed to a second poller while its function may still run on it;
+            // a failed one is made visible again after FAILED_VISIBILITY by the poller.
+            let reader_timeout = template
+                .event_sources
+                .iter()
+                .filter(|s| s.source == queue.logical_id)
+                .filter_map(|s| template.function(&s.binary))
+                .map(|f| f.timeout_secs)
+                .max();
             let spec = crate::sources::QueueSpec {
                 name: &name,
-                fifo: false,
-                // Short visibility locally, so a failed message is retried in seconds, not minutes.
-                visibility_timeout_seconds: 2,
+                fifo: queue.fifo,
+                visibility_timeout_seconds: reader_timeout
+                    .map_or(FAILED_VISIBILITY_SECS, |t| (t as u32).max(FAILED_VISIBILITY_SECS)),
                 redrive: redrive.as_ref().map(|(arn, max)| (arn.as_str(), *max)),
             };
             let (url, arn) = crate::sources::create_queue(&sqs, spec)
@@ -185,7 +199,14 @@ impl Environment {
                 "JWKS_URL" | "JWT_AUDIENCE" | "JWT_ISSUER" => String::new(),
                 "ANONYMOUS_CHANNELS" => anonymous.unwrap_or_default().to_owned(),
                 "FAILURE_QUEUE_URL" => self.failure_queue_of(binary).unwrap_or_default(),
-                _ => value.clone().unwrap_or_default(),
+                // `!Ref` to a queue: its URL.
+                _ => value
+                    .clone()
+                    .or_else(|| {
+                        let (url, _) = self.queues.get(function.env_refs.get(name)?)?;
+                        Some(url.clone())
+                    })
+                    .unwrap_or_default(),
             };
             env.push((name.clone(), local));
         }
@@ -309,14 +330,22 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     for source in &environment.template.event_sources {
         let function = lookup(&source.binary)?;
         if let Some((url, arn)) = environment.queues.get(&source.source) {
-            tokio::spawn(sqs_poller(
-                environment.clone(),
-                source.clone(),
-                url.clone(),
-                arn.clone(),
-                function,
-                logs.clone(),
-            ));
+            // As many batches at once as the mapping's MaximumConcurrency (within the function's
+            // environments), as Lambda's pollers do; a FIFO queue keeps each group to one.
+            let pollers = source
+                .maximum_concurrency
+                .unwrap_or(1)
+                .clamp(1, config.concurrency.max(1));
+            for _ in 0..pollers {
+                tokio::spawn(sqs_poller(
+                    environment.clone(),
+                    source.clone(),
+                    url.clone(),
+                    arn.clone(),
+                    function.clone(),
+                    logs.clone(),
+                ));
+            }
         } else {
             let reader = StreamReader::new(
                 aws_sdk_dynamodbstreams::Client::new(&environment.sdk),
@@ -643,6 +672,16 @@ async fn sqs_poller(
         };
         for m in &messages {
             if m.message_id.as_ref().is_some_and(|id| failed.contains(id)) {
+                // Retried in seconds, not after the whole visibility timeout.
+                if let Some(handle) = &m.receipt_handle {
+                    let _ = sqs
+                        .change_message_visibility()
+                        .queue_url(&url)
+                        .receipt_handle(handle)
+                        .visibility_timeout(FAILED_VISIBILITY_SECS as i32)
+                        .send()
+                        .await;
+                }
                 continue;
             }
             if let Some(handle) = &m.receipt_handle {
