@@ -152,7 +152,9 @@ pub fn retry(shard: &Shard, recipients: Vec<String>) -> Vec<Shard> {
         next.attempt = shard.attempt + 1;
         // Unique per attempt: a part's retries are numbered within it (wrapping is harmless: only
         // the five-minute deduplication window could ever see a clash).
-        next.part = next.part.wrapping_add(shard.part.wrapping_mul(SHARD_MAX_RECIPIENTS as u64));
+        next.part = next
+            .part
+            .wrapping_add(shard.part.wrapping_mul(SHARD_MAX_RECIPIENTS as u64));
     }
     shards
 }
