@@ -220,11 +220,31 @@ impl Environment {
         connections_endpoint: &str,
         logs: &Logs,
     ) -> Result<Arc<LambdaFunction>, DevError> {
+        self.start_function_with(config, binary, connections_endpoint, &[], logs)
+            .await
+    }
+
+    /// [`Environment::start_function`], with some variables set to other values than the
+    /// template's (benchmarks).
+    pub async fn start_function_with(
+        &self,
+        config: &DevConfig,
+        binary: &str,
+        connections_endpoint: &str,
+        overrides: &[(String, String)],
+        logs: &Logs,
+    ) -> Result<Arc<LambdaFunction>, DevError> {
         let function = self.template.function(binary);
+        let mut env = self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref());
+        for (name, value) in overrides {
+            if let Some(slot) = env.iter_mut().find(|(n, _)| n == name) {
+                slot.1 = value.clone();
+            }
+        }
         let spec = FunctionSpec {
             name: binary.to_owned(),
             binary: config.bin_dir.join(binary),
-            env: self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref()),
+            env,
             timeout: Duration::from_secs(function.map(|f| f.timeout_secs).unwrap_or(30)),
             memory_mb: function.map(|f| f.memory_mb).unwrap_or(128),
             concurrency: config.concurrency,
@@ -327,8 +347,28 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         }
     });
 
+    spawn_pollers(&environment, &functions, &config, &logs)?;
+
+    Ok(DevStack {
+        http_url,
+        ws_url,
+        environment,
+        functions,
+    })
+}
+
+/// Feeds the stream and the queues to their functions, as the template's mappings say.
+fn spawn_pollers(
+    environment: &Arc<Environment>,
+    functions: &HashMap<String, Arc<LambdaFunction>>,
+    config: &DevConfig,
+    logs: &Logs,
+) -> Result<(), DevError> {
     for source in &environment.template.event_sources {
-        let function = lookup(&source.binary)?;
+        let function = functions
+            .get(&source.binary)
+            .cloned()
+            .ok_or_else(|| DevError::Setup(format!("the template names {}, which is not a function", source.binary)))?;
         if let Some((url, arn)) = environment.queues.get(&source.source) {
             // As many batches at once as the mapping's MaximumConcurrency (within the function's
             // environments), as Lambda's pollers do; a FIFO queue keeps each group to one.
@@ -361,12 +401,30 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         }
     }
 
-    Ok(DevStack {
-        http_url,
-        ws_url,
-        environment,
-        functions,
-    })
+    Ok(())
+}
+
+/// The event-source half of the stack, without the gateway: moto, the functions the stream and
+/// the queues feed (posting to `connections_endpoint`), and their pollers. For benchmarks that
+/// bring their own `@connections` server.
+pub async fn start_pipeline(
+    config: &DevConfig,
+    connections_endpoint: &str,
+    overrides: &[(String, String)],
+) -> Result<(Arc<Environment>, HashMap<String, Arc<LambdaFunction>>), DevError> {
+    let logs = Logs::new(config.verbose);
+    let environment = Arc::new(Environment::start(config).await?);
+    let mut functions = HashMap::new();
+    for source in &environment.template.event_sources {
+        if !functions.contains_key(&source.binary) {
+            let function = environment
+                .start_function_with(config, &source.binary, connections_endpoint, overrides, &logs)
+                .await?;
+            functions.insert(source.binary.clone(), function);
+        }
+    }
+    spawn_pollers(&environment, &functions, config, &logs)?;
+    Ok((environment, functions))
 }
 
 /// `GET /` and `GET /{stage}`: a WebSocket upgrade goes to the gateway, a browser gets the demo.
