@@ -606,21 +606,82 @@ async fn stream_poller(
     failures: Option<(aws_sdk_sqs::Client, String)>,
     logs: Logs,
 ) {
+    let arn = reader.stream_arn().to_owned();
+    // ParallelizationFactor: that many batches of a shard at once, as Lambda runs them, each
+    // record in the lane of its partition key, so one channel's records stay in order while a
+    // long batch (a large channel being sharded) does not hold up the other channels.
+    let lanes: Vec<tokio::sync::mpsc::UnboundedSender<aws_sdk_dynamodbstreams::types::Record>> =
+        (0..source.parallelization_factor.unwrap_or(1).max(1))
+            .map(|_| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(stream_lane(
+                    rx,
+                    arn.clone(),
+                    source.clone(),
+                    function.clone(),
+                    failures.clone(),
+                    logs.clone(),
+                ));
+                tx
+            })
+            .collect();
+    loop {
+        let records = match reader.poll(1000).await {
+            Ok(records) => records,
+            Err(e) => {
+                logs.warn(&format!("reading the stream: {e}"));
+                Vec::new()
+            }
+        };
+        if records.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for record in records {
+            if !matches_any(&source.filters, &record_json(&record, &arn, LOCAL_REGION)) {
+                continue;
+            }
+            let key = record
+                .dynamodb
+                .as_ref()
+                .and_then(|d| d.keys.as_ref())
+                .and_then(|k| k.get("pk"))
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            let lane = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut h);
+                (h.finish() % lanes.len() as u64) as usize
+            };
+            if lanes[lane].send(record).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One lane of a stream shard: its records in order, a batch at a time, retried from the first
+/// failed record, then sent to the on-failure destination when the retries run out.
+async fn stream_lane(
+    mut records: tokio::sync::mpsc::UnboundedReceiver<aws_sdk_dynamodbstreams::types::Record>,
+    arn: String,
+    source: EventSource,
+    function: Arc<LambdaFunction>,
+    failures: Option<(aws_sdk_sqs::Client, String)>,
+    logs: Logs,
+) {
     let mut pending = VecDeque::new();
     let mut attempts = 0u32;
-    let arn = reader.stream_arn().to_owned();
     loop {
-        match reader.poll(1000).await {
-            Ok(records) => pending.extend(
-                records
-                    .into_iter()
-                    .filter(|r| matches_any(&source.filters, &record_json(r, &arn, LOCAL_REGION))),
-            ),
-            Err(e) => logs.warn(&format!("reading the stream: {e}")),
-        }
         if pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+            match records.recv().await {
+                Some(r) => pending.push_back(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = records.try_recv() {
+            pending.push_back(r);
         }
         let batch: Vec<_> = pending.iter().take(source.batch_size.max(1)).cloned().collect();
         let event = match dynamodb_event(&batch, &arn, LOCAL_REGION) {

@@ -51,6 +51,8 @@ pub struct EventSource {
     pub on_failure: Option<String>,
     /// `ScalingConfig.MaximumConcurrency` (queue mappings): batches invoked at once.
     pub maximum_concurrency: Option<usize>,
+    /// `ParallelizationFactor` (stream mappings): batches of one shard invoked at once.
+    pub parallelization_factor: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +286,7 @@ impl Template {
                 on_failure: get(r, &["Properties", "DestinationConfig", "OnFailure", "Destination"])
                     .map(references)
                     .and_then(|r| r.into_iter().next()),
+                parallelization_factor: number(p("ParallelizationFactor")).map(|n| n as usize),
                 maximum_concurrency: resolve(get(r, &["Properties", "ScalingConfig", "MaximumConcurrency"]))
                     .and_then(|n| n.parse().ok()),
             });
