@@ -1099,6 +1099,29 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
 }
 
 #[tokio::test]
+async fn a_redelivered_progress_message_is_pushed_again_and_a_new_duplicate_is_not() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:d10").await;
+    let event = ProgressEvent::progress("d10", 4, 10);
+    let apply = |id| progress_fanout::apply_delivery(&rig.table.store, &rig.broadcaster, &event, Some(id));
+    assert!(matches!(
+        apply("m1").await.unwrap(),
+        progress_fanout::Applied::Pushed(_)
+    ));
+    // The same message again, as after the function died mid-push: pushed again, not stale,
+    // or the subscribers it had not reached would never get it.
+    assert!(matches!(
+        apply("m1").await.unwrap(),
+        progress_fanout::Applied::Pushed(_)
+    ));
+    // Another message with the same event is a duplicate.
+    assert_eq!(apply("m2").await.unwrap(), progress_fanout::Applied::Stale);
+    assert_eq!(rig.frames("s1").len(), 2);
+    let snapshot = rig.table.store.progress("d10").await.unwrap().unwrap();
+    assert!(snapshot.get("delivery").is_none(), "internal: {snapshot}");
+}
+
+#[tokio::test]
 async fn complete_without_counts_keeps_all_pages_and_a_late_error_changes_nothing() {
     let rig = Rig::new().await;
     connect(&rig, "s1", Some("sam")).await;
