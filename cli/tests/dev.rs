@@ -1448,3 +1448,262 @@ async fn a_fanout_under_injected_faults_loses_no_live_recipient_and_a_410_remove
         sent.len()
     );
 }
+
+/// moto holds the table, the stream and the queues in memory: when it dies they are gone, and
+/// `wsfan dev` says so and stops (every process it started with it) instead of running on,
+/// failing every call.
+#[tokio::test]
+async fn when_moto_dies_wsfan_dev_says_so_and_stops() {
+    let mut stack = Stack::start(&[]);
+    let mut alice = stack.client("alice").await;
+    alice.join("workspace:moto").await;
+    let processes = wsfan_local::children::descendants(stack.child.id());
+    let moto = processes_named(&stack, "moto_server.py");
+    assert_eq!(moto.len(), 1, "one moto: {moto:?}");
+    // SAFETY: kill(2) with the pid of a process of our own child's.
+    assert_eq!(unsafe { libc::kill(moto[0] as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = stack.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wsfan dev still runs 20 s after moto died; log: {}",
+            std::fs::read_to_string(&stack.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let said = log_lines(&stack, "wsfan: moto exited");
+    assert_eq!(
+        said.len(),
+        1,
+        "{}",
+        std::fs::read_to_string(&stack.log).unwrap_or_default()
+    );
+    assert!(said[0].contains("signal: 9"), "{}", said[0]);
+    assert!(said[0].contains("Start it again"), "{}", said[0]);
+    loop {
+        let left: Vec<u32> = processes.iter().copied().filter(|p| running(*p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left:?} outlived wsfan dev");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client learns it too: its socket ends.
+    match tokio::time::timeout(WAIT, alice.socket.next()).await {
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {}
+        other => panic!("the socket should have ended, got {other:?}"),
+    }
+}
+
+/// SIGKILLs every process of `function` (the runtime starts a new one, as Lambda would).
+fn kill_function(stack: &Stack, function: &str) -> usize {
+    let pids = processes_named(stack, function);
+    for pid in &pids {
+        // SAFETY: kill(2) with the pid of a process of our own child's.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    pids.len()
+}
+
+/// The records of the batches of `function` whose invocation failed, as the dev log names them
+/// after "retrying " (`seq A..B` or `messages id,id`).
+fn retried_batches(stack: &Stack, function: &str) -> Vec<String> {
+    log_lines(stack, function)
+        .iter()
+        .filter(|l| l.contains("FAILED"))
+        .filter_map(|l| l.split("retrying ").nth(1))
+        .map(|r| r.trim().to_owned())
+        .collect()
+}
+
+/// How often each value occurs.
+fn tally(values: Vec<String>) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn stream_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_retried_batch() {
+    // Slow posts keep a batch in flight long enough to kill it: one channel's records are pushed
+    // one after another.
+    let stack = Stack::start(&["--inject", "latency=200ms"]);
+    let mut listeners = Vec::new();
+    for user in ["kim", "lee", "max"] {
+        let mut client = stack.client(user).await;
+        client.join("workspace:kill").await;
+        listeners.push(Listener::spawn(user, client));
+    }
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
+    let store = wsfan_shared::store::DynamoStore::new(dynamodb.clone(), &stack.table, Default::default());
+    let publisher = wsfan_shared::publisher::ChannelPublisher::new(store, Default::default());
+    let channel: wsfan_shared::channel::ChannelId = "workspace:kill".parse().unwrap();
+    let mut sent = std::collections::BTreeSet::new();
+    for i in 0..24 {
+        let outcome = publisher
+            .publish(&channel, &format!("k{i}"), "backend", None)
+            .await
+            .unwrap();
+        sent.insert(Value::String(outcome.message_id).to_string());
+    }
+    wait_until("the first messages arrive", Duration::from_secs(30), || {
+        let n = listeners[0].field_of("message", "messageId").len();
+        async move { n >= 4 }
+    })
+    .await;
+    assert!(kill_function(&stack, "stream-fanout") > 0, "no stream-fanout process");
+    wait_until("every client has every message", Duration::from_secs(60), || {
+        let done = listeners.iter().all(|l| {
+            let got: std::collections::BTreeSet<String> = l.field_of("message", "messageId").into_iter().collect();
+            got == sent
+        });
+        async move { done }
+    })
+    .await;
+
+    // Which batch was cut, by the log; which record holds which message, by the stream.
+    let retried: Vec<(u128, u128)> = retried_batches(&stack, "stream-fanout")
+        .iter()
+        .filter_map(|r| r.strip_prefix("seq "))
+        .filter_map(|r| r.split_once(".."))
+        .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "no batch was in flight when stream-fanout was killed"
+    );
+    let arn = dynamodb
+        .describe_table()
+        .table_name(&stack.table)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .and_then(|t| t.latest_stream_arn)
+        .unwrap();
+    let mut reader =
+        wsfan_local::sources::StreamReader::new(aws_sdk_dynamodbstreams::Client::new(&stack.sdk().await), &arn, true);
+    let mut sequence_of = std::collections::HashMap::new();
+    for _ in 0..3 {
+        for record in reader.poll(1000).await.unwrap() {
+            let change = record.dynamodb.unwrap();
+            let id = change
+                .new_image
+                .as_ref()
+                .and_then(|i| i.get("messageId"))
+                .and_then(|v| v.as_s().ok());
+            if let (Some(id), Some(seq)) = (id, change.sequence_number) {
+                sequence_of.insert(Value::String(id.clone()).to_string(), seq.parse::<u128>().unwrap());
+            }
+        }
+    }
+    let mut duplicates = 0;
+    for l in &listeners {
+        for (id, n) in tally(l.field_of("message", "messageId")) {
+            if n > 1 {
+                duplicates += n - 1;
+                let seq = sequence_of[&id];
+                assert!(
+                    retried.iter().any(|(a, b)| (*a..=*b).contains(&seq)),
+                    "{}: message {id} (seq {seq}) came {n} times but was in no retried batch {retried:?}",
+                    l.user
+                );
+            }
+        }
+    }
+    eprintln!(
+        "stream-fanout killed: retried batches {retried:?}; {} clients got all {} messages; {duplicates} duplicates, all in the retried batch",
+        listeners.len(),
+        sent.len()
+    );
+}
+
+#[tokio::test]
+async fn progress_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_retried_batch() {
+    // One event for each of 30 documents: a batch of ten is pushed at once, and slow posts keep
+    // it in flight long enough to kill it.
+    let stack = Stack::start(&["--inject", "latency=1500ms"]);
+    let docs: Vec<String> = (0..30).map(|i| format!("kill-{i:02}")).collect();
+    let mut listeners = Vec::new();
+    for user in ["pam", "roy"] {
+        let mut client = stack.client(user).await;
+        for doc in &docs {
+            let answer = client
+                .ask(json!({"action": "subscribe", "docId": doc}), "subscribed")
+                .await;
+            assert_eq!(answer["type"], "subscribed", "{answer}");
+        }
+        listeners.push(Listener::spawn(user, client));
+    }
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk().await);
+    let mut doc_of_message = std::collections::HashMap::new();
+    for doc in &docs {
+        let out = sqs
+            .send_message()
+            .queue_url(&stack.queue)
+            .message_body(json!({"type": "processing_started", "docId": doc, "totalPages": 10}).to_string())
+            .send()
+            .await
+            .unwrap();
+        doc_of_message.insert(out.message_id.unwrap(), Value::String(doc.clone()).to_string());
+    }
+    wait_until("the first batch arrives", Duration::from_secs(30), || {
+        let n = listeners[0].field_of("processing_started", "docId").len();
+        async move { n >= 1 }
+    })
+    .await;
+    assert!(
+        kill_function(&stack, "progress-fanout") > 0,
+        "no progress-fanout process"
+    );
+    let all: std::collections::BTreeSet<String> = doc_of_message.values().cloned().collect();
+    wait_until(
+        "every client has every document's event",
+        Duration::from_secs(60),
+        || {
+            let done = listeners.iter().all(|l| {
+                let got: std::collections::BTreeSet<String> =
+                    l.field_of("processing_started", "docId").into_iter().collect();
+                got == all
+            });
+            async move { done }
+        },
+    )
+    .await;
+
+    let retried: Vec<String> = retried_batches(&stack, "progress-fanout")
+        .iter()
+        .filter_map(|r| r.strip_prefix("messages "))
+        .flat_map(|ids| ids.split(','))
+        .map(|id| doc_of_message[id].clone())
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "no batch was in flight when progress-fanout was killed"
+    );
+    let mut duplicates = 0;
+    for l in &listeners {
+        for (doc, n) in tally(l.field_of("processing_started", "docId")) {
+            if n > 1 {
+                duplicates += n - 1;
+                assert!(
+                    retried.contains(&doc),
+                    "{}: {doc} came {n} times but was in no retried batch",
+                    l.user
+                );
+            }
+        }
+    }
+    eprintln!(
+        "progress-fanout killed: {} events retried; {} clients got all {} events; {duplicates} duplicates, all in the retried batch",
+        retried.len(),
+        listeners.len(),
+        all.len()
+    );
+}
