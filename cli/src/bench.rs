@@ -19,7 +19,16 @@ impl GoneCleanup for CountOnly {
 /// A `wsfan serve-connections` child process.
 struct Server {
     child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
     endpoint: String,
+}
+
+/// What the server answered, as it reports when it stops.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Answered {
+    pub requests: u64,
+    pub delivered: u64,
+    pub throttled: u64,
 }
 
 impl Server {
@@ -41,23 +50,33 @@ impl Server {
             .spawn()
             .map_err(|e| format!("starting the @connections server: {e}"))?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
         let port = line
             .trim()
             .strip_prefix("READY ")
             .ok_or(format!("server said {line:?}"))?;
         Ok(Server {
             child,
+            stdout,
             endpoint: format!("http://127.0.0.1:{port}/bench"),
         })
     }
-}
 
-impl Server {
     fn cpu(&self) -> Duration {
         cpu_time_of(&self.child.id().to_string())
+    }
+
+    /// Stops the server and returns what it answered.
+    fn finish(mut self) -> Result<Answered, String> {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        let stats = line
+            .trim()
+            .strip_prefix("STATS ")
+            .ok_or(format!("the server's last words were {line:?}"))?;
+        serde_json::from_str(stats).map_err(|e| format!("{e}: {stats}"))
     }
 }
 
@@ -69,7 +88,7 @@ impl Drop for Server {
 }
 
 /// CPU time of this process (user + system), from /proc.
-fn cpu_time() -> Duration {
+pub fn cpu_time() -> Duration {
     cpu_time_of("self")
 }
 
@@ -116,6 +135,9 @@ pub struct Options {
     pub baseline_recipients: usize,
     /// Rounds of the throughput run; the median is reported.
     pub rounds: usize,
+    /// The throttled run's token bucket: refill per second, and its size.
+    pub bucket_rate: f64,
+    pub bucket_burst: f64,
 }
 
 struct Run {
@@ -270,35 +292,58 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         r.failed
     );
 
-    // 4. Behind a 10k/s token bucket with bursts of 5k that answers 429.
+    // 4. Behind a token bucket that answers 429. The figure shows throttling only if the bucket
+    // ran dry: the run fails when no 429 was answered, or when a recipient was lost.
     let server = Server::start(
         &[
             "--bucket-rate".into(),
-            "10000".into(),
+            o.bucket_rate.to_string(),
             "--bucket-burst".into(),
-            "5000".into(),
+            o.bucket_burst.to_string(),
         ],
         core,
     )?;
     let r = run(&server.endpoint, o.recipients, &payload, false, o.concurrency, 1)
         .await
         .remove(0);
-    drop(server);
+    let answered = server.finish()?;
+    let lost = o.recipients as u64 - r.delivered;
     out += &format!(
-        "{} recipients behind a 10k/5k token bucket: delivered {}, lost {}, retries {}, {:.3} s\n",
+        "{} recipients behind a {}/s token bucket of {}: delivered {}, lost {}, {:.3} s; \
+         the server answered {} posts: {} delivered, {} with 429; the broadcaster ran {} retries\n",
         o.recipients,
+        o.bucket_rate,
+        o.bucket_burst,
         r.delivered,
-        o.recipients as u64 - r.delivered,
-        r.retried,
-        r.wall.as_secs_f64()
+        lost,
+        r.wall.as_secs_f64(),
+        answered.requests,
+        answered.delivered,
+        answered.throttled,
+        r.retried
     );
+    let mut shortfalls = Vec::new();
+    if answered.throttled == 0 {
+        shortfalls.push(format!(
+            "no 429 was answered, so the throttled figure shows nothing: lower --bucket-rate ({}) or \
+             --bucket-burst ({}), or raise --recipients ({})",
+            o.bucket_rate, o.bucket_burst, o.recipients
+        ));
+    }
+    if lost > 0 {
+        shortfalls.push(format!("{lost} recipients were lost behind the bucket"));
+    }
 
     out += &format!(
         "peak RSS of the broadcaster process: {:.1} MB (before the first post, binary and runtime: {:.1} MB)\n",
         peak_rss_kib() as f64 / 1024.0,
         rss_at_start as f64 / 1024.0
     );
-    Ok(out)
+    if shortfalls.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!("{out}NOT SHOWN: {}", shortfalls.join("; ")))
+    }
 }
 
 /// `wsfan serve-connections`: the @connections server as a process of its own.
@@ -316,9 +361,18 @@ pub async fn serve(latency_ms: u64, bucket: Option<(f64, f64)>) -> Result<String
     // The boto3 loop signs with keys of its own, and this core should measure serving posts.
     server.trust_signatures();
     println!("READY {}", server.addr().port());
-    // Serve until the parent closes our stdin.
+    // Serve until the parent closes our stdin, then say what was answered.
     let _ = tokio::task::spawn_blocking(|| std::io::read_to_string(std::io::stdin())).await;
-    Ok(String::new())
+    let stats = server.stats();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(format!(
+        "STATS {}",
+        serde_json::json!({
+            "requests": count(&stats.requests),
+            "delivered": count(&stats.delivered),
+            "throttled": count(&stats.throttled),
+        })
+    ))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! - `wsfan token`: a dev JWT signed with the HS256 secret, to connect by hand.
 
 mod bench;
+mod bench_lambdas;
 mod bench_local;
 
 use std::path::PathBuf;
@@ -68,10 +69,20 @@ enum Bench {
         /// Rounds of the throughput run; the median is reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// The throttled run's token bucket refill, in posts per second (API Gateway's account
+        /// default is 10,000). The run fails if the bucket never answers 429.
+        #[arg(long, default_value_t = 10_000.0)]
+        bucket_rate: f64,
+        /// The throttled run's bucket size (API Gateway's account default burst is 5,000).
+        #[arg(long, default_value_t = 5_000.0)]
+        bucket_burst: f64,
     },
     /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
     /// rate, and every delivery is counted; then an optional soak and a large channel's read.
     Local(bench_local::LocalBench),
+    /// Each real Lambda binary's cold start (time to its first `/next`) and peak RSS then, and
+    /// stream-fanout's CPU per stream record (decode, classify, build the frame).
+    Lambdas(bench_lambdas::LambdasBench),
 }
 
 #[derive(Args)]
@@ -87,6 +98,10 @@ struct StackArgs {
     moto_port: u16,
     #[arg(long, default_value = "local")]
     stage: String,
+    /// Execution environments each function may scale out to, as Lambda starts one more when an
+    /// invocation finds every environment busy (kept low: each is a process on this machine).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
     /// Show the functions' own log lines, not only invocations, warnings and errors.
     #[arg(long, short)]
     verbose: bool,
@@ -147,6 +162,7 @@ impl StackArgs {
             stage: self.stage.clone(),
             limits: wsfan_local::gateway::Limits::default(),
             anonymous_channels: None,
+            concurrency: usize::from(self.concurrency),
             verbose: self.verbose,
             inject: None,
         })
@@ -384,6 +400,8 @@ async fn run(cli: Cli) -> Result<String, String> {
             baseline_recipients,
             concurrency,
             rounds,
+            bucket_rate,
+            bucket_burst,
         }) => {
             bench::fanout(bench::Options {
                 python,
@@ -392,10 +410,13 @@ async fn run(cli: Cli) -> Result<String, String> {
                 recipients,
                 baseline_recipients,
                 rounds,
+                bucket_rate,
+                bucket_burst,
             })
             .await
         }
         Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
+        Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(

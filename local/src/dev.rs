@@ -44,6 +44,8 @@ pub struct DevConfig {
     pub stage: String,
     pub limits: Limits,
     pub anonymous_channels: Option<String>,
+    /// Execution environments per function (see [`FunctionSpec::concurrency`]).
+    pub concurrency: usize,
     pub verbose: bool,
     /// Faults for @connections to inject (`--inject`), and the seed of their draws.
     pub inject: Option<(Faults, u64)>,
@@ -207,6 +209,7 @@ impl Environment {
             env: self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref()),
             timeout: Duration::from_secs(function.map(|f| f.timeout_secs).unwrap_or(30)),
             memory_mb: function.map(|f| f.memory_mb).unwrap_or(128),
+            concurrency: config.concurrency,
         };
         LambdaFunction::start(spec, logs.clone())
             .await
@@ -509,7 +512,7 @@ async fn simulate_document(State(app): State<Arc<App>>, Query(query): Query<Hash
 /// `records` names the batch's records in the log line of a failure, so that what is retried,
 /// and so may be delivered twice, can be told.
 async fn invoke_batch(
-    function: &LambdaFunction,
+    function: &Arc<LambdaFunction>,
     event: &Value,
     size: usize,
     records: &str,
