@@ -466,9 +466,12 @@ impl Inner {
                 }
             }
             let mut latency = b.latency;
+            // Only connections that are open draw faults: for one that is not (yet, or any
+            // more) the true answer is already 410, and an injected 410 must close a socket.
+            let open = self.sink.as_ref().is_none_or(|s| s.exists(connection_id));
             if let Some(injection) = &mut b.injection {
                 latency += injection.faults.latency();
-                if injected.is_none() {
+                if injected.is_none() && open {
                     let drawn = injection.faults.draw(injection.rng.f64());
                     if let Some(status) = drawn {
                         *self.injected.lock().unwrap().entry(status).or_default() += 1;
