@@ -42,14 +42,7 @@ const RECORD_FIXTURES: &[&str] = &[
 const BATCH: usize = 100;
 
 pub async fn run(b: LambdasBench) -> Result<String, String> {
-    let bin_dir = match &b.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .parent()
-            .map(PathBuf::from)
-            .ok_or("cannot tell where wsfan is")?,
-    };
+    let bin_dir = crate::lambda_bin_dir(b.bin_dir.as_ref())?;
     let build = if bin_dir.ends_with("release") {
         "release"
     } else {

@@ -144,16 +144,21 @@ struct InvokeArgs {
     stack: StackArgs,
 }
 
+/// Where the Lambda binaries are: `given`, or beside this wsfan binary (the same build).
+fn lambda_bin_dir(given: Option<&PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(d) => Ok(d.clone()),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| "cannot tell where wsfan is".to_owned()),
+    }
+}
+
 impl StackArgs {
     fn config(&self, port: u16) -> Result<wsfan_local::dev::DevConfig, String> {
-        let bin_dir = match &self.bin_dir {
-            Some(d) => d.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| e.to_string())?
-                .parent()
-                .map(PathBuf::from)
-                .ok_or("cannot tell where wsfan is")?,
-        };
+        let bin_dir = lambda_bin_dir(self.bin_dir.as_ref())?;
         Ok(wsfan_local::dev::DevConfig {
             repo_root: self.repo.clone(),
             bin_dir,
