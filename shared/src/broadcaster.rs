@@ -198,8 +198,27 @@ pub trait GoneCleanup: Send + Sync {
     fn connection_gone(&self, connection_id: &str) -> impl Future<Output = ()> + Send;
 }
 
+/// How long after `$connect` stored a connection a 410 for it may mean "not established yet"
+/// rather than "gone". API Gateway answers 410 to posts to a connection whose `$connect` has not
+/// returned (or whose handshake has not finished), and `$connect` writes the connection's
+/// memberships first: a fanout that reads them meanwhile posts too early. Deleting the connection
+/// then would leave a client that is about to be connected with no channels, silently. 30 s is
+/// API Gateway's integration timeout, the longest `$connect` can take.
+pub const ESTABLISHING_MILLIS: i64 = 30_000;
+
 impl<S: Store> GoneCleanup for S {
     async fn connection_gone(&self, connection_id: &str) {
+        if let Ok(Some(connection)) = self.connection(connection_id).await {
+            let age = crate::clock::now_millis() - connection.connected_at;
+            if age < ESTABLISHING_MILLIS {
+                tracing::info!(
+                    connection = connection_id,
+                    age_ms = age,
+                    "410 from a connection that may still be connecting; kept (its $disconnect or TTL removes it if gone)"
+                );
+                return;
+            }
+        }
         match self.disconnect(connection_id).await {
             Ok(c) => tracing::info!(
                 connection = connection_id,
