@@ -20,13 +20,18 @@ use wsfan_shared::store::{DynamoStore, Store};
 // ---------- helpers ----------
 
 async fn connect(rig: &Rig, connection: &str, user: Option<&str>) {
+    connect_at(rig, connection, user, wsfan_shared::clock::now_millis() - 60_000).await;
+}
+
+/// A connection `$connect` stored at `connected_at` (ms).
+async fn connect_at(rig: &Rig, connection: &str, user: Option<&str>, connected_at: i64) {
     let now = wsfan_shared::clock::now_millis();
     let c = Connection {
         connection_id: connection.into(),
         user_id: user.map(Into::into),
         role: Role::Member,
         channels: vec!["*".into()],
-        connected_at: now,
+        connected_at,
         source_ip: None,
         domain_name: None,
         stage: None,
@@ -158,6 +163,53 @@ async fn presence_counts_users_not_tabs() {
         leaves,
         vec![json!({"type": "presence", "channel": "workspace:42", "userId": "alice", "state": "leave"})]
     );
+}
+
+#[tokio::test]
+async fn a_410_from_a_connection_still_connecting_keeps_it() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    // Dan's $connect has just written his connection and membership; API Gateway has not
+    // established the connection yet, so a post to it is answered 410.
+    connect_at(&rig, "d1", Some("dan"), wsfan_shared::clock::now_millis()).await;
+    join(&rig, "d1", Some("dan"), "workspace:42").await;
+    rig.server.reset();
+    rig.server.fail("d1", 410, Some(1));
+    rig.table
+        .store
+        .post(&chat("workspace:42", "alice", "early"), Some("a1"))
+        .await
+        .unwrap();
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    assert!(rig.frames("d1").is_empty());
+    // Kept: once connected, dan gets what comes next.
+    assert!(
+        rig.table.store.connection("d1").await.unwrap().is_some(),
+        "dan's connection item stays"
+    );
+    let channels: Vec<String> = rig
+        .table
+        .store
+        .memberships_of("d1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.channel.to_string())
+        .collect();
+    assert!(
+        channels.contains(&"workspace:42".to_owned()),
+        "and his membership: {channels:?}"
+    );
+    rig.table
+        .store
+        .post(&chat("workspace:42", "alice", "later"), Some("a1"))
+        .await
+        .unwrap();
+    rig.run_stream_fanout().await;
+    let frames = rig.frames("d1");
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["body"], "later");
 }
 
 #[tokio::test]
@@ -1097,6 +1149,29 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
         1,
         "alice hears bob arrive: {alice:?}"
     );
+}
+
+#[tokio::test]
+async fn a_redelivered_progress_message_is_pushed_again_and_a_new_duplicate_is_not() {
+    let rig = Rig::new().await;
+    member(&rig, "s1", "sam", "doc:d10").await;
+    let event = ProgressEvent::progress("d10", 4, 10);
+    let apply = |id| progress_fanout::apply_delivery(&rig.table.store, &rig.broadcaster, &event, Some(id));
+    assert!(matches!(
+        apply("m1").await.unwrap(),
+        progress_fanout::Applied::Pushed(_)
+    ));
+    // The same message again, as after the function died mid-push: pushed again, not stale,
+    // or the subscribers it had not reached would never get it.
+    assert!(matches!(
+        apply("m1").await.unwrap(),
+        progress_fanout::Applied::Pushed(_)
+    ));
+    // Another message with the same event is a duplicate.
+    assert_eq!(apply("m2").await.unwrap(), progress_fanout::Applied::Stale);
+    assert_eq!(rig.frames("s1").len(), 2);
+    let snapshot = rig.table.store.progress("d10").await.unwrap().unwrap();
+    assert!(snapshot.get("delivery").is_none(), "internal: {snapshot}");
 }
 
 #[tokio::test]

@@ -127,6 +127,14 @@ struct DevArgs {
     /// Channel patterns anonymous listeners may read (default: anonymous connections are refused).
     #[arg(long)]
     anonymous_channels: Option<String>,
+    /// Make @connections answer faults at these rates, drawn per request, and add latency:
+    /// '429=0.2,500=0.05,410=0.01,latency=20ms'. Statuses: 410, 429, 500, 502, 503, 504; the
+    /// fractions add up to at most 1. A 410 also closes that connection, as it is gone.
+    #[arg(long, value_name = "SPEC")]
+    inject: Option<wsfan_local::faults::Faults>,
+    /// The seed of the fault draws (default: a random one, printed), to repeat a run's faults.
+    #[arg(long, requires = "inject")]
+    inject_seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -165,8 +173,15 @@ impl StackArgs {
             anonymous_channels: None,
             concurrency: usize::from(self.concurrency),
             verbose: self.verbose,
+            inject: None,
         })
     }
+}
+
+/// A seed for fault draws when none is given: different each run, printed so it can be repeated.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 async fn shutdown_signal() {
@@ -319,6 +334,9 @@ async fn run(cli: Cli) -> Result<String, String> {
             config.limits.idle_timeout = std::time::Duration::from_secs(d.idle_timeout_secs);
             config.limits.max_connection = std::time::Duration::from_secs(d.max_connection_secs);
             config.anonymous_channels = d.anonymous_channels;
+            config.inject = d
+                .inject
+                .map(|faults| (faults, d.inject_seed.unwrap_or_else(random_seed)));
             let stack = wsfan_local::dev::start(config).await.map_err(|e| e.to_string())?;
             let queue = stack
                 .environment
@@ -353,10 +371,25 @@ async fn run(cli: Cli) -> Result<String, String> {
             );
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            shutdown_signal().await;
-            eprintln!("wsfan dev: stopping");
-            stack.shutdown().await;
-            Ok(String::new())
+            let moto_died = tokio::select! {
+                _ = shutdown_signal() => None,
+                status = stack.moto_exited() => Some(status),
+            };
+            stack.log_injected();
+            match moto_died {
+                None => {
+                    eprintln!("wsfan dev: stopping");
+                    stack.shutdown().await;
+                    Ok(String::new())
+                }
+                Some(status) => {
+                    stack.shutdown().await;
+                    Err(format!(
+                        "moto exited ({status}) and took the table, the stream and the queues with it; \
+                         wsfan dev stopped. Start it again for a fresh stack (clients must reconnect)."
+                    ))
+                }
+            }
         }
         Command::Invoke(i) => {
             let text = std::fs::read_to_string(&i.event).map_err(|e| format!("reading {}: {e}", i.event.display()))?;

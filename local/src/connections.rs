@@ -5,10 +5,11 @@
 //! real SDK client's SigV4-signed requests and checks each signature against the local
 //! credentials with aws-sigv4, as API Gateway would. It records what each connection received,
 //! and can be told to misbehave: answer 410, 429 or 500 for a connection or at a rate, add
-//! latency, or enforce a token bucket. With a [`Sink`] it delivers to real sockets instead,
-//! answering 410 for connections the sink does not know.
+//! latency, or enforce a token bucket, or draw [`Faults`] per request (`wsfan dev --inject`).
+//! With a [`Sink`] it delivers to real sockets instead, answering 410 for connections the sink
+//! does not know.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+use crate::faults::Faults;
+use crate::logs::Logs;
+
 /// API Gateway's limit on the data of one post (128 KB), answered with 413 above it; the
 /// broadcaster refuses larger payloads before posting.
 use wsfan_shared::broadcaster::MAX_PAYLOAD_BYTES as MAX_POST_BYTES;
@@ -34,6 +38,11 @@ pub trait Sink: Send + Sync + 'static {
     fn close(&self, connection_id: &str) -> bool;
     /// Whether the connection exists.
     fn exists(&self, connection_id: &str) -> bool;
+    /// Drops a connection that was answered 410: API Gateway answers 410 only for a connection
+    /// that is gone, so the socket must go too.
+    fn drop_gone(&self, connection_id: &str) {
+        self.close(connection_id);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,15 @@ struct Behaviour {
     random_failure: Option<(f64, u16)>,
     latency: Duration,
     bucket: Option<TokenBucket>,
+    injection: Option<Injection>,
+}
+
+/// Faults drawn per request from a seeded generator, so that a run can be repeated.
+struct Injection {
+    faults: Faults,
+    rng: fastrand::Rng,
+    /// Where each injected fault is logged (`wsfan dev`).
+    logs: Option<Logs>,
 }
 
 /// Counts of what the server answered.
@@ -98,6 +116,8 @@ struct Inner {
     stats: Stats,
     sink: Option<Arc<dyn Sink>>,
     signing_secret: std::sync::RwLock<SigningSecret>,
+    /// Faults injected by [`ConnectionsServer::inject`], by status.
+    injected: Mutex<BTreeMap<u16, u64>>,
 }
 
 /// A handle to a running server; cheap to clone.
@@ -213,6 +233,27 @@ impl ConnectionsServer {
     /// Answers `status` to a random `fraction` of requests.
     pub fn fail_randomly(&self, fraction: f64, status: u16) {
         self.inner.behaviour.lock().unwrap().random_failure = Some((fraction, status));
+    }
+
+    /// Answers each request with a status drawn from `faults` (seeded with `seed`) and adds its
+    /// latency. An injected 410 makes that connection gone for good: its socket is dropped (with
+    /// a [`Sink`]) and every later request for it is answered 410, as API Gateway does.
+    pub fn inject(&self, faults: Faults, seed: u64, logs: Option<Logs>) {
+        self.inner.behaviour.lock().unwrap().injection = Some(Injection {
+            faults,
+            rng: fastrand::Rng::with_seed(seed),
+            logs,
+        });
+    }
+
+    /// Whether [`ConnectionsServer::inject`] was called.
+    pub fn injecting(&self) -> bool {
+        self.inner.behaviour.lock().unwrap().injection.is_some()
+    }
+
+    /// How many faults of each status [`ConnectionsServer::inject`] injected so far.
+    pub fn injected(&self) -> BTreeMap<u16, u64> {
+        self.inner.injected.lock().unwrap().clone()
     }
 
     /// Adds `latency` before every answer.
@@ -424,7 +465,36 @@ impl Inner {
                     }
                 }
             }
-            (b.latency, injected)
+            let mut latency = b.latency;
+            // Only connections that are open draw faults: for one that is not (yet, or any
+            // more) the true answer is already 410, and an injected 410 must close a socket.
+            let open = self.sink.as_ref().is_none_or(|s| s.exists(connection_id));
+            if let Some(injection) = &mut b.injection {
+                latency += injection.faults.latency();
+                if injected.is_none() && open {
+                    let drawn = injection.faults.draw(injection.rng.f64());
+                    if let Some(status) = drawn {
+                        *self.injected.lock().unwrap().entry(status).or_default() += 1;
+                        if let Some(logs) = &injection.logs {
+                            logs.injected(status, request.method.as_str(), connection_id);
+                        }
+                        if status == 410 {
+                            b.rules.insert(
+                                connection_id.to_owned(),
+                                Rule::Status {
+                                    status: 410,
+                                    remaining: None,
+                                },
+                            );
+                            if let Some(sink) = &self.sink {
+                                sink.drop_gone(connection_id);
+                            }
+                        }
+                    }
+                    injected = drawn;
+                }
+            }
+            (latency, injected)
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;

@@ -19,6 +19,7 @@ use wsfan_shared::publisher::ProgressPublisher;
 use wsfan_shared::table::TABLE;
 
 use crate::connections::ConnectionsServer;
+use crate::faults::Faults;
 use crate::gateway::{Gateway, Limits, Routes, Sockets};
 use crate::logs::{Logs, Outcome};
 use crate::moto::{MotoProcess, LOCAL_REGION};
@@ -46,6 +47,8 @@ pub struct DevConfig {
     /// Execution environments per function (see [`FunctionSpec::concurrency`]).
     pub concurrency: usize,
     pub verbose: bool,
+    /// Faults for @connections to inject (`--inject`), and the seed of their draws.
+    pub inject: Option<(Faults, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,9 +267,35 @@ pub struct DevStack {
     pub ws_url: String,
     pub environment: Arc<Environment>,
     pub functions: HashMap<String, Arc<LambdaFunction>>,
+    pub connections: ConnectionsServer,
+    logs: Logs,
 }
 
 impl DevStack {
+    /// Resolves when moto has exited, with how it ended. Its state (the table, the stream, the
+    /// queues) lived in its memory and is gone with it, so the stack cannot go on: a new moto
+    /// would be empty, the open connections unknown to it. The caller says so and stops.
+    pub async fn moto_exited(&self) -> String {
+        loop {
+            if let Some(status) = self.environment.moto.exit_status() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// What `--inject` injected, by status, as a log line (nothing without `--inject`).
+    pub fn log_injected(&self) {
+        if self.connections.injecting() {
+            let requests = self
+                .connections
+                .stats()
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.logs.injected_summary(&self.connections.injected(), requests);
+        }
+    }
+
     /// Ends every process of the stack: the functions first, so that none is cut off mid-write
     /// by moto going away, then moto. The pollers and servers are tasks of this process.
     pub async fn shutdown(&self) {
@@ -323,6 +352,13 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     });
     let connections = ConnectionsServer::new(addr, Some(sockets));
     connections.keep_nothing();
+    if let Some((faults, seed)) = &config.inject {
+        connections.inject(faults.clone(), *seed, Some(logs.clone()));
+        logs.warn(&format!(
+            "@connections injects {faults} (seed {seed}; --inject-seed {seed} draws the same faults)"
+        ));
+        tokio::spawn(summarise_injected(connections.clone(), logs.clone()));
+    }
     let app = Arc::new(App {
         gateway,
         environment: environment.clone(),
@@ -354,6 +390,8 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         ws_url,
         environment,
         functions,
+        connections,
+        logs,
     })
 }
 
@@ -425,6 +463,20 @@ pub async fn start_pipeline(
     }
     spawn_pollers(&environment, &functions, config, &logs)?;
     Ok((environment, functions))
+}
+
+/// Every few seconds while faults are being injected, how many of each so far.
+async fn summarise_injected(connections: ConnectionsServer, logs: Logs) {
+    let mut shown = std::collections::BTreeMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let injected = connections.injected();
+        if injected != shown {
+            let requests = connections.stats().requests.load(std::sync::atomic::Ordering::Relaxed);
+            logs.injected_summary(&injected, requests);
+            shown = injected;
+        }
+    }
 }
 
 /// `GET /` and `GET /{stage}`: a WebSocket upgrade goes to the gateway, a browser gets the demo.
@@ -544,7 +596,15 @@ async fn simulate_document(State(app): State<Arc<App>>, Query(query): Query<Hash
 
 /// Invokes an event-source function with one batch and logs how it went. Returns the ids in
 /// `batchItemFailures`, or `None` when the invocation itself failed (the whole batch did).
-async fn invoke_batch(function: &Arc<LambdaFunction>, event: &Value, size: usize, logs: &Logs) -> Option<Vec<String>> {
+/// `records` names the batch's records in the log line of a failure, so that what is retried,
+/// and so may be delivered twice, can be told.
+async fn invoke_batch(
+    function: &Arc<LambdaFunction>,
+    event: &Value,
+    size: usize,
+    records: &str,
+    logs: &Logs,
+) -> Option<Vec<String>> {
     let what = format!("batch of {size}");
     let started = Instant::now();
     match function.invoke(event).await {
@@ -560,7 +620,7 @@ async fn invoke_batch(function: &Arc<LambdaFunction>, event: &Value, size: usize
             if failed.is_empty() {
                 logs.invocation(function.name(), &what, started.elapsed(), Outcome::Ok(""));
             } else {
-                let detail = format!("batchItemFailures {}", failed.join(","));
+                let detail = format!("batchItemFailures {} of {records}", failed.join(","));
                 logs.invocation(function.name(), &what, started.elapsed(), Outcome::Failed(&detail));
             }
             Some(failed)
@@ -570,7 +630,7 @@ async fn invoke_batch(function: &Arc<LambdaFunction>, event: &Value, size: usize
                 function.name(),
                 &what,
                 started.elapsed(),
-                Outcome::Failed(&e.to_string()),
+                Outcome::Failed(&format!("{e}; retrying {records}")),
             );
             None
         }
@@ -692,7 +752,13 @@ async fn stream_lane(
                 continue;
             }
         };
-        let failed_at = match invoke_batch(&function, &event, batch.len(), &logs).await {
+        let sequence = |r: Option<&aws_sdk_dynamodbstreams::types::Record>| {
+            r.and_then(|r| r.dynamodb.as_ref())
+                .and_then(|d| d.sequence_number.clone())
+                .unwrap_or_default()
+        };
+        let records = format!("seq {}..{}", sequence(batch.first()), sequence(batch.last()));
+        let failed_at = match invoke_batch(&function, &event, batch.len(), &records, &logs).await {
             Some(failed) if failed.is_empty() => None,
             Some(failed) => batch.iter().position(|r| {
                 r.dynamodb
@@ -785,7 +851,9 @@ async fn sqs_poller(
                 continue;
             }
         };
-        let failed = match invoke_batch(&function, &event, messages.len(), &logs).await {
+        let ids: Vec<&str> = messages.iter().filter_map(|m| m.message_id.as_deref()).collect();
+        let records = format!("messages {}", ids.join(","));
+        let failed = match invoke_batch(&function, &event, messages.len(), &records, &logs).await {
             Some(failed) => failed,
             None => messages.iter().filter_map(|m| m.message_id.clone()).collect(),
         };

@@ -78,6 +78,12 @@ impl Sink for Sockets {
     fn exists(&self, connection_id: &str) -> bool {
         self.open.lock().unwrap().contains_key(connection_id)
     }
+
+    fn drop_gone(&self, connection_id: &str) {
+        if let Some(tx) = self.open.lock().unwrap().get(connection_id) {
+            let _ = tx.send(Outgoing::Close(1001, "Going away: @connections answered 410".into()));
+        }
+    }
 }
 
 pub struct Gateway {

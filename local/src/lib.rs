@@ -7,11 +7,13 @@
 //! - [`runtime`]: an emulated Lambda Runtime API per function, running the real binaries.
 //! - [`gateway`]: the API Gateway WebSocket endpoint (authorizer, routes, limits).
 //! - [`connections`]: the `@connections` Management API, delivering to the real sockets.
+//! - [`faults`]: what `wsfan dev --inject` makes `@connections` answer.
 //! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
 
 pub mod children;
 pub mod connections;
 pub mod dev;
+pub mod faults;
 pub mod gateway;
 pub mod logs;
 pub mod moto;

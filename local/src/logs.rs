@@ -76,6 +76,36 @@ impl Logs {
         );
     }
 
+    /// One fault `wsfan dev --inject` injected: one line each, so a run's faults can be counted
+    /// (`grep -c 'injected 410'`) and matched with what the functions did about them.
+    pub fn injected(&self, status: u16, method: &str, connection_id: &str) {
+        let note = if status == 410 {
+            " (the connection is gone: its socket is closed)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "{} injected {status} {method} @connections/{connection_id}{}",
+            self.paint(YELLOW, "⚡"),
+            self.paint(DIM, note)
+        );
+    }
+
+    /// The faults injected so far, by status, out of `requests` answered by @connections.
+    pub fn injected_summary(&self, injected: &std::collections::BTreeMap<u16, u64>, requests: u64) {
+        let counts: Vec<String> = injected.iter().map(|(s, n)| format!("{s}={n}")).collect();
+        let total: u64 = injected.values().sum();
+        eprintln!(
+            "{} injected so far: {} ({total} of {requests} @connections requests)",
+            self.paint(CYAN, "wsfan"),
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(" ")
+            }
+        );
+    }
+
     pub fn function_died(&self, function: &str, reason: &str) {
         eprintln!("{} {:<16} {}", self.paint(RED, "✖"), function, self.paint(RED, reason));
     }
@@ -90,21 +120,17 @@ impl Logs {
         };
         if fields.contains_key("_aws") {
             let count = |k: &str| fields.get(k).and_then(Value::as_u64).unwrap_or(0);
-            // A 410 or an undelivered post is worth a line even when not verbose.
-            let colour = match (count("Failed"), count("Gone")) {
+            // A 410, a retry or an undelivered post is worth a line even when not verbose.
+            let colour = match (count("Failed"), count("Gone") + count("Retried")) {
                 (0, 0) if !self.inner.verbose => return,
                 (0, 0) => DIM,
                 (0, _) => YELLOW,
                 _ => RED,
             };
-            let counts: Vec<String> = ["Delivered", "Gone", "Retried", "Failed"]
-                .iter()
-                .map(|k| format!("{}={}", k.to_lowercase(), count(k)))
-                .collect();
             eprintln!(
                 "  {} {}",
                 self.paint(DIM, function),
-                self.paint(colour, &format!("pushed {}", counts.join(" ")))
+                self.paint(colour, &pushed_summary(&fields))
             );
             return;
         }
@@ -129,6 +155,54 @@ impl Logs {
             self.paint(DIM, function),
             self.paint(colour, level),
             self.paint(DIM, &rest.join(" "))
+        );
+    }
+}
+
+/// The counters of one EMF document, as the dev log shows them.
+fn pushed_summary(fields: &serde_json::Map<String, Value>) -> String {
+    let counts: Vec<String> = [
+        "Delivered",
+        "Gone",
+        "Retried",
+        "Throttled",
+        "Failed",
+        "Posts",
+        "PacedMs",
+        "Backoffs",
+    ]
+    .iter()
+    .map(|k| {
+        format!(
+            "{}={}",
+            k.to_lowercase(),
+            fields.get(*k).and_then(Value::as_u64).unwrap_or(0)
+        )
+    })
+    .collect();
+    format!("pushed {}", counts.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_emf_summary_shows_every_counter_the_fanouts_emit() {
+        let counters = wsfan_shared::broadcaster::Counters {
+            delivered: 5,
+            gone: 1,
+            retried: 4,
+            throttled: 3,
+            failed: 2,
+            posts: 9,
+            paced_ms: 40,
+            backoffs: 1,
+        };
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&counters.emf("stream-fanout")) else {
+            panic!("EMF is a JSON object");
+        };
+        assert_eq!(
+            super::pushed_summary(&fields),
+            "pushed delivered=5 gone=1 retried=4 throttled=3 failed=2 posts=9 pacedms=40 backoffs=1"
         );
     }
 }

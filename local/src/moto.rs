@@ -63,6 +63,16 @@ impl MotoProcess {
         self.child.lock().unwrap().0.id()
     }
 
+    /// How the server ended, once it has (it is reaped then); `None` while it runs.
+    pub fn exit_status(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap();
+        match child.0.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// Ends the server now and reaps it. Its state is throwaway, so there is nothing to flush.
     pub fn stop(&self) {
         let mut child = self.child.lock().unwrap();

@@ -224,8 +224,27 @@ pub trait GoneCleanup: Send + Sync {
     fn connection_gone(&self, connection_id: &str) -> impl Future<Output = ()> + Send;
 }
 
+/// How long after `$connect` stored a connection a 410 for it may mean "not established yet"
+/// rather than "gone". API Gateway answers 410 to posts to a connection whose `$connect` has not
+/// returned (or whose handshake has not finished), and `$connect` writes the connection's
+/// memberships first: a fanout that reads them meanwhile posts too early. Deleting the connection
+/// then would leave a client that is about to be connected with no channels, silently. 30 s is
+/// API Gateway's integration timeout, the longest `$connect` can take.
+pub const ESTABLISHING_MILLIS: i64 = 30_000;
+
 impl<S: Store> GoneCleanup for S {
     async fn connection_gone(&self, connection_id: &str) {
+        if let Ok(Some(connection)) = self.connection(connection_id).await {
+            let age = crate::clock::now_millis() - connection.connected_at;
+            if age < ESTABLISHING_MILLIS {
+                tracing::info!(
+                    connection = connection_id,
+                    age_ms = age,
+                    "410 from a connection that may still be connecting; kept (its $disconnect or TTL removes it if gone)"
+                );
+                return;
+            }
+        }
         match self.disconnect(connection_id).await {
             Ok(c) => tracing::info!(
                 connection = connection_id,
@@ -320,7 +339,14 @@ impl<G: GoneCleanup> Broadcaster<G> {
             .interceptor(LeanPosts)
             .http_client(http)
             .endpoint_url(&config.endpoint)
-            .retry_config(aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled())
+            // The broadcaster retries by itself, and the HTTP client keeps a connection only
+            // when the server keeps it alive. Left on, the SDK's connection poisoning logs an
+            // ERROR on every 5xx, because our client has no connection for it to poison.
+            .retry_config(
+                aws_sdk_apigatewaymanagement::config::retry::RetryConfig::disabled().with_reconnect_mode(
+                    aws_sdk_apigatewaymanagement::config::retry::ReconnectMode::ReuseAllConnections,
+                ),
+            )
             // Bodies are at most 128 KB and every attempt has a timeout, so the per-request
             // throughput timer of stalled-stream protection only costs CPU here.
             .stalled_stream_protection(aws_sdk_apigatewaymanagement::config::StalledStreamProtectionConfig::disabled())
@@ -644,6 +670,86 @@ mod tests {
             assert_eq!(headers.get(dropped), None, "{dropped}");
         }
         assert_eq!(requests[0].body().bytes(), Some(&b"hello"[..]));
+    }
+
+    /// An HTTP client that answers 500 to the first request and 200 to the others.
+    #[derive(Debug, Clone, Default)]
+    struct FailsOnce(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for FailsOnce {
+        fn call(
+            &self,
+            _request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            let status: u16 = if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                200
+            } else {
+                500
+            };
+            let answer = aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
+                status.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::empty(),
+            );
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(answer))
+        }
+    }
+
+    impl aws_smithy_runtime_api::client::http::HttpClient for FailsOnce {
+        fn http_connector(
+            &self,
+            _settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _components: &RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    /// Log lines, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_5xx_logs_no_error() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
+            ))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let broadcaster = Broadcaster::with_http_client(
+            &sdk,
+            BroadcastConfig::new("https://abc.execute-api.eu-west-1.amazonaws.com/prod"),
+            NoCleanup,
+            FailsOnce::default(),
+        );
+        let report = broadcaster
+            .deliver(vec!["L0SM9cOFvHcCIhw=".into()], b"hello")
+            .await
+            .unwrap();
+        assert_eq!((report.counters.retried, report.counters.delivered), (1, 1));
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            !logged.contains("ERROR"),
+            "a 5xx that was retried is not an error: {logged}"
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub type Item = HashMap<String, AttributeValue>;
 
 /// The snapshot attribute that orders progress events; internal, never shown to clients.
 const POSITION: &str = "position";
+/// The queue message that last moved a progress snapshot.
+const DELIVERY: &str = "delivery";
 
 /// The connection item's set of conversation channels (`Connection::joined`).
 const JOINED: &str = "joined";
@@ -170,6 +172,20 @@ pub trait Store: Send + Sync {
     /// stored one. `Ok(false)`: it was late or a duplicate, and nothing changed.
     fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// [`Store::record_progress`] for one delivery of a queue message (`delivery_id`: its SQS
+    /// message id, which a redelivery keeps). The same delivery again counts as moving the
+    /// snapshot again: a fanout killed after storing the event but before pushing it all must
+    /// push it on the retry, or its subscribers never get it. A new message with the same event
+    /// is still a duplicate.
+    fn record_progress_delivery(
+        &self,
+        event: &ProgressEvent,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = delivery_id;
+        self.record_progress(event)
+    }
+
     /// The users with at least one connection in a channel (from the presence items), up to `limit`.
     fn present(
         &self,
@@ -261,6 +277,44 @@ fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debu
 }
 
 impl DynamoStore {
+    /// Stores a progress snapshot if it moves the document forward, or if it is the delivery
+    /// (`delivery_id`) that stored it, again.
+    async fn put_progress(&self, event: &ProgressEvent, delivery_id: Option<&str>) -> Result<bool, StoreError> {
+        let mut item = to_item((keys::doc(&event.doc_id), keys::PROGRESS.to_owned()), event)?;
+        item.insert(POSITION.to_owned(), n(event.position()));
+        item.insert("updatedAt".to_owned(), n(crate::clock::now_millis()));
+        item.insert(
+            crate::model::TTL_ATTRIBUTE.to_owned(),
+            n(crate::clock::now_secs() + self.retention.message_secs),
+        );
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .condition_expression("attribute_not_exists(pk) OR #position < :position")
+            .expression_attribute_names("#position", POSITION)
+            .expression_attribute_values(":position", n(event.position()));
+        if let Some(id) = delivery_id {
+            item.insert(DELIVERY.to_owned(), s(id));
+            let again = "(#position = :position AND #delivery = :delivery)";
+            put = put
+                .condition_expression(format!("attribute_not_exists(pk) OR #position < :position OR {again}"))
+                .expression_attribute_names("#delivery", DELIVERY)
+                .expression_attribute_values(":delivery", s(id));
+        }
+        let result = put.set_item(Some(item)).send().await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn new(client: Client, table: impl Into<String>, retention: Retention) -> Self {
         DynamoStore {
             client,
@@ -816,40 +870,18 @@ impl Store for DynamoStore {
             .send()
             .await?;
         let Some(mut item) = out.item else { return Ok(None) };
-        for internal in [PK, SK, crate::model::TTL_ATTRIBUTE, POSITION] {
+        for internal in [PK, SK, crate::model::TTL_ATTRIBUTE, POSITION, DELIVERY] {
             item.remove(internal);
         }
         Ok(Some(serde_dynamo::from_item(item)?))
     }
 
     async fn record_progress(&self, event: &ProgressEvent) -> Result<bool, StoreError> {
-        let mut item = to_item((keys::doc(&event.doc_id), keys::PROGRESS.to_owned()), event)?;
-        item.insert(POSITION.to_owned(), n(event.position()));
-        item.insert("updatedAt".to_owned(), n(crate::clock::now_millis()));
-        item.insert(
-            crate::model::TTL_ATTRIBUTE.to_owned(),
-            n(crate::clock::now_secs() + self.retention.message_secs),
-        );
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR #position < :position")
-            .expression_attribute_names("#position", POSITION)
-            .expression_attribute_values(":position", n(event.position()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
+        self.put_progress(event, None).await
+    }
+
+    async fn record_progress_delivery(&self, event: &ProgressEvent, delivery_id: &str) -> Result<bool, StoreError> {
+        self.put_progress(event, Some(delivery_id)).await
     }
 
     async fn members_page(

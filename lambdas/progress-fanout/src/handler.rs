@@ -51,6 +51,19 @@ pub async fn apply<S: Store, D: Deliver>(
     deliver: &D,
     event: &ProgressEvent,
 ) -> Result<Applied, MessageError> {
+    apply_delivery(store, deliver, event, None).await
+}
+
+/// [`apply`] for one delivery of a queue message (`delivery_id`: its SQS message id). When a
+/// batch is retried because this function died mid-push, the event it had stored is pushed
+/// again rather than found stale: otherwise the subscribers it had not reached would never get
+/// it. Those it had reached get it twice, as at-least-once delivery allows.
+pub async fn apply_delivery<S: Store, D: Deliver>(
+    store: &S,
+    deliver: &D,
+    event: &ProgressEvent,
+    delivery_id: Option<&str>,
+) -> Result<Applied, MessageError> {
     let filled;
     let event = if event.kind == ProgressKind::ProcessingComplete && event.pages_processed.is_none() {
         // Done, all pages: the total comes from the snapshot this event ends.
@@ -64,7 +77,11 @@ pub async fn apply<S: Store, D: Deliver>(
     } else {
         event
     };
-    if !store.record_progress(event).await? {
+    let moved = match delivery_id {
+        Some(id) => store.record_progress_delivery(event, id).await?,
+        None => store.record_progress(event).await?,
+    };
+    if !moved {
         return Ok(Applied::Stale);
     }
     let channel = ChannelId::doc(&event.doc_id).map_err(|e| InvalidProgress(e.to_string()))?;
@@ -98,8 +115,8 @@ pub async fn handle<S: Store, D: Deliver>(store: &S, deliver: &D, event: SqsEven
         })
         .collect();
 
-    let outcomes = in_key_order(work, DOCS_IN_FLIGHT, async |(_, parsed)| match parsed {
-        Ok(event) => apply(store, deliver, event).await,
+    let outcomes = in_key_order(work, DOCS_IN_FLIGHT, async |(message, parsed)| match parsed {
+        Ok(event) => apply_delivery(store, deliver, event, message.message_id.as_deref()).await,
         Err(e) => Err(MessageError::Invalid(e.clone())),
     })
     .await;
