@@ -427,6 +427,9 @@ impl<G: GoneCleanup> Broadcaster<G> {
             if let Some(pacer) = &self.governor {
                 posted.paced += pacer.wait_turn().await;
             }
+            // The deadline is for the recipient's own attempts and backoff: time waiting for
+            // the budget is the whole channel's, and counting it would give up on recipients
+            // that were never tried.
             let why = match self.attempt(connection_id, payload).await {
                 Attempt::Done(Delivery::Gone) => {
                     self.gone.connection_gone(connection_id).await;
@@ -448,7 +451,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
             };
             // Full jitter: sleep a random time up to the current backoff.
             let sleep = backoff.mul_f64(fastrand::f64());
-            if started.elapsed() + sleep >= self.config.deadline {
+            if started.elapsed().saturating_sub(posted.paced) + sleep >= self.config.deadline {
                 posted.delivery = Delivery::Failed(format!("gave up after {} retries: {why}", posted.retries));
                 return posted;
             }

@@ -18,9 +18,10 @@ pub const DECREASE_SPACING: Duration = Duration::from_millis(200);
 pub const RECOVERY: Duration = Duration::from_secs(10);
 /// What a 429 multiplies the rate by.
 pub const DECREASE: f64 = 0.5;
-/// The rate never falls below this share of the ceiling, so a throttled environment still
-/// probes and recovers.
-pub const FLOOR: f64 = 0.05;
+/// The rate never falls below this share of the ceiling: a throttled environment still probes
+/// and recovers, and 429s that do not come from our own rate (another API's burst, a fault)
+/// cannot slow the fanout to a crawl.
+pub const FLOOR: f64 = 0.25;
 /// Tokens the bucket holds at most, in seconds of the current rate: enough to start a batch of
 /// posts at once, small enough that environments starting together do not burst far above
 /// their share.
