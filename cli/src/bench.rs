@@ -305,9 +305,16 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         ],
         core,
     )?;
-    let r = run(&server.endpoint, o.throttled_recipients, &payload, false, o.concurrency, 1)
-        .await
-        .remove(0);
+    let r = run(
+        &server.endpoint,
+        o.throttled_recipients,
+        &payload,
+        false,
+        o.concurrency,
+        1,
+    )
+    .await
+    .remove(0);
     let answered = server.finish()?;
     let lost = o.throttled_recipients as u64 - r.delivered;
     out += &format!(
