@@ -135,6 +135,8 @@ pub struct Options {
     pub baseline_recipients: usize,
     /// Rounds of the throughput run; the median is reported.
     pub rounds: usize,
+    /// Recipients of the throttled run: enough that the bucket runs dry.
+    pub throttled_recipients: usize,
     /// The throttled run's token bucket: refill per second, and its size.
     pub bucket_rate: f64,
     pub bucket_burst: f64,
@@ -303,15 +305,22 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         ],
         core,
     )?;
-    let r = run(&server.endpoint, o.recipients, &payload, false, o.concurrency, 1)
-        .await
-        .remove(0);
+    let r = run(
+        &server.endpoint,
+        o.throttled_recipients,
+        &payload,
+        false,
+        o.concurrency,
+        1,
+    )
+    .await
+    .remove(0);
     let answered = server.finish()?;
-    let lost = o.recipients as u64 - r.delivered;
+    let lost = o.throttled_recipients as u64 - r.delivered;
     out += &format!(
         "{} recipients behind a {}/s token bucket of {}: delivered {}, lost {}, {:.3} s; \
          the server answered {} posts: {} delivered, {} with 429; the broadcaster ran {} retries\n",
-        o.recipients,
+        o.throttled_recipients,
         o.bucket_rate,
         o.bucket_burst,
         r.delivered,
@@ -326,8 +335,8 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     if answered.throttled == 0 {
         shortfalls.push(format!(
             "no 429 was answered, so the throttled figure shows nothing: lower --bucket-rate ({}) or \
-             --bucket-burst ({}), or raise --recipients ({})",
-            o.bucket_rate, o.bucket_burst, o.recipients
+             --bucket-burst ({}), or raise --throttled-recipients ({})",
+            o.bucket_rate, o.bucket_burst, o.throttled_recipients
         ));
     }
     if lost > 0 {

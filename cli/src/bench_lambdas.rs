@@ -2,6 +2,8 @@
 //!
 //! - Cold start: the time from spawning the binary to its first `GET /next` against a Runtime API
 //!   of ours, which is what Lambda's Init phase bills for, and the peak RSS at that moment.
+//! - The size of each binary as built here (the release profile strips symbols); the arm64
+//!   `bootstrap` sizes that `sam build` makes come from `scripts/package`.
 //! - The CPU cost of one stream record in stream-fanout: decode the event's JSON, decide what the
 //!   record means (`classify`), and build the frame's JSON, the work done before any post.
 
@@ -58,6 +60,9 @@ pub async fn run(b: LambdasBench) -> Result<String, String> {
     let mut result = serde_json::Map::new();
     for function in &template.functions {
         let binary = bin_dir.join(&function.binary);
+        let bytes = std::fs::metadata(&binary)
+            .map_err(|e| format!("{}: {e}", binary.display()))?
+            .len();
         let env: Vec<(String, String)> = function
             .env
             .iter()
@@ -74,15 +79,20 @@ pub async fn run(b: LambdasBench) -> Result<String, String> {
         let median = starts[starts.len() / 2];
         let slowest = starts[starts.len() - 1];
         out += &format!(
-            "{:<18} {:>9.2} ms {:>9.2} ms {:>11.1} MB\n",
+            "{:<18} {:>9.2} ms {:>9.2} ms {:>11.1} MB {:>11.2} MiB\n",
             function.binary,
             ms(median),
             ms(slowest),
-            peak_kib as f64 / 1024.0
+            peak_kib as f64 / 1024.0,
+            bytes as f64 / 1048576.0
         );
         result.insert(
             function.binary.clone(),
-            serde_json::json!({"coldStartMs": {"median": ms(median), "slowest": ms(slowest)}, "initPeakRssMb": peak_kib as f64 / 1024.0}),
+            serde_json::json!({
+                "coldStartMs": {"median": ms(median), "slowest": ms(slowest)},
+                "initPeakRssMb": peak_kib as f64 / 1024.0,
+                "binaryBytes": bytes,
+            }),
         );
     }
 

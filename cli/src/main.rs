@@ -70,6 +70,10 @@ enum Bench {
         /// Rounds of the throughput run; the median is reported.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Recipients of the throttled run: at the broadcaster's pace, 10,000 fit in the bucket's
+        /// burst and refill without a single 429.
+        #[arg(long, default_value_t = 50_000)]
+        throttled_recipients: usize,
         /// The throttled run's token bucket refill, in posts per second (API Gateway's account
         /// default is 10,000). The run fails if the bucket never answers 429.
         #[arg(long, default_value_t = 10_000.0)]
@@ -409,6 +413,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             baseline_recipients,
             concurrency,
             rounds,
+            throttled_recipients,
             bucket_rate,
             bucket_burst,
         }) => {
@@ -419,6 +424,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 recipients,
                 baseline_recipients,
                 rounds,
+                throttled_recipients,
                 bucket_rate,
                 bucket_burst,
             })

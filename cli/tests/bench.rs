@@ -63,6 +63,8 @@ fn fanout(bucket_rate: &str, bucket_burst: &str) -> Output {
         ".venv/bin/python",
         "--recipients",
         "1000",
+        "--throttled-recipients",
+        "1000",
         "--baseline-recipients",
         "20",
         "--rounds",
