@@ -873,7 +873,8 @@ async fn concurrent_sends_from_two_writers_take_every_sequence_number_once_in_co
     let mut rig = Rig::new().await;
     member(&rig, "a1", "alice", "workspace:42").await;
     member(&rig, "b1", "bob", "workspace:42").await;
-    rig.stream_batch().await;
+    // Membership records do nothing in stream-fanout: skip them.
+    while !rig.stream_batch().await.records.is_empty() {}
     // Two stores with their own SDK clients: two ws-message Lambdas racing for the channel head.
     let sdk = harness::moto::shared().sdk_config().await;
     let other = DynamoStore::new(
@@ -1269,6 +1270,17 @@ impl Store for CountingMemberReads<'_> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.store.members(c).await
     }
+    async fn members_page(
+        &self,
+        c: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<wsfan_shared::store::MembersPage, wsfan_shared::store::StoreError> {
+        if after.is_none() {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.store.members_page(c, after, limit).await
+    }
 }
 
 #[tokio::test]
@@ -1300,7 +1312,7 @@ async fn a_batch_reads_each_channels_members_once_and_delivers_in_order() {
         store: &rig.table.store,
         reads: Default::default(),
     };
-    let response = stream_fanout::handle(&counting, &rig.broadcaster, &rig.failures, batch).await;
+    let response = stream_fanout::handle(&counting, &rig.broadcaster, &rig.failures, &rig.shards, batch).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     // Two joins and four messages in one channel, one message in another: one read each.
     assert_eq!(counting.reads.load(std::sync::atomic::Ordering::Relaxed), 2);
@@ -1318,4 +1330,170 @@ async fn a_batch_reads_each_channels_members_once_and_delivers_in_order() {
     // ann, ben and cat heard both joins; dan heard eve's (eve joined after him).
     let joins = |id: &str| rig.frames(id).iter().filter(|f| f["type"] == "presence").count();
     assert_eq!([joins("c0"), joins("c1"), joins("c2")], [2, 2, 2]);
+}
+
+// ---------- sharded delivery, no silent loss, the governor ----------
+
+/// Writes `n` membership items of `channel` (connection `"<prefix><i>"`) as join would, one
+/// put each: join's transaction also writes presence, which a thousand members do not need here.
+async fn many_members(rig: &Rig, channel: &str, prefix: &str, n: usize) -> Vec<String> {
+    use futures::stream::{self, StreamExt};
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i:05}")).collect();
+    let channel: ChannelId = channel.parse().unwrap();
+    stream::iter(ids.clone())
+        .for_each_concurrent(8, |id| {
+            let m = Membership {
+                channel: channel.clone(),
+                connection_id: id.clone(),
+                user_id: Some(format!("u-{id}")),
+                role: Role::Member,
+                joined_at: wsfan_shared::clock::now_millis(),
+                expires_at: wsfan_shared::clock::now_secs() + 3600,
+                history: None,
+            };
+            async move {
+                let key = (
+                    wsfan_shared::model::keys::channel(&m.channel),
+                    format!("{}{}", wsfan_shared::model::keys::CONN_PREFIX, m.connection_id),
+                );
+                rig.table.put(wsfan_shared::store::to_item(key, &m).unwrap()).await;
+            }
+        })
+        .await;
+    ids
+}
+
+/// A broadcaster on the rig's server that gives up on a recipient after `deadline`.
+fn broadcaster_with(
+    rig: &Rig,
+    sdk: &aws_config::SdkConfig,
+    deadline: Duration,
+) -> wsfan_shared::broadcaster::Broadcaster<DynamoStore> {
+    let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
+    config.first_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(20);
+    config.deadline = deadline;
+    wsfan_shared::broadcaster::Broadcaster::new(sdk, config, rig.table.store.clone())
+}
+
+#[tokio::test]
+async fn a_large_channel_goes_out_in_shards_and_every_member_gets_each_frame_once_in_order() {
+    use wsfan_shared::shard::DIRECT_MAX_MEMBERS;
+    let mut rig = Rig::new().await;
+    let members = many_members(&rig, "workspace:big", "big-", DIRECT_MAX_MEMBERS + 300).await;
+    rig.stream_batch().await;
+
+    for body in ["first", "second"] {
+        rig.table
+            .store
+            .post(&chat("workspace:big", "alice", body), None)
+            .await
+            .unwrap();
+    }
+    let response = rig.run_stream_fanout().await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "{:?}",
+        response.batch_item_failures
+    );
+    // stream-fanout posted to nobody itself: the shards are on the queue.
+    assert_eq!(
+        rig.server.stats().requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    let batches = rig.drain_deliveries(&rig.broadcaster).await;
+    assert!(batches >= 2, "{batches} batches");
+    for m in &members {
+        let messages: Vec<String> = rig
+            .frames(m)
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["body"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(messages, ["first", "second"], "{m}");
+    }
+    assert!(rig.parked_shards().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_recipient_failing_past_the_deadline_is_retried_then_parked_and_a_gone_one_only_removed() {
+    let mut rig = Rig::new().await;
+    for (c, u) in [("ok1", "ann"), ("bad1", "bob"), ("gone1", "gil"), ("flaky1", "fay")] {
+        member(&rig, c, u, "workspace:loss").await;
+    }
+    rig.run_stream_fanout().await;
+    rig.drain_deliveries(&rig.broadcaster).await;
+    let sdk = harness::moto::shared().sdk_config().await;
+    let short = broadcaster_with(&rig, &sdk, Duration::from_millis(60));
+    rig.server.reset();
+    rig.server.fail("bad1", 500, None);
+    rig.server.gone("gone1");
+    // Fails through the first attempt's deadline, then recovers: the retry reaches it.
+    rig.server.fail("flaky1", 503, Some(1000));
+
+    rig.table
+        .store
+        .post(&chat("workspace:loss", "ann", "hello"), None)
+        .await
+        .unwrap();
+    let batch = rig.stream_batch().await;
+    let response = stream_fanout::handle(&rig.table.store, &short, &rig.failures, &rig.shards, batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(rig.server.received("ok1").len(), 1);
+
+    // flaky1 recovers; the others stay as they were. (reset also forgets what was received.)
+    rig.server.reset();
+    rig.server.fail("bad1", 500, None);
+    rig.server.gone("gone1");
+    rig.drain_deliveries(&short).await;
+
+    // The one that never answered is parked, alone, with the frame; nobody else is.
+    let parked = rig.parked_shards().await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].recipients, ["bad1"]);
+    assert_eq!(parked[0].attempt, wsfan_shared::shard::MAX_ATTEMPTS + 1);
+    let frame: Value = serde_json::from_str(&parked[0].frame).unwrap();
+    assert_eq!(frame["body"], "hello");
+    // The flaky one got it from a retry, the live one was not posted to again, the gone one
+    // was removed and never retried.
+    assert_eq!(rig.server.received("flaky1").len(), 1);
+    assert!(rig.server.received("ok1").is_empty());
+    assert!(rig.server.received("gone1").is_empty());
+    assert!(rig.table.item("CHAN#workspace:loss", "CONN#gone1").await.is_none());
+    assert!(rig.table.item("CHAN#workspace:loss", "CONN#bad1").await.is_some());
+}
+
+#[tokio::test]
+async fn the_governor_keeps_posts_under_the_budget_and_backs_off_on_429() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rig = Rig::new().await;
+    let sdk = harness::moto::shared().sdk_config().await;
+    let ids: Vec<String> = (0..100).map(|i| format!("g{i}")).collect();
+    let governed = |max_rps: u64| {
+        let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
+        config.first_backoff = Duration::from_millis(5);
+        config.max_backoff = Duration::from_millis(50);
+        config.max_rps = Some(max_rps);
+        config.shares = 2;
+        wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone())
+    };
+
+    // A budget well under the bucket: no 429 at all, though 100 posts go out at once.
+    rig.server.set_token_bucket(400.0, 40.0);
+    let report = governed(200).deliver(ids.clone(), b"x").await.unwrap();
+    assert_eq!(report.counters.delivered, 100);
+    assert_eq!(rig.server.stats().throttled.load(Relaxed), 0);
+    assert_eq!(report.counters.posts, 100);
+    assert!(report.counters.paced_ms > 0);
+
+    // A budget above the bucket: the 429s make it back off, and everyone is still reached.
+    rig.server.reset();
+    rig.server.set_token_bucket(100.0, 5.0);
+    let before = rig.server.stats().throttled.load(Relaxed);
+    let report = governed(4000).deliver(ids, b"x").await.unwrap();
+    assert_eq!(report.counters.delivered, 100);
+    assert!(rig.server.stats().throttled.load(Relaxed) > before);
+    assert!(report.counters.backoffs > 0, "{:?}", report.counters);
+    assert_eq!(report.counters.posts, 100 + report.counters.retried);
 }

@@ -25,6 +25,7 @@ const DISCONNECT: &str = "ws-disconnect";
 const MESSAGE: &str = "ws-message";
 const STREAM_FANOUT: &str = "stream-fanout";
 const PROGRESS_FANOUT: &str = "progress-fanout";
+const DELIVER: &str = "deliver";
 
 const OUTPUTS: &[&str] = &[
     "WebSocketUrl",
@@ -77,6 +78,7 @@ impl Code {
             (MESSAGE, ws_message::ENV),
             (STREAM_FANOUT, stream_fanout::ENV),
             (PROGRESS_FANOUT, progress_fanout::ENV),
+            (DELIVER, deliver::ENV),
         ]
         .into_iter()
         .map(|(binary, vars)| (binary.to_owned(), owned(vars)))
@@ -539,6 +541,7 @@ fn problems(doc: &Value, code: &Code) -> Vec<String> {
     check_table(&t, code, &mut out);
     check_stream(&t, code, &mut out);
     check_progress(&t, &mut out);
+    check_delivery(&t, &mut out);
     check_connections(&t, code, &mut out);
     check_events(&t, code, &mut out);
     check_outputs(&t, &mut out);
@@ -1100,6 +1103,125 @@ fn check_progress(t: &Template, out: &mut Vec<String>) {
     }
 }
 
+/// A parameter's default, as a number.
+fn parameter_default(t: &Template, name: &str) -> Option<u64> {
+    let v = get(t.doc, &["Parameters", name, "Default"])?;
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// Sharded delivery: a FIFO delivery queue with a FIFO DLQ, read by deliver with item failures and
+/// a bounded concurrency; the queue is where the fanouts send shards; sends only to those queues;
+/// and the governor's shares cover every environment that can post.
+fn check_delivery(t: &Template, out: &mut Vec<String>) {
+    let queues = t.of_type("AWS::SQS::Queue");
+    let from_queue = t.mappings_into(DELIVER).into_iter().find_map(|m| {
+        let (id, _) = get(m, &["Properties", "EventSourceArn"]).and_then(getatt_of)?;
+        let queue = queues.iter().find(|(q, _)| *q == id)?;
+        Some((m, *queue))
+    });
+    let Some((mapping, (queue_id, queue))) = from_queue else {
+        out.push(format!("no event source mapping feeds an SQS queue to {DELIVER}"));
+        return;
+    };
+    let reports_items = strings(get(mapping, &["Properties", "FunctionResponseTypes"]))
+        .iter()
+        .any(|v| v.as_str() == Some("ReportBatchItemFailures"));
+    if !reports_items {
+        out.push("deliver mapping: FunctionResponseTypes must include ReportBatchItemFailures".to_owned());
+    }
+    let concurrency = get(mapping, &["Properties", "ScalingConfig", "MaximumConcurrency"]);
+    let deliver_concurrency = match concurrency {
+        Some(v) => ref_of(v).and_then(|p| parameter_default(t, p)).or_else(|| v.as_u64()),
+        None => {
+            out.push("deliver mapping: no ScalingConfig.MaximumConcurrency".to_owned());
+            None
+        }
+    };
+    if deliver_concurrency.is_some_and(|c| c > u64::from(wsfan_shared::shard::GROUPS)) {
+        out.push(format!(
+            "deliver mapping: MaximumConcurrency above the {} message groups of a channel is never used",
+            wsfan_shared::shard::GROUPS
+        ));
+    }
+    let is_fifo = |q: &Value| get(q, &["Properties", "FifoQueue"]).and_then(Value::as_bool) == Some(true);
+    if !is_fifo(queue) {
+        out.push(format!(
+            "{queue_id}: the delivery queue must be FIFO (each recipient's frames in order)"
+        ));
+    }
+    let redrive = get(queue, &["Properties", "RedrivePolicy"]);
+    let dlq = redrive
+        .and_then(|r| r.get("deadLetterTargetArn"))
+        .and_then(getatt_of)
+        .map(|(id, _)| id);
+    let Some(dlq_id) = dlq.filter(|_| redrive.and_then(|r| r.get("maxReceiveCount")).is_some()) else {
+        out.push(format!(
+            "{queue_id}: needs a RedrivePolicy with a dead-letter queue and maxReceiveCount"
+        ));
+        return;
+    };
+    if !t.resource(&dlq_id).is_some_and(is_fifo) {
+        out.push(format!("{dlq_id}: the dead-letter queue of a FIFO queue must be FIFO"));
+    }
+    // Who sends to the delivery queue, and where deliver parks.
+    for f in t.functions() {
+        let Some(binary) = f.binary else { continue };
+        let env = t.environment(&f);
+        let expect = [("DELIVERY_QUEUE_URL", queue_id), ("DELIVERY_DLQ_URL", dlq_id.as_str())];
+        for (name, want) in expect {
+            if let Some(v) = env.get(name) {
+                if ref_of(v) != Some(want) {
+                    out.push(format!("{} ({binary}): {name} must be !Ref {want}", f.id));
+                }
+            }
+        }
+        let sends: BTreeSet<String> = t
+            .statements(&f)
+            .into_iter()
+            .filter(|st| {
+                strings(st.get("Action"))
+                    .iter()
+                    .any(|a| a.as_str() == Some("sqs:SendMessage"))
+            })
+            .flat_map(|st| strings(st.get("Resource")))
+            .filter_map(getatt_of)
+            .map(|(id, _)| id)
+            .collect();
+        if env.contains_key("DELIVERY_QUEUE_URL") && !sends.contains(queue_id) {
+            out.push(format!("{} ({binary}): may not sqs:SendMessage to {queue_id}", f.id));
+        }
+        if env.contains_key("DELIVERY_DLQ_URL") && !sends.contains(&dlq_id) {
+            out.push(format!("{} ({binary}): may not sqs:SendMessage to {dlq_id}", f.id));
+        }
+        if binary == DELIVER {
+            let allowed = BTreeSet::from([queue_id.to_owned(), dlq_id.clone()]);
+            if let Some(extra) = sends.difference(&allowed).next() {
+                out.push(format!("{} ({binary}): sends to {extra}, beyond its queues", f.id));
+            }
+        }
+        // Every poster's budget comes from the same two parameters.
+        if let Some(v) = env.get("FANOUT_MAX_RPS") {
+            if ref_of(v) != Some("FanoutMaxRps")
+                || env.get("FANOUT_SHARES").and_then(|v| ref_of(v)) != Some("FanoutShares")
+            {
+                out.push(format!(
+                    "{} ({binary}): FANOUT_MAX_RPS and FANOUT_SHARES must be !Ref FanoutMaxRps and FanoutShares",
+                    f.id
+                ));
+            }
+        }
+    }
+    // The shares are at least the environments deliver alone can run, or the fanouts together
+    // could post above FanoutMaxRps.
+    if let (Some(shares), Some(concurrency)) = (parameter_default(t, "FanoutShares"), deliver_concurrency) {
+        if shares <= concurrency {
+            out.push(format!(
+                "FanoutShares ({shares}) must exceed deliver's MaximumConcurrency ({concurrency}): the other fanouts post too"
+            ));
+        }
+    }
+}
+
 fn check_connections(t: &Template, code: &Code, out: &mut Vec<String>) {
     let (Some((api_id, _)), Some(stage)) = (t.api(), t.stage_segment()) else {
         return;
@@ -1334,7 +1456,11 @@ fn check_monitoring(t: &Template, code: &Code, out: &mut Vec<String>) {
             out.push(format!("no alarm on {id}'s Lambda Errors"));
         }
     }
-    for queue in ["ProgressDeadLetterQueue", "StreamFailureQueue"] {
+    for queue in [
+        "ProgressDeadLetterQueue",
+        "StreamFailureQueue",
+        "DeliveryDeadLetterQueue",
+    ] {
         let depth = metric(
             "AWS/SQS",
             "ApproximateNumberOfMessagesVisible",
@@ -2094,5 +2220,88 @@ fn a_stage_that_logs_message_bodies_is_reported() {
     assert_reported(
         &problems,
         &["Stage: DataTraceEnabled must be false, or API Gateway logs message bodies"],
+    );
+}
+
+#[test]
+fn a_delivery_queue_that_is_not_fifo_or_has_no_dead_letter_queue_is_reported() {
+    let p = problems_after(|doc| {
+        remove(doc, &["Resources", "DeliveryQueue", "Properties", "FifoQueue"]);
+    });
+    assert_reported(
+        &p,
+        &["DeliveryQueue: the delivery queue must be FIFO (each recipient's frames in order)"],
+    );
+    let p = problems_after(|doc| {
+        remove(doc, &["Resources", "DeliveryQueue", "Properties", "RedrivePolicy"]);
+    });
+    assert_reported(
+        &p,
+        &["DeliveryQueue: needs a RedrivePolicy with a dead-letter queue and maxReceiveCount"],
+    );
+}
+
+#[test]
+fn a_deliver_mapping_without_item_failures_or_a_concurrency_bound_is_reported() {
+    let p = problems_after(|doc| {
+        remove(
+            doc,
+            &["Resources", "DeliverMapping", "Properties", "FunctionResponseTypes"],
+        );
+        remove(doc, &["Resources", "DeliverMapping", "Properties", "ScalingConfig"]);
+    });
+    assert_reported(
+        &p,
+        &[
+            "deliver mapping: FunctionResponseTypes must include ReportBatchItemFailures",
+            "deliver mapping: no ScalingConfig.MaximumConcurrency",
+        ],
+    );
+}
+
+#[test]
+fn shares_that_do_not_cover_deliver_or_a_fanout_off_the_budget_are_reported() {
+    let p = problems_after(|doc| {
+        set(doc, &["Parameters", "FanoutShares", "Default"], Value::from(10));
+    });
+    assert_reported(
+        &p,
+        &["FanoutShares (10) must exceed deliver's MaximumConcurrency (10): the other fanouts post too"],
+    );
+    let p = problems_after(|doc| {
+        let env = &[
+            "Resources",
+            "StreamFanoutFunction",
+            "Properties",
+            "Environment",
+            "Variables",
+            "FANOUT_MAX_RPS",
+        ];
+        set(doc, env, Value::from("100000"));
+    });
+    assert_reported(
+        &p,
+        &["StreamFanoutFunction (stream-fanout): FANOUT_MAX_RPS and FANOUT_SHARES must be !Ref FanoutMaxRps and FanoutShares"],
+    );
+}
+
+#[test]
+fn a_fanout_that_may_not_send_shards_or_a_deliver_that_sends_elsewhere_is_reported() {
+    let p = problems_after(|doc| {
+        statements_of(doc, "StreamFanoutFunction")
+            .retain(|st| st.get("Sid").and_then(Value::as_str) != Some("HandOutShards"));
+    });
+    assert_reported(
+        &p,
+        &["StreamFanoutFunction (stream-fanout): may not sqs:SendMessage to DeliveryQueue"],
+    );
+    let p = problems_after(|doc| {
+        statements_of(doc, "DeliverFunction").push(yaml(
+            "{Sid: Extra, Effect: Allow, Action: sqs:SendMessage, Resource: !GetAtt StreamFailureQueue.Arn}",
+        ));
+    });
+    assert_reported(
+        &p,
+        &["DeliverFunction (deliver): sends to StreamFailureQueue, beyond its queues"],
     );
 }

@@ -122,6 +122,8 @@ fn placeholder(name: &str, template_value: Option<&str>) -> String {
         "CONNECTIONS_ENDPOINT" => "http://127.0.0.1:9/bench".into(),
         "JWT_SECRET" => "bench-secret".into(),
         "FAILURE_QUEUE_URL" => "http://127.0.0.1:9/000000000000/failures".into(),
+        "DELIVERY_QUEUE_URL" => "http://127.0.0.1:9/000000000000/delivery.fifo".into(),
+        "DELIVERY_DLQ_URL" => "http://127.0.0.1:9/000000000000/delivery-dlq.fifo".into(),
         "JWKS_URL" | "JWT_AUDIENCE" | "JWT_ISSUER" | "ANONYMOUS_CHANNELS" => String::new(),
         _ => template_value.unwrap_or_default().to_owned(),
     }

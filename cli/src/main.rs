@@ -5,6 +5,7 @@
 //! - `wsfan token`: a dev JWT signed with the HS256 secret, to connect by hand.
 
 mod bench;
+mod bench_channel;
 mod bench_lambdas;
 mod bench_local;
 
@@ -87,6 +88,9 @@ enum Bench {
     /// Each real Lambda binary's cold start (time to its first `/next`) and peak RSS then, and
     /// stream-fanout's CPU per stream record (decode, classify, build the frame).
     Lambdas(bench_lambdas::LambdasBench),
+    /// One message to a large channel over the real path (stream-fanout, shards, deliver in
+    /// several environments, a throttling @connections), with a small channel's latency meanwhile.
+    Channel(bench_channel::ChannelBench),
 }
 
 #[derive(Args)]
@@ -428,6 +432,7 @@ async fn run(cli: Cli) -> Result<String, String> {
         }
         Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
         Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
+        Command::Bench(Bench::Channel(bench)) => bench_channel::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(

@@ -69,6 +69,9 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DevError + '_ {
     move |e| DevError::Setup(format!("{what}: {e}"))
 }
 
+/// How long a message whose batch failed stays invisible before its retry, locally.
+const FAILED_VISIBILITY_SECS: u32 = 2;
+
 /// The AWS side: moto, the table, the queues, from the template.
 pub struct Environment {
     pub moto: MotoProcess,
@@ -106,12 +109,23 @@ impl Environment {
                 }
                 _ => None,
             };
-            let name = format!("wsfan-{}", queue.logical_id.to_lowercase());
+            // FIFO queue names must end in .fifo.
+            let suffix = if queue.fifo { ".fifo" } else { "" };
+            let name = format!("wsfan-{}{suffix}", queue.logical_id.to_lowercase());
+            // A batch is not handed to a second poller while its function may still run on it;
+            // a failed one is made visible again after FAILED_VISIBILITY by the poller.
+            let reader_timeout = template
+                .event_sources
+                .iter()
+                .filter(|s| s.source == queue.logical_id)
+                .filter_map(|s| template.function(&s.binary))
+                .map(|f| f.timeout_secs)
+                .max();
             let spec = crate::sources::QueueSpec {
                 name: &name,
-                fifo: false,
-                // Short visibility locally, so a failed message is retried in seconds, not minutes.
-                visibility_timeout_seconds: 2,
+                fifo: queue.fifo,
+                visibility_timeout_seconds: reader_timeout
+                    .map_or(FAILED_VISIBILITY_SECS, |t| (t as u32).max(FAILED_VISIBILITY_SECS)),
                 redrive: redrive.as_ref().map(|(arn, max)| (arn.as_str(), *max)),
             };
             let (url, arn) = crate::sources::create_queue(&sqs, spec)
@@ -188,7 +202,14 @@ impl Environment {
                 "JWKS_URL" | "JWT_AUDIENCE" | "JWT_ISSUER" => String::new(),
                 "ANONYMOUS_CHANNELS" => anonymous.unwrap_or_default().to_owned(),
                 "FAILURE_QUEUE_URL" => self.failure_queue_of(binary).unwrap_or_default(),
-                _ => value.clone().unwrap_or_default(),
+                // `!Ref` to a queue: its URL.
+                _ => value
+                    .clone()
+                    .or_else(|| {
+                        let (url, _) = self.queues.get(function.env_refs.get(name)?)?;
+                        Some(url.clone())
+                    })
+                    .unwrap_or_default(),
             };
             env.push((name.clone(), local));
         }
@@ -202,11 +223,31 @@ impl Environment {
         connections_endpoint: &str,
         logs: &Logs,
     ) -> Result<Arc<LambdaFunction>, DevError> {
+        self.start_function_with(config, binary, connections_endpoint, &[], logs)
+            .await
+    }
+
+    /// [`Environment::start_function`], with some variables set to other values than the
+    /// template's (benchmarks).
+    pub async fn start_function_with(
+        &self,
+        config: &DevConfig,
+        binary: &str,
+        connections_endpoint: &str,
+        overrides: &[(String, String)],
+        logs: &Logs,
+    ) -> Result<Arc<LambdaFunction>, DevError> {
         let function = self.template.function(binary);
+        let mut env = self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref());
+        for (name, value) in overrides {
+            if let Some(slot) = env.iter_mut().find(|(n, _)| n == name) {
+                slot.1 = value.clone();
+            }
+        }
         let spec = FunctionSpec {
             name: binary.to_owned(),
             binary: config.bin_dir.join(binary),
-            env: self.function_env(binary, connections_endpoint, config.anonymous_channels.as_deref()),
+            env,
             timeout: Duration::from_secs(function.map(|f| f.timeout_secs).unwrap_or(30)),
             memory_mb: function.map(|f| f.memory_mb).unwrap_or(128),
             concurrency: config.concurrency,
@@ -342,17 +383,47 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         }
     });
 
+    spawn_pollers(&environment, &functions, &config, &logs)?;
+
+    Ok(DevStack {
+        http_url,
+        ws_url,
+        environment,
+        functions,
+        connections,
+        logs,
+    })
+}
+
+/// Feeds the stream and the queues to their functions, as the template's mappings say.
+fn spawn_pollers(
+    environment: &Arc<Environment>,
+    functions: &HashMap<String, Arc<LambdaFunction>>,
+    config: &DevConfig,
+    logs: &Logs,
+) -> Result<(), DevError> {
     for source in &environment.template.event_sources {
-        let function = lookup(&source.binary)?;
+        let function = functions
+            .get(&source.binary)
+            .cloned()
+            .ok_or_else(|| DevError::Setup(format!("the template names {}, which is not a function", source.binary)))?;
         if let Some((url, arn)) = environment.queues.get(&source.source) {
-            tokio::spawn(sqs_poller(
-                environment.clone(),
-                source.clone(),
-                url.clone(),
-                arn.clone(),
-                function,
-                logs.clone(),
-            ));
+            // As many batches at once as the mapping's MaximumConcurrency (within the function's
+            // environments), as Lambda's pollers do; a FIFO queue keeps each group to one.
+            let pollers = source
+                .maximum_concurrency
+                .unwrap_or(1)
+                .clamp(1, config.concurrency.max(1));
+            for _ in 0..pollers {
+                tokio::spawn(sqs_poller(
+                    environment.clone(),
+                    source.clone(),
+                    url.clone(),
+                    arn.clone(),
+                    function.clone(),
+                    logs.clone(),
+                ));
+            }
         } else {
             let reader = StreamReader::new(
                 aws_sdk_dynamodbstreams::Client::new(&environment.sdk),
@@ -368,14 +439,30 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         }
     }
 
-    Ok(DevStack {
-        http_url,
-        ws_url,
-        environment,
-        functions,
-        connections,
-        logs,
-    })
+    Ok(())
+}
+
+/// The event-source half of the stack, without the gateway: moto, the functions the stream and
+/// the queues feed (posting to `connections_endpoint`), and their pollers. For benchmarks that
+/// bring their own `@connections` server.
+pub async fn start_pipeline(
+    config: &DevConfig,
+    connections_endpoint: &str,
+    overrides: &[(String, String)],
+) -> Result<(Arc<Environment>, HashMap<String, Arc<LambdaFunction>>), DevError> {
+    let logs = Logs::new(config.verbose);
+    let environment = Arc::new(Environment::start(config).await?);
+    let mut functions = HashMap::new();
+    for source in &environment.template.event_sources {
+        if !functions.contains_key(&source.binary) {
+            let function = environment
+                .start_function_with(config, &source.binary, connections_endpoint, overrides, &logs)
+                .await?;
+            functions.insert(source.binary.clone(), function);
+        }
+    }
+    spawn_pollers(&environment, &functions, config, &logs)?;
+    Ok((environment, functions))
 }
 
 /// Every few seconds while faults are being injected, how many of each so far.
@@ -579,21 +666,82 @@ async fn stream_poller(
     failures: Option<(aws_sdk_sqs::Client, String)>,
     logs: Logs,
 ) {
+    let arn = reader.stream_arn().to_owned();
+    // ParallelizationFactor: that many batches of a shard at once, as Lambda runs them, each
+    // record in the lane of its partition key, so one channel's records stay in order while a
+    // long batch (a large channel being sharded) does not hold up the other channels.
+    let lanes: Vec<tokio::sync::mpsc::UnboundedSender<aws_sdk_dynamodbstreams::types::Record>> =
+        (0..source.parallelization_factor.unwrap_or(1).max(1))
+            .map(|_| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(stream_lane(
+                    rx,
+                    arn.clone(),
+                    source.clone(),
+                    function.clone(),
+                    failures.clone(),
+                    logs.clone(),
+                ));
+                tx
+            })
+            .collect();
+    loop {
+        let records = match reader.poll(1000).await {
+            Ok(records) => records,
+            Err(e) => {
+                logs.warn(&format!("reading the stream: {e}"));
+                Vec::new()
+            }
+        };
+        if records.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for record in records {
+            if !matches_any(&source.filters, &record_json(&record, &arn, LOCAL_REGION)) {
+                continue;
+            }
+            let key = record
+                .dynamodb
+                .as_ref()
+                .and_then(|d| d.keys.as_ref())
+                .and_then(|k| k.get("pk"))
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            let lane = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut h);
+                (h.finish() % lanes.len() as u64) as usize
+            };
+            if lanes[lane].send(record).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One lane of a stream shard: its records in order, a batch at a time, retried from the first
+/// failed record, then sent to the on-failure destination when the retries run out.
+async fn stream_lane(
+    mut records: tokio::sync::mpsc::UnboundedReceiver<aws_sdk_dynamodbstreams::types::Record>,
+    arn: String,
+    source: EventSource,
+    function: Arc<LambdaFunction>,
+    failures: Option<(aws_sdk_sqs::Client, String)>,
+    logs: Logs,
+) {
     let mut pending = VecDeque::new();
     let mut attempts = 0u32;
-    let arn = reader.stream_arn().to_owned();
     loop {
-        match reader.poll(1000).await {
-            Ok(records) => pending.extend(
-                records
-                    .into_iter()
-                    .filter(|r| matches_any(&source.filters, &record_json(r, &arn, LOCAL_REGION))),
-            ),
-            Err(e) => logs.warn(&format!("reading the stream: {e}")),
-        }
         if pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+            match records.recv().await {
+                Some(r) => pending.push_back(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = records.try_recv() {
+            pending.push_back(r);
         }
         let batch: Vec<_> = pending.iter().take(source.batch_size.max(1)).cloned().collect();
         let event = match dynamodb_event(&batch, &arn, LOCAL_REGION) {
@@ -711,6 +859,16 @@ async fn sqs_poller(
         };
         for m in &messages {
             if m.message_id.as_ref().is_some_and(|id| failed.contains(id)) {
+                // Retried in seconds, not after the whole visibility timeout.
+                if let Some(handle) = &m.receipt_handle {
+                    let _ = sqs
+                        .change_message_visibility()
+                        .queue_url(&url)
+                        .receipt_handle(handle)
+                        .visibility_timeout(FAILED_VISIBILITY_SECS as i32)
+                        .send()
+                        .await;
+                }
                 continue;
             }
             if let Some(handle) = &m.receipt_handle {

@@ -161,16 +161,25 @@ impl Logs {
 
 /// The counters of one EMF document, as the dev log shows them.
 fn pushed_summary(fields: &serde_json::Map<String, Value>) -> String {
-    let counts: Vec<String> = ["Delivered", "Gone", "Retried", "Throttled", "Failed"]
-        .iter()
-        .map(|k| {
-            format!(
-                "{}={}",
-                k.to_lowercase(),
-                fields.get(*k).and_then(Value::as_u64).unwrap_or(0)
-            )
-        })
-        .collect();
+    let counts: Vec<String> = [
+        "Delivered",
+        "Gone",
+        "Retried",
+        "Throttled",
+        "Failed",
+        "Posts",
+        "PacedMs",
+        "Backoffs",
+    ]
+    .iter()
+    .map(|k| {
+        format!(
+            "{}={}",
+            k.to_lowercase(),
+            fields.get(*k).and_then(Value::as_u64).unwrap_or(0)
+        )
+    })
+    .collect();
     format!("pushed {}", counts.join(" "))
 }
 
@@ -184,13 +193,16 @@ mod tests {
             retried: 4,
             throttled: 3,
             failed: 2,
+            posts: 9,
+            paced_ms: 40,
+            backoffs: 1,
         };
         let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&counters.emf("stream-fanout")) else {
             panic!("EMF is a JSON object");
         };
         assert_eq!(
             super::pushed_summary(&fields),
-            "pushed delivered=5 gone=1 retried=4 throttled=3 failed=2"
+            "pushed delivered=5 gone=1 retried=4 throttled=3 failed=2 posts=9 pacedms=40 backoffs=1"
         );
     }
 }

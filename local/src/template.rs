@@ -21,8 +21,11 @@ pub enum TemplateError {
 pub struct Function {
     pub logical_id: String,
     pub binary: String,
-    /// Variable names with their template values (`None` where the value is an intrinsic).
+    /// Variable names with their template values (`None` where the value is an intrinsic;
+    /// `!Ref` to a parameter gives the parameter's default).
     pub env: BTreeMap<String, Option<String>>,
+    /// Variables whose value is `!Ref` to a resource: the resource's logical id (a queue's URL).
+    pub env_refs: BTreeMap<String, String>,
     pub timeout_secs: u64,
     pub memory_mb: u32,
 }
@@ -46,6 +49,10 @@ pub struct EventSource {
     pub filters: Vec<serde_json::Value>,
     /// The logical id of the queue in `DestinationConfig.OnFailure` (stream mappings).
     pub on_failure: Option<String>,
+    /// `ScalingConfig.MaximumConcurrency` (queue mappings): batches invoked at once.
+    pub maximum_concurrency: Option<usize>,
+    /// `ParallelizationFactor` (stream mappings): batches of one shard invoked at once.
+    pub parallelization_factor: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +60,8 @@ pub struct Queue {
     pub logical_id: String,
     pub max_receive_count: Option<u32>,
     pub dead_letter_queue: Option<String>,
+    /// `FifoQueue: true` (a literal; a condition counts as its default, standard).
+    pub fifo: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -160,12 +169,22 @@ impl Template {
             .ok_or_else(|| TemplateError::Shape("no Resources".into()))?;
         let by_type = |ty: &'static str| resources_of_type(resources, ty);
         let globals = get(&doc, &["Globals", "Function"]);
+        // A value, or the default of the parameter it is `!Ref` to.
+        let resolve = |v: Option<&Value>| -> Option<String> {
+            string(v).or_else(|| match v? {
+                Value::Tagged(t) if t.tag.to_string().trim_start_matches('!') == "Ref" => {
+                    string(get(&doc, &["Parameters", t.value.as_str()?, "Default"]))
+                }
+                _ => None,
+            })
+        };
 
         let mut functions = Vec::new();
         for (id, r) in by_type("AWS::Serverless::Function") {
             let binary = string(get(r, &["Metadata", "BuildProperties", "Binary"]))
                 .ok_or_else(|| TemplateError::Shape(format!("{id} has no Metadata.BuildProperties.Binary")))?;
             let mut env = BTreeMap::new();
+            let mut env_refs = BTreeMap::new();
             for vars in [
                 globals.and_then(|g| get(g, &["Environment", "Variables"])),
                 get(r, &["Properties", "Environment", "Variables"]),
@@ -176,7 +195,14 @@ impl Template {
             {
                 for (k, v) in vars {
                     if let Some(name) = k.as_str() {
-                        env.insert(name.to_owned(), string(Some(v)));
+                        env.insert(name.to_owned(), resolve(Some(v)));
+                        if let (Value::Tagged(t), [id]) = (v, references(v).as_slice()) {
+                            if t.tag.to_string().trim_start_matches('!') == "Ref"
+                                && resources.get(id.as_str()).is_some()
+                            {
+                                env_refs.insert(name.to_owned(), id.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -187,6 +213,7 @@ impl Template {
                 logical_id: id,
                 binary,
                 env,
+                env_refs,
                 timeout_secs: setting("Timeout").unwrap_or(3),
                 memory_mb: setting("MemorySize").unwrap_or(128) as u32,
             });
@@ -259,6 +286,9 @@ impl Template {
                 on_failure: get(r, &["Properties", "DestinationConfig", "OnFailure", "Destination"])
                     .map(references)
                     .and_then(|r| r.into_iter().next()),
+                parallelization_factor: number(p("ParallelizationFactor")).map(|n| n as usize),
+                maximum_concurrency: resolve(get(r, &["Properties", "ScalingConfig", "MaximumConcurrency"]))
+                    .and_then(|n| n.parse().ok()),
             });
         }
 
@@ -272,6 +302,7 @@ impl Template {
                         .and_then(|p| p.get("deadLetterTargetArn"))
                         .map(references)
                         .and_then(|r| r.into_iter().next()),
+                    fifo: get(r, &["Properties", "FifoQueue"]).and_then(Value::as_bool) == Some(true),
                 }
             })
             .collect();

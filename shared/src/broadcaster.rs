@@ -22,6 +22,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use futures::stream::{self, StreamExt};
 
 use crate::config::ConfigError;
+use crate::governor::Governor;
 use crate::store::Store;
 
 /// API Gateway's limit for one message posted to a connection.
@@ -39,6 +40,10 @@ pub struct BroadcastConfig {
     pub max_backoff: Duration,
     /// Time limit of one attempt.
     pub attempt_timeout: Duration,
+    /// `FANOUT_MAX_RPS`: the posts per second all fanout together may make (`None`: no governor).
+    pub max_rps: Option<u64>,
+    /// `FANOUT_SHARES`: how many environments split `max_rps` (crate::governor).
+    pub shares: u64,
 }
 
 impl BroadcastConfig {
@@ -51,6 +56,8 @@ impl BroadcastConfig {
             first_backoff: Duration::from_millis(25),
             max_backoff: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(5),
+            max_rps: None,
+            shares: 1,
         }
     }
 
@@ -83,6 +90,10 @@ impl BroadcastConfig {
         }
         if let Some(ms) = number("FANOUT_DEADLINE_MS")? {
             config.deadline = Duration::from_millis(ms);
+        }
+        config.max_rps = number("FANOUT_MAX_RPS")?;
+        if let Some(shares) = number("FANOUT_SHARES")? {
+            config.shares = shares;
         }
         Ok(config)
     }
@@ -119,6 +130,12 @@ pub struct Counters {
     /// Of the retries, those @connections asked for with 429: the alarm for throttling.
     pub throttled: u64,
     pub failed: u64,
+    /// Attempts made (posts and their retries): what was drawn from the `@connections` budget.
+    pub posts: u64,
+    /// Time posts waited for the governor's budget, summed over posts.
+    pub paced_ms: u64,
+    /// How many times a 429 made the governor lower its rate.
+    pub backoffs: u64,
 }
 
 impl Counters {
@@ -128,6 +145,9 @@ impl Counters {
         self.retried += other.retried;
         self.throttled += other.throttled;
         self.failed += other.failed;
+        self.posts += other.posts;
+        self.paced_ms += other.paced_ms;
+        self.backoffs += other.backoffs;
     }
 
     /// One CloudWatch Embedded Metric Format document.
@@ -144,6 +164,9 @@ impl Counters {
                         {"Name": "Retried", "Unit": "Count"},
                         {"Name": "Throttled", "Unit": "Count"},
                         {"Name": "Failed", "Unit": "Count"},
+                        {"Name": "Posts", "Unit": "Count"},
+                        {"Name": "PacedMs", "Unit": "Milliseconds"},
+                        {"Name": "Backoffs", "Unit": "Count"},
                     ],
                 }],
             },
@@ -153,6 +176,9 @@ impl Counters {
             "Retried": self.retried,
             "Throttled": self.throttled,
             "Failed": self.failed,
+            "Posts": self.posts,
+            "PacedMs": self.paced_ms,
+            "Backoffs": self.backoffs,
         })
         .to_string()
     }
@@ -236,6 +262,38 @@ pub struct Broadcaster<G> {
     client: Client,
     config: BroadcastConfig,
     gone: G,
+    governor: Option<Pacer>,
+}
+
+/// The governor of this environment, on the clock.
+struct Pacer {
+    governor: std::sync::Mutex<Governor>,
+    epoch: Instant,
+}
+
+impl Pacer {
+    /// Waits for this post's token; returns how long that took.
+    async fn wait_turn(&self) -> Duration {
+        let wait = self.governor.lock().unwrap().reserve(self.epoch.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        wait
+    }
+
+    fn throttled(&self) {
+        self.governor.lock().unwrap().throttled(self.epoch.elapsed());
+    }
+}
+
+/// What posting to one connection came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub delivery: Delivery,
+    pub retries: u64,
+    /// Of the retries, those that followed a 429.
+    pub throttled: u64,
+    pub paced: Duration,
 }
 
 enum Attempt {
@@ -298,15 +356,27 @@ impl<G: GoneCleanup> Broadcaster<G> {
                     .build(),
             )
             .build();
+        let governor = config.max_rps.map(|max| Pacer {
+            governor: std::sync::Mutex::new(Governor::new(Governor::share(max, config.shares), Duration::ZERO)),
+            epoch: Instant::now(),
+        });
         Broadcaster {
             client: Client::from_conf(client_config),
             config,
             gone,
+            governor,
         }
     }
 
     pub fn config(&self) -> &BroadcastConfig {
         &self.config
+    }
+
+    /// How many times 429s lowered this environment's rate so far (0 without a governor).
+    pub fn backoffs(&self) -> u64 {
+        self.governor
+            .as_ref()
+            .map_or(0, |p| p.governor.lock().unwrap().decreases())
     }
 
     async fn attempt(&self, connection_id: &str, payload: &[u8]) -> Attempt {
@@ -342,37 +412,51 @@ impl<G: GoneCleanup> Broadcaster<G> {
         }
     }
 
-    /// Posts to one connection, retrying throttling and 5xx until the deadline. Also returns
-    /// the retries, and how many of them followed a 429.
-    pub async fn post(&self, connection_id: &str, payload: &[u8]) -> (Delivery, u64, u64) {
+    /// Posts to one connection, within the governor's budget, retrying throttling and 5xx
+    /// until the deadline.
+    pub async fn post(&self, connection_id: &str, payload: &[u8]) -> Posted {
         let started = Instant::now();
         let mut backoff = self.config.first_backoff;
-        let mut retries = 0;
-        let mut throttled = 0;
+        let mut posted = Posted {
+            delivery: Delivery::Delivered,
+            retries: 0,
+            throttled: 0,
+            paced: Duration::ZERO,
+        };
         loop {
+            if let Some(pacer) = &self.governor {
+                posted.paced += pacer.wait_turn().await;
+            }
+            // The deadline is for the recipient's own attempts and backoff: time waiting for
+            // the budget is the whole channel's, and counting it would give up on recipients
+            // that were never tried.
             let why = match self.attempt(connection_id, payload).await {
                 Attempt::Done(Delivery::Gone) => {
                     self.gone.connection_gone(connection_id).await;
-                    return (Delivery::Gone, retries, throttled);
+                    posted.delivery = Delivery::Gone;
+                    return posted;
                 }
-                Attempt::Done(d) => return (d, retries, throttled),
+                Attempt::Done(d) => {
+                    posted.delivery = d;
+                    return posted;
+                }
                 Attempt::Retry(why) => why,
                 Attempt::Throttled(why) => {
-                    throttled += 1;
+                    if let Some(pacer) = &self.governor {
+                        pacer.throttled();
+                    }
+                    posted.throttled += 1;
                     why
                 }
             };
             // Full jitter: sleep a random time up to the current backoff.
             let sleep = backoff.mul_f64(fastrand::f64());
-            if started.elapsed() + sleep >= self.config.deadline {
-                return (
-                    Delivery::Failed(format!("gave up after {retries} retries: {why}")),
-                    retries,
-                    throttled,
-                );
+            if started.elapsed().saturating_sub(posted.paced) + sleep >= self.config.deadline {
+                posted.delivery = Delivery::Failed(format!("gave up after {} retries: {why}", posted.retries));
+                return posted;
             }
             tokio::time::sleep(sleep).await;
-            retries += 1;
+            posted.retries += 1;
             backoff = (backoff * 2).min(self.config.max_backoff);
         }
     }
@@ -442,18 +526,29 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(BroadcastError::PayloadTooLarge(payload.len()));
         }
-        let outcomes: Vec<(String, Delivery, u64, u64)> = stream::iter(recipients)
+        let backoffs_before = self.backoffs();
+        let outcomes: Vec<(String, Posted)> = stream::iter(recipients)
             .map(|id| async move {
-                let (delivery, retries, throttled) = self.post(&id, payload).await;
-                (id, delivery, retries, throttled)
+                let posted = self.post(&id, payload).await;
+                (id, posted)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
         let mut report = Report::default();
-        for (id, delivery, retries, throttled) in outcomes {
+        // Other deliveries of this environment may run at once; this one's share is close enough.
+        report.counters.backoffs = self.backoffs().saturating_sub(backoffs_before);
+        for (id, posted) in outcomes {
+            let Posted {
+                delivery,
+                retries,
+                throttled,
+                paced,
+            } = posted;
             report.counters.retried += retries;
             report.counters.throttled += throttled;
+            report.counters.posts += retries + 1;
+            report.counters.paced_ms += paced.as_millis() as u64;
             match &delivery {
                 Delivery::Delivered => report.counters.delivered += 1,
                 Delivery::Gone => report.counters.gone += 1,
@@ -490,12 +585,15 @@ mod tests {
             "CONNECTIONS_ENDPOINT" => Some("http://127.0.0.1:3001/prod/".to_owned()),
             "FANOUT_CONCURRENCY" => Some("8".to_owned()),
             "FANOUT_DEADLINE_MS" => Some("1500".to_owned()),
+            "FANOUT_MAX_RPS" => Some("5000".to_owned()),
+            "FANOUT_SHARES" => Some("10".to_owned()),
             _ => None,
         };
         let c = BroadcastConfig::from_lookup(vars).unwrap();
         assert_eq!(c.endpoint, "http://127.0.0.1:3001/prod");
         assert_eq!(c.concurrency, 8);
         assert_eq!(c.deadline, Duration::from_millis(1500));
+        assert_eq!((c.max_rps, c.shares), (Some(5000), 10));
         assert!(BroadcastConfig::from_lookup(|_| None).is_err());
         assert!(BroadcastConfig::from_lookup(|k| (k == "CONNECTIONS_ENDPOINT")
             .then(|| "x".to_owned())
@@ -665,6 +763,9 @@ mod tests {
             retried: 2,
             throttled: 1,
             failed: 0,
+            posts: 6,
+            paced_ms: 40,
+            backoffs: 1,
         };
         let v: serde_json::Value = serde_json::from_str(&c.emf("stream-fanout")).unwrap();
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "wsfan");
@@ -673,6 +774,9 @@ mod tests {
         assert_eq!(v["Retried"], 2);
         assert_eq!(v["Throttled"], 1);
         assert_eq!(v["Failed"], 0);
+        assert_eq!(v["Posts"], 6);
+        assert_eq!(v["PacedMs"], 40);
+        assert_eq!(v["Backoffs"], 1);
         assert_eq!(v["Function"], "stream-fanout");
     }
 }

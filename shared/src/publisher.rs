@@ -2,14 +2,18 @@
 //!
 //! [`ChannelPublisher`] writes a message item to any channel (the stream fanout does the rest);
 //! [`ProgressPublisher`] validates progress events and sends them to the progress queue;
-//! [`FailureQueue`] is where the stream fanout puts a record it can never use.
+//! [`FailureQueue`] is where the stream fanout puts a record it can never use;
+//! [`DeliveryQueue`] carries the shards of large channels to `deliver`.
 
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use futures::{StreamExt, TryStreamExt};
 
 use crate::channel::ChannelId;
 use crate::config::Retention;
 use crate::model::{Message, MessageKind};
 use crate::progress::{InvalidProgress, ProgressEvent};
+use crate::shard::{Shard, ShardQueue};
 use crate::store::{PostOutcome, Store, StoreError};
 
 /// SQS takes at most ten messages per batch.
@@ -162,5 +166,77 @@ impl FailureQueue {
             .await
             .map_err(|e| PublishError::Queue(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
         Ok(())
+    }
+}
+
+/// The delivery queue (`DELIVERY_QUEUE_URL`, FIFO) and its dead-letter queue
+/// (`DELIVERY_DLQ_URL`, when this function parks shards itself).
+pub struct DeliveryQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    dead_letter_url: Option<String>,
+}
+
+/// Groups sent to at once; a group's own shards go one after another, to keep their order.
+const GROUPS_IN_FLIGHT: usize = 16;
+
+impl DeliveryQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>, dead_letter_url: Option<String>) -> Self {
+        DeliveryQueue {
+            client,
+            queue_url: queue_url.into(),
+            dead_letter_url,
+        }
+    }
+
+    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let url = crate::config::from_process_env("DELIVERY_QUEUE_URL")
+            .filter(|u| !u.is_empty())
+            .ok_or(crate::config::ConfigError::Missing("DELIVERY_QUEUE_URL"))?;
+        let dead_letter = crate::config::from_process_env("DELIVERY_DLQ_URL").filter(|u| !u.is_empty());
+        Ok(DeliveryQueue::new(
+            aws_sdk_sqs::Client::new(&crate::config::aws().await),
+            url,
+            dead_letter,
+        ))
+    }
+
+    async fn send_to(&self, url: &str, shard: &Shard) -> Result<(), String> {
+        self.client
+            .send_message()
+            .queue_url(url)
+            .message_body(shard.to_body())
+            .message_group_id(shard.message_group_id())
+            .message_deduplication_id(shard.deduplication_id())
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        Ok(())
+    }
+}
+
+impl ShardQueue for DeliveryQueue {
+    async fn enqueue(&self, shards: Vec<Shard>) -> Result<(), String> {
+        let mut groups: std::collections::BTreeMap<u32, Vec<Shard>> = Default::default();
+        for shard in shards {
+            groups.entry(shard.group).or_default().push(shard);
+        }
+        futures::stream::iter(groups.into_values())
+            .map(|group| async move {
+                for shard in &group {
+                    self.send_to(&self.queue_url, shard).await?;
+                }
+                Ok::<_, String>(())
+            })
+            .buffer_unordered(GROUPS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
+            .map_err(|e| format!("enqueueing shards: {e}"))
+    }
+
+    async fn park(&self, shard: Shard) -> Result<(), String> {
+        let url = self.dead_letter_url.as_deref().ok_or("DELIVERY_DLQ_URL is not set")?;
+        self.send_to(url, &shard).await
     }
 }

@@ -195,6 +195,24 @@ pub trait Store: Send + Sync {
 
     /// Every member connection of a channel, across all pages.
     fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+
+    /// Up to `limit` members of a channel after the connection id `after` (exclusive), in key
+    /// order, with the id to go on from when there are more: large channels are read a page at
+    /// a time, never whole.
+    fn members_page(
+        &self,
+        channel: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
+}
+
+/// One page of a channel's members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembersPage {
+    pub members: Vec<Member>,
+    /// The last connection id read, when the channel may have more members after it.
+    pub next: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +252,15 @@ pub fn to_item<T: Serialize>(key: (String, String), value: &T) -> Result<Item, S
 
 fn key_of(pk: String, sk: String) -> Item {
     HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+/// A membership item (`CONN#<id>`, projected to `sk, userId`) as a [`Member`].
+fn member_of(item: &Item) -> Option<Member> {
+    let id = item.get(SK)?.as_s().ok()?.strip_prefix(keys::CONN_PREFIX)?;
+    Some(Member {
+        connection_id: id.to_owned(),
+        user_id: item.get("userId").and_then(|v| v.as_s().ok()).cloned(),
+    })
 }
 
 /// Which actions of a cancelled transaction failed their condition.
@@ -857,6 +884,35 @@ impl Store for DynamoStore {
         self.put_progress(event, Some(delivery_id)).await
     }
 
+    async fn members_page(
+        &self,
+        channel: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let pk = keys::channel(channel);
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
+            .projection_expression("sk, userId")
+            .set_exclusive_start_key(after.map(|id| key_of(pk, format!("{}{id}", keys::CONN_PREFIX))))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .send()
+            .await?;
+        let members = out.items().iter().filter_map(member_of).collect();
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get(SK))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
+            .map(str::to_owned);
+        Ok(MembersPage { members, next })
+    }
+
     async fn members(&self, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {
         let mut pages = self
             .client
@@ -871,17 +927,7 @@ impl Store for DynamoStore {
             .send();
         let mut members = Vec::new();
         while let Some(item) = pages.next().await {
-            let item = item?;
-            if let Some(id) = item
-                .get(SK)
-                .and_then(|v| v.as_s().ok())
-                .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
-            {
-                members.push(Member {
-                    connection_id: id.to_owned(),
-                    user_id: item.get("userId").and_then(|v| v.as_s().ok()).cloned(),
-                });
-            }
+            members.extend(member_of(&item?));
         }
         Ok(members)
     }

@@ -185,6 +185,9 @@ pub struct Rig {
     /// The stream's failure destination: a queue of its own on moto.
     pub failures: wsfan_shared::publisher::FailureQueue,
     pub failures_url: String,
+    /// The delivery queue (FIFO) and its DLQ, where large channels' shards and retries go.
+    pub delivery: TestQueue,
+    pub shards: wsfan_shared::publisher::DeliveryQueue,
 }
 
 impl Rig {
@@ -215,6 +218,12 @@ impl Rig {
         let (failures_url, _) = wsfan_local::sources::create_queue(&sqs, spec)
             .await
             .expect("creating the failure queue");
+        let delivery = TestQueue::new(true, 5).await;
+        let shards = wsfan_shared::publisher::DeliveryQueue::new(
+            delivery.client.clone(),
+            delivery.url.clone(),
+            Some(delivery.dlq_url.clone()),
+        );
         Rig {
             table,
             server,
@@ -222,7 +231,49 @@ impl Rig {
             streams,
             failures: wsfan_shared::publisher::FailureQueue::new(sqs, failures_url.clone()),
             failures_url,
+            delivery,
+            shards,
         }
+    }
+
+    /// Runs `deliver` over the delivery queue, a batch at a time as Lambda would, until it is
+    /// empty (retries it enqueues included). Returns the batches run.
+    pub async fn drain_deliveries<D: wsfan_shared::broadcaster::Deliver>(&self, broadcaster: &D) -> usize {
+        let mut batches = 0;
+        loop {
+            let (event, messages) = self.delivery.receive_event().await;
+            if messages.is_empty() {
+                return batches;
+            }
+            assert!(batches < 10_000, "the delivery queue never empties");
+            batches += 1;
+            let response = deliver::handle(broadcaster, &self.shards, event).await;
+            let failed: Vec<String> = response
+                .batch_item_failures
+                .into_iter()
+                .map(|f| f.item_identifier)
+                .collect();
+            self.delivery.settle(&messages, &failed).await;
+        }
+    }
+
+    /// The shards parked in the delivery dead-letter queue (and left there).
+    pub async fn parked_shards(&self) -> Vec<wsfan_shared::shard::Shard> {
+        let out = self
+            .delivery
+            .client
+            .receive_message()
+            .queue_url(&self.delivery.dlq_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive_message");
+        out.messages
+            .unwrap_or_default()
+            .iter()
+            .map(|m| wsfan_shared::shard::Shard::from_body(m.body.as_deref().unwrap_or("")).expect("parked shards"))
+            .collect()
     }
 
     /// Runs stream-fanout over one batch, with this rig's failure destination.
@@ -230,7 +281,14 @@ impl Rig {
         &self,
         batch: aws_lambda_events::dynamodb::Event,
     ) -> aws_lambda_events::streams::DynamoDbEventResponse {
-        stream_fanout::handle(&self.table.store, &self.broadcaster, &self.failures, batch).await
+        stream_fanout::handle(
+            &self.table.store,
+            &self.broadcaster,
+            &self.failures,
+            &self.shards,
+            batch,
+        )
+        .await
     }
 
     /// The bodies waiting in the failure destination, parsed (and left there).

@@ -14,6 +14,8 @@ pub const ENV: &[&str] = &[
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",
     "MESSAGE_TTL_SECONDS",
+    "FANOUT_MAX_RPS",
+    "FANOUT_SHARES",
 ];
 
 const DOCS_IN_FLIGHT: usize = 16;

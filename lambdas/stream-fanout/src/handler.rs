@@ -10,6 +10,12 @@
 //! wrote without a body) is not retried: it goes to the stream's failure destination at once,
 //! with the reason, and the records behind it go on. A membership written with `history` (asked
 //! for at connect) sends that page of the channel's history to that one connection.
+//!
+//! A channel of up to [`DIRECT_MAX_MEMBERS`] members is posted to from here. A larger one is read
+//! a page at a time and handed to the delivery queue as shards (wsfan_shared::shard), which the
+//! `deliver` function posts in parallel, so one big channel holds neither this function nor its
+//! stream shard. A recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue
+//! too, for another attempt: nobody is dropped silently.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -19,6 +25,9 @@ pub const ENV: &[&str] = &[
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",
     "FAILURE_QUEUE_URL",
+    "DELIVERY_QUEUE_URL",
+    "FANOUT_MAX_RPS",
+    "FANOUT_SHARES",
 ];
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
@@ -30,6 +39,10 @@ pub const HISTORY_REQUEST_ATTRIBUTE: &str = "history";
 
 /// Channels whose records are worked on at once within one batch.
 const CHANNELS_IN_FLIGHT: usize = 16;
+
+/// Members read per Query page when a large channel is cut into shards: a few hundred KB held
+/// at a time, whatever the channel's size.
+const SHARD_READ_PAGE: usize = 5000;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +56,7 @@ use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
+use wsfan_shared::shard::{self, Shard, ShardQueue, Sharder, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +69,8 @@ pub enum RecordError {
     Broadcast(#[from] BroadcastError),
     #[error("could not reach the failure destination: {0}")]
     Park(String),
+    #[error("could not reach the delivery queue: {0}")]
+    Enqueue(String),
 }
 
 /// A frame to push to every member of a channel.
@@ -210,6 +226,14 @@ async fn send_history<S: Store, D: Deliver>(
     Ok(report.counters)
 }
 
+/// A channel's members as the batch sees them: the list itself when small, or the fact that it
+/// is too large to hold (it is then read a page at a time, into shards).
+#[derive(Clone)]
+enum Members {
+    Direct(Arc<Vec<Member>>),
+    Sharded,
+}
+
 /// The member lists of one batch, read once per channel.
 ///
 /// A batch holds up to a hundred records, and when many people join a channel at once most of
@@ -220,7 +244,7 @@ async fn send_history<S: Store, D: Deliver>(
 /// `joined` and `history`.
 struct BatchMembers<'a, S> {
     store: &'a S,
-    read: std::sync::Mutex<HashMap<ChannelId, Arc<Vec<Member>>>>,
+    read: std::sync::Mutex<HashMap<ChannelId, Members>>,
 }
 
 impl<'a, S: Store> BatchMembers<'a, S> {
@@ -231,47 +255,113 @@ impl<'a, S: Store> BatchMembers<'a, S> {
         }
     }
 
-    async fn of(&self, channel: &ChannelId) -> Result<Arc<Vec<Member>>, StoreError> {
+    async fn of(&self, channel: &ChannelId) -> Result<Members, StoreError> {
         if let Some(members) = self.read.lock().unwrap().get(channel) {
             return Ok(members.clone());
         }
-        let members = Arc::new(self.store.members(channel).await?);
+        // One page one longer than the direct path takes tells which path the channel needs.
+        let page = self.store.members_page(channel, None, DIRECT_MAX_MEMBERS + 1).await?;
+        let members = if page.members.len() > DIRECT_MAX_MEMBERS || page.next.is_some() {
+            Members::Sharded
+        } else {
+            Members::Direct(Arc::new(page.members))
+        };
         self.read.lock().unwrap().insert(channel.clone(), members.clone());
         Ok(members)
     }
 }
 
-async fn push<S: Store, D: Deliver>(
+/// Cuts a large channel's delivery into shards on the delivery queue, reading its members a
+/// page at a time. Returns how many recipients the shards hold.
+async fn shard_out<S: Store, Q: ShardQueue>(
+    store: &S,
+    shards: &Q,
+    channel: &ChannelId,
+    payload: String,
+    wanted: impl Fn(&Member) -> bool,
+    origin: &str,
+) -> Result<u64, RecordError> {
+    let mut sharder = Sharder::new(channel.clone(), payload, origin.to_owned());
+    let mut after: Option<String> = None;
+    let mut recipients = 0;
+    loop {
+        let page = store.members_page(channel, after.as_deref(), SHARD_READ_PAGE).await?;
+        let full: Vec<Shard> = page
+            .members
+            .into_iter()
+            .filter(|m| wanted(m))
+            .inspect(|_| recipients += 1)
+            .filter_map(|m| sharder.add(m.connection_id))
+            .collect();
+        // Sent as they fill, so a group's shards go out in order and memory stays one page.
+        shards.enqueue(full).await.map_err(RecordError::Enqueue)?;
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    shards.enqueue(sharder.finish()).await.map_err(RecordError::Enqueue)?;
+    Ok(recipients)
+}
+
+async fn push<S: Store, D: Deliver, Q: ShardQueue>(
     members: &BatchMembers<'_, S>,
     deliver: &D,
+    shards: &Q,
     channel: &ChannelId,
     frame: &ServerFrame,
+    origin: &str,
 ) -> Result<Counters, RecordError> {
     // A user's own devices are not told of the user's own presence.
     let subject = match frame {
         ServerFrame::Presence { user_id, .. } => Some(user_id.as_str()),
         _ => None,
     };
+    let wanted = |m: &Member| subject.is_none() || m.user_id.as_deref() != subject;
+    let payload = frame.to_json();
+    let members = match members.of(channel).await? {
+        Members::Direct(members) => members,
+        Members::Sharded => {
+            let recipients = shard_out(members.store, shards, channel, payload, wanted, origin).await?;
+            tracing::info!(%channel, recipients, "sharded to the delivery queue");
+            return Ok(Counters::default());
+        }
+    };
     let members: Vec<String> = members
-        .of(channel)
-        .await?
         .iter()
-        .filter(|m| subject.is_none() || m.user_id.as_deref() != subject)
+        .filter(|m| wanted(m))
         .map(|m| m.connection_id.clone())
         .collect();
     if members.is_empty() {
         return Ok(Counters::default());
     }
-    let payload = frame.to_json();
     let report = deliver.deliver(members, payload.as_bytes()).await?;
+    let undelivered: Vec<String> = report.undelivered().map(|(id, _)| id.to_owned()).collect();
+    if !undelivered.is_empty() {
+        // No silent loss: those still failing at the deadline get the next attempt from deliver.
+        let first = Shard {
+            channel: channel.clone(),
+            frame: payload,
+            group: 0,
+            recipients: Vec::new(),
+            attempt: 1,
+            part: 0,
+            origin: origin.to_owned(),
+        };
+        shards
+            .enqueue(shard::retry(&first, undelivered))
+            .await
+            .map_err(RecordError::Enqueue)?;
+    }
     Ok(report.counters)
 }
 
 /// Handles one batch and returns the records to retry.
-pub async fn handle<S: Store, D: Deliver, F: FailureDestination>(
+pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,
+    shards: &Q,
     event: Event,
 ) -> DynamoDbEventResponse {
     let work: Vec<_> = event
@@ -286,7 +376,9 @@ pub async fn handle<S: Store, D: Deliver, F: FailureDestination>(
 
     let members = BatchMembers::new(store);
     let outcomes = in_key_order(work, CHANNELS_IN_FLIGHT, async |(record, action)| match action {
-        Ok(Work::Push(Push { channel, frame })) => push(&members, deliver, channel, frame).await,
+        Ok(Work::Push(Push { channel, frame })) => {
+            push(&members, deliver, shards, channel, frame, &record.event_id).await
+        }
         Ok(Work::History {
             channel,
             connection_id,

@@ -8,9 +8,10 @@ async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (store, broadcaster) = Broadcaster::from_env().await?;
     let failures = wsfan_shared::publisher::FailureQueue::from_env().await?;
-    let (store, broadcaster, failures) = (&store, &broadcaster, &failures);
+    let shards = wsfan_shared::publisher::DeliveryQueue::from_env().await?;
+    let (store, broadcaster, failures, shards) = (&store, &broadcaster, &failures, &shards);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, failures, event.payload).await)
+        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, failures, shards, event.payload).await)
     }))
     .await
 }

@@ -1,0 +1,338 @@
+//! `wsfan bench channel`: one message to a large channel over the real path, end to end: the
+//! member items in moto, one stream record, the real stream-fanout binary, shards on the FIFO
+//! delivery queue, the real deliver binaries in several environments at once, and our
+//! `@connections` server behind a token bucket answering 429. Meanwhile a small channel on the
+//! same stream gets a message every 200 ms, and the time from its write to each of its members'
+//! posts is measured (head-of-line blocking). Every post is counted per connection: lost and
+//! duplicated deliveries are counts, not estimates.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use wsfan_local::connections::{ConnectionsServer, Sink};
+use wsfan_shared::access::Role;
+use wsfan_shared::channel::ChannelId;
+use wsfan_shared::model::{keys, Membership, Message, MessageKind};
+use wsfan_shared::store::{DynamoStore, Store};
+
+#[derive(clap::Args)]
+pub struct ChannelBench {
+    #[command(flatten)]
+    stack: crate::StackArgs,
+    /// Members of the large channel.
+    #[arg(long, default_value_t = 100_000)]
+    members: usize,
+    /// The @connections bucket's refill, posts per second (the account default is 10,000).
+    #[arg(long, default_value_t = 10_000.0)]
+    bucket_rate: f64,
+    /// The bucket's size (the account default burst is 5,000).
+    #[arg(long, default_value_t = 5_000.0)]
+    bucket_burst: f64,
+    /// No bucket at all (the 1,000,000-member run: sharding's own cost).
+    #[arg(long)]
+    no_bucket: bool,
+    /// FANOUT_MAX_RPS for the run (default: the bucket's rate; without a bucket, no governor
+    /// limit worth the name).
+    #[arg(long)]
+    max_rps: Option<u64>,
+    /// Members of the small channel whose latency is measured during the broadcast.
+    #[arg(long, default_value_t = 10)]
+    small_members: usize,
+    /// Give up waiting for the broadcast after this long.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Fail (exit 1) unless this many 429s were answered: a throttled run must be throttled.
+    #[arg(long, default_value_t = 0)]
+    require_throttled: u64,
+}
+
+/// Counts each post per connection, and when the small channel's posts arrived.
+#[derive(Default)]
+struct Counter {
+    big: Mutex<HashMap<u32, u32>>,
+    big_posts: AtomicU64,
+    /// (connection, message body) -> arrival.
+    small: Mutex<Vec<(String, String, Instant)>>,
+}
+
+impl Sink for Counter {
+    fn send(&self, connection_id: &str, data: Bytes) -> bool {
+        if let Some(n) = connection_id.strip_prefix("big-").and_then(|n| n.parse::<u32>().ok()) {
+            // Only the broadcast's frame counts (presence etc. never reach here: no records).
+            *self.big.lock().unwrap().entry(n).or_default() += 1;
+            self.big_posts.fetch_add(1, Ordering::Relaxed);
+        } else if connection_id.starts_with("small-") {
+            let frame: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+            let body = frame["body"].as_str().unwrap_or_default().to_owned();
+            self.small
+                .lock()
+                .unwrap()
+                .push((connection_id.to_owned(), body, Instant::now()));
+        }
+        true
+    }
+    fn close(&self, _connection_id: &str) -> bool {
+        true
+    }
+    fn exists(&self, _connection_id: &str) -> bool {
+        true
+    }
+}
+
+fn membership(channel: &ChannelId, connection_id: String) -> Membership {
+    Membership {
+        channel: channel.clone(),
+        user_id: Some(format!("u-{connection_id}")),
+        connection_id,
+        role: Role::Member,
+        joined_at: wsfan_shared::clock::now_millis(),
+        expires_at: wsfan_shared::clock::now_secs() + 7200,
+        history: None,
+    }
+}
+
+/// Writes the members with BatchWriteItem, 25 at a time, several requests at once.
+async fn write_members(client: &aws_sdk_dynamodb::Client, table: &str, members: Vec<Membership>) -> Result<(), String> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let chunks: Vec<Vec<Membership>> = members.chunks(25).map(<[Membership]>::to_vec).collect();
+    let results: Vec<Result<(), String>> = stream::iter(chunks)
+        .map(|chunk| async move {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|m| {
+                    let key = (
+                        keys::channel(&m.channel),
+                        format!("{}{}", keys::CONN_PREFIX, m.connection_id),
+                    );
+                    let item = wsfan_shared::store::to_item(key, m).expect("memberships serialise");
+                    let put = PutRequest::builder().set_item(Some(item)).build().expect("item set");
+                    WriteRequest::builder().put_request(put).build()
+                })
+                .collect();
+            while !requests.is_empty() {
+                let out = client
+                    .batch_write_item()
+                    .request_items(table, requests)
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string())?;
+                requests = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(table))
+                    .unwrap_or_default();
+            }
+            Ok(())
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+fn chat(channel: &ChannelId, body: String) -> Message {
+    let now = wsfan_shared::clock::now_millis();
+    Message {
+        kind: MessageKind::Message,
+        channel: channel.clone(),
+        message_id: ulid::Ulid::generate().to_string(),
+        seq: None,
+        sender_id: "bench".into(),
+        body: Some(body),
+        client_msg_id: None,
+        target_id: None,
+        emoji: None,
+        sent_at: now,
+        expires_at: now / 1000 + 3600,
+    }
+}
+
+/// Peak RSS (VmHWM, KB) of each running process whose executable is `bin_dir/<name>`.
+fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in procs.filter_map(Result::ok) {
+        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+            continue;
+        };
+        let Some(name) = names.iter().find(|n| exe == bin_dir.join(n)) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            out.push((name.to_string(), kb));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub async fn run(b: ChannelBench) -> Result<String, String> {
+    let counter = Arc::new(Counter::default());
+    let server = ConnectionsServer::start_with("127.0.0.1:0", Some(counter.clone() as Arc<dyn Sink>))
+        .await
+        .map_err(|e| format!("starting @connections: {e}"))?;
+    server.keep_nothing();
+    if !b.no_bucket {
+        server.set_token_bucket(b.bucket_rate, b.bucket_burst);
+    }
+    let config = b.stack.config(0)?;
+    let bin_dir: PathBuf = config.bin_dir.clone();
+    // Each environment takes FANOUT_MAX_RPS / FANOUT_SHARES; here the environments that can post
+    // are deliver's and stream-fanout's, at most --concurrency each.
+    let max_rps = b
+        .max_rps
+        .unwrap_or(if b.no_bucket { 10_000_000 } else { b.bucket_rate as u64 });
+    let shares = config.concurrency as u64 + 1;
+    let overrides = vec![
+        ("FANOUT_MAX_RPS".to_owned(), max_rps.to_string()),
+        ("FANOUT_SHARES".to_owned(), shares.to_string()),
+    ];
+    let (environment, _functions) =
+        wsfan_local::dev::start_pipeline(&config, &server.endpoint(&config.stage), &overrides)
+            .await
+            .map_err(|e| e.to_string())?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&environment.sdk);
+    let store = DynamoStore::new(
+        dynamodb.clone(),
+        &environment.table_name,
+        wsfan_shared::config::Retention::default(),
+    );
+
+    let big: ChannelId = "workspace:bench-big".parse().expect("channel");
+    let small: ChannelId = "workspace:bench-small".parse().expect("channel");
+    let started = Instant::now();
+    let mut members: Vec<Membership> = (0..b.small_members)
+        .map(|i| membership(&small, format!("small-{i:02}")))
+        .collect();
+    members.extend((0..b.members).map(|i| membership(&big, format!("big-{i:07}"))));
+    write_members(&dynamodb, &environment.table_name, members).await?;
+    eprintln!(
+        "bench channel: {} + {} members written in {:.1} s",
+        b.members,
+        b.small_members,
+        started.elapsed().as_secs_f64()
+    );
+    // Let the stream poller pass the membership records (filtered out, but read).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let throttled_before = server.stats().throttled.load(Ordering::Relaxed);
+    let requests_before = server.stats().requests.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    store
+        .post(&chat(&big, "broadcast".into()), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The small channel, every 200 ms during the broadcast.
+    let mut small_sent: HashMap<String, Instant> = HashMap::new();
+    let deadline = sent + Duration::from_secs(b.timeout_secs);
+    let mut n = 0;
+    let done_at = loop {
+        let reached = counter.big.lock().unwrap().len();
+        if reached >= b.members {
+            break Some(sent.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        let body = format!("small-{n}");
+        small_sent.insert(body.clone(), Instant::now());
+        store.post(&chat(&small, body), None).await.map_err(|e| e.to_string())?;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Late duplicates and the last small messages have time to arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = peak_rss(&bin_dir, &["stream-fanout", "deliver"]);
+
+    let counts = counter.big.lock().unwrap().clone();
+    let reached = counts.len();
+    let duplicated: u64 = counts.values().map(|c| u64::from(c.saturating_sub(1))).sum();
+    let lost = b.members - reached;
+    let small_posts = counter.small.lock().unwrap().clone();
+    let mut latencies: Vec<Duration> = small_posts
+        .iter()
+        .filter_map(|(_, body, at)| Some(at.duration_since(*small_sent.get(body)?)))
+        .collect();
+    latencies.sort();
+    let p = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    };
+    let small_expected = small_sent.len() * b.small_members;
+    let throttled = server.stats().throttled.load(Ordering::Relaxed) - throttled_before;
+    let requests = server.stats().requests.load(Ordering::Relaxed) - requests_before;
+    let first_attempts = (reached + small_posts.len()) as u64;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bench channel: {} members, bucket {}",
+        b.members,
+        if b.no_bucket {
+            "none".to_owned()
+        } else {
+            format!("{}/s burst {}", b.bucket_rate, b.bucket_burst)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  FANOUT_MAX_RPS {max_rps}, FANOUT_SHARES {shares}, environments per function {}",
+        config.concurrency
+    );
+    match done_at {
+        Some(t) => {
+            _ = writeln!(
+                out,
+                "  all reached in {:.2} s (write of the message to the last member's post)",
+                t.as_secs_f64()
+            )
+        }
+        None => _ = writeln!(out, "  NOT all reached within {} s", b.timeout_secs),
+    }
+    let _ = writeln!(
+        out,
+        "  lost {lost}, duplicated {duplicated}, posts {}",
+        counter.big_posts.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "  429s answered {throttled}, requests {requests}, retries run {}",
+        requests.saturating_sub(first_attempts)
+    );
+    let _ = writeln!(
+        out,
+        "  small channel ({} members, {} messages during the broadcast): {} of {small_expected} deliveries, p50 {} ms, p99 {} ms, max {} ms",
+        b.small_members,
+        small_sent.len(),
+        latencies.len(),
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+    for (name, kb) in &rss {
+        let _ = writeln!(out, "  peak RSS {name}: {:.1} MB", *kb as f64 / 1024.0);
+    }
+    environment.moto.stop();
+    let ok = lost == 0 && latencies.len() == small_expected && throttled >= b.require_throttled;
+    if !ok {
+        return Err(format!(
+            "{out}bench channel failed: lost {lost}, small deliveries {} of {small_expected}, 429s {throttled} (required {})",
+            latencies.len(),
+            b.require_throttled
+        ));
+    }
+    Ok(out)
+}
