@@ -7,15 +7,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wsfan_shared::broadcaster::{BroadcastConfig, Broadcaster, Deliver, GoneCleanup, GoneVerdict};
+use wsfan_shared::broadcaster::{BroadcastConfig, Broadcaster, Deliver, GoneCleanup};
 
 /// Benchmarks have no table: a 410 is only counted.
 struct CountOnly;
 
 impl GoneCleanup for CountOnly {
-    async fn connection_gone(&self, _connection_id: &str) -> GoneVerdict {
-        GoneVerdict::Removed
-    }
+    async fn connection_gone(&self, _connection_id: &str) {}
 }
 
 /// A `wsfan serve-connections` child process.

@@ -221,17 +221,7 @@ pub trait Deliver: Send + Sync {
 
 /// Cleans up after a recipient that answered 410 Gone.
 pub trait GoneCleanup: Send + Sync {
-    fn connection_gone(&self, connection_id: &str) -> impl Future<Output = GoneVerdict> + Send;
-}
-
-/// What a 410 turned out to mean.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoneVerdict {
-    /// The connection is gone, and was removed (or its TTL will).
-    Removed,
-    /// The connection may still be connecting ([`ESTABLISHING_MILLIS`]): kept, and the post is
-    /// tried again, as the frame is for a client that is about to be there.
-    Establishing,
+    fn connection_gone(&self, connection_id: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// How long after `$connect` stored a connection a 410 for it may mean "not established yet"
@@ -243,16 +233,16 @@ pub enum GoneVerdict {
 pub const ESTABLISHING_MILLIS: i64 = 30_000;
 
 impl<S: Store> GoneCleanup for S {
-    async fn connection_gone(&self, connection_id: &str) -> GoneVerdict {
+    async fn connection_gone(&self, connection_id: &str) {
         if let Ok(Some(connection)) = self.connection(connection_id).await {
             let age = crate::clock::now_millis() - connection.connected_at;
             if age < ESTABLISHING_MILLIS {
                 tracing::info!(
                     connection = connection_id,
                     age_ms = age,
-                    "410 from a connection that may still be connecting; kept, and the post is tried again"
+                    "410 from a connection that may still be connecting; kept (its $disconnect or TTL removes it if gone)"
                 );
-                return GoneVerdict::Establishing;
+                return;
             }
         }
         match self.disconnect(connection_id).await {
@@ -265,7 +255,6 @@ impl<S: Store> GoneCleanup for S {
                 tracing::warn!(connection = connection_id, error = %e, "could not remove gone connection; TTL will")
             }
         }
-        GoneVerdict::Removed
     }
 }
 
@@ -442,16 +431,11 @@ impl<G: GoneCleanup> Broadcaster<G> {
             // the budget is the whole channel's, and counting it would give up on recipients
             // that were never tried.
             let why = match self.attempt(connection_id, payload).await {
-                Attempt::Done(Delivery::Gone) => match self.gone.connection_gone(connection_id).await {
-                    GoneVerdict::Removed => {
-                        posted.delivery = Delivery::Gone;
-                        return posted;
-                    }
-                    // Posted before API Gateway finished the connection: the client is about to
-                    // be there, so the frame waits for it (within the deadline, and only while the
-                    // connection is young enough to be connecting) instead of being lost to it.
-                    GoneVerdict::Establishing => "410 while the connection may still be connecting".to_owned(),
-                },
+                Attempt::Done(Delivery::Gone) => {
+                    self.gone.connection_gone(connection_id).await;
+                    posted.delivery = Delivery::Gone;
+                    return posted;
+                }
                 Attempt::Done(d) => {
                     posted.delivery = d;
                     return posted;
@@ -648,9 +632,7 @@ mod tests {
     struct NoCleanup;
 
     impl GoneCleanup for NoCleanup {
-        async fn connection_gone(&self, _connection_id: &str) -> GoneVerdict {
-            GoneVerdict::Removed
-        }
+        async fn connection_gone(&self, _connection_id: &str) {}
     }
 
     #[tokio::test]
