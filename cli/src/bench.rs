@@ -114,7 +114,13 @@ fn stat_ticks(stat: &str) -> u64 {
 }
 
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_kib_of("self")
+}
+
+/// A process's peak resident memory (VmHWM) in KiB; `process` is a pid or `self`. 0 when the
+/// process is gone.
+pub fn peak_rss_kib_of(process: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -164,12 +164,8 @@ fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
         let Some(name) = names.iter().find(|n| exe == bin_dir.join(n)) else {
             continue;
         };
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        {
+        let kb = crate::bench::peak_rss_kib_of(&entry.file_name().to_string_lossy());
+        if kb > 0 {
             out.push((name.to_string(), kb));
         }
     }

@@ -171,7 +171,7 @@ async fn cold_start(binary: &std::path::Path, name: &str, env: &[(String, String
     let outcome = tokio::select! {
         at = first_next.recv() => match at {
             Some(at) => {
-                let kib = child.id().map(peak_rss_kib_of).unwrap_or(0);
+                let kib = child.id().map(|pid| crate::bench::peak_rss_kib_of(&pid.to_string())).unwrap_or(0);
                 Ok((at - started, kib))
             }
             None => Err(format!("{name}: the Runtime API went away")),
@@ -188,15 +188,6 @@ async fn cold_start(binary: &std::path::Path, name: &str, env: &[(String, String
     let _ = child.kill().await;
     server.abort();
     outcome
-}
-
-fn peak_rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The CPU per record of decoding, classifying and building frames: returns µs per record, the

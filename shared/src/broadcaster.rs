@@ -601,21 +601,34 @@ mod tests {
         .is_err());
     }
 
-    /// An HTTP client that keeps each request it is given and answers 200.
+    /// An HTTP client that keeps each request it is given, and answers the statuses it was
+    /// given in order, then 200.
     #[derive(Debug, Clone, Default)]
-    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<aws_smithy_runtime_api::client::orchestrator::HttpRequest>>>);
+    struct Capture {
+        requests: std::sync::Arc<std::sync::Mutex<Vec<aws_smithy_runtime_api::client::orchestrator::HttpRequest>>>,
+        statuses: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    }
+
+    impl Capture {
+        fn answering(statuses: &[u16]) -> Capture {
+            let capture = Capture::default();
+            capture.statuses.lock().unwrap().extend(statuses);
+            capture
+        }
+    }
 
     impl aws_smithy_runtime_api::client::http::HttpConnector for Capture {
         fn call(
             &self,
             request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
         ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
-            self.0.lock().unwrap().push(request);
-            let ok = aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
-                200.try_into().unwrap(),
+            self.requests.lock().unwrap().push(request);
+            let status = self.statuses.lock().unwrap().pop_front().unwrap_or(200);
+            let answer = aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
+                status.try_into().unwrap(),
                 aws_smithy_types::body::SdkBody::empty(),
             );
-            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(ok))
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(answer))
         }
     }
 
@@ -629,6 +642,23 @@ mod tests {
         }
     }
 
+    /// A broadcaster for API Gateway in eu-west-1 whose posts go to `http`.
+    fn broadcaster_over(http: Capture) -> Broadcaster<NoCleanup> {
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
+            ))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        Broadcaster::with_http_client(
+            &sdk,
+            BroadcastConfig::new("https://abc.execute-api.eu-west-1.amazonaws.com/prod"),
+            NoCleanup,
+            http,
+        )
+    }
+
     struct NoCleanup;
 
     impl GoneCleanup for NoCleanup {
@@ -638,25 +668,13 @@ mod tests {
     #[tokio::test]
     async fn a_post_carries_only_what_api_gateway_needs() {
         let capture = Capture::default();
-        let sdk = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1"))
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
-            ))
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .build();
-        let broadcaster = Broadcaster::with_http_client(
-            &sdk,
-            BroadcastConfig::new("https://abc.execute-api.eu-west-1.amazonaws.com/prod"),
-            NoCleanup,
-            capture.clone(),
-        );
+        let broadcaster = broadcaster_over(capture.clone());
         let report = broadcaster
             .deliver(vec!["L0SM9cOFvHcCIhw=".into()], b"hello")
             .await
             .unwrap();
         assert_eq!(report.counters.delivered, 1);
-        let requests = capture.0.lock().unwrap();
+        let requests = capture.requests.lock().unwrap();
         let headers = requests[0].headers();
         assert_eq!(
             requests[0].uri(),
@@ -673,38 +691,6 @@ mod tests {
             assert_eq!(headers.get(dropped), None, "{dropped}");
         }
         assert_eq!(requests[0].body().bytes(), Some(&b"hello"[..]));
-    }
-
-    /// An HTTP client that answers 500 to the first request and 200 to the others.
-    #[derive(Debug, Clone, Default)]
-    struct FailsOnce(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-    impl aws_smithy_runtime_api::client::http::HttpConnector for FailsOnce {
-        fn call(
-            &self,
-            _request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
-        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
-            let status: u16 = if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                200
-            } else {
-                500
-            };
-            let answer = aws_smithy_runtime_api::client::orchestrator::HttpResponse::new(
-                status.try_into().unwrap(),
-                aws_smithy_types::body::SdkBody::empty(),
-            );
-            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(answer))
-        }
-    }
-
-    impl aws_smithy_runtime_api::client::http::HttpClient for FailsOnce {
-        fn http_connector(
-            &self,
-            _settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
-            _components: &RuntimeComponents,
-        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
-            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
-        }
     }
 
     /// Log lines, kept for the test to read.
@@ -730,19 +716,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _logging = tracing::subscriber::set_default(subscriber);
-        let sdk = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1"))
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("AKID", "secret", None, None, "test"),
-            ))
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .build();
-        let broadcaster = Broadcaster::with_http_client(
-            &sdk,
-            BroadcastConfig::new("https://abc.execute-api.eu-west-1.amazonaws.com/prod"),
-            NoCleanup,
-            FailsOnce::default(),
-        );
+        let broadcaster = broadcaster_over(Capture::answering(&[500]));
         let report = broadcaster
             .deliver(vec!["L0SM9cOFvHcCIhw=".into()], b"hello")
             .await

@@ -259,20 +259,10 @@ impl Rig {
 
     /// The shards parked in the delivery dead-letter queue (and left there).
     pub async fn parked_shards(&self) -> Vec<wsfan_shared::shard::Shard> {
-        let out = self
-            .delivery
-            .client
-            .receive_message()
-            .queue_url(&self.delivery.dlq_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .send()
+        peek(&self.delivery.client, &self.delivery.dlq_url)
             .await
-            .expect("receive_message");
-        out.messages
-            .unwrap_or_default()
             .iter()
-            .map(|m| wsfan_shared::shard::Shard::from_body(m.body.as_deref().unwrap_or("")).expect("parked shards"))
+            .map(|body| wsfan_shared::shard::Shard::from_body(body).expect("parked shards"))
             .collect()
     }
 
@@ -294,18 +284,10 @@ impl Rig {
     /// The bodies waiting in the failure destination, parsed (and left there).
     pub async fn parked(&self) -> Vec<serde_json::Value> {
         let sqs = aws_sdk_sqs::Client::new(&moto::shared().sdk_config().await);
-        let out = sqs
-            .receive_message()
-            .queue_url(&self.failures_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .send()
+        peek(&sqs, &self.failures_url)
             .await
-            .expect("receive_message");
-        out.messages
-            .unwrap_or_default()
             .iter()
-            .map(|m| serde_json::from_str(m.body.as_deref().unwrap_or("")).expect("failure bodies are JSON"))
+            .map(|body| serde_json::from_str(body).expect("failure bodies are JSON"))
             .collect()
     }
 
@@ -412,4 +394,21 @@ impl TestQueue {
             .expect("receive_message");
         out.messages.map(|m| m.len()).unwrap_or(0)
     }
+}
+
+/// The bodies of up to 10 messages waiting in a queue, left there (visible again at once).
+async fn peek(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<String> {
+    let out = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .expect("receive_message");
+    out.messages
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.body.unwrap_or_default())
+        .collect()
 }
