@@ -430,6 +430,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
             // The deadline is for the recipient's own attempts and backoff: time waiting for
             // the budget is the whole channel's, and counting it would give up on recipients
             // that were never tried.
+            let mut throttled = false;
             let why = match self.attempt(connection_id, payload).await {
                 Attempt::Done(Delivery::Gone) => {
                     self.gone.connection_gone(connection_id).await;
@@ -446,11 +447,12 @@ impl<G: GoneCleanup> Broadcaster<G> {
                         pacer.throttled();
                     }
                     posted.throttled += 1;
+                    throttled = true;
                     why
                 }
             };
-            // Full jitter: sleep a random time up to the current backoff.
-            let sleep = backoff.mul_f64(fastrand::f64());
+            // Full jitter: sleep a random time up to the bound.
+            let sleep = sleep_bound(backoff, throttled, self.governor.is_some()).mul_f64(fastrand::f64());
             if started.elapsed().saturating_sub(posted.paced) + sleep >= self.config.deadline {
                 posted.delivery = Delivery::Failed(format!("gave up after {} retries: {why}", posted.retries));
                 return posted;
@@ -459,6 +461,24 @@ impl<G: GoneCleanup> Broadcaster<G> {
             posted.retries += 1;
             backoff = (backoff * 2).min(self.config.max_backoff);
         }
+    }
+}
+
+/// The longest wait between a recipient's attempts after a 429 when a governor paces every
+/// attempt. The governor has already slowed the whole environment for that 429, and every retry
+/// waits for its budget, so a long wait per recipient protects nobody: it only leaves that
+/// recipient behind the posts that came after it (a small channel's frame behind a broadcast,
+/// which measured up to 1.8 s with the 2 s cap).
+pub const THROTTLED_MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// How long a recipient may wait before its next attempt, at most: the backoff, but after a 429
+/// under a governor no more than [`THROTTLED_MAX_BACKOFF`]. Without a governor nothing else
+/// slows the posts down, and 429s back off as far as 5xx do.
+fn sleep_bound(backoff: Duration, throttled: bool, governed: bool) -> Duration {
+    if throttled && governed {
+        backoff.min(THROTTLED_MAX_BACKOFF)
+    } else {
+        backoff
     }
 }
 
@@ -566,6 +586,18 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_governed_429_waits_briefly_while_5xx_and_ungoverned_429s_back_off_in_full() {
+        let long = Duration::from_secs(2);
+        assert_eq!(sleep_bound(long, true, true), THROTTLED_MAX_BACKOFF);
+        assert_eq!(
+            sleep_bound(Duration::from_millis(50), true, true),
+            Duration::from_millis(50)
+        );
+        assert_eq!(sleep_bound(long, false, true), long);
+        assert_eq!(sleep_bound(long, true, false), long);
+    }
 
     #[test]
     fn callback_endpoint_survives_custom_domains() {
