@@ -1281,6 +1281,16 @@ impl Store for CountingMemberReads<'_> {
         }
         self.store.members_page(c, after, limit).await
     }
+    async fn group_page(
+        &self,
+        c: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<wsfan_shared::store::MembersPage, wsfan_shared::store::StoreError> {
+        self.store.group_page(c, group, except_user, after, limit).await
+    }
 }
 
 #[tokio::test]
@@ -1337,8 +1347,22 @@ async fn a_batch_reads_each_channels_members_once_and_delivers_in_order() {
 /// Writes `n` membership items of `channel` (connection `"<prefix><i>"`) as join would, one
 /// put each: join's transaction also writes presence, which a thousand members do not need here.
 async fn many_members(rig: &Rig, channel: &str, prefix: &str, n: usize) -> Vec<String> {
-    use futures::stream::{self, StreamExt};
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i:05}")).collect();
+    members_with_ids(rig, channel, ids).await
+}
+
+/// `n` members whose ids start with every character of the base64 alphabet in turn, as API
+/// Gateway's do: they fall in every delivery group.
+async fn spread_members(rig: &Rig, channel: &str, n: usize) -> Vec<String> {
+    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let ids = (0..n)
+        .map(|i| format!("{}m{i:05}", char::from(BASE64[i % BASE64.len()])))
+        .collect();
+    members_with_ids(rig, channel, ids).await
+}
+
+async fn members_with_ids(rig: &Rig, channel: &str, ids: Vec<String>) -> Vec<String> {
+    use futures::stream::{self, StreamExt};
     let channel: ChannelId = channel.parse().unwrap();
     stream::iter(ids.clone())
         .for_each_concurrent(8, |id| {
@@ -1376,11 +1400,20 @@ fn broadcaster_with(
     wsfan_shared::broadcaster::Broadcaster::new(sdk, config, rig.table.store.clone())
 }
 
+/// The messages `connection_id` was posted, in the order it got them.
+fn bodies(rig: &Rig, connection_id: &str) -> Vec<String> {
+    rig.frames(connection_id)
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
-async fn a_large_channel_goes_out_in_shards_and_every_member_gets_each_frame_once_in_order() {
-    use wsfan_shared::shard::DIRECT_MAX_MEMBERS;
+async fn a_large_channel_goes_out_as_a_shard_per_group_and_every_member_gets_each_frame_once_in_order() {
+    use wsfan_shared::shard::{Shard, DIRECT_MAX_MEMBERS, GROUPS};
     let mut rig = Rig::new().await;
-    let members = many_members(&rig, "workspace:big", "big-", DIRECT_MAX_MEMBERS + 300).await;
+    let members = spread_members(&rig, "workspace:big", DIRECT_MAX_MEMBERS + 300).await;
     rig.stream_batch().await;
 
     for body in ["first", "second"] {
@@ -1396,24 +1429,144 @@ async fn a_large_channel_goes_out_in_shards_and_every_member_gets_each_frame_onc
         "{:?}",
         response.batch_item_failures
     );
-    // stream-fanout posted to nobody itself: the shards are on the queue.
+    // stream-fanout posted to nobody itself, and listed nobody: each message is one shard per
+    // group on the queue, and deliver reads the group's members.
     assert_eq!(
         rig.server.stats().requests.load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    assert_eq!(rig.delivery.waiting().await, 2 * GROUPS as usize);
+    for body in rig.delivery.peek().await {
+        let shard = Shard::from_body(&body).unwrap();
+        assert!(shard.recipients.is_empty() && shard.read.is_some(), "{shard:?}");
+    }
 
-    let batches = rig.drain_deliveries(&rig.broadcaster).await;
-    assert!(batches >= 2, "{batches} batches");
+    rig.drain_deliveries(&rig.broadcaster).await;
     for m in &members {
-        let messages: Vec<String> = rig
-            .frames(m)
-            .iter()
-            .filter(|f| f["type"] == "message")
-            .map(|f| f["body"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(messages, ["first", "second"], "{m}");
+        assert_eq!(bodies(&rig, m), ["first", "second"], "{m}");
     }
     assert!(rig.parked_shards().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_group_too_large_for_one_invocation_goes_on_in_the_next_shard_and_reaches_everyone_once() {
+    use wsfan_shared::shard::{group_of, group_shards, ShardQueue};
+    let rig = Rig::new().await;
+    // Every id starts with 'b': one group of 2,500, three pages of deliver's.
+    let mut members = many_members(&rig, "workspace:skewed", "big-", 2500).await;
+    assert!(members.iter().all(|m| group_of(m) == group_of("big-")));
+    let channel: ChannelId = "workspace:skewed".parse().unwrap();
+    // An anonymous listener (no user) is never the user left out.
+    let anonymous = Membership {
+        channel: channel.clone(),
+        connection_id: "big-anonymous".into(),
+        user_id: None,
+        role: Role::Member,
+        joined_at: wsfan_shared::clock::now_millis(),
+        expires_at: wsfan_shared::clock::now_secs() + 3600,
+        history: None,
+    };
+    let key = (
+        wsfan_shared::model::keys::channel(&channel),
+        wsfan_shared::model::keys::connection(&anonymous.connection_id),
+    );
+    rig.table
+        .put(wsfan_shared::store::to_item(key, &anonymous).unwrap())
+        .await;
+    members.push(anonymous.connection_id);
+    let frame = r#"{"type":"message","body":"hello"}"#;
+    // A presence frame's subject is left out: here the user of the member "big-00007".
+    let shards = group_shards(&channel, frame, "origin-1", Some("u-big-00007"));
+    rig.shards.enqueue(shards).await.unwrap();
+
+    // Each invocation may read one page of a group: the group goes on in two more shards.
+    let batches = rig
+        .drain_deliveries_with(&rig.broadcaster, deliver::ReadBudget::pages(1))
+        .await;
+    assert!(batches >= 3, "{batches} batches");
+    for m in &members {
+        let expected: &[&str] = if m == "big-00007" { &[] } else { &["hello"] };
+        assert_eq!(bodies(&rig, m), expected, "{m}");
+    }
+    assert!(rig.parked_shards().await.is_empty());
+}
+
+#[tokio::test]
+async fn deliver_fixtures_post_to_what_they_name_and_fail_only_the_malformed_shard() {
+    let rig = Rig::new().await;
+    // Group 23 is the ids that start with 'L'; the others are members of other groups.
+    let members = [
+        "L0SM9cOFvHcCIhw=",
+        "LcvYzeVqoAMCEcw=",
+        "d8mKweAqIAMCJPQ=",
+        "g3SM9cOFvHcCIhw=",
+    ];
+    members_with_ids(&rig, "workspace:42", members.iter().map(|m| m.to_string()).collect()).await;
+    let run = |name: &str| {
+        deliver::handle(
+            &rig.table.store,
+            &rig.broadcaster,
+            &rig.shards,
+            fixture::<SqsEvent>(&format!("deliver/{name}")),
+            deliver::ReadBudget::pages(usize::MAX),
+        )
+    };
+
+    let response = run("group-shard").await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(bodies(&rig, "L0SM9cOFvHcCIhw="), ["hello, everyone"]);
+    assert_eq!(bodies(&rig, "LcvYzeVqoAMCEcw="), ["hello, everyone"]);
+    assert!(rig.frames("d8mKweAqIAMCJPQ=").is_empty());
+    assert!(rig.frames("g3SM9cOFvHcCIhw=").is_empty());
+
+    rig.server.reset();
+    let response = run("retry-and-malformed").await;
+    assert_eq!(sqs_failures(&response), ["7a1b2c3d-0003-4e5f-8a9b-000000000003"]);
+    // The retry names its recipient: only that one is posted to.
+    assert_eq!(bodies(&rig, "g3SM9cOFvHcCIhw="), ["hello, everyone"]);
+    assert!(rig.frames("L0SM9cOFvHcCIhw=").is_empty());
+}
+
+#[tokio::test]
+async fn a_shard_with_no_time_left_is_given_back_untouched_and_delivered_on_the_next_receive() {
+    use wsfan_shared::shard::{group_shards, ShardQueue};
+    let rig = Rig::new().await;
+    let members = spread_members(&rig, "workspace:late", 64).await;
+    let channel: ChannelId = "workspace:late".parse().unwrap();
+    let frame = r#"{"type":"message","body":"late"}"#;
+    rig.shards
+        .enqueue(group_shards(&channel, frame, "origin-2", None))
+        .await
+        .unwrap();
+
+    // An invocation whose deadline is now: every shard it received fails, and nobody is posted.
+    let (event, messages) = rig.delivery.receive_event().await;
+    assert!(!messages.is_empty());
+    let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap();
+    let response = deliver::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        &rig.shards,
+        event,
+        deliver::ReadBudget::from_deadline_ms(now_ms + 1000),
+    )
+    .await;
+    assert_eq!(response.batch_item_failures.len(), messages.len());
+    assert_eq!(
+        rig.server.stats().requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let failed: Vec<String> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    rig.delivery.settle(&messages, &failed).await;
+
+    rig.drain_deliveries(&rig.broadcaster).await;
+    for m in &members {
+        assert_eq!(bodies(&rig, m), ["late"], "{m}");
+    }
 }
 
 #[tokio::test]

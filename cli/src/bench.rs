@@ -92,13 +92,15 @@ pub fn cpu_time() -> Duration {
     cpu_time_of("self")
 }
 
-/// CPU time of process `pid` (or "self"), from /proc/<pid>/stat.
-fn cpu_time_of(pid: &str) -> Duration {
+/// CPU time of process `pid` (or "self"), from /proc/<pid>/stat; zero when it is gone.
+pub fn cpu_time_of(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces. Positions
     // matter (tpgid is -1 without a terminal): utime and stime are fields 14 and 15 of the file,
     // tokens 11 and 12 (from 0) after the name.
-    Duration::from_secs_f64(stat_ticks(&stat) as f64 / 100.0)
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(stat_ticks(&stat) as f64 / hz)
 }
 
 /// utime + stime, in clock ticks, from the text of /proc/<pid>/stat.

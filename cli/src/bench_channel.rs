@@ -56,15 +56,18 @@ pub struct ChannelBench {
 struct Counter {
     big: Mutex<HashMap<u32, u32>>,
     big_posts: AtomicU64,
+    /// When the broadcast's first post arrived.
+    first_big: std::sync::OnceLock<Instant>,
     /// (connection, message body) -> arrival.
     small: Mutex<Vec<(String, String, Instant)>>,
 }
 
 impl Sink for Counter {
     fn send(&self, connection_id: &str, data: Bytes) -> bool {
-        if let Some(n) = connection_id.strip_prefix("big-").and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(n) = big_index(connection_id) {
             // Only the broadcast's frame counts (presence etc. never reach here: no records).
             *self.big.lock().unwrap().entry(n).or_default() += 1;
+            self.first_big.get_or_init(Instant::now);
             self.big_posts.fetch_add(1, Ordering::Relaxed);
         } else if connection_id.starts_with("small-") {
             let frame: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
@@ -82,6 +85,17 @@ impl Sink for Counter {
     fn exists(&self, _connection_id: &str) -> bool {
         true
     }
+}
+
+/// The large channel's member `i`: its id starts with a character of the base64 alphabet in
+/// turn, as API Gateway's ids do, so the members spread over every delivery group.
+fn big_id(i: usize) -> String {
+    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    format!("{}big-{i:07}", char::from(BASE64[i % BASE64.len()]))
+}
+
+fn big_index(connection_id: &str) -> Option<u32> {
+    connection_id.get(1..)?.strip_prefix("big-")?.parse().ok()
 }
 
 fn membership(channel: &ChannelId, connection_id: String) -> Membership {
@@ -151,8 +165,8 @@ fn chat(channel: &ChannelId, body: String) -> Message {
     }
 }
 
-/// Peak RSS (VmHWM, KB) of each running process whose executable is `bin_dir/<name>`.
-fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
+/// The running processes whose executable is `bin_dir/<name>`: (name, pid).
+fn function_processes(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
@@ -161,16 +175,45 @@ fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
         let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
             continue;
         };
-        let Some(name) = names.iter().find(|n| exe == bin_dir.join(n)) else {
-            continue;
-        };
-        let kb = crate::bench::peak_rss_kib_of(&entry.file_name().to_string_lossy());
-        if kb > 0 {
-            out.push((name.to_string(), kb));
+        if let Some(name) = names.iter().find(|n| exe == bin_dir.join(n)) {
+            out.push((name.to_string(), entry.file_name().to_string_lossy().into_owned()));
         }
     }
     out.sort();
     out
+}
+
+/// Peak RSS (VmHWM, KB) of each running process of these functions.
+fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
+    function_processes(bin_dir, names)
+        .into_iter()
+        .map(|(name, pid)| (name, crate::bench::peak_rss_kib_of(&pid)))
+        .filter(|(_, kb)| *kb > 0)
+        .collect()
+}
+
+/// CPU time (user + system) of every running process of these functions, by pid.
+fn cpu_by_process(bin_dir: &std::path::Path, names: &[&str]) -> HashMap<String, (String, Duration)> {
+    function_processes(bin_dir, names)
+        .into_iter()
+        .map(|(name, pid)| {
+            let cpu = crate::bench::cpu_time_of(&pid);
+            (pid, (name, cpu))
+        })
+        .collect()
+}
+
+/// The CPU each function spent between two readings (processes started since count whole).
+fn cpu_spent(
+    before: &HashMap<String, (String, Duration)>,
+    after: &HashMap<String, (String, Duration)>,
+) -> Vec<(String, Duration)> {
+    let mut by_name: std::collections::BTreeMap<String, Duration> = Default::default();
+    for (pid, (name, cpu)) in after {
+        let earlier = before.get(pid).map(|(_, c)| *c).unwrap_or_default();
+        *by_name.entry(name.clone()).or_default() += cpu.saturating_sub(earlier);
+    }
+    by_name.into_iter().collect()
 }
 
 pub async fn run(b: ChannelBench) -> Result<String, String> {
@@ -183,7 +226,8 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         server.set_token_bucket(b.bucket_rate, b.bucket_burst);
     }
     let config = b.stack.config(0)?;
-    let bin_dir: PathBuf = config.bin_dir.clone();
+    // Absolute, as /proc/<pid>/exe is.
+    let bin_dir: PathBuf = config.bin_dir.canonicalize().unwrap_or_else(|_| config.bin_dir.clone());
     // Each environment takes FANOUT_MAX_RPS / FANOUT_SHARES; here the environments that can post
     // are deliver's and stream-fanout's, at most --concurrency each.
     let max_rps = b
@@ -211,7 +255,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     let mut members: Vec<Membership> = (0..b.small_members)
         .map(|i| membership(&small, format!("small-{i:02}")))
         .collect();
-    members.extend((0..b.members).map(|i| membership(&big, format!("big-{i:07}"))));
+    members.extend((0..b.members).map(|i| membership(&big, big_id(i))));
     write_members(&dynamodb, &environment.table_name, members).await?;
     eprintln!(
         "bench channel: {} + {} members written in {:.1} s",
@@ -222,6 +266,8 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     // Let the stream poller pass the membership records (filtered out, but read).
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    const FUNCTIONS: &[&str] = &["stream-fanout", "deliver"];
+    let cpu_before = cpu_by_process(&bin_dir, FUNCTIONS);
     let throttled_before = server.stats().throttled.load(Ordering::Relaxed);
     let requests_before = server.stats().requests.load(Ordering::Relaxed);
     let sent = Instant::now();
@@ -247,9 +293,10 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         n += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let cpu = cpu_spent(&cpu_before, &cpu_by_process(&bin_dir, FUNCTIONS));
     // Late duplicates and the last small messages have time to arrive.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss = peak_rss(&bin_dir, &["stream-fanout", "deliver"]);
+    let rss = peak_rss(&bin_dir, FUNCTIONS);
 
     let counts = counter.big.lock().unwrap().clone();
     let reached = counts.len();
@@ -261,6 +308,17 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         .filter_map(|(_, body, at)| Some(at.duration_since(*small_sent.get(body)?)))
         .collect();
     latencies.sort();
+    // The slowest messages, by when they were sent: where a high p99 comes from.
+    let mut slowest: Vec<(Duration, Duration)> = small_posts
+        .iter()
+        .filter_map(|(_, body, at)| {
+            let sent_at = *small_sent.get(body)?;
+            Some((at.duration_since(sent_at), sent_at.duration_since(sent)))
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.cmp(a));
+    slowest.dedup_by_key(|(_, offset)| *offset);
+    slowest.truncate(3);
     let p = |q: f64| {
         latencies
             .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
@@ -288,14 +346,16 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         "  FANOUT_MAX_RPS {max_rps}, FANOUT_SHARES {shares}, environments per function {}",
         config.concurrency
     );
+    let first_post = counter
+        .first_big
+        .get()
+        .map_or(0.0, |at| at.duration_since(sent).as_secs_f64());
     match done_at {
-        Some(t) => {
-            _ = writeln!(
-                out,
-                "  all reached in {:.2} s (write of the message to the last member's post)",
-                t.as_secs_f64()
-            )
-        }
+        Some(t) => _ = writeln!(
+            out,
+            "  all reached in {:.2} s (write of the message to the last member's post; the first post after {first_post:.2} s)",
+            t.as_secs_f64()
+        ),
         None => _ = writeln!(out, "  NOT all reached within {} s", b.timeout_secs),
     }
     let _ = writeln!(
@@ -317,6 +377,28 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         p(0.5),
         p(0.99),
         p(1.0)
+    );
+    let _ = writeln!(
+        out,
+        "    slowest: {}",
+        slowest
+            .iter()
+            .map(|(latency, offset)| format!("{} ms (sent {:.1} s in)", latency.as_millis(), offset.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let function_cpu: Duration = cpu.iter().map(|(_, c)| *c).sum();
+    let big_posts = counter.big_posts.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "  functions' CPU during the broadcast: {} = {:.2} s; {:.0} posts per CPU-second ({:.1} µs per post of the broadcast)",
+        cpu.iter()
+            .map(|(n, c)| format!("{n} {:.2} s", c.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        function_cpu.as_secs_f64(),
+        big_posts as f64 / function_cpu.as_secs_f64().max(1e-9),
+        function_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64)
     );
     for (name, kb) in &rss {
         let _ = writeln!(out, "  peak RSS {name}: {:.1} MB", *kb as f64 / 1024.0);

@@ -29,6 +29,8 @@ pub mod keys {
     /// The per-channel item holding the last sequence number handed out.
     pub const HEAD: &str = "HEAD";
     pub const CONN_PREFIX: &str = "CONN#";
+    /// Sorts right after every `CONN#` key ('$' follows '#'): the end of a channel's member list.
+    pub const CONN_END: &str = "CONN$";
     pub const CHAN_PREFIX: &str = "CHAN#";
     pub const MSG_PREFIX: &str = "MSG#";
     pub const EVT_PREFIX: &str = "EVT#";

@@ -1,13 +1,22 @@
 //! Sharded delivery, the pure part: which members of a large channel go together, in which
 //! message group, and what a shard message carries. No I/O.
 //!
-//! A channel above [`DIRECT_MAX_MEMBERS`] is not posted to by the stream fanout itself: it reads
-//! the member list page by page and hands the members out as [`Shard`]s on the delivery queue (a
-//! FIFO queue), where the `deliver` function posts them. A connection always falls in the same
-//! one of [`GROUPS`] groups of its channel ([`group_of`], a stable hash of its id), and each
-//! group is its own FIFO message group: the shards of one group are delivered one after another
-//! in the order they were sent, so every recipient gets a channel's frames in stream order, while
-//! the groups of a channel (and other channels) are delivered in parallel.
+//! A channel above [`DIRECT_MAX_MEMBERS`] is not posted to by the stream fanout itself. It puts
+//! one [`Shard`] per group on the delivery queue (a FIFO queue), and the `deliver` function reads
+//! that group's members a page at a time and posts them, reading the next page while it posts
+//! the last. A connection always falls in the same one of [`GROUPS`] groups of its channel
+//! ([`group_of`]): the range of connection ids that its first byte falls in. A group is then
+//! one key range of the channel's membership items (`CONN#<id>`), so a shard reads exactly its
+//! own part of the member list, and the stream fanout reads none of it. Each group is its own
+//! FIFO message group: a group's shards are delivered one after another in the order they were
+//! sent, so every recipient gets a channel's frames in stream order, while the groups of a
+//! channel (and other channels) are delivered in parallel.
+//!
+//! The ranges split the first character over the base64 alphabet, which is what API Gateway's
+//! connection ids are made of (12 random bytes, e.g. `L0SM9cOFvHcCIhw=`): 64 ranges of one
+//! character each, so a real channel's members spread evenly. Ids from other alphabets still
+//! fall in exactly one range (the first range starts at byte 0, the last runs to the end); they
+//! may only spread less.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +58,41 @@ pub struct Shard {
     pub part: u64,
     /// What this delivery came from (the stream record's event id), for logs and deduplication.
     pub origin: String,
+    /// Members the shard reads itself, besides `recipients`: its group's part of the channel's
+    /// member list. Set on the shards of a large channel's delivery; a retry lists its recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<GroupRead>,
+}
+
+/// What a shard that reads its own group's members reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupRead {
+    /// Start after this connection id: a shard going on where one that ran out of time stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// A user whose own connections are left out (a presence frame about that user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except_user: Option<String>,
+}
+
+/// A large channel's delivery: one shard per group, each reading its own members.
+pub fn group_shards(channel: &ChannelId, frame: &str, origin: &str, except_user: Option<&str>) -> Vec<Shard> {
+    (0..GROUPS)
+        .map(|group| Shard {
+            channel: channel.clone(),
+            frame: frame.to_owned(),
+            group,
+            recipients: Vec::new(),
+            attempt: 1,
+            part: 0,
+            origin: origin.to_owned(),
+            read: Some(GroupRead {
+                after: None,
+                except_user: except_user.map(str::to_owned),
+            }),
+        })
+        .collect()
 }
 
 impl Shard {
@@ -63,6 +107,20 @@ impl Shard {
         format!("{}-{}-{}-{}", self.origin, self.attempt, self.group, self.part)
     }
 
+    /// The rest of this shard's group, after `after`: the next part, same attempt. It joins the
+    /// back of the group, so it is only for a group too large for one invocation.
+    pub fn continued(&self, after: String) -> Shard {
+        Shard {
+            recipients: Vec::new(),
+            part: self.part + 1,
+            read: Some(GroupRead {
+                after: Some(after),
+                except_user: self.read.as_ref().and_then(|r| r.except_user.clone()),
+            }),
+            ..self.clone()
+        }
+    }
+
     pub fn to_body(&self) -> String {
         serde_json::to_string(self).expect("shards serialise")
     }
@@ -72,14 +130,32 @@ impl Shard {
     }
 }
 
-/// FNV-1a: stable across processes and versions, unlike std's hasher.
+/// The first byte of each group's ids: the base64 alphabet (standard; the url-safe `-` and `_`
+/// fall in the ranges of `+` and `Z`), in byte order, which is DynamoDB's order of string keys.
+const GROUP_STARTS: &[u8; GROUPS as usize] = b"+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The group of a connection: the range its id's first byte falls in. Stable across processes
+/// and versions, and the same as the key range [`group_bounds`] gives the store.
 pub fn group_of(connection_id: &str) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in connection_id.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % GROUPS
+    let Some(&first) = connection_id.as_bytes().first() else {
+        return 0;
+    };
+    // Group 0 also takes every byte below '+'.
+    GROUP_STARTS.partition_point(|&start| start <= first).saturating_sub(1) as u32
+}
+
+/// The ids of `group`, as bounds on the id: from `lo` (inclusive; empty for the first group) to
+/// `hi` (exclusive; none for the last). Both are one character, so an id of exactly `hi` is the
+/// only one a reader of the key range `lo..=hi` must leave out (it is the next group's).
+pub fn group_bounds(group: u32) -> (String, Option<String>) {
+    let g = (group % GROUPS) as usize;
+    let lo = if g == 0 {
+        String::new()
+    } else {
+        char::from(GROUP_STARTS[g]).to_string()
+    };
+    let hi = GROUP_STARTS.get(g + 1).map(|&b| char::from(b).to_string());
+    (lo, hi)
 }
 
 /// Cuts a channel's members into shards as the pages of the member Query come in, holding at
@@ -121,6 +197,7 @@ impl Sharder {
             attempt: 1,
             part: self.parts[group] - 1,
             origin: self.origin.clone(),
+            read: None,
         }
     }
 
@@ -179,14 +256,38 @@ mod tests {
     }
 
     #[test]
-    fn groups_are_stable_and_spread() {
+    fn groups_are_stable_and_spread_over_api_gateway_ids() {
         assert_eq!(group_of("L0SM9cOFvHcCIhw="), group_of("L0SM9cOFvHcCIhw="));
+        // Ids as API Gateway makes them: random bytes in base64.
+        const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
         let mut counts = vec![0u32; GROUPS as usize];
-        for i in 0..64_000 {
-            counts[group_of(&format!("conn-{i:06}")) as usize] += 1;
+        for _ in 0..64_000 {
+            let id: String = (0..16)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(BASE64[(state % 64) as usize])
+                })
+                .collect();
+            counts[group_of(&id) as usize] += 1;
         }
         // 1,000 per group on average; no group far from it.
         assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn every_group_s_bounds_meet_the_next_s() {
+        assert_eq!(group_bounds(0).0, "");
+        assert_eq!(group_bounds(GROUPS - 1).1, None);
+        for g in 0..GROUPS - 1 {
+            assert_eq!(group_bounds(g).1, Some(group_bounds(g + 1).0), "group {g}");
+        }
+        assert_eq!(
+            (group_of(""), group_of("\u{1}"), group_of("\u{10ffff}")),
+            (0, 0, GROUPS - 1)
+        );
     }
 
     #[test]
@@ -199,6 +300,7 @@ mod tests {
             attempt: 1,
             part: 0,
             origin: "ev1".into(),
+            read: None,
         };
         assert_eq!(Shard::from_body(&shard.to_body()).unwrap(), shard);
         assert_eq!(shard.message_group_id(), "workspace:big#7");
@@ -221,6 +323,17 @@ mod tests {
     }
 
     proptest! {
+        /// A connection's group is the key range its id is in: what deliver reads for the group
+        /// is exactly the members `group_of` puts there.
+        #[test]
+        fn an_id_is_within_its_group_s_bounds(id in "\\PC{0,20}") {
+            let (lo, hi) = group_bounds(group_of(&id));
+            prop_assert!(lo.as_str() <= id.as_str());
+            if let Some(hi) = hi {
+                prop_assert!(id.as_str() < hi.as_str());
+            }
+        }
+
         /// Every member lands in exactly one shard, of its own group, and shards stay in bounds.
         #[test]
         fn every_member_once_in_its_group(n in 0usize..5000, frame_len in 0usize..2000) {

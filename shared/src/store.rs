@@ -205,6 +205,19 @@ pub trait Store: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
+
+    /// The connection ids of one delivery group of a channel ([`crate::shard::group_of`]), up to
+    /// `limit` after `after`, leaving out `except_user`'s: one key range of the member list, so each
+    /// shard of a large channel's delivery reads its own part and no other. Only the key is read
+    /// (the members' `user_id` is `None`); a page may come back short when some are left out.
+    fn group_page(
+        &self,
+        channel: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
 }
 
 /// One page of a channel's members.
@@ -484,6 +497,35 @@ impl DynamoStore {
     }
 
     /// Every membership of a connection, through the `byConnection` index.
+    /// One page of membership items by `query` (its key condition on the channel's partition
+    /// as `:pk`), projected to `projection`, with the id to go on from.
+    async fn member_query(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        channel: &ChannelId,
+        projection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let pk = keys::channel(channel);
+        let out = query
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .projection_expression(projection)
+            .set_exclusive_start_key(after.map(|id| key_of(pk, keys::connection(id))))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .send()
+            .await?;
+        let members = out.items().iter().filter_map(member_of).collect();
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get(SK))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
+            .map(str::to_owned);
+        Ok(MembersPage { members, next })
+    }
+
     pub async fn memberships_of(&self, connection_id: &str) -> Result<Vec<Membership>, StoreError> {
         let mut found = Vec::new();
         let mut pages = self
@@ -890,27 +932,42 @@ impl Store for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<MembersPage, StoreError> {
-        let pk = keys::channel(channel);
-        let out = self
+        let query = self
             .client
             .query()
-            .table_name(&self.table)
             .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
-            .expression_attribute_values(":pk", s(pk.clone()))
-            .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
-            .projection_expression("sk, userId")
-            .set_exclusive_start_key(after.map(|id| key_of(pk, format!("{}{id}", keys::CONN_PREFIX))))
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
-            .send()
-            .await?;
-        let members = out.items().iter().filter_map(member_of).collect();
-        let next = out
-            .last_evaluated_key()
-            .and_then(|k| k.get(SK))
-            .and_then(|v| v.as_s().ok())
-            .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
-            .map(str::to_owned);
-        Ok(MembersPage { members, next })
+            .expression_attribute_values(":conn", s(keys::CONN_PREFIX));
+        self.member_query(query, channel, "sk, userId", after, limit).await
+    }
+
+    async fn group_page(
+        &self,
+        channel: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let (lo, hi) = crate::shard::group_bounds(group);
+        let hi = hi.map_or_else(|| keys::CONN_END.to_owned(), |hi| format!("{}{hi}", keys::CONN_PREFIX));
+        let mut query = self
+            .client
+            .query()
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":lo", s(format!("{}{lo}", keys::CONN_PREFIX)))
+            .expression_attribute_values(":hi", s(hi));
+        if let Some(user) = except_user {
+            // A member without a user (an anonymous listener) is never the one left out.
+            query = query
+                .filter_expression("attribute_not_exists(userId) OR userId <> :except")
+                .expression_attribute_values(":except", s(user));
+        }
+        // Deliver posts to ids: the key alone halves what a page of 1,000 costs to parse.
+        let mut page = self.member_query(query, channel, "sk", after, limit).await?;
+        // BETWEEN takes `hi` itself too: a one-character id equal to it is the next group's.
+        page.members
+            .retain(|m| crate::shard::group_of(&m.connection_id) == group);
+        Ok(page)
     }
 
     async fn members(&self, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {

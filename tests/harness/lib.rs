@@ -15,13 +15,14 @@ use wsfan_shared::table::TABLE;
 pub use moto::Moto;
 
 /// Every Lambda binary of the workspace, as named in `events/<function>/` and the template.
-pub const FUNCTIONS: [&str; 6] = [
+pub const FUNCTIONS: [&str; 7] = [
     "ws-authorizer",
     "ws-connect",
     "ws-disconnect",
     "ws-message",
     "stream-fanout",
     "progress-fanout",
+    "deliver",
 ];
 
 /// The HS256 secret the fixtures' tokens are signed with. For local use only.
@@ -239,6 +240,16 @@ impl Rig {
     /// Runs `deliver` over the delivery queue, a batch at a time as Lambda would, until it is
     /// empty (retries it enqueues included). Returns the batches run.
     pub async fn drain_deliveries<D: wsfan_shared::broadcaster::Deliver>(&self, broadcaster: &D) -> usize {
+        self.drain_deliveries_with(broadcaster, deliver::ReadBudget::pages(usize::MAX))
+            .await
+    }
+
+    /// As [`Rig::drain_deliveries`], each invocation reading as far as `budget` lets it.
+    pub async fn drain_deliveries_with<D: wsfan_shared::broadcaster::Deliver>(
+        &self,
+        broadcaster: &D,
+        budget: deliver::ReadBudget,
+    ) -> usize {
         let mut batches = 0;
         loop {
             let (event, messages) = self.delivery.receive_event().await;
@@ -247,7 +258,7 @@ impl Rig {
             }
             assert!(batches < 10_000, "the delivery queue never empties");
             batches += 1;
-            let response = deliver::handle(broadcaster, &self.shards, event).await;
+            let response = deliver::handle(&self.table.store, broadcaster, &self.shards, event, budget).await;
             let failed: Vec<String> = response
                 .batch_item_failures
                 .into_iter()
@@ -381,6 +392,27 @@ impl TestQueue {
                     .expect("delete_message");
             }
         }
+    }
+
+    /// Messages waiting in the queue (SQS's approximate count, exact on moto).
+    pub async fn waiting(&self) -> usize {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .expect("get_queue_attributes");
+        out.attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The bodies of up to ten waiting messages, left there.
+    pub async fn peek(&self) -> Vec<String> {
+        peek(&self.client, &self.url).await
     }
 
     pub async fn count(&self, url: &str) -> usize {

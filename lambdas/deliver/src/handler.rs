@@ -1,16 +1,21 @@
 //! The delivery function: posts the shards of large channels, and the retries of recipients
 //! that a fanout could not reach in time, from the delivery queue (FIFO).
 //!
-//! A shard's recipients all belong to one message group of its channel (wsfan_shared::shard), and
-//! the queue hands out a group's shards one after another, so each recipient sees a channel's
-//! frames in order. A recipient still failing at FANOUT_DEADLINE_MS is not dropped: it goes back
-//! on the queue as a shard of its own group, attempt + 1, and after
-//! [`wsfan_shared::shard::MAX_ATTEMPTS`] attempts into the delivery dead-letter queue, which then
-//! holds exactly the recipients that never got the frame (with the frame), to inspect and redrive.
-//! A 410 only removes that connection (the broadcaster's cleanup). The shard itself succeeds in
-//! both cases, so the recipients it reached are not posted to again. Only when the queue cannot
-//! be reached is the whole shard reported failed, and SQS retries it (at least once: clients
-//! deduplicate by `messageId`/`seq`).
+//! A large channel's shard names one group of its members (wsfan_shared::shard) and this
+//! function reads that group's part of the member list itself, a page at a time, reading the next
+//! page while it posts the last one. The queue hands out a group's shards one after another, so
+//! each recipient sees a channel's frames in order. A group too large to finish in one
+//! invocation stops reading at its [`ReadBudget`] and hands the rest on as the group's next shard
+//! (it joins the back of the group: only then can a later frame overtake it; clients recover by
+//! `seq`). A shard that cannot even start in time fails, and SQS gives it back in order.
+//!
+//! A recipient still failing at FANOUT_DEADLINE_MS is not dropped: it goes back on the queue as a
+//! shard of its own group, attempt + 1, and after [`wsfan_shared::shard::MAX_ATTEMPTS`] attempts
+//! into the delivery dead-letter queue, which then holds exactly the recipients that never got the
+//! frame (with the frame), to inspect and redrive. A 410 only removes that connection (the
+//! broadcaster's cleanup). The shard itself succeeds in both cases, so the recipients it reached
+//! are not posted to again. Only when the table or the queue cannot be reached is the whole shard
+//! reported failed, and SQS retries it (at least once: clients deduplicate by `messageId`/`seq`).
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -28,10 +33,20 @@ pub const ENV: &[&str] = &[
 /// Message groups of one batch worked on at once.
 const GROUPS_IN_FLIGHT: usize = 10;
 
+/// Members read per page of a group: ~40 KB, and the posts of one page outlast the next read.
+pub const READ_PAGE: usize = 1000;
+
+/// Time kept at the end of an invocation: FANOUT_DEADLINE_MS (20 s in the template) for the
+/// posts of the last page read, and 5 s to hand the rest of the group on.
+pub const FINISH_RESERVE: Duration = Duration::from_secs(25);
+
+use std::time::{Duration, Instant};
+
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
-use wsfan_shared::shard::{self, Shard, ShardQueue, MAX_ATTEMPTS};
+use wsfan_shared::shard::{self, GroupRead, Shard, ShardQueue, MAX_ATTEMPTS};
+use wsfan_shared::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -41,6 +56,47 @@ pub enum ShardError {
     Broadcast(#[from] BroadcastError),
     #[error("could not reach the delivery queue: {0}")]
     Queue(String),
+    #[error("could not read the group's members: {0}")]
+    Store(#[from] StoreError),
+    #[error("no time left in this invocation to start the shard")]
+    OutOfTime,
+}
+
+/// How far a shard reads its group in this invocation: a page more while the invocation has
+/// more than [`FINISH_RESERVE`] left (or, for tests and one-off runs, a number of pages).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBudget {
+    until: Instant,
+    max_pages: usize,
+}
+
+impl ReadBudget {
+    /// For an invocation that must end by `deadline_ms` (milliseconds since the epoch, as the
+    /// Runtime API gives it).
+    pub fn from_deadline_ms(deadline_ms: u64) -> Self {
+        let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap_or(0);
+        let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+        ReadBudget {
+            until: Instant::now() + left.saturating_sub(FINISH_RESERVE),
+            max_pages: usize::MAX,
+        }
+    }
+
+    /// At most `pages` pages of a group per shard, with no time limit.
+    pub fn pages(pages: usize) -> Self {
+        ReadBudget {
+            until: Instant::now() + Duration::from_secs(365 * 24 * 3600),
+            max_pages: pages,
+        }
+    }
+
+    fn may_start(&self) -> bool {
+        Instant::now() < self.until
+    }
+
+    fn may_read(&self, pages_read: usize) -> bool {
+        pages_read < self.max_pages && Instant::now() < self.until
+    }
 }
 
 /// What one shard came to.
@@ -51,22 +107,34 @@ pub struct Delivered {
     pub requeued: u64,
     /// Recipients parked in the dead-letter queue, their attempts spent.
     pub parked: u64,
+    /// The group was not read to its end: the rest went on as the group's next shard.
+    pub continued: bool,
 }
 
-/// Posts one shard; its recipients that still fail go back to the queue, or to the DLQ.
-pub async fn deliver_shard<D: Deliver, Q: ShardQueue>(
+/// Posts one shard: its listed recipients, and its group's members when it reads them. The
+/// recipients that still fail go back to the queue, or to the DLQ.
+pub async fn deliver_shard<S: Store, D: Deliver, Q: ShardQueue>(
+    store: &S,
     deliver: &D,
     queue: &Q,
     shard: &Shard,
+    budget: ReadBudget,
 ) -> Result<Delivered, ShardError> {
-    let report = deliver
-        .deliver(shard.recipients.clone(), shard.frame.as_bytes())
-        .await?;
-    let undelivered: Vec<String> = report.undelivered().map(|(id, _)| id.to_owned()).collect();
-    let mut done = Delivered {
-        counters: report.counters,
-        ..Delivered::default()
-    };
+    if !budget.may_start() {
+        return Err(ShardError::OutOfTime);
+    }
+    let mut done = Delivered::default();
+    let mut undelivered: Vec<String> = Vec::new();
+    if !shard.recipients.is_empty() {
+        let report = deliver
+            .deliver(shard.recipients.clone(), shard.frame.as_bytes())
+            .await?;
+        done.counters.add(&report.counters);
+        undelivered.extend(report.undelivered().map(|(id, _)| id.to_owned()));
+    }
+    if let Some(read) = &shard.read {
+        read_and_post(store, deliver, queue, shard, read, budget, &mut done, &mut undelivered).await?;
+    }
     if undelivered.is_empty() {
         return Ok(done);
     }
@@ -91,8 +159,76 @@ pub async fn deliver_shard<D: Deliver, Q: ShardQueue>(
     Ok(done)
 }
 
+/// Reads the shard's group a page at a time, posting each page while reading the next; hands
+/// the rest on as the group's next shard when the budget runs out first.
+#[allow(clippy::too_many_arguments)]
+async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
+    store: &S,
+    deliver: &D,
+    queue: &Q,
+    shard: &Shard,
+    read: &GroupRead,
+    budget: ReadBudget,
+    done: &mut Delivered,
+    undelivered: &mut Vec<String>,
+) -> Result<(), ShardError> {
+    let except = read.except_user.as_deref();
+    let mut page = store
+        .group_page(&shard.channel, shard.group, except, read.after.as_deref(), READ_PAGE)
+        .await?;
+    let mut pages = 1;
+    loop {
+        let recipients: Vec<String> = page.members.into_iter().map(|m| m.connection_id).collect();
+        let after = page.next;
+        let go_on = after.is_some() && budget.may_read(pages);
+        let post = async {
+            if recipients.is_empty() {
+                return Ok(None);
+            }
+            deliver.deliver(recipients, shard.frame.as_bytes()).await.map(Some)
+        };
+        let next = async {
+            match (&after, go_on) {
+                (Some(after), true) => Some(
+                    store
+                        .group_page(&shard.channel, shard.group, except, Some(after), READ_PAGE)
+                        .await,
+                ),
+                _ => None,
+            }
+        };
+        let (report, next) = tokio::join!(post, next);
+        if let Some(report) = report? {
+            done.counters.add(&report.counters);
+            undelivered.extend(report.undelivered().map(|(id, _)| id.to_owned()));
+        }
+        match (next, after) {
+            (Some(next), _) => {
+                page = next?;
+                pages += 1;
+            }
+            (None, Some(after)) => {
+                tracing::info!(channel = %shard.channel, group = shard.group, pages, "out of time; the rest of the group goes on in the next shard");
+                queue
+                    .enqueue(vec![shard.continued(after)])
+                    .await
+                    .map_err(ShardError::Queue)?;
+                done.continued = true;
+                return Ok(());
+            }
+            (None, None) => return Ok(()),
+        }
+    }
+}
+
 /// Handles one batch of shards and returns the messages to retry.
-pub async fn handle<D: Deliver, Q: ShardQueue>(deliver: &D, queue: &Q, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle<S: Store, D: Deliver, Q: ShardQueue>(
+    store: &S,
+    deliver: &D,
+    queue: &Q,
+    event: SqsEvent,
+    budget: ReadBudget,
+) -> SqsBatchResponse {
     let work: Vec<_> = event
         .records
         .iter()
@@ -108,7 +244,7 @@ pub async fn handle<D: Deliver, Q: ShardQueue>(deliver: &D, queue: &Q, event: Sq
         .collect();
 
     let outcomes = in_key_order(work, GROUPS_IN_FLIGHT, async |(_, parsed)| match parsed {
-        Ok(shard) => deliver_shard(deliver, queue, shard).await,
+        Ok(shard) => deliver_shard(store, deliver, queue, shard, budget).await,
         Err(e) => Err(ShardError::Malformed(e.to_string())),
     })
     .await;

@@ -1,3 +1,4 @@
+use deliver::ReadBudget;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use wsfan_shared::broadcaster::Broadcaster;
 
@@ -5,11 +6,12 @@ use wsfan_shared::broadcaster::Broadcaster;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
-    let (_store, broadcaster) = Broadcaster::from_env().await?;
+    let (store, broadcaster) = Broadcaster::from_env().await?;
     let queue = wsfan_shared::publisher::DeliveryQueue::from_env().await?;
-    let (broadcaster, queue) = (&broadcaster, &queue);
+    let (store, broadcaster, queue) = (&store, &broadcaster, &queue);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(deliver::handle(broadcaster, queue, event.payload).await)
+        let budget = ReadBudget::from_deadline_ms(event.context.deadline);
+        Ok::<_, Error>(deliver::handle(store, broadcaster, queue, event.payload, budget).await)
     }))
     .await
 }

@@ -11,10 +11,11 @@
 //! with the reason, and the records behind it go on. A membership written with `history` (asked
 //! for at connect) sends that page of the channel's history to that one connection.
 //!
-//! A channel of up to [`DIRECT_MAX_MEMBERS`] members is posted to from here. A larger one is read
-//! a page at a time and handed to the delivery queue as shards (wsfan_shared::shard), which the
-//! `deliver` function posts in parallel, so one big channel holds neither this function nor its
-//! stream shard. A recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue
+//! A channel of up to [`DIRECT_MAX_MEMBERS`] members is posted to from here. A larger one is
+//! handed to the delivery queue as one shard per group of its members (wsfan_shared::shard), and
+//! the `deliver` function reads each group's part of the member list and posts it, the groups in
+//! parallel: this function reads one page of a large channel and holds its stream shard for the
+//! few sends only. A recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue
 //! too, for another attempt: nobody is dropped silently.
 
 /// The environment variables this function reads (the SAM template is checked against it).
@@ -40,10 +41,6 @@ pub const HISTORY_REQUEST_ATTRIBUTE: &str = "history";
 /// Channels whose records are worked on at once within one batch.
 const CHANNELS_IN_FLIGHT: usize = 16;
 
-/// Members read per Query page when a large channel is cut into shards: a few hundred KB held
-/// at a time, whatever the channel's size.
-const SHARD_READ_PAGE: usize = 5000;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -56,7 +53,7 @@ use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
-use wsfan_shared::shard::{self, Shard, ShardQueue, Sharder, DIRECT_MAX_MEMBERS};
+use wsfan_shared::shard::{self, Shard, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +224,7 @@ async fn send_history<S: Store, D: Deliver>(
 }
 
 /// A channel's members as the batch sees them: the list itself when small, or the fact that it
-/// is too large to hold (it is then read a page at a time, into shards).
+/// is too large to hold here (deliver reads it, a group at a time).
 #[derive(Clone)]
 enum Members {
     Direct(Arc<Vec<Member>>),
@@ -271,39 +268,6 @@ impl<'a, S: Store> BatchMembers<'a, S> {
     }
 }
 
-/// Cuts a large channel's delivery into shards on the delivery queue, reading its members a
-/// page at a time. Returns how many recipients the shards hold.
-async fn shard_out<S: Store, Q: ShardQueue>(
-    store: &S,
-    shards: &Q,
-    channel: &ChannelId,
-    payload: String,
-    wanted: impl Fn(&Member) -> bool,
-    origin: &str,
-) -> Result<u64, RecordError> {
-    let mut sharder = Sharder::new(channel.clone(), payload, origin.to_owned());
-    let mut after: Option<String> = None;
-    let mut recipients = 0;
-    loop {
-        let page = store.members_page(channel, after.as_deref(), SHARD_READ_PAGE).await?;
-        let full: Vec<Shard> = page
-            .members
-            .into_iter()
-            .filter(|m| wanted(m))
-            .inspect(|_| recipients += 1)
-            .filter_map(|m| sharder.add(m.connection_id))
-            .collect();
-        // Sent as they fill, so a group's shards go out in order and memory stays one page.
-        shards.enqueue(full).await.map_err(RecordError::Enqueue)?;
-        after = page.next;
-        if after.is_none() {
-            break;
-        }
-    }
-    shards.enqueue(sharder.finish()).await.map_err(RecordError::Enqueue)?;
-    Ok(recipients)
-}
-
 async fn push<S: Store, D: Deliver, Q: ShardQueue>(
     members: &BatchMembers<'_, S>,
     deliver: &D,
@@ -322,8 +286,10 @@ async fn push<S: Store, D: Deliver, Q: ShardQueue>(
     let members = match members.of(channel).await? {
         Members::Direct(members) => members,
         Members::Sharded => {
-            let recipients = shard_out(members.store, shards, channel, payload, wanted, origin).await?;
-            tracing::info!(%channel, recipients, "sharded to the delivery queue");
+            let groups = shard::group_shards(channel, &payload, origin, subject);
+            let count = groups.len();
+            shards.enqueue(groups).await.map_err(RecordError::Enqueue)?;
+            tracing::info!(%channel, groups = count, "sharded to the delivery queue");
             return Ok(Counters::default());
         }
     };
@@ -347,6 +313,7 @@ async fn push<S: Store, D: Deliver, Q: ShardQueue>(
             attempt: 1,
             part: 0,
             origin: origin.to_owned(),
+            read: None,
         };
         shards
             .enqueue(shard::retry(&first, undelivered))
