@@ -1,7 +1,7 @@
 //! `sam/template.yaml` against the code, so the two cannot drift apart: every protocol action has
 //! a route to the right function, `$connect` has an authorizer that always runs, the stage deploys
 //! itself, every function gets every variable its crate reads, the table is the one in
-//! `shared/src/table.rs`, the stream filter lets through what stream-fanout handles, and the
+//! `shared/src/adapters/table.rs`, the stream filter lets through what stream-fanout handles, and the
 //! fanouts may post to `@connections`.
 //!
 //! [`problems`] returns each disagreement as a sentence. The mutation tests at the bottom break a
@@ -102,7 +102,7 @@ impl Code {
         keys
     }
 
-    /// The TTL variables and the defaults `shared/src/config.rs` gives them.
+    /// The TTL variables and the defaults `shared/src/adapters/config.rs` gives them.
     fn ttl_defaults(&self) -> [(&'static str, i64); 4] {
         [
             ("CONNECTION_TTL_SECONDS", self.retention.connection_secs),
@@ -599,7 +599,7 @@ fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
             if let Some(value) = env.get(name).and_then(|v| v.as_str()) {
                 if value.parse::<i64>().ok() != Some(default) {
                     out.push(format!(
-                        "{id} ({binary}): {name} is \"{value}\", but shared/src/config.rs defaults to {default}"
+                        "{id} ({binary}): {name} is \"{value}\", but shared/src/adapters/config.rs defaults to {default}"
                     ));
                 }
             }
@@ -854,7 +854,9 @@ fn check_table(t: &Template, code: &Code, out: &mut Vec<String>) {
     let keys = key_schema(props(&["KeySchema"]));
     let want = keys_of(spec.partition_key, spec.sort_key);
     if keys != want {
-        out.push(format!("{id}: KeySchema is {keys:?}; shared/src/table.rs has {want:?}"));
+        out.push(format!(
+            "{id}: KeySchema is {keys:?}; shared/src/adapters/table.rs has {want:?}"
+        ));
     }
     let attributes: BTreeMap<&str, &str> = strings(props(&["AttributeDefinitions"]))
         .into_iter()
@@ -883,7 +885,7 @@ fn check_table(t: &Template, code: &Code, out: &mut Vec<String>) {
         let want = keys_of(spec_index.partition_key, spec_index.sort_key);
         if keys != want {
             out.push(format!(
-                "{id}: index {} has keys {keys:?}; shared/src/table.rs has {want:?}",
+                "{id}: index {} has keys {keys:?}; shared/src/adapters/table.rs has {want:?}",
                 spec_index.name
             ));
         }
@@ -894,7 +896,7 @@ fn check_table(t: &Template, code: &Code, out: &mut Vec<String>) {
     for index in &indexes {
         let name = index_name(index).unwrap_or_default();
         if !spec.indexes.iter().any(|i| i.name == name) {
-            out.push(format!("{id}: index {name} is not in shared/src/table.rs"));
+            out.push(format!("{id}: index {name} is not in shared/src/adapters/table.rs"));
         }
     }
     if props(&["StreamSpecification", "StreamViewType"]).and_then(Value::as_str) != Some(spec.stream_view) {
@@ -1788,7 +1790,7 @@ fn a_ttl_that_differs_from_the_code_is_reported() {
     });
     assert_reported(
         &problems,
-        &["WsMessageFunction (ws-message): EVENT_TTL_SECONDS is \"60\", but shared/src/config.rs defaults to 300"],
+        &["WsMessageFunction (ws-message): EVENT_TTL_SECONDS is \"60\", but shared/src/adapters/config.rs defaults to 300"],
     );
 }
 
@@ -1946,7 +1948,7 @@ fn a_table_that_differs_from_the_code_is_reported() {
         &problems,
         &[
             "Table: index byConnection is missing",
-            "Table: index byConn is not in shared/src/table.rs",
+            "Table: index byConn is not in shared/src/adapters/table.rs",
             "Table: StreamViewType must be NEW_AND_OLD_IMAGES",
             "Table: TTL must be enabled on expiresAt",
         ],

@@ -1,4 +1,4 @@
-//! Channel ids and the patterns of a token's `channels` claim (shared/src/channel.rs, access.rs):
+//! Channel ids and the patterns of a token's `channels` claim (shared/src/domain/channel.rs, access.rs):
 //! no panic, and whatever parses prints back to text that parses to the same value.
 #![no_main]
 

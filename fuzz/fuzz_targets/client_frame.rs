@@ -1,4 +1,4 @@
-//! Client frames (shared/src/protocol.rs): any text gets a frame or a stable error, never a panic;
+//! Client frames (shared/src/domain/protocol.rs): any text gets a frame or a stable error, never a panic;
 //! a parsed frame written back as JSON parses to the same frame.
 #![no_main]
 

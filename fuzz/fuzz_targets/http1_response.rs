@@ -1,4 +1,4 @@
-//! The HTTP/1.1 answer parser of the @connections client (shared/src/http1.rs): any bytes, read in
+//! The HTTP/1.1 answer parser of the @connections client (shared/src/transport/http1.rs): any bytes, read in
 //! any pieces, are an answer or an error, never a panic or a body over the limit; and a well-formed
 //! answer (content-length, chunked or until close) reads back as it was written, however split.
 #![no_main]

@@ -1,4 +1,4 @@
-//! JWT claims (shared/src/auth.rs): any payload, signed with the right key, is an identity or a
+//! JWT claims (shared/src/adapters/auth.rs): any payload, signed with the right key, is an identity or a
 //! refusal, never a panic; an admitted identity has a valid `sub` and survives the trip through
 //! the authorizer context that API Gateway hands to every later event.
 #![no_main]

@@ -1,4 +1,4 @@
-//! Progress events from the queue (shared/src/progress.rs): any body is an event or an error,
+//! Progress events from the queue (shared/src/domain/progress.rs): any body is an event or an error,
 //! never a panic; a valid event survives a round trip through its JSON unchanged.
 #![no_main]
 

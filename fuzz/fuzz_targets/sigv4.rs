@@ -1,4 +1,4 @@
-//! The SigV4 signer of @connections posts (shared/src/sigv4.rs), against aws-sigv4: for any post
+//! The SigV4 signer of @connections posts (shared/src/transport/sigv4.rs), against aws-sigv4: for any post
 //! it signs, its signature is the one aws-sigv4 computes with the SDK's settings; a post it cannot
 //! sign exactly is refused, never signed wrong, and it never panics.
 #![no_main]

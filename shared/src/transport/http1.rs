@@ -632,8 +632,8 @@ mod tests {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::PrivateKeyDer;
 
-    const CERT: &[u8] = include_bytes!("../tests/certs/localhost.pem");
-    const KEY: &[u8] = include_bytes!("../tests/certs/localhost.key");
+    const CERT: &[u8] = include_bytes!("../../tests/certs/localhost.pem");
+    const KEY: &[u8] = include_bytes!("../../tests/certs/localhost.key");
 
     fn post(uri: &str, body: &'static [u8]) -> HttpRequest {
         let mut request = HttpRequest::new(SdkBody::from(body));
