@@ -72,12 +72,13 @@ pub struct ReadBudget {
 
 impl ReadBudget {
     /// For an invocation that must end by `deadline_ms` (milliseconds since the epoch, as the
-    /// Runtime API gives it).
+    /// Runtime API gives it). A function configured with less than twice [`FINISH_RESERVE`]
+    /// still reads for half its time: otherwise every shard would find no time left, forever.
     pub fn from_deadline_ms(deadline_ms: u64) -> Self {
         let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap_or(0);
         let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
         ReadBudget {
-            until: Instant::now() + left.saturating_sub(FINISH_RESERVE),
+            until: Instant::now() + left.saturating_sub(FINISH_RESERVE).max(left / 2),
             max_pages: usize::MAX,
         }
     }
@@ -274,4 +275,30 @@ pub async fn handle<S: Store, D: Deliver, Q: ShardQueue>(
     }
     counters.log_emf("deliver");
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_ms(ms: u64) -> u64 {
+        u64::try_from(wsfan_shared::clock::now_millis()).unwrap() + ms
+    }
+
+    #[test]
+    fn the_budget_keeps_the_reserve_and_a_short_timeout_still_reads() {
+        // The template's 120 s: reading stops 25 s before the end, not earlier.
+        let budget = ReadBudget::from_deadline_ms(in_ms(120_000));
+        let reading = budget.until.saturating_duration_since(Instant::now());
+        assert!(
+            reading > Duration::from_secs(90) && reading <= Duration::from_secs(95),
+            "{reading:?}"
+        );
+        // A 20 s timeout, under the reserve: half of it, not nothing.
+        let budget = ReadBudget::from_deadline_ms(in_ms(20_000));
+        assert!(budget.may_start());
+        assert!(budget.until.saturating_duration_since(Instant::now()) > Duration::from_secs(9));
+        // No time left at all: nothing starts.
+        assert!(!ReadBudget::from_deadline_ms(in_ms(0)).may_start());
+    }
 }
