@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_lambda_events::dynamodb::Event as DynamoDbEvent;
 use aws_lambda_events::sqs::SqsEvent;
-use harness::{fixture, n, s, Rig, TestQueue};
+use harness::{fixture, n, s, sqs_failures, Rig, TestQueue};
 use serde_json::{json, Value};
 use wsfan_shared::access::Role;
 use wsfan_shared::broadcaster::{BroadcastError, Deliver, Delivery, MAX_PAYLOAD_BYTES};
@@ -77,6 +77,15 @@ fn chat(channel: &str, sender: &str, body: &str) -> Message {
     }
 }
 
+/// The messages `connection_id` was posted, in the order it got them.
+fn bodies(rig: &Rig, connection_id: &str) -> Vec<String> {
+    rig.frames(connection_id)
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
     frames.iter().filter(|f| f["type"] == kind).collect()
 }
@@ -86,16 +95,6 @@ fn failures(r: &aws_lambda_events::streams::DynamoDbEventResponse) -> Vec<String
         .batch_item_failures
         .iter()
         .filter_map(|f| f.item_identifier.clone())
-        .collect();
-    v.sort();
-    v
-}
-
-fn sqs_failures(r: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> {
-    let mut v: Vec<String> = r
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
         .collect();
     v.sort();
     v
@@ -1326,17 +1325,10 @@ async fn a_batch_reads_each_channels_members_once_and_delivers_in_order() {
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     // Two joins and four messages in one channel, one message in another: one read each.
     assert_eq!(counting.reads.load(std::sync::atomic::Ordering::Relaxed), 2);
-    let bodies = |id: &str| -> Vec<String> {
-        rig.frames(id)
-            .iter()
-            .filter(|f| f["type"] == "message")
-            .map(|f| f["body"].as_str().unwrap().to_owned())
-            .collect()
-    };
     for id in ["c0", "c1", "c2", "late0", "late1"] {
-        assert_eq!(bodies(id), ["m0", "m1", "m2", "m3"], "{id}");
+        assert_eq!(bodies(&rig, id), ["m0", "m1", "m2", "m3"], "{id}");
     }
-    assert_eq!(bodies("o1"), ["elsewhere"]);
+    assert_eq!(bodies(&rig, "o1"), ["elsewhere"]);
     // ann, ben and cat heard both joins; dan heard eve's (eve joined after him).
     let joins = |id: &str| rig.frames(id).iter().filter(|f| f["type"] == "presence").count();
     assert_eq!([joins("c0"), joins("c1"), joins("c2")], [2, 2, 2]);
@@ -1398,15 +1390,6 @@ fn broadcaster_with(
     config.max_backoff = Duration::from_millis(20);
     config.deadline = deadline;
     wsfan_shared::broadcaster::Broadcaster::new(sdk, config, rig.table.store.clone())
-}
-
-/// The messages `connection_id` was posted, in the order it got them.
-fn bodies(rig: &Rig, connection_id: &str) -> Vec<String> {
-    rig.frames(connection_id)
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .map(|f| f["body"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -1556,12 +1539,7 @@ async fn a_shard_with_no_time_left_is_given_back_untouched_and_delivered_on_the_
         rig.server.stats().requests.load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    let failed: Vec<String> = response
-        .batch_item_failures
-        .into_iter()
-        .map(|f| f.item_identifier)
-        .collect();
-    rig.delivery.settle(&messages, &failed).await;
+    rig.delivery.settle(&messages, &sqs_failures(&response)).await;
 
     rig.drain_deliveries(&rig.broadcaster).await;
     for m in &members {

@@ -259,12 +259,7 @@ impl Rig {
             assert!(batches < 10_000, "the delivery queue never empties");
             batches += 1;
             let response = deliver::handle(&self.table.store, broadcaster, &self.shards, event, budget).await;
-            let failed: Vec<String> = response
-                .batch_item_failures
-                .into_iter()
-                .map(|f| f.item_identifier)
-                .collect();
-            self.delivery.settle(&messages, &failed).await;
+            self.delivery.settle(&messages, &sqs_failures(&response)).await;
         }
     }
 
@@ -426,6 +421,17 @@ impl TestQueue {
             .expect("receive_message");
         out.messages.map(|m| m.len()).unwrap_or(0)
     }
+}
+
+/// The message ids an SQS batch response reports failed, sorted.
+pub fn sqs_failures(r: &aws_lambda_events::sqs::SqsBatchResponse) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    v.sort();
+    v
 }
 
 /// The bodies of up to 10 messages waiting in a queue, left there (visible again at once).

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
+use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Report};
 use wsfan_shared::shard::{self, GroupRead, Shard, ShardQueue, MAX_ATTEMPTS};
 use wsfan_shared::store::{Store, StoreError};
 
@@ -108,8 +108,21 @@ pub struct Delivered {
     pub requeued: u64,
     /// Recipients parked in the dead-letter queue, their attempts spent.
     pub parked: u64,
-    /// The group was not read to its end: the rest went on as the group's next shard.
-    pub continued: bool,
+}
+
+/// The posts of one shard so far: their counters, and who is still not reached.
+#[derive(Default)]
+struct Tally {
+    counters: Counters,
+    undelivered: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, report: Report) {
+        self.counters.add(&report.counters);
+        self.undelivered
+            .extend(report.undelivered().map(|(id, _)| id.to_owned()));
+    }
 }
 
 /// Posts one shard: its listed recipients, and its group's members when it reads them. The
@@ -124,23 +137,26 @@ pub async fn deliver_shard<S: Store, D: Deliver, Q: ShardQueue>(
     if !budget.may_start() {
         return Err(ShardError::OutOfTime);
     }
-    let mut done = Delivered::default();
-    let mut undelivered: Vec<String> = Vec::new();
+    let mut tally = Tally::default();
     if !shard.recipients.is_empty() {
-        let report = deliver
-            .deliver(shard.recipients.clone(), shard.frame.as_bytes())
-            .await?;
-        done.counters.add(&report.counters);
-        undelivered.extend(report.undelivered().map(|(id, _)| id.to_owned()));
+        tally.add(
+            deliver
+                .deliver(shard.recipients.clone(), shard.frame.as_bytes())
+                .await?,
+        );
     }
     if let Some(read) = &shard.read {
-        read_and_post(store, deliver, queue, shard, read, budget, &mut done, &mut undelivered).await?;
+        read_and_post(store, deliver, queue, shard, read, budget, &mut tally).await?;
     }
-    if undelivered.is_empty() {
+    let mut done = Delivered {
+        counters: tally.counters,
+        ..Delivered::default()
+    };
+    if tally.undelivered.is_empty() {
         return Ok(done);
     }
-    let count = undelivered.len() as u64;
-    let next = shard::retry(shard, undelivered);
+    let count = tally.undelivered.len() as u64;
+    let next = shard::retry(shard, tally.undelivered);
     if shard.attempt >= MAX_ATTEMPTS {
         for parked in next {
             tracing::error!(
@@ -162,7 +178,6 @@ pub async fn deliver_shard<S: Store, D: Deliver, Q: ShardQueue>(
 
 /// Reads the shard's group a page at a time, posting each page while reading the next; hands
 /// the rest on as the group's next shard when the budget runs out first.
-#[allow(clippy::too_many_arguments)]
 async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
@@ -170,8 +185,7 @@ async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
     shard: &Shard,
     read: &GroupRead,
     budget: ReadBudget,
-    done: &mut Delivered,
-    undelivered: &mut Vec<String>,
+    tally: &mut Tally,
 ) -> Result<(), ShardError> {
     let except = read.except_user.as_deref();
     let mut page = store
@@ -200,8 +214,7 @@ async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
         };
         let (report, next) = tokio::join!(post, next);
         if let Some(report) = report? {
-            done.counters.add(&report.counters);
-            undelivered.extend(report.undelivered().map(|(id, _)| id.to_owned()));
+            tally.add(report);
         }
         match (next, after) {
             (Some(next), _) => {
@@ -214,7 +227,6 @@ async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
                     .enqueue(vec![shard.continued(after)])
                     .await
                     .map_err(ShardError::Queue)?;
-                done.continued = true;
                 return Ok(());
             }
             (None, None) => return Ok(()),
