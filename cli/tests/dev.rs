@@ -1195,6 +1195,17 @@ impl Listener {
             .map(|f| f[field].to_string())
             .collect()
     }
+
+    /// The users this client was told have left a channel.
+    fn left_users(&self) -> std::collections::BTreeSet<String> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| f["type"] == "presence" && f["state"] == "leave")
+            .filter_map(|f| f["userId"].as_str().map(str::to_owned))
+            .collect()
+    }
 }
 
 /// The process ids of `wsfan dev`'s children whose executable is `name` (a function's binary).
@@ -1309,10 +1320,18 @@ async fn a_fanout_under_injected_faults_loses_no_live_recipient_and_a_410_remove
     })
     .await;
     // A 410 closes a socket, whose $disconnect announces a leave, whose posts may draw another
-    // 410: wait until that has settled, then check the settled state.
+    // 410: wait until that has settled, then check the settled state. Settled means every open
+    // client has heard every gone user leave (the leave is fanned out from the stream after
+    // $disconnect has deleted the items, so deleted items alone do not say the posts are over),
+    // and neither the faults drawn nor the fanouts' reports changed since the last look.
     let mut last = None;
     wait_until("the 410s settle", Duration::from_secs(60), || {
         let gone = injected_gone(&stack);
+        let snapshot = (
+            gone.clone(),
+            log_lines(&stack, "injected ").len(),
+            log_lines(&stack, "pushed delivered=").len(),
+        );
         let closed: std::collections::BTreeSet<&str> = listeners
             .iter()
             .filter(|l| !l.is_open())
@@ -1329,8 +1348,13 @@ async fn a_fanout_under_injected_faults_loses_no_live_recipient_and_a_410_remove
             .iter()
             .filter(|l| l.contains("injected 429 ") || l.contains("injected 500 "))
             .count();
-        let stable = last.as_ref() == Some(&gone) && closed == gone_users && retried >= errors as u64;
-        last = Some(gone.clone());
+        let heard_leaves = listeners.iter().filter(|l| l.is_open()).all(|l| {
+            let left = l.left_users();
+            gone_users.iter().all(|u| left.contains(*u))
+        });
+        let stable =
+            last.as_ref() == Some(&snapshot) && closed == gone_users && heard_leaves && retried >= errors as u64;
+        last = Some(snapshot);
         let store = store.clone();
         async move {
             if !stable {
