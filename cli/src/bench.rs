@@ -115,6 +115,16 @@ fn stat_ticks(stat: &str) -> u64 {
     field(11) + field(12)
 }
 
+/// The one core this process may run on (`taskset -c N`), if it is pinned to one.
+fn sole_core() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let cpus = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    cpus.parse::<u32>().ok().map(|n| n.to_string())
+}
+
 fn peak_rss_kib() -> u64 {
     peak_rss_kib_of("self")
 }
@@ -247,6 +257,31 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         runs.iter().map(|r| r.failed).sum::<u64>(),
         server_cpu_us
     );
+
+    // The control for `bench channel`'s per-core figure: there the functions share two cores
+    // with moto and the @connections server, here the broadcaster has a core of its own. The
+    // same rounds with the server moved onto the broadcaster's core show what sharing alone costs.
+    if let Some(own) = core.and(sole_core()).filter(|own| Some(own.as_str()) != core) {
+        let server = Server::start(&[], Some(&own))?;
+        let mut shared = run(
+            &server.endpoint,
+            o.recipients,
+            &payload,
+            true,
+            o.concurrency,
+            o.rounds.max(1),
+        )
+        .await;
+        drop(server);
+        shared.sort_by(|a, b| cpu_us(a).total_cmp(&cpu_us(b)));
+        let r = &shared[shared.len() / 2];
+        out += &format!(
+            "  the same with the server on the broadcaster's core {own}: {:.0} posts/s, {:.1} µs CPU/post, failed {}\n",
+            r.delivered as f64 / r.wall.as_secs_f64(),
+            cpu_us(r),
+            shared.iter().map(|r| r.failed).sum::<u64>(),
+        );
+    }
 
     out += &format!(
         "peak RSS after the {}-recipient run: {:.1} MB\n",
