@@ -1475,6 +1475,56 @@ async fn a_group_too_large_for_one_invocation_goes_on_in_the_next_shard_and_reac
 }
 
 #[tokio::test]
+async fn a_slow_recipient_holds_back_nobody_on_the_next_page_of_its_group() {
+    use wsfan_shared::shard::{group_shards, ShardQueue};
+    let rig = Rig::new().await;
+    // One group of 1,500 (every id starts with 'b'): two of deliver's pages, in id order.
+    let members = many_members(&rig, "workspace:paged", "big-", 1500).await;
+    let (slow, second_page) = (&members[0], &members[deliver::READ_PAGE..]);
+    // The group's first member answers 500 eight times, and this broadcaster waits up to 400 ms
+    // after each: 1.6 s on average, against a few hundred milliseconds for everyone else.
+    rig.server.fail(slow, 500, Some(8));
+    let sdk = harness::moto::shared().sdk_config().await;
+    let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
+    config.first_backoff = Duration::from_millis(400);
+    config.max_backoff = Duration::from_millis(400);
+    let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone());
+    let channel: ChannelId = "workspace:paged".parse().unwrap();
+    rig.shards
+        .enqueue(group_shards(
+            &channel,
+            r#"{"type":"message","body":"hello"}"#,
+            "origin-1",
+            None,
+        ))
+        .await
+        .unwrap();
+
+    // When the slow member finally has the frame, most of the second page has it already.
+    let watch = async {
+        loop {
+            if !rig.server.received(slow).is_empty() {
+                return second_page
+                    .iter()
+                    .filter(|m| !rig.server.received(m).is_empty())
+                    .count();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (_, ahead) = tokio::join!(rig.drain_deliveries(&broadcaster), watch);
+    assert!(
+        ahead > second_page.len() / 2,
+        "only {ahead} of the second page's {} were reached before the first page's slow member",
+        second_page.len()
+    );
+    for m in &members {
+        assert_eq!(bodies(&rig, m), ["hello"], "{m}");
+    }
+    assert!(rig.parked_shards().await.is_empty());
+}
+
+#[tokio::test]
 async fn deliver_fixtures_post_to_what_they_name_and_fail_only_the_malformed_shard() {
     let rig = Rig::new().await;
     // Group 23 is the ids that start with 'L'; the others are members of other groups.

@@ -2,8 +2,8 @@
 //! that a fanout could not reach in time, from the delivery queue (FIFO).
 //!
 //! A large channel's shard names one group of its members (wsfan_shared::shard) and this
-//! function reads that group's part of the member list itself, a page at a time, reading the next
-//! page while it posts the last one. The queue hands out a group's shards one after another, so
+//! function reads that group's part of the member list itself, a page at a time and a page ahead
+//! of the posts, which go on from page to page without waiting for a page's slowest recipient. The queue hands out a group's shards one after another, so
 //! each recipient sees a channel's frames in order. A group too large to finish in one
 //! invocation stops reading at its [`ReadBudget`] and hands the rest on as the group's next shard
 //! (it joins the back of the group: only then can a later frame overtake it; clients recover by
@@ -176,8 +176,9 @@ pub async fn deliver_shard<S: Store, D: Deliver, Q: ShardQueue>(
     Ok(done)
 }
 
-/// Reads the shard's group a page at a time, posting each page while reading the next; hands
-/// the rest on as the group's next shard when the budget runs out first.
+/// Reads the shard's group a page at a time, a page ahead of the posts, and posts its members
+/// as one stream (a page's slow recipients hold back nobody on the next); hands the rest on as
+/// the group's next shard when the budget runs out first.
 async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
@@ -187,51 +188,43 @@ async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
     budget: ReadBudget,
     tally: &mut Tally,
 ) -> Result<(), ShardError> {
-    let except = read.except_user.as_deref();
-    let mut page = store
-        .group_page(&shard.channel, shard.group, except, read.after.as_deref(), READ_PAGE)
-        .await?;
-    let mut pages = 1;
-    loop {
-        let recipients: Vec<String> = page.members.into_iter().map(|m| m.connection_id).collect();
-        let after = page.next;
-        let go_on = after.is_some() && budget.may_read(pages);
-        let post = async {
-            if recipients.is_empty() {
+    // One page waits in the channel while the next is read: reads stay ahead of the posts
+    // without holding more than a few pages of ids.
+    let (pages_out, pages_in) = tokio::sync::mpsc::channel::<Vec<String>>(1);
+    let reader = async move {
+        let except = read.except_user.as_deref();
+        let mut after = read.after.clone();
+        let mut pages = 0;
+        loop {
+            let page = store
+                .group_page(&shard.channel, shard.group, except, after.as_deref(), READ_PAGE)
+                .await?;
+            pages += 1;
+            let recipients: Vec<String> = page.members.into_iter().map(|m| m.connection_id).collect();
+            // The posts stopped early only if they cannot go on (a frame too large): stop too.
+            if !recipients.is_empty() && pages_out.send(recipients).await.is_err() {
                 return Ok(None);
             }
-            deliver.deliver(recipients, shard.frame.as_bytes()).await.map(Some)
-        };
-        let next = async {
-            match (&after, go_on) {
-                (Some(after), true) => Some(
-                    store
-                        .group_page(&shard.channel, shard.group, except, Some(after), READ_PAGE)
-                        .await,
-                ),
-                _ => None,
+            match page.next {
+                None => return Ok(None),
+                Some(next) if budget.may_read(pages) => after = Some(next),
+                Some(next) => return Ok::<_, StoreError>(Some((next, pages))),
             }
-        };
-        let (report, next) = tokio::join!(post, next);
-        if let Some(report) = report? {
-            tally.add(report);
         }
-        match (next, after) {
-            (Some(next), _) => {
-                page = next?;
-                pages += 1;
-            }
-            (None, Some(after)) => {
-                tracing::info!(channel = %shard.channel, group = shard.group, pages, "out of time; the rest of the group goes on in the next shard");
-                queue
-                    .enqueue(vec![shard.continued(after)])
-                    .await
-                    .map_err(ShardError::Queue)?;
-                return Ok(());
-            }
-            (None, None) => return Ok(()),
-        }
+    };
+    let pages = futures::stream::unfold(pages_in, |mut pages_in| async move {
+        pages_in.recv().await.map(|page| (page, pages_in))
+    });
+    let (stopped, report) = tokio::join!(reader, deliver.deliver_pages(pages, shard.frame.as_bytes()));
+    tally.add(report?);
+    if let Some((after, pages)) = stopped? {
+        tracing::info!(channel = %shard.channel, group = shard.group, pages, "out of time; the rest of the group goes on in the next shard");
+        queue
+            .enqueue(vec![shard.continued(after)])
+            .await
+            .map_err(ShardError::Queue)?;
     }
+    Ok(())
 }
 
 /// Handles one batch of shards and returns the messages to retry.

@@ -19,7 +19,7 @@ use aws_smithy_runtime_api::client::interceptors::context::{
 use aws_smithy_runtime_api::client::interceptors::{disable_interceptor, Intercept};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, Stream, StreamExt};
 
 use crate::config::ConfigError;
 use crate::governor::Governor;
@@ -212,9 +212,20 @@ pub enum BroadcastError {
 
 /// What fanout handlers need from a broadcaster; tests may substitute their own.
 pub trait Deliver: Send + Sync {
+    /// Posts `payload` to every recipient; the report has every recipient's outcome.
     fn deliver(
         &self,
         recipients: Vec<String>,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Report, BroadcastError>> + Send;
+
+    /// Posts `payload` to recipients that arrive a page at a time (a group's member read), with
+    /// the posts in flight topped up across pages: a page's slowest recipient (one backing off
+    /// after a 429 or 5xx) holds back nobody on the next page. Memory stays flat however many
+    /// pass through: the report's outcomes are only the recipients not delivered.
+    fn deliver_pages<P: Stream<Item = Vec<String>> + Send>(
+        &self,
+        pages: P,
         payload: &[u8],
     ) -> impl Future<Output = Result<Report, BroadcastError>> + Send;
 }
@@ -543,22 +554,39 @@ fn describe(err: &PostError) -> String {
 
 impl<G: GoneCleanup> Deliver for Broadcaster<G> {
     async fn deliver(&self, recipients: Vec<String>, payload: &[u8]) -> Result<Report, BroadcastError> {
+        self.post_all(stream::iter(recipients), payload, true).await
+    }
+
+    async fn deliver_pages<P: Stream<Item = Vec<String>> + Send>(
+        &self,
+        pages: P,
+        payload: &[u8],
+    ) -> Result<Report, BroadcastError> {
+        self.post_all(pages.flat_map(stream::iter), payload, false).await
+    }
+}
+
+impl<G: GoneCleanup> Broadcaster<G> {
+    /// Posts to every recipient `recipients` yields, `concurrency` at a time, counting each
+    /// outcome as it comes; the delivered ones are kept in the report only if `keep_delivered`.
+    async fn post_all(
+        &self,
+        recipients: impl Stream<Item = String> + Send,
+        payload: &[u8],
+        keep_delivered: bool,
+    ) -> Result<Report, BroadcastError> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(BroadcastError::PayloadTooLarge(payload.len()));
         }
         let backoffs_before = self.backoffs();
-        let outcomes: Vec<(String, Posted)> = stream::iter(recipients)
+        let mut posts = std::pin::pin!(recipients
             .map(|id| async move {
                 let posted = self.post(&id, payload).await;
                 (id, posted)
             })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await;
+            .buffer_unordered(self.config.concurrency.max(1)));
         let mut report = Report::default();
-        // Other deliveries of this environment may run at once; this one's share is close enough.
-        report.counters.backoffs = self.backoffs().saturating_sub(backoffs_before);
-        for (id, posted) in outcomes {
+        while let Some((id, posted)) = posts.next().await {
             let Posted {
                 delivery,
                 retries,
@@ -577,8 +605,12 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
                     tracing::warn!(connection = %id, reason = %why, "not delivered");
                 }
             }
-            report.outcomes.push((id, delivery));
+            if keep_delivered || delivery != Delivery::Delivered {
+                report.outcomes.push((id, delivery));
+            }
         }
+        // Other deliveries of this environment may run at once; this one's share is close enough.
+        report.counters.backoffs = self.backoffs().saturating_sub(backoffs_before);
         Ok(report)
     }
 }
