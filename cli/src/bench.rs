@@ -208,6 +208,30 @@ async fn run(
     runs
 }
 
+fn cpu_us(r: &Run) -> f64 {
+    r.cpu.as_secs_f64() * 1e6 / r.delivered.max(1) as f64
+}
+
+/// The throughput rounds against a server of their own (pinned to `core`): the rounds, least
+/// CPU per post first, and the server's CPU per post.
+async fn throughput_rounds(o: &Options, payload: &[u8], core: Option<&str>) -> Result<(Vec<Run>, f64), String> {
+    let server = Server::start(&[], core)?;
+    let server_cpu0 = server.cpu();
+    let mut runs = run(
+        &server.endpoint,
+        o.recipients,
+        payload,
+        true,
+        o.concurrency,
+        o.rounds.max(1),
+    )
+    .await;
+    let delivered: u64 = runs.iter().map(|r| r.delivered).sum();
+    let server_cpu_us = (server.cpu() - server_cpu0).as_secs_f64() * 1e6 / delivered.max(1) as f64;
+    runs.sort_by(|a, b| cpu_us(a).total_cmp(&cpu_us(b)));
+    Ok((runs, server_cpu_us))
+}
+
 pub async fn fanout(o: Options) -> Result<String, String> {
     let payload = {
         let frame = serde_json::json!({"type": "message", "channel": "workspace:bench", "body": "x".repeat(900)});
@@ -224,23 +248,8 @@ pub async fn fanout(o: Options) -> Result<String, String> {
 
     // 1. Throughput and CPU per post: the median of several rounds, as one round on a VM varies
     // by a fifth from run to run.
-    let server = Server::start(&[], core)?;
-    let server_cpu0 = server.cpu();
-    let mut runs = run(
-        &server.endpoint,
-        o.recipients,
-        &payload,
-        true,
-        o.concurrency,
-        o.rounds.max(1),
-    )
-    .await;
-    let delivered: u64 = runs.iter().map(|r| r.delivered).sum();
-    let server_cpu_us = (server.cpu() - server_cpu0).as_secs_f64() * 1e6 / delivered.max(1) as f64;
-    drop(server);
+    let (runs, server_cpu_us) = throughput_rounds(&o, &payload, core).await?;
     let rss_after_throughput = peak_rss_kib();
-    let cpu_us = |r: &Run| r.cpu.as_secs_f64() * 1e6 / r.delivered.max(1) as f64;
-    runs.sort_by(|a, b| cpu_us(a).total_cmp(&cpu_us(b)));
     let rounds: Vec<String> = runs.iter().map(|r| format!("{:.0}", cpu_us(r))).collect();
     let r = &runs[runs.len() / 2];
     let rust_rate = r.delivered as f64 / r.wall.as_secs_f64();
@@ -262,18 +271,7 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     // with moto and the @connections server, here the broadcaster has a core of its own. The
     // same rounds with the server moved onto the broadcaster's core show what sharing alone costs.
     if let Some(own) = core.and(sole_core()).filter(|own| Some(own.as_str()) != core) {
-        let server = Server::start(&[], Some(&own))?;
-        let mut shared = run(
-            &server.endpoint,
-            o.recipients,
-            &payload,
-            true,
-            o.concurrency,
-            o.rounds.max(1),
-        )
-        .await;
-        drop(server);
-        shared.sort_by(|a, b| cpu_us(a).total_cmp(&cpu_us(b)));
+        let (shared, _) = throughput_rounds(&o, &payload, Some(&own)).await?;
         let r = &shared[shared.len() / 2];
         out += &format!(
             "  the same with the server on the broadcaster's core {own}: {:.0} posts/s, {:.1} µs CPU/post, failed {}\n",
