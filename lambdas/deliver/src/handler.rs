@@ -188,27 +188,33 @@ async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
     budget: ReadBudget,
     tally: &mut Tally,
 ) -> Result<(), ShardError> {
-    // One page waits in the channel while the next is read: reads stay ahead of the posts
-    // without holding more than a few pages of ids.
+    // A page is read while the one before it is posted, and handed over once the posts have
+    // taken that one: reads stay a page ahead, and when the budget runs out no more than one
+    // page (and the posts in flight) is left to post, as FINISH_RESERVE assumes.
     let (pages_out, pages_in) = tokio::sync::mpsc::channel::<Vec<String>>(1);
     let reader = async move {
         let except = read.except_user.as_deref();
         let mut after = read.after.clone();
         let mut pages = 0;
         loop {
+            // Only a frame too large stops the posts early; the reading stops with them.
+            let Ok(slot) = pages_out.reserve().await else {
+                return Ok(None);
+            };
+            if let Some(next) = after.as_ref().filter(|_| pages > 0 && !budget.may_read(pages)) {
+                return Ok::<_, StoreError>(Some((next.clone(), pages)));
+            }
             let page = store
                 .group_page(&shard.channel, shard.group, except, after.as_deref(), READ_PAGE)
                 .await?;
             pages += 1;
             let recipients: Vec<String> = page.members.into_iter().map(|m| m.connection_id).collect();
-            // The posts stopped early only if they cannot go on (a frame too large): stop too.
-            if !recipients.is_empty() && pages_out.send(recipients).await.is_err() {
-                return Ok(None);
+            if !recipients.is_empty() {
+                slot.send(recipients);
             }
             match page.next {
                 None => return Ok(None),
-                Some(next) if budget.may_read(pages) => after = Some(next),
-                Some(next) => return Ok::<_, StoreError>(Some((next, pages))),
+                next => after = next,
             }
         }
     };
