@@ -1,0 +1,276 @@
+//! Connections and memberships: `$connect`, `$disconnect`, joins and leaves, and the presence
+//! counts that go with them.
+
+use super::*;
+
+impl DynamoStore {
+    /// The per-user presence item counts a user's connections in a channel, so the fanout can
+    /// announce a join only for the first and a leave only for the last (see docs/DESIGN-NOTES.md).
+    pub(super) fn presence_update(
+        &self,
+        channel: &ChannelId,
+        user_id: &str,
+        connection_id: &str,
+        joining: bool,
+    ) -> TransactWriteItem {
+        let mut values = HashMap::from([(":c".to_owned(), AttributeValue::Ss(vec![connection_id.to_owned()]))]);
+        let expression = if joining {
+            values.insert(
+                ":e".to_owned(),
+                n(crate::clock::now_secs() + self.retention.connection_secs),
+            );
+            values.insert(":ch".to_owned(), s(channel.to_string()));
+            values.insert(":u".to_owned(), s(user_id));
+            "SET expiresAt = :e, channel = :ch, userId = :u ADD connections :c"
+        } else {
+            "DELETE connections :c"
+        };
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(keys::channel(channel), keys::presence(user_id))))
+                    .update_expression(expression)
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .expect("update is complete"),
+            )
+            .build()
+    }
+
+    pub(super) fn membership_actions(&self, membership: &Membership) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let mut actions = vec![self.put(to_item(membership.key(), membership)?, None)];
+        if let Some(user) = &membership.user_id {
+            actions.push(self.presence_update(&membership.channel, user, &membership.connection_id, true));
+        }
+        Ok(actions)
+    }
+
+    pub(super) fn leave_actions(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+        user_id: Option<&str>,
+    ) -> Vec<TransactWriteItem> {
+        let mut actions = vec![TransactWriteItem::builder()
+            .delete(
+                Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(keys::channel(channel), keys::connection(connection_id))))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .expect("delete is complete"),
+            )
+            .build()];
+        if let Some(user) = user_id {
+            actions.push(self.presence_update(channel, user, connection_id, false));
+        }
+        actions
+    }
+
+    /// Every membership of a connection, through the `byConnection` index.
+    pub async fn memberships_of(&self, connection_id: &str) -> Result<Vec<Membership>, StoreError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_CONNECTION_INDEX)
+            .key_condition_expression("#c = :c")
+            .expression_attribute_names("#c", BY_CONNECTION_PK)
+            .expression_attribute_values(":c", s(connection_id))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item?;
+            // Only membership items carry both index keys, but be strict about what we delete.
+            let is_membership = item
+                .get(SK)
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|sk| sk.starts_with(keys::CONN_PREFIX));
+            if is_membership {
+                found.push(serde_dynamo::from_item(item)?);
+            }
+        }
+        Ok(found)
+    }
+}
+
+pub(super) async fn connect(
+    store: &DynamoStore,
+    connection: &Connection,
+    named: &[ChannelId],
+) -> Result<(), StoreError> {
+    // Every signed-in connection gets its personal channel; one without it would miss its
+    // notifications unnoticed, so it is refused instead.
+    let personal = match connection.user_id.as_deref() {
+        Some(user) => Some(ChannelId::user(user).map_err(|e| StoreError::InvalidUserId(e.to_string()))?),
+        None => None,
+    };
+    let mut item = to_item(connection.key(), connection)?;
+    // A string set, so join and leave can ADD and DELETE one channel without a read.
+    let joined: Vec<String> = named
+        .iter()
+        .filter(|c| c.kind().is_conversation())
+        .map(ToString::to_string)
+        .collect();
+    item.remove(JOINED);
+    if !joined.is_empty() {
+        item.insert(JOINED.to_owned(), AttributeValue::Ss(joined));
+    }
+    let mut actions = vec![store.put(item, None)];
+    let membership = |channel: ChannelId, history: Option<u32>| Membership {
+        channel,
+        connection_id: connection.connection_id.clone(),
+        user_id: connection.user_id.clone(),
+        role: connection.role,
+        joined_at: connection.connected_at,
+        expires_at: connection.expires_at,
+        history,
+    };
+    if let Some(channel) = &personal {
+        actions.extend(store.membership_actions(&membership(channel.clone(), None))?);
+    }
+    // A transaction may touch an item once: the personal channel is joined above already.
+    for channel in named.iter().filter(|c| Some(*c) != personal.as_ref()) {
+        actions.extend(store.membership_actions(&membership(channel.clone(), connection.history))?);
+    }
+    store.transact(actions).await?;
+    Ok(())
+}
+
+pub(super) async fn connection(store: &DynamoStore, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+    let out = store
+        .client
+        .get_item()
+        .table_name(&store.table)
+        .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+        .consistent_read(true)
+        .send()
+        .await?;
+    Ok(out.item.map(serde_dynamo::from_item).transpose()?)
+}
+
+pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Result<Cleanup, StoreError> {
+    // Delete the connection first: a join racing with us then fails its existence check
+    // instead of leaving an orphan membership behind.
+    let deleted = store
+        .client
+        .delete_item()
+        .table_name(&store.table)
+        .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await?;
+    let memberships = store.memberships_of(connection_id).await?;
+    let mut removed = 0;
+    for chunk in memberships.chunks(MEMBERSHIPS_PER_TRANSACTION) {
+        let actions: Vec<_> = chunk
+            .iter()
+            .flat_map(|m| store.leave_actions(&m.channel, connection_id, m.user_id.as_deref()))
+            .collect();
+        match store.transact(actions).await {
+            Ok(()) => removed += chunk.len(),
+            // Someone (a concurrent $disconnect, a 410 cleanup) removed one first: fall back
+            // to one leave at a time, each of which tolerates a missing membership.
+            Err(e) if failed_conditions(&e).is_some_and(|f| f.iter().any(|x| *x)) => {
+                for m in chunk {
+                    if store.leave(&m.channel, connection_id, m.user_id.as_deref()).await? {
+                        removed += 1;
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Cleanup {
+        connection_existed: deleted.attributes.is_some(),
+        memberships_removed: removed,
+    })
+}
+
+pub(super) async fn join(store: &DynamoStore, membership: &Membership) -> Result<(), StoreError> {
+    let connection_key = key_of(keys::connection(&membership.connection_id), keys::META.to_owned());
+    let first = if membership.channel.kind().is_conversation() {
+        // Also remembered on the connection, for its default channel; same condition.
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&store.table)
+                    .set_key(Some(connection_key))
+                    .update_expression("ADD #joined :ch")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_names("#joined", JOINED)
+                    .expression_attribute_values(":ch", AttributeValue::Ss(vec![membership.channel.to_string()]))
+                    .build()
+                    .expect("update is complete"),
+            )
+            .build()
+    } else {
+        store.exists_check(connection_key)
+    };
+    let mut actions = vec![first];
+    actions.extend(store.membership_actions(membership)?);
+    match store.transact(actions).await {
+        Ok(()) => Ok(()),
+        Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => Err(StoreError::NotConnected),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn leave(
+    store: &DynamoStore,
+    channel: &ChannelId,
+    connection_id: &str,
+    user_id: Option<&str>,
+) -> Result<bool, StoreError> {
+    let left = match store
+        .transact(store.leave_actions(channel, connection_id, user_id))
+        .await
+    {
+        Ok(()) => true,
+        Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if channel.kind().is_conversation() {
+        // Apart from the transaction, because $disconnect leaves after deleting the connection
+        // item; the condition keeps this from creating a bare one.
+        let forgotten = store
+            .client
+            .update_item()
+            .table_name(&store.table)
+            .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+            .update_expression("DELETE #joined :ch")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#joined", JOINED)
+            .expression_attribute_values(":ch", AttributeValue::Ss(vec![channel.to_string()]))
+            .send()
+            .await;
+        match forgotten {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(left)
+}
+
+pub(super) async fn is_member(
+    store: &DynamoStore,
+    channel: &ChannelId,
+    connection_id: &str,
+) -> Result<bool, StoreError> {
+    let out = store
+        .client
+        .get_item()
+        .table_name(&store.table)
+        .set_key(Some(key_of(keys::channel(channel), keys::connection(connection_id))))
+        .projection_expression("pk")
+        .consistent_read(true)
+        .send()
+        .await?;
+    Ok(out.item.is_some())
+}

@@ -1,0 +1,126 @@
+//! Reading a channel's members: the fanout's pages, deliver's group ranges and who is present.
+
+use super::*;
+
+impl DynamoStore {
+    /// One page of membership items by `query` (its key condition on the channel's partition
+    /// as `:pk`), projected to `projection`, with the id to go on from.
+    pub(super) async fn member_query(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        channel: &ChannelId,
+        projection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let pk = keys::channel(channel);
+        let out = query
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .projection_expression(projection)
+            .set_exclusive_start_key(after.map(|id| key_of(pk, keys::connection(id))))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            .send()
+            .await?;
+        let members = out.items().iter().filter_map(member_of).collect();
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get(SK))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|sk| sk.strip_prefix(keys::CONN_PREFIX))
+            .map(str::to_owned);
+        Ok(MembersPage { members, next })
+    }
+}
+
+pub(super) async fn members_page(
+    store: &DynamoStore,
+    channel: &ChannelId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<MembersPage, StoreError> {
+    let query = store
+        .client
+        .query()
+        .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
+        .expression_attribute_values(":conn", s(keys::CONN_PREFIX));
+    store.member_query(query, channel, "sk, userId", after, limit).await
+}
+
+pub(super) async fn group_page(
+    store: &DynamoStore,
+    channel: &ChannelId,
+    group: u32,
+    except_user: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<MembersPage, StoreError> {
+    let (lo, hi) = crate::shard::group_bounds(group);
+    let hi = hi.map_or_else(|| keys::CONN_END.to_owned(), |hi| format!("{}{hi}", keys::CONN_PREFIX));
+    let mut query = store
+        .client
+        .query()
+        .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+        .expression_attribute_values(":lo", s(format!("{}{lo}", keys::CONN_PREFIX)))
+        .expression_attribute_values(":hi", s(hi));
+    if let Some(user) = except_user {
+        // A member without a user (an anonymous listener) is never the one left out.
+        query = query
+            .filter_expression("attribute_not_exists(userId) OR userId <> :except")
+            .expression_attribute_values(":except", s(user));
+    }
+    // Deliver posts to ids: the key alone halves what a page of 1,000 costs to parse.
+    let mut page = store.member_query(query, channel, "sk", after, limit).await?;
+    // BETWEEN takes `hi` itself too: a one-character id equal to it is the next group's.
+    page.members
+        .retain(|m| crate::shard::group_of(&m.connection_id) == group);
+    Ok(page)
+}
+
+pub(super) async fn members(store: &DynamoStore, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {
+    let mut pages = store
+        .client
+        .query()
+        .table_name(&store.table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
+        .expression_attribute_values(":pk", s(keys::channel(channel)))
+        .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
+        .projection_expression("sk, userId")
+        .into_paginator()
+        .items()
+        .send();
+    let mut members = Vec::new();
+    while let Some(item) = pages.next().await {
+        members.extend(member_of(&item?));
+    }
+    Ok(members)
+}
+
+pub(super) async fn present(store: &DynamoStore, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {
+    let mut pages = store
+        .client
+        .query()
+        .table_name(&store.table)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :user)")
+        .filter_expression("attribute_exists(connections)")
+        .expression_attribute_values(":pk", s(keys::channel(channel)))
+        .expression_attribute_values(":user", s(keys::USER_PREFIX))
+        .projection_expression("userId")
+        .consistent_read(true)
+        // Pages of `limit`: a full 1 MB page read every presence item of a large channel
+        // for each join, to answer with the first 200 (a join storm read N² items).
+        .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+        .into_paginator()
+        .items()
+        .send();
+    let mut users = Vec::new();
+    while let Some(item) = pages.next().await {
+        if let Some(user) = item?.get("userId").and_then(|v| v.as_s().ok()) {
+            users.push(user.clone());
+        }
+        if users.len() >= limit {
+            break;
+        }
+    }
+    Ok(users)
+}

@@ -1,0 +1,242 @@
+//! Channel messages: posting with the next sequence number, history pages and the head.
+
+use super::*;
+
+impl DynamoStore {
+    /// Moves the channel's head from `previous` to `previous + 1`; fails its condition when
+    /// another send got there first.
+    pub(super) fn advance_head(&self, channel: &ChannelId, previous: u64) -> TransactWriteItem {
+        let mut values = HashMap::from([(":n".to_owned(), n(previous as i64 + 1))]);
+        let condition = if previous == 0 {
+            "attribute_not_exists(#seq)"
+        } else {
+            values.insert(":prev".to_owned(), n(previous as i64));
+            "#seq = :prev"
+        };
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
+                    .update_expression("SET #seq = :n")
+                    .condition_expression(condition)
+                    .expression_attribute_names("#seq", SEQ)
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .expect("update is complete"),
+            )
+            .build()
+    }
+
+    /// A retried send: the first message's id and sequence number, if the `clientMsgId` was stored.
+    pub(super) async fn deduped(&self, key: Item) -> Result<Option<(String, Option<u64>)>, StoreError> {
+        let existing = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await?;
+        Ok(existing.item.and_then(|i| {
+            let seq = i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+            i.get("messageId")
+                .and_then(|v| v.as_s().ok())
+                .map(|id| (id.clone(), seq))
+        }))
+    }
+}
+
+pub(super) async fn post(
+    store: &DynamoStore,
+    message: &Message,
+    member: Option<&str>,
+) -> Result<PostOutcome, StoreError> {
+    let channel_pk = keys::channel(&message.channel);
+    let dedupe_key = message
+        .client_msg_id
+        .as_deref()
+        .map(|cmid| key_of(channel_pk.clone(), keys::dedupe(&message.sender_id, cmid)));
+    let member_check = member.map(|c| store.exists_check(key_of(channel_pk.clone(), keys::connection(c))));
+    let duplicate = |(message_id, seq)| PostOutcome {
+        message_id,
+        seq,
+        duplicate: true,
+    };
+    if let Some(key) = &dedupe_key {
+        // A retry is the common case: answer it with one read instead of a cancelled
+        // transaction. The transaction's condition still settles concurrent duplicates.
+        if let Some(first) = store.deduped(key.clone()).await? {
+            if let Some(connection_id) = member {
+                if !store.is_member(&message.channel, connection_id).await? {
+                    return Err(StoreError::NotMember);
+                }
+            }
+            return Ok(duplicate(first));
+        }
+    }
+    // History kinds take the next number of the channel's sequence in the same transaction,
+    // conditioned on the head still being where we read it: commits happen in sequence order.
+    let sequenced = message.kind.is_history();
+    for attempt in 0..SEQ_ATTEMPTS {
+        let mut message = message.clone();
+        let head = if sequenced {
+            let head = store.head(&message.channel).await?;
+            message.seq = Some(head + 1);
+            Some(head)
+        } else {
+            message.seq = None;
+            None
+        };
+        let mut actions = Vec::with_capacity(4);
+        actions.extend(member_check.clone());
+        if let Some(key) = &dedupe_key {
+            let mut item = key.clone();
+            item.insert("messageId".to_owned(), s(&message.message_id));
+            if let Some(seq) = message.seq {
+                item.insert(SEQ.to_owned(), n(seq as i64));
+            }
+            item.insert(
+                crate::model::TTL_ATTRIBUTE.to_owned(),
+                n(crate::clock::now_secs() + store.retention.dedupe_secs),
+            );
+            actions.push(store.put(item, Some("attribute_not_exists(pk)")));
+        }
+        let head_index = actions.len();
+        if let Some(head) = head {
+            actions.push(store.advance_head(&message.channel, head));
+        }
+        actions.push(store.put(to_item(message.key(), &message)?, None));
+
+        let err = match store.transact(actions).await {
+            Ok(()) => {
+                return Ok(PostOutcome {
+                    message_id: message.message_id.clone(),
+                    seq: message.seq,
+                    duplicate: false,
+                })
+            }
+            Err(e) => e,
+        };
+        let Some(failed) = failed_conditions(&err) else {
+            return Err(err.into());
+        };
+        if member.is_some() && failed.first() == Some(&true) {
+            return Err(StoreError::NotMember);
+        }
+        if let Some(key) = &dedupe_key {
+            if failed.get(usize::from(member.is_some())) == Some(&true) {
+                let first = store
+                    .deduped(key.clone())
+                    .await?
+                    .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
+                return Ok(duplicate(first));
+            }
+        }
+        if !(sequenced && failed.get(head_index) == Some(&true)) {
+            return Err(err.into());
+        }
+        // Another send took this number: read the head again, after a short random pause
+        // so that racing senders spread out.
+        let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+    Err(StoreError::Contended)
+}
+
+pub(super) async fn history(
+    store: &DynamoStore,
+    channel: &ChannelId,
+    cursor: HistoryCursor,
+    limit: u32,
+) -> Result<HistoryPage, StoreError> {
+    let (from, to, forward) = match cursor {
+        HistoryCursor::Latest => (1, u64::MAX, false),
+        HistoryCursor::Before(before) => (1, before.saturating_sub(1), false),
+        HistoryCursor::After(after) => (after.saturating_add(1), u64::MAX, true),
+    };
+    if from > to {
+        return Ok(HistoryPage {
+            messages: Vec::new(),
+            before: None,
+            after: None,
+            complete: matches!(cursor, HistoryCursor::After(_)).then_some(false),
+        });
+    }
+    let out = store
+        .client
+        .query()
+        .table_name(&store.table)
+        .scan_index_forward(forward)
+        .consistent_read(true)
+        .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+        .expression_attribute_values(":pk", s(keys::channel(channel)))
+        .expression_attribute_values(":from", s(keys::message(from)))
+        .expression_attribute_values(":to", s(keys::message(to)))
+        // One more than asked, to know whether another page exists.
+        .limit(limit as i32 + 1)
+        .send()
+        .await?;
+    let now = crate::clock::now_secs();
+    let mut messages = Vec::new();
+    let mut more = false;
+    let mut expired = false;
+    for item in out.items.unwrap_or_default() {
+        if messages.len() == limit as usize {
+            more = true;
+            break;
+        }
+        let message: Message = serde_dynamo::from_item(item)?;
+        if message.seq.is_none() {
+            continue; // written before messages were numbered; not part of the sequence
+        }
+        // DynamoDB deletes expired items only eventually; past its retention a message is
+        // gone, whether or not the TTL sweep got to it yet.
+        if message.expires_at <= now {
+            expired = true;
+            continue;
+        }
+        messages.push(message);
+    }
+    if !forward {
+        messages.reverse();
+        let before = more.then(|| messages.first().and_then(|m| m.seq)).flatten();
+        return Ok(HistoryPage {
+            messages,
+            before,
+            after: None,
+            complete: None,
+        });
+    }
+    let HistoryCursor::After(after) = cursor else {
+        unreachable!("only recovery reads forward")
+    };
+    // Complete when nothing between the point and this page is missing: the page starts
+    // right after the point, or the point is the head itself.
+    let complete = !expired
+        && match messages.first().and_then(|m| m.seq) {
+            Some(first) => first == after + 1,
+            None => after == store.head(channel).await?,
+        };
+    Ok(HistoryPage {
+        after: more.then(|| messages.last().and_then(|m| m.seq)).flatten(),
+        messages,
+        before: None,
+        complete: Some(complete),
+    })
+}
+
+pub(super) async fn head(store: &DynamoStore, channel: &ChannelId) -> Result<u64, StoreError> {
+    let out = store
+        .client
+        .get_item()
+        .table_name(&store.table)
+        .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
+        .consistent_read(true)
+        .send()
+        .await?;
+    Ok(out
+        .item
+        .and_then(|i| i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
+        .unwrap_or(0))
+}

@@ -1,0 +1,445 @@
+//! The store: every read and write wsfan makes to its DynamoDB table.
+//!
+//! Handlers depend on the [`Store`] trait; [`DynamoStore`] is the one implementation, tested
+//! against a real DynamoDB API (moto) in `tests/`. This file holds the trait, the item helpers
+//! and the transaction builders every part shares; each operation lives with its concept:
+//! `connections` (connect, disconnect, join, leave), `messages` (post, history, head),
+//! `progress` (document snapshots) and `members` (the fanout's and deliver's member reads).
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::channel::ChannelId;
+use crate::config::Retention;
+use crate::model::{keys, Connection, Membership, Message, PK, SK};
+use crate::progress::ProgressEvent;
+use crate::protocol::HistoryCursor;
+use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The snapshot attribute that orders progress events; internal, never shown to clients.
+const POSITION: &str = "position";
+/// The queue message that last moved a progress snapshot.
+const DELIVERY: &str = "delivery";
+
+/// The connection item's set of conversation channels (`Connection::joined`).
+const JOINED: &str = "joined";
+
+/// DynamoDB allows 100 actions per transaction; a leave is two.
+const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
+
+/// The head item's attribute: the channel's last sequence number.
+const SEQ: &str = "seq";
+
+/// How often a send re-reads the head and tries again when other sends to the same channel won
+/// the race for the next sequence number. Each loss means another send committed, so a send only
+/// gives up when the channel takes more than this many messages during its own attempts.
+const SEQ_ATTEMPTS: u32 = 25;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The connection item is gone (disconnected, or never written).
+    #[error("connection is not registered")]
+    NotConnected,
+    /// The caller's connection is not a member of the channel it writes to.
+    #[error("connection is not a member of the channel")]
+    NotMember,
+    /// Other sends to the channel kept taking the next sequence number; the caller may retry.
+    #[error("the channel is too busy right now")]
+    Contended,
+    /// A connection's user id cannot name its `user:<sub>` channel (the authorizer admits none such).
+    #[error("user id cannot name a user channel: {0}")]
+    InvalidUserId(String),
+    /// DynamoDB did not answer within the operation timeout (`DYNAMODB_TIMEOUT_MS`).
+    #[error("DynamoDB did not answer within the operation timeout (DYNAMODB_TIMEOUT_MS): {0}")]
+    Timeout(String),
+    #[error("DynamoDB: {0}")]
+    Dynamo(String),
+    #[error("item does not match the model: {0}")]
+    Model(#[from] serde_dynamo::Error),
+}
+
+impl<E: std::fmt::Debug, R: std::fmt::Debug> From<SdkError<E, R>> for StoreError
+where
+    E: std::error::Error + 'static,
+{
+    fn from(e: SdkError<E, R>) -> Self {
+        let context = format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(&e));
+        match e {
+            SdkError::TimeoutError(_) => StoreError::Timeout(context),
+            _ => StoreError::Dynamo(context),
+        }
+    }
+}
+
+/// What a post did: a retried send with the same `clientMsgId` returns the first message's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostOutcome {
+    pub message_id: String,
+    /// The message's place in the channel's sequence (history kinds; a duplicate answers with the
+    /// first message's).
+    pub seq: Option<u64>,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Oldest first, in sequence order.
+    pub messages: Vec<Message>,
+    /// The cursor for the page before this one, when there is one.
+    pub before: Option<u64>,
+    /// Recovery: the cursor for the next page, when there is one.
+    pub after: Option<u64>,
+    /// Recovery: whether the page starts right after the requested point (nothing expired or
+    /// unknown in between).
+    pub complete: Option<bool>,
+}
+
+/// One connection in a channel, as the fanout needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub connection_id: String,
+    pub user_id: Option<String>,
+}
+
+/// What cleaning up a connection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub connection_existed: bool,
+    pub memberships_removed: usize,
+}
+
+/// The table operations wsfan's handlers need.
+pub trait Store: Send + Sync {
+    /// Writes the connection item and, in the same transaction, its membership of `user:<sub>`
+    /// (for a signed-in user) and of each channel `named` at connect (with `connection.history`).
+    fn connect(
+        &self,
+        connection: &Connection,
+        named: &[ChannelId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
+
+    /// Removes a connection and all its memberships. Idempotent.
+    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send;
+
+    /// Adds a membership; fails with `NotConnected` when the connection item is gone.
+    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a membership; `Ok(false)` when there was none.
+    fn leave(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn is_member(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Writes a message item. With `member`, the write only happens if that connection is a
+    /// member of the channel (checked in the same transaction).
+    fn post(
+        &self,
+        message: &Message,
+        member: Option<&str>,
+    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// A page of the channel's history (messages, reactions, receipts) in sequence order.
+    fn history(
+        &self,
+        channel: &ChannelId,
+        cursor: HistoryCursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// The channel's last sequence number; 0 before its first message.
+    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The latest progress snapshot of a document, as clients see it.
+    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Stores a progress event as the document's snapshot if it is further along than the
+    /// stored one. `Ok(false)`: it was late or a duplicate, and nothing changed.
+    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// [`Store::record_progress`] for one delivery of a queue message (`delivery_id`: its SQS
+    /// message id, which a redelivery keeps). The same delivery again counts as moving the
+    /// snapshot again: a fanout killed after storing the event but before pushing it all must
+    /// push it on the retry, or its subscribers never get it. A new message with the same event
+    /// is still a duplicate.
+    fn record_progress_delivery(
+        &self,
+        event: &ProgressEvent,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = delivery_id;
+        self.record_progress(event)
+    }
+
+    /// The users with at least one connection in a channel (from the presence items), up to `limit`.
+    fn present(
+        &self,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Every member connection of a channel, across all pages.
+    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+
+    /// Up to `limit` members of a channel after the connection id `after` (exclusive), in key
+    /// order, with the id to go on from when there are more: large channels are read a page at
+    /// a time, never whole.
+    fn members_page(
+        &self,
+        channel: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
+
+    /// The connection ids of one delivery group of a channel ([`crate::shard::group_of`]), up to
+    /// `limit` after `after`, leaving out `except_user`'s: one key range of the member list, so each
+    /// shard of a large channel's delivery reads its own part and no other. Only the key is read
+    /// (the members' `user_id` is `None`); a page may come back short when some are left out.
+    fn group_page(
+        &self,
+        channel: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
+}
+
+/// One page of a channel's members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembersPage {
+    pub members: Vec<Member>,
+    /// The last connection id read, when the channel may have more members after it.
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    retention: Retention,
+}
+
+/// A DynamoDB client whose every operation, retries included, ends within `timeout`.
+pub fn client_with_timeout(sdk: &aws_config::SdkConfig, timeout: std::time::Duration) -> Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .timeout_config(
+            aws_smithy_types::timeout::TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Serialises a model value and adds its keys.
+pub fn to_item<T: Serialize>(key: (String, String), value: &T) -> Result<Item, StoreError> {
+    let mut item: Item = serde_dynamo::to_item(value)?;
+    item.insert(PK.to_owned(), s(key.0));
+    item.insert(SK.to_owned(), s(key.1));
+    Ok(item)
+}
+
+fn key_of(pk: String, sk: String) -> Item {
+    HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+/// A membership item (`CONN#<id>`, projected to `sk, userId`) as a [`Member`].
+fn member_of(item: &Item) -> Option<Member> {
+    let id = item.get(SK)?.as_s().ok()?.strip_prefix(keys::CONN_PREFIX)?;
+    Some(Member {
+        connection_id: id.to_owned(),
+        user_id: item.get("userId").and_then(|v| v.as_s().ok()).cloned(),
+    })
+}
+
+/// Which actions of a cancelled transaction failed their condition.
+fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>) -> Option<Vec<bool>> {
+    match err.as_service_error()? {
+        TransactWriteItemsError::TransactionCanceledException(e) => Some(
+            e.cancellation_reasons()
+                .iter()
+                .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+mod connections;
+mod members;
+mod messages;
+mod progress;
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, retention: Retention) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+            retention,
+        }
+    }
+
+    /// The store a Lambda uses: table, retention and timeout from the environment, one SDK client.
+    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let config = crate::config::StoreConfig::from_env()?;
+        let sdk = crate::config::aws().await;
+        let client = client_with_timeout(&sdk, config.operation_timeout);
+        Ok(DynamoStore::new(client, config.table_name, config.retention))
+    }
+
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn put(&self, item: Item, condition: Option<&str>) -> TransactWriteItem {
+        TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .set_condition_expression(condition.map(str::to_owned))
+                    .build()
+                    .expect("put has table and item"),
+            )
+            .build()
+    }
+
+    fn exists_check(&self, key: Item) -> TransactWriteItem {
+        TransactWriteItem::builder()
+            .condition_check(
+                ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .expect("check is complete"),
+            )
+            .build()
+    }
+
+    async fn transact(
+        &self,
+        actions: Vec<TransactWriteItem>,
+    ) -> Result<(), SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>> {
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+            .map(|_| ())
+    }
+}
+
+// Each operation lives with its concept, in the modules above.
+impl Store for DynamoStore {
+    async fn connect(&self, connection: &Connection, named: &[ChannelId]) -> Result<(), StoreError> {
+        connections::connect(self, connection, named).await
+    }
+
+    async fn connection(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        connections::connection(self, connection_id).await
+    }
+
+    async fn disconnect(&self, connection_id: &str) -> Result<Cleanup, StoreError> {
+        connections::disconnect(self, connection_id).await
+    }
+
+    async fn join(&self, membership: &Membership) -> Result<(), StoreError> {
+        connections::join(self, membership).await
+    }
+
+    async fn leave(&self, channel: &ChannelId, connection_id: &str, user_id: Option<&str>) -> Result<bool, StoreError> {
+        connections::leave(self, channel, connection_id, user_id).await
+    }
+
+    async fn is_member(&self, channel: &ChannelId, connection_id: &str) -> Result<bool, StoreError> {
+        connections::is_member(self, channel, connection_id).await
+    }
+
+    async fn post(&self, message: &Message, member: Option<&str>) -> Result<PostOutcome, StoreError> {
+        messages::post(self, message, member).await
+    }
+
+    async fn history(&self, channel: &ChannelId, cursor: HistoryCursor, limit: u32) -> Result<HistoryPage, StoreError> {
+        messages::history(self, channel, cursor, limit).await
+    }
+
+    async fn head(&self, channel: &ChannelId) -> Result<u64, StoreError> {
+        messages::head(self, channel).await
+    }
+
+    async fn progress(&self, doc_id: &str) -> Result<Option<Value>, StoreError> {
+        progress::progress(self, doc_id).await
+    }
+
+    async fn record_progress(&self, event: &ProgressEvent) -> Result<bool, StoreError> {
+        progress::record_progress(self, event).await
+    }
+
+    async fn record_progress_delivery(&self, event: &ProgressEvent, delivery_id: &str) -> Result<bool, StoreError> {
+        progress::record_progress_delivery(self, event, delivery_id).await
+    }
+
+    async fn members_page(
+        &self,
+        channel: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        members::members_page(self, channel, after, limit).await
+    }
+
+    async fn group_page(
+        &self,
+        channel: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        members::group_page(self, channel, group, except_user, after, limit).await
+    }
+
+    async fn members(&self, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {
+        members::members(self, channel).await
+    }
+
+    async fn present(&self, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {
+        members::present(self, channel, limit).await
+    }
+}
