@@ -365,81 +365,112 @@ impl DynamoStore {
     }
 }
 
-// Each operation lives with its concept, in the modules above.
+// Each operation lives with its concept, in the modules above. The methods hand back their
+// futures as they are: an async wrapper per call made the handlers' futures too deep to lay out.
 impl Store for DynamoStore {
-    async fn connect(&self, connection: &Connection, named: &[ChannelId]) -> Result<(), StoreError> {
-        connections::connect(self, connection, named).await
+    fn connect(
+        &self,
+        connection: &Connection,
+        named: &[ChannelId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        connections::connect(self, connection, named)
     }
 
-    async fn connection(&self, connection_id: &str) -> Result<Option<Connection>, StoreError> {
-        connections::connection(self, connection_id).await
+    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send {
+        connections::connection(self, connection_id)
     }
 
-    async fn disconnect(&self, connection_id: &str) -> Result<Cleanup, StoreError> {
-        connections::disconnect(self, connection_id).await
+    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send {
+        connections::disconnect(self, connection_id)
     }
 
-    async fn join(&self, membership: &Membership) -> Result<(), StoreError> {
-        connections::join(self, membership).await
+    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send {
+        connections::join(self, membership)
     }
 
-    async fn leave(&self, channel: &ChannelId, connection_id: &str, user_id: Option<&str>) -> Result<bool, StoreError> {
-        connections::leave(self, channel, connection_id, user_id).await
+    fn leave(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        connections::leave(self, channel, connection_id, user_id)
     }
 
-    async fn is_member(&self, channel: &ChannelId, connection_id: &str) -> Result<bool, StoreError> {
-        connections::is_member(self, channel, connection_id).await
+    fn is_member(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        connections::is_member(self, channel, connection_id)
     }
 
-    async fn post(&self, message: &Message, member: Option<&str>) -> Result<PostOutcome, StoreError> {
-        messages::post(self, message, member).await
+    fn post(
+        &self,
+        message: &Message,
+        member: Option<&str>,
+    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        messages::post(self, message, member)
     }
 
-    async fn history(&self, channel: &ChannelId, cursor: HistoryCursor, limit: u32) -> Result<HistoryPage, StoreError> {
-        messages::history(self, channel, cursor, limit).await
+    fn history(
+        &self,
+        channel: &ChannelId,
+        cursor: HistoryCursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send {
+        messages::history(self, channel, cursor, limit)
     }
 
-    async fn head(&self, channel: &ChannelId) -> Result<u64, StoreError> {
-        messages::head(self, channel).await
+    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        messages::head(self, channel)
     }
 
-    async fn progress(&self, doc_id: &str) -> Result<Option<Value>, StoreError> {
-        progress::progress(self, doc_id).await
+    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
+        progress::progress(self, doc_id)
     }
 
-    async fn record_progress(&self, event: &ProgressEvent) -> Result<bool, StoreError> {
-        progress::record_progress(self, event).await
+    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        progress::record_progress(self, event)
     }
 
-    async fn record_progress_delivery(&self, event: &ProgressEvent, delivery_id: &str) -> Result<bool, StoreError> {
-        progress::record_progress_delivery(self, event, delivery_id).await
+    fn record_progress_delivery(
+        &self,
+        event: &ProgressEvent,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        progress::record_progress_delivery(self, event, delivery_id)
     }
 
-    async fn members_page(
+    fn members_page(
         &self,
         channel: &ChannelId,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<MembersPage, StoreError> {
-        members::members_page(self, channel, after, limit).await
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
+        members::members_page(self, channel, after, limit)
     }
 
-    async fn group_page(
+    fn group_page(
         &self,
         channel: &ChannelId,
         group: u32,
         except_user: Option<&str>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<MembersPage, StoreError> {
-        members::group_page(self, channel, group, except_user, after, limit).await
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
+        members::group_page(self, channel, group, except_user, after, limit)
     }
 
-    async fn members(&self, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {
-        members::members(self, channel).await
+    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send {
+        members::members(self, channel)
     }
 
-    async fn present(&self, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {
-        members::present(self, channel, limit).await
+    fn present(
+        &self,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        members::present(self, channel, limit)
     }
 }
