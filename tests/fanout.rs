@@ -1379,16 +1379,14 @@ async fn members_with_ids(rig: &Rig, channel: &str, ids: Vec<String>) -> Vec<Str
     ids
 }
 
-/// A broadcaster on the rig's server that gives up on a recipient after `deadline`.
+/// A broadcaster on the rig's server, configured as `tune` leaves it.
 fn broadcaster_with(
     rig: &Rig,
     sdk: &aws_config::SdkConfig,
-    deadline: Duration,
+    tune: impl FnOnce(&mut wsfan_shared::broadcaster::BroadcastConfig),
 ) -> wsfan_shared::broadcaster::Broadcaster<DynamoStore> {
     let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
-    config.first_backoff = Duration::from_millis(5);
-    config.max_backoff = Duration::from_millis(20);
-    config.deadline = deadline;
+    tune(&mut config);
     wsfan_shared::broadcaster::Broadcaster::new(sdk, config, rig.table.store.clone())
 }
 
@@ -1485,10 +1483,10 @@ async fn a_slow_recipient_holds_back_nobody_on_the_next_page_of_its_group() {
     // after each: 1.6 s on average, against a few hundred milliseconds for everyone else.
     rig.server.fail(slow, 500, Some(8));
     let sdk = harness::moto::shared().sdk_config().await;
-    let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
-    config.first_backoff = Duration::from_millis(400);
-    config.max_backoff = Duration::from_millis(400);
-    let broadcaster = wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone());
+    let broadcaster = broadcaster_with(&rig, &sdk, |c| {
+        c.first_backoff = Duration::from_millis(400);
+        c.max_backoff = Duration::from_millis(400);
+    });
     let channel: ChannelId = "workspace:paged".parse().unwrap();
     rig.shards
         .enqueue(group_shards(
@@ -1606,7 +1604,12 @@ async fn a_recipient_failing_past_the_deadline_is_retried_then_parked_and_a_gone
     rig.run_stream_fanout().await;
     rig.drain_deliveries(&rig.broadcaster).await;
     let sdk = harness::moto::shared().sdk_config().await;
-    let short = broadcaster_with(&rig, &sdk, Duration::from_millis(60));
+    // Gives up on a recipient after 60 ms.
+    let short = broadcaster_with(&rig, &sdk, |c| {
+        c.first_backoff = Duration::from_millis(5);
+        c.max_backoff = Duration::from_millis(20);
+        c.deadline = Duration::from_millis(60);
+    });
     rig.server.reset();
     rig.server.fail("bad1", 500, None);
     rig.server.gone("gone1");
@@ -1652,12 +1655,12 @@ async fn the_governor_keeps_posts_under_the_budget_and_backs_off_on_429() {
     let sdk = harness::moto::shared().sdk_config().await;
     let ids: Vec<String> = (0..100).map(|i| format!("g{i}")).collect();
     let governed = |max_rps: u64| {
-        let mut config = wsfan_shared::broadcaster::BroadcastConfig::new(rig.server.endpoint("prod"));
-        config.first_backoff = Duration::from_millis(5);
-        config.max_backoff = Duration::from_millis(50);
-        config.max_rps = Some(max_rps);
-        config.shares = 2;
-        wsfan_shared::broadcaster::Broadcaster::new(&sdk, config, rig.table.store.clone())
+        broadcaster_with(&rig, &sdk, |c| {
+            c.first_backoff = Duration::from_millis(5);
+            c.max_backoff = Duration::from_millis(50);
+            c.max_rps = Some(max_rps);
+            c.shares = 2;
+        })
     };
 
     // A budget well under the bucket: no 429 at all, though 100 posts go out at once.

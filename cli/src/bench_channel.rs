@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use wsfan_local::connections::{ConnectionsServer, Sink};
+use wsfan_local::connections::{ConnectionsServer, Sink, SERVER_THREAD};
 use wsfan_shared::access::Role;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::model::{keys, Membership, Message, MessageKind};
@@ -199,7 +199,7 @@ fn server_thread_cpu() -> Duration {
     };
     tasks
         .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "@connections"))
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == SERVER_THREAD))
         .map(|t| crate::bench::cpu_time_of(&format!("self/task/{}", t.file_name().to_string_lossy())))
         .sum()
 }

@@ -127,6 +127,9 @@ pub struct ConnectionsServer {
     inner: Arc<Inner>,
 }
 
+/// The name of [`ConnectionsServer::start_on_own_thread`]'s thread (benchmarks read its CPU time).
+pub const SERVER_THREAD: &str = "@connections";
+
 /// Serves `app` on `listener` until the listener fails.
 async fn serve(listener: tokio::net::TcpListener, app: Router) {
     // Answers are tiny: send them at once rather than let Nagle wait for the client's ACK.
@@ -141,13 +144,8 @@ async fn serve(listener: tokio::net::TcpListener, app: Router) {
 impl ConnectionsServer {
     /// Starts a recording server on `addr` (use `127.0.0.1:0` for a free port).
     pub async fn start(addr: &str) -> std::io::Result<Self> {
-        Self::start_with(addr, None).await
-    }
-
-    /// Starts a server that delivers to `sink`.
-    pub async fn start_with(addr: &str, sink: Option<Arc<dyn Sink>>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let server = ConnectionsServer::new(listener.local_addr()?, sink);
+        let server = ConnectionsServer::new(listener.local_addr()?, None);
         tokio::spawn(serve(listener, server.router()));
         Ok(server)
     }
@@ -164,7 +162,7 @@ impl ConnectionsServer {
         let app = server.router();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new()
-            .name("@connections".to_owned())
+            .name(SERVER_THREAD.to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {

@@ -3,11 +3,11 @@
 //!
 //! A large channel's shard names one group of its members (wsfan_shared::shard) and this
 //! function reads that group's part of the member list itself, a page at a time and a page ahead
-//! of the posts, which go on from page to page without waiting for a page's slowest recipient. The queue hands out a group's shards one after another, so
-//! each recipient sees a channel's frames in order. A group too large to finish in one
-//! invocation stops reading at its [`ReadBudget`] and hands the rest on as the group's next shard
-//! (it joins the back of the group: only then can a later frame overtake it; clients recover by
-//! `seq`). A shard that cannot even start in time fails, and SQS gives it back in order.
+//! of the posts, which go on from page to page without waiting for a page's slowest recipient.
+//! The queue hands out a group's shards one after another, so each recipient sees a channel's
+//! frames in order. A group too large to finish in one invocation stops reading at its
+//! [`ReadBudget`] and hands the rest on as the group's next shard (it joins the back of the group:
+//! only then can a later frame overtake it; clients recover by `seq`). A shard that cannot even start in time fails, and SQS gives it back in order.
 //!
 //! A recipient still failing at FANOUT_DEADLINE_MS is not dropped: it goes back on the queue as a
 //! shard of its own group, attempt + 1, and after [`wsfan_shared::shard::MAX_ATTEMPTS`] attempts
