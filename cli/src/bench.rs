@@ -115,6 +115,43 @@ fn stat_ticks(stat: &str) -> u64 {
     field(11) + field(12)
 }
 
+/// Which tasks [`pin`] moves.
+pub enum Pin<'a> {
+    /// A process and every thread it has (`taskset -a`); threads it starts later inherit.
+    Process(&'a str),
+    /// One thread, by its task id (with `-a` taskset would move its whole process).
+    Thread(&'a str),
+}
+
+/// Pins tasks to `core` with taskset.
+pub fn pin(tasks: Pin, core: &str) -> Result<(), String> {
+    let mut command = Command::new("taskset");
+    let task = match tasks {
+        Pin::Process(pid) => {
+            command.arg("-a");
+            pid
+        }
+        Pin::Thread(tid) => tid,
+    };
+    command
+        .args(["-p", "-c", core, task])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // taskset -a fails if a thread it listed has ended before it got to it (tokio's blocking
+    // threads come and go); the next attempt lists the threads again.
+    let mut attempts = 0;
+    loop {
+        let status = command.status().map_err(|e| format!("taskset: {e}"))?;
+        attempts += 1;
+        if status.success() {
+            return Ok(());
+        }
+        if attempts == 5 {
+            return Err(format!("taskset -p -c {core} {task}: {status}"));
+        }
+    }
+}
+
 /// The one core this process may run on (`taskset -c N`), if it is pinned to one.
 fn sole_core() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -158,6 +195,8 @@ pub struct Options {
     /// The throttled run's token bucket: refill per second, and its size.
     pub bucket_rate: f64,
     pub bucket_burst: f64,
+    /// Stop after the throughput rounds.
+    pub throughput_only: bool,
 }
 
 struct Run {
@@ -206,6 +245,13 @@ async fn run(
         });
     }
     runs
+}
+
+/// The median round's CPU per post, read back from [`fanout`]'s report.
+pub fn reported_cpu_us(report: &str) -> Option<f64> {
+    let line = report.lines().find(|l| l.starts_with("wsfan broadcaster:"))?;
+    let (before, _) = line.split_once(" µs CPU/post")?;
+    before.rsplit(' ').next()?.parse().ok()
 }
 
 fn cpu_us(r: &Run) -> f64 {
@@ -266,6 +312,9 @@ pub async fn fanout(o: Options) -> Result<String, String> {
         runs.iter().map(|r| r.failed).sum::<u64>(),
         server_cpu_us
     );
+    if o.throughput_only {
+        return Ok(out);
+    }
 
     // The control for `bench channel`'s per-core figure: there the functions share two cores
     // with moto and the @connections server, here the broadcaster has a core of its own. The

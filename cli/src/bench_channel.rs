@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bench::Pin;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use wsfan_local::connections::{ConnectionsServer, Sink, SERVER_THREAD};
@@ -49,6 +50,21 @@ pub struct ChannelBench {
     /// Fail (exit 1) unless this many 429s were answered: a throttled run must be throttled.
     #[arg(long, default_value_t = 0)]
     require_throttled: u64,
+    /// Pin the functions (every stream-fanout and deliver environment, and this process, which
+    /// runs their Runtime API) to this core, as `bench fanout` pins its broadcaster. On AWS a
+    /// Lambda environment shares its CPU with no emulator: with --aws-core, the functions' CPU per
+    /// post is measured as the single-channel figure is. Pair it with --concurrency 1: on AWS
+    /// each environment has a CPU of its own, and four on one core only take turns.
+    #[arg(long, requires = "aws_core")]
+    functions_core: Option<String>,
+    /// Pin the emulated AWS side (moto, every thread, and the @connections server's thread) to
+    /// this core.
+    #[arg(long, requires = "functions_core")]
+    aws_core: Option<String>,
+    /// Recipients of each round of the single-channel figure a pinned run takes beside its
+    /// broadcast (`bench fanout`'s default).
+    #[arg(long, default_value_t = 10_000)]
+    single_channel_recipients: usize,
 }
 
 /// Counts each post per connection, and when the small channel's posts arrived.
@@ -165,16 +181,26 @@ fn chat(channel: &ChannelId, body: String) -> Message {
     }
 }
 
-/// The running processes whose executable is `bin_dir/<name>`: (name, pid).
+/// This bench's own running processes whose executable is `bin_dir/<name>`: (name, pid). Only
+/// its children: another stack on the machine (a `wsfan dev`, a test) runs the same binaries.
 fn function_processes(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
     };
+    let me = std::process::id().to_string();
     for entry in procs.filter_map(Result::ok) {
         let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
             continue;
         };
+        let parent = std::fs::read_to_string(entry.path().join("status")).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .map(|p| p.trim().to_owned())
+        });
+        if parent.as_deref() != Some(me.as_str()) {
+            continue;
+        }
         if let Some(name) = names.iter().find(|n| exe == bin_dir.join(n)) {
             out.push((name.to_string(), entry.file_name().to_string_lossy().into_owned()));
         }
@@ -194,13 +220,9 @@ fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
 
 /// CPU time of the @connections server's thread (ConnectionsServer::start_on_own_thread).
 fn server_thread_cpu() -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    tasks
-        .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == SERVER_THREAD))
-        .map(|t| crate::bench::cpu_time_of(&format!("self/task/{}", t.file_name().to_string_lossy())))
+    threads_named(SERVER_THREAD)
+        .iter()
+        .map(|tid| crate::bench::cpu_time_of(&format!("self/task/{tid}")))
         .sum()
 }
 
@@ -228,7 +250,98 @@ fn cpu_spent(
     by_name.into_iter().collect()
 }
 
+/// The task ids of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The cores a task may run on (`Cpus_allowed_list` of `/proc/<task>/status`).
+fn cores_of(task: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{task}/status")).ok()?;
+    let cores = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    Some(cores.trim().to_owned())
+}
+
+/// The cores each thread of a process may run on, one entry per thread.
+fn thread_cores(pid: &str) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| cores_of(&format!("{pid}/task/{}", t.file_name().to_string_lossy())))
+        .collect()
+}
+
+/// Reads the pinning back from /proc: every thread of every function process on the functions'
+/// core, every thread of moto and the @connections thread on the other, so that a figure
+/// labelled "pinned" was measured pinned.
+fn check_pinned(
+    functions: &[(String, String)],
+    moto_pid: &str,
+    functions_core: &str,
+    aws_core: &str,
+) -> Result<String, String> {
+    let mut threads = 0;
+    for (name, pid) in functions {
+        let cores = thread_cores(pid);
+        if let Some(other) = cores.iter().find(|c| *c != functions_core) {
+            return Err(format!(
+                "{name} ({pid}) may run on cores {other}, not only {functions_core}"
+            ));
+        }
+        threads += cores.len();
+    }
+    let moto = thread_cores(moto_pid);
+    if moto.is_empty() || moto.iter().any(|c| c != aws_core) {
+        return Err(format!("moto's threads may run on cores {moto:?}, not only {aws_core}"));
+    }
+    let server: Vec<String> = threads_named(SERVER_THREAD)
+        .iter()
+        .filter_map(|tid| cores_of(&format!("self/task/{tid}")))
+        .collect();
+    if server.is_empty() || server.iter().any(|c| c != aws_core) {
+        return Err(format!(
+            "the @connections thread may run on cores {server:?}, not only {aws_core}"
+        ));
+    }
+    Ok(format!(
+        "pinned: the functions on core {functions_core} ({} processes, {threads} threads), \
+         moto ({} threads) and the @connections server's thread on core {aws_core}",
+        functions.len(),
+        moto.len()
+    ))
+}
+
+/// The single-channel figure on the same cores: `bench fanout`'s throughput rounds (the
+/// broadcaster in a process on this one's core, its server on `aws_core`), run beside the
+/// broadcast, as a figure taken minutes apart on a VM can differ by a fifth. CPU µs per post.
+async fn single_channel(aws_core: &str, recipients: usize) -> Result<f64, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = tokio::process::Command::new(me)
+        .args(["bench", "fanout", "--server-core", aws_core, "--throughput-only"])
+        .arg(format!("--recipients={recipients}"))
+        .output()
+        .await
+        .map_err(|e| format!("bench fanout: {e}"))?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    crate::bench::reported_cpu_us(&report)
+        .filter(|_| out.status.success())
+        .ok_or_else(|| format!("bench fanout: {report}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
 pub async fn run(b: ChannelBench) -> Result<String, String> {
+    // Before anything is spawned: threads and processes started later inherit the core.
+    if let Some(core) = &b.functions_core {
+        crate::bench::pin(Pin::Process(&std::process::id().to_string()), core)?;
+    }
     let counter = Arc::new(Counter::default());
     // On a thread of its own, and trusting signatures (tests check them), as bench fanout's
     // server runs: the CPU it saves is the functions' to use.
@@ -236,6 +349,16 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         .map_err(|e| format!("starting @connections: {e}"))?;
     server.keep_nothing();
     server.trust_signatures();
+    if let Some(core) = &b.aws_core {
+        // The thread names itself once it runs.
+        let named_by = Instant::now() + Duration::from_secs(2);
+        while threads_named(SERVER_THREAD).is_empty() && Instant::now() < named_by {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for tid in threads_named(SERVER_THREAD) {
+            crate::bench::pin(Pin::Thread(&tid), core)?;
+        }
+    }
     if !b.no_bucket {
         server.set_token_bucket(b.bucket_rate, b.bucket_burst);
     }
@@ -256,6 +379,10 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         wsfan_local::dev::start_pipeline(&config, &server.endpoint(&config.stage), &overrides)
             .await
             .map_err(|e| e.to_string())?;
+    if let Some(core) = &b.aws_core {
+        // moto makes a thread per request; those inherit the core from its accepting thread.
+        crate::bench::pin(Pin::Process(&environment.moto.pid().to_string()), core)?;
+    }
     let dynamodb = aws_sdk_dynamodb::Client::new(&environment.sdk);
     let store = DynamoStore::new(
         dynamodb.clone(),
@@ -280,6 +407,10 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     // Let the stream poller pass the membership records (filtered out, but read).
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let single_before = match &b.aws_core {
+        Some(core) => Some(single_channel(core, b.single_channel_recipients).await?),
+        None => None,
+    };
     const FUNCTIONS: &[&str] = &["stream-fanout", "deliver"];
     let cpu_before = cpu_by_process(&bin_dir, FUNCTIONS);
     // What else ran on the same two cores meanwhile: the emulated AWS side.
@@ -311,6 +442,16 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let cpu = cpu_spent(&cpu_before, &cpu_by_process(&bin_dir, FUNCTIONS));
+    // Checked while every process of the run is still there.
+    let pinned = match (&b.functions_core, &b.aws_core) {
+        (Some(functions), Some(aws)) => Some(check_pinned(
+            &function_processes(&bin_dir, FUNCTIONS),
+            &moto_pid,
+            functions,
+            aws,
+        )?),
+        _ => None,
+    };
     let (moto_cpu, server_cpu) = (
         crate::bench::cpu_time_of(&moto_pid).saturating_sub(others_before.0),
         server_thread_cpu().saturating_sub(others_before.1),
@@ -318,6 +459,10 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     // Late duplicates and the last small messages have time to arrive.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = peak_rss(&bin_dir, FUNCTIONS);
+    let single_after = match &b.aws_core {
+        Some(core) => Some(single_channel(core, b.single_channel_recipients).await?),
+        None => None,
+    };
 
     let counts = counter.big.lock().unwrap().clone();
     let reached = counts.len();
@@ -367,6 +512,9 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         "  FANOUT_MAX_RPS {max_rps}, FANOUT_SHARES {shares}, environments per function {}",
         config.concurrency
     );
+    if let Some(pinned) = &pinned {
+        let _ = writeln!(out, "  {pinned}");
+    }
     let first_post = counter
         .first_big
         .get()
@@ -412,22 +560,37 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     let big_posts = counter.big_posts.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
-        "  functions' CPU during the broadcast: {} = {:.2} s; {:.0} posts per CPU-second ({:.1} µs per post of the broadcast)",
+        "  functions' CPU during the broadcast: {} = {:.2} s, {:.0}% of its wall time; {:.0} posts per CPU-second ({:.1} µs per post of the broadcast)",
         cpu.iter()
             .map(|(n, c)| format!("{n} {:.2} s", c.as_secs_f64()))
             .collect::<Vec<_>>()
             .join(", "),
         function_cpu.as_secs_f64(),
+        100.0 * function_cpu.as_secs_f64() / done_at.unwrap_or(sent.elapsed()).as_secs_f64().max(1e-9),
         big_posts as f64 / function_cpu.as_secs_f64().max(1e-9),
         function_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64)
     );
     let _ = writeln!(
         out,
-        "  on the same cores meanwhile: moto {:.2} s, the @connections server {:.2} s ({:.1} µs per post)",
+        "  on {} meanwhile: moto {:.2} s, the @connections server {:.2} s ({:.1} µs per post)",
+        match &b.aws_core {
+            Some(core) => format!("core {core}"),
+            None => "the same cores".to_owned(),
+        },
         moto_cpu.as_secs_f64(),
         server_cpu.as_secs_f64(),
         server_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64)
     );
+    if let (Some(before), Some(after)) = (single_before, single_after) {
+        let per_post = function_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64);
+        let single = (before + after) / 2.0;
+        let _ = writeln!(
+            out,
+            "  the single channel on the same cores (bench fanout --throughput-only), just before and just after: \
+             {before:.1} and {after:.1} µs per post; this run's posts per CPU-second are {:.0}% of their mean's",
+            100.0 * single / per_post.max(1e-9)
+        );
+    }
     for (name, kb) in &rss {
         let _ = writeln!(out, "  peak RSS {name}: {:.1} MB", *kb as f64 / 1024.0);
     }

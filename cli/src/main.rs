@@ -81,6 +81,10 @@ enum Bench {
         /// The throttled run's bucket size (API Gateway's account default burst is 5,000).
         #[arg(long, default_value_t = 5_000.0)]
         bucket_burst: f64,
+        /// Only the throughput rounds (the single-channel CPU per post): what `bench channel`
+        /// runs beside its broadcast as the figure to compare with.
+        #[arg(long)]
+        throughput_only: bool,
     },
     /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
     /// rate, and every delivery is counted; then an optional soak and a large channel's read.
@@ -416,6 +420,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             throttled_recipients,
             bucket_rate,
             bucket_burst,
+            throughput_only,
         }) => {
             bench::fanout(bench::Options {
                 python,
@@ -427,6 +432,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 throttled_recipients,
                 bucket_rate,
                 bucket_burst,
+                throughput_only,
             })
             .await
         }

@@ -41,3 +41,62 @@ fn a_sharded_channel_behind_a_throttling_bucket_loses_and_duplicates_nothing() {
     assert!(stdout.contains("lost 0, duplicated 0, posts 1500"), "{stdout}");
     assert!(stdout.contains("all reached in"), "{stdout}");
 }
+
+/// Run M's form (BENCHMARKS.md): the functions on one core, moto and the @connections server on
+/// the other, as `bench fanout` measures the single channel, and that single-channel figure
+/// taken just before and just after the broadcast. The bench reads the pinning back from /proc
+/// before it reports, so a figure labelled pinned was measured pinned.
+#[test]
+fn the_pinned_form_runs_the_functions_and_the_emulated_aws_side_on_cores_of_their_own() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("skipped: pinning needs two cores");
+        return;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
+        .args([
+            "bench",
+            "channel",
+            "--moto-port",
+            "0",
+            "--members",
+            "1500",
+            "--concurrency",
+            "1",
+            "--no-bucket",
+            "--functions-core",
+            "0",
+            "--aws-core",
+            "1",
+            // A debug build's broadcaster: rounds of 1,000 keep the figure's two runs short.
+            "--single-channel-recipients",
+            "1000",
+            "--timeout-secs",
+            "120",
+        ])
+        .current_dir(&repo)
+        .output()
+        .expect("running wsfan");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("lost 0, duplicated 0, posts 1500"), "{stdout}");
+    // stream-fanout and deliver, one environment each.
+    assert!(
+        stdout.contains("pinned: the functions on core 0 (2 processes,"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("and the @connections server's thread on core 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("on core 1 meanwhile: moto"), "{stdout}");
+    // The figure to compare with, measured on the same cores beside the broadcast.
+    assert!(
+        stdout.contains(
+            "the single channel on the same cores (bench fanout --throughput-only), just before and just after:"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("% of their mean's"), "{stdout}");
+}
