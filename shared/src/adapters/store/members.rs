@@ -11,7 +11,7 @@ impl DynamoStore {
         channel: &ChannelId,
         projection: &str,
         after: Option<&str>,
-        limit: usize,
+        limit: Option<usize>,
     ) -> Result<MembersPage, StoreError> {
         let pk = keys::channel(channel);
         let out = query
@@ -19,7 +19,8 @@ impl DynamoStore {
             .expression_attribute_values(":pk", s(pk.clone()))
             .projection_expression(projection)
             .set_exclusive_start_key(after.map(|id| key_of(pk, keys::connection(id))))
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
+            // None: DynamoDB's own page, up to 1 MB.
+            .set_limit(limit.map(|limit| i32::try_from(limit).unwrap_or(i32::MAX).max(1)))
             .send()
             .await?;
         let members = out.items().iter().filter_map(member_of).collect();
@@ -33,11 +34,13 @@ impl DynamoStore {
     }
 }
 
+/// A page of the channel's memberships (`CONN#` items), as `sk, userId`; `limit` None reads
+/// DynamoDB's own page.
 pub(super) async fn members_page(
     store: &DynamoStore,
     channel: &ChannelId,
     after: Option<&str>,
-    limit: usize,
+    limit: Option<usize>,
 ) -> Result<MembersPage, StoreError> {
     let query = store
         .client
@@ -70,7 +73,7 @@ pub(super) async fn group_page(
             .expression_attribute_values(":except", s(user));
     }
     // Deliver posts to ids: the key alone halves what a page of 1,000 costs to parse.
-    let mut page = store.member_query(query, channel, "sk", after, limit).await?;
+    let mut page = store.member_query(query, channel, "sk", after, Some(limit)).await?;
     // BETWEEN takes `hi` itself too: a one-character id equal to it is the next group's.
     page.members
         .retain(|m| crate::shard::group_of(&m.connection_id) == group);
@@ -78,22 +81,16 @@ pub(super) async fn group_page(
 }
 
 pub(super) async fn members(store: &DynamoStore, channel: &ChannelId) -> Result<Vec<Member>, StoreError> {
-    let mut pages = store
-        .client
-        .query()
-        .table_name(&store.table)
-        .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
-        .expression_attribute_values(":pk", s(keys::channel(channel)))
-        .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
-        .projection_expression("sk, userId")
-        .into_paginator()
-        .items()
-        .send();
     let mut members = Vec::new();
-    while let Some(item) = pages.next().await {
-        members.extend(member_of(&item?));
+    let mut after = None;
+    loop {
+        let page = members_page(store, channel, after.as_deref(), None).await?;
+        members.extend(page.members);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(members),
+        }
     }
-    Ok(members)
 }
 
 pub(super) async fn present(store: &DynamoStore, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {

@@ -448,7 +448,7 @@ impl Store for DynamoStore {
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
-        members::members_page(self, channel, after, limit)
+        members::members_page(self, channel, after, Some(limit))
     }
 
     fn group_page(
