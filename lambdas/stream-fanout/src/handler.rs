@@ -53,7 +53,7 @@ use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
-use wsfan_shared::shard::{self, Shard, ShardQueue, DIRECT_MAX_MEMBERS};
+use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -305,18 +305,8 @@ async fn push<S: Store, D: Deliver, Q: ShardQueue>(
     let undelivered: Vec<String> = report.undelivered().map(|(id, _)| id.to_owned()).collect();
     if !undelivered.is_empty() {
         // No silent loss: those still failing at the deadline get the next attempt from deliver.
-        let first = Shard {
-            channel: channel.clone(),
-            frame: payload,
-            group: 0,
-            recipients: Vec::new(),
-            attempt: 1,
-            part: 0,
-            origin: origin.to_owned(),
-            read: None,
-        };
         shards
-            .enqueue(shard::retry(&first, undelivered))
+            .enqueue(shard::retry_direct(channel.clone(), payload, origin.to_owned(), undelivered))
             .await
             .map_err(RecordError::Enqueue)?;
     }

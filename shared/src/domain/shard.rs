@@ -236,6 +236,23 @@ pub fn retry(shard: &Shard, recipients: Vec<String>) -> Vec<Shard> {
     shards
 }
 
+/// The second attempt for recipients that stream-fanout's direct path (a small channel, posted
+/// by stream-fanout itself) still missed at its deadline: that first attempt had no shard, so
+/// this is [`retry`] of the part-0, first-attempt shard it would have been.
+pub fn retry_direct(channel: ChannelId, frame: String, origin: String, recipients: Vec<String>) -> Vec<Shard> {
+    let first = Shard {
+        channel,
+        frame,
+        group: 0,
+        recipients: Vec::new(),
+        attempt: 1,
+        part: 0,
+        origin,
+        read: None,
+    };
+    retry(&first, recipients)
+}
+
 /// Where shards go: the delivery queue, and its dead-letter queue for recipients that every
 /// attempt missed.
 pub trait ShardQueue: Send + Sync {
@@ -306,6 +323,21 @@ mod tests {
         assert_eq!(shard.message_group_id(), "workspace:big#7");
         let retry = retry(&shard, vec!["b".into()]);
         assert_eq!((retry.len(), retry[0].attempt, retry[0].group), (1, 2, group_of("b")));
+    }
+
+    #[test]
+    fn the_direct_paths_misses_become_second_attempts_in_their_own_groups() {
+        let missed: Vec<String> = ["A1", "zz", "A2", "+x"].map(String::from).to_vec();
+        let next = retry_direct(channel(), "{}".into(), "ev1".into(), missed.clone());
+        assert!(next.iter().all(|s| s.attempt == 2 && s.frame == "{}" && s.origin == "ev1"));
+        let mut reached: Vec<String> = next.iter().flat_map(|s| s.recipients.clone()).collect();
+        reached.sort();
+        let mut want = missed;
+        want.sort();
+        assert_eq!(reached, want);
+        for s in &next {
+            assert!(s.recipients.iter().all(|r| group_of(r) == s.group), "{s:?}");
+        }
     }
 
     #[test]
