@@ -42,6 +42,7 @@ import moto.dynamodb.responses as dynamodb_responses
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import StreamShard, Table
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend, ShardIterator
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
 # DynamoDB Streams keeps a record for 24 hours; shard iterators expire after 15 minutes.
 STREAM_RETENTION_SECONDS = float(os.environ.get("WSFAN_MOTO_STREAM_RETENTION_SECONDS", 24 * 3600))
@@ -480,6 +481,23 @@ def execute_result(self, context):
     return _original_execute_result(self, context)
 
 
+# --- Routing -------------------------------------------------------------------------------------
+
+
+def get_backend_for_host(self, host):
+    """moto's choice of backend for a request's host, remembered per host.
+
+    For every request whose host is not a bare service name (every SDK call: the host is inferred
+    as `dynamodb.us-east-1.amazonaws.com` and the like) moto lists its own package directory, with
+    an isdir for each of its ~150 services, then tries its URL patterns in turn: about 250 µs of
+    each DynamoDB, Streams or SQS call, under the dispatcher's lock. The answer depends on the host
+    alone, and the hosts are a handful (service by region)."""
+    cache = self.__dict__.setdefault("_wsfan_backend_for_host", {})
+    if host not in cache:
+        cache[host] = _original_get_backend_for_host(self, host)
+    return cache[host]
+
+
 # --- Concurrency --------------------------------------------------------------------------------
 
 
@@ -518,6 +536,7 @@ _original_table_put_item = Table.put_item
 _original_table_delete_item = Table.delete_item
 _original_table_get_item = Table.get_item
 _original_table_query = Table.query
+_original_get_backend_for_host = DomainDispatcherApplication.get_backend_for_host
 _installed = False
 
 
@@ -538,6 +557,7 @@ def install_patches() -> None:
     Table.query = table_query
     ActionResult.execute_result = execute_result
     dynamodb_responses.dynamo_to_dict = dynamo_to_dict
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
     _dynamodb_requests_run_one_at_a_time()
     gc.callbacks.append(_freeze_after_full_collection)
 

@@ -358,5 +358,54 @@ class Responses(Case):
         self.assertEqual(base64.b64decode(base64.b64encode(b"x")), b"x")
 
 
+
+class Routing(unittest.TestCase):
+    def environ(self, service, target=None):
+        environ = {
+            "PATH_INFO": "/",
+            "REQUEST_METHOD": "POST",
+            "HTTP_HOST": "127.0.0.1:4566",
+            "HTTP_AUTHORIZATION": f"AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/{service}/aws4_request, "
+            "SignedHeaders=host, Signature=0",
+        }
+        if target:
+            environ["HTTP_X_AMZ_TARGET"] = target
+        return environ
+
+    def test_each_host_is_routed_once_and_to_the_backend_moto_chooses(self):
+        from moto import backends
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        environs = [
+            self.environ("dynamodb", "DynamoDB_20120810.Query"),
+            self.environ("dynamodb", "DynamoDB_20120810.TransactWriteItems"),
+            self.environ("dynamodb", "DynamoDBStreams_20120810.GetRecords"),
+            self.environ("sqs", "AmazonSQS.ReceiveMessage"),
+            {"PATH_INFO": "/moto-api/reset", "REQUEST_METHOD": "POST", "HTTP_HOST": "127.0.0.1:4566"},
+        ]
+
+        def route(get_backend_for_host):
+            """The backend of 20 rounds of those requests, and how often moto listed its package."""
+            listed = []
+            original_list = backends.list_of_moto_modules
+            backends.list_of_moto_modules = lambda: listed.append(1) or original_list()
+            DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
+            try:
+                dispatcher = DomainDispatcherApplication(create_backend_app)
+                apps = [dispatcher.get_application(e) for _ in range(20) for e in environs]
+            finally:
+                backends.list_of_moto_modules = original_list
+                DomainDispatcherApplication.get_backend_for_host = moto_server.get_backend_for_host
+            backend_of = {id(app): backend for backend, app in dispatcher.app_instances.items()}
+            return [backend_of[id(app)] for app in apps], len(listed)
+
+        chosen, listed = route(moto_server.get_backend_for_host)
+        expected, listed_by_moto = route(moto_server._original_get_backend_for_host)
+        self.assertEqual(chosen, expected)
+        self.assertEqual(set(chosen), {"dynamodb", "dynamodbstreams", "sqs", "moto_api"})
+        # moto lists its package for every request with an inferred host; here once per host.
+        self.assertEqual(listed_by_moto, 80)
+        self.assertEqual(listed, 3)
+
 if __name__ == "__main__":
     unittest.main()
