@@ -306,7 +306,12 @@ async fn push<S: Store, D: Deliver, Q: ShardQueue>(
     if !undelivered.is_empty() {
         // No silent loss: those still failing at the deadline get the next attempt from deliver.
         shards
-            .enqueue(shard::retry_direct(channel.clone(), payload, origin.to_owned(), undelivered))
+            .enqueue(shard::retry_direct(
+                channel.clone(),
+                payload,
+                origin.to_owned(),
+                undelivered,
+            ))
             .await
             .map_err(RecordError::Enqueue)?;
     }

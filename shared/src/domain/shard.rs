@@ -329,7 +329,9 @@ mod tests {
     fn the_direct_paths_misses_become_second_attempts_in_their_own_groups() {
         let missed: Vec<String> = ["A1", "zz", "A2", "+x"].map(String::from).to_vec();
         let next = retry_direct(channel(), "{}".into(), "ev1".into(), missed.clone());
-        assert!(next.iter().all(|s| s.attempt == 2 && s.frame == "{}" && s.origin == "ev1"));
+        assert!(next
+            .iter()
+            .all(|s| s.attempt == 2 && s.frame == "{}" && s.origin == "ev1"));
         let mut reached: Vec<String> = next.iter().flat_map(|s| s.recipients.clone()).collect();
         reached.sort();
         let mut want = missed;
