@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn a_sharded_channel_behind_a_throttling_bucket_loses_and_duplicates_nothing() {
+/// Runs `wsfan bench channel` on 1,500 members with these options; asserts it succeeded and
+/// reached each member exactly once, and returns its report.
+fn bench_channel(options: &[&str]) -> String {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
         .args([
@@ -16,30 +17,38 @@ fn a_sharded_channel_behind_a_throttling_bucket_loses_and_duplicates_nothing() {
             "0",
             "--members",
             "1500",
-            "--concurrency",
-            "2",
-            // A budget above the bucket, so the bucket answers 429 and the retries must cope. A
-            // small bucket: a debug build's deliver posts only ~1,000/s, which once stayed under
-            // a 1,000/s bucket and was rightly refused as a throttled figure without a 429.
-            "--bucket-rate",
-            "250",
-            "--bucket-burst",
-            "50",
-            "--max-rps",
-            "5000",
-            "--require-throttled",
-            "1",
             "--timeout-secs",
             "120",
         ])
+        .args(options)
         .current_dir(&repo)
         .output()
         .expect("running wsfan");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("lost 0, duplicated 0, posts 1500"), "{stdout}");
     assert!(stdout.contains("all reached in"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn a_sharded_channel_behind_a_throttling_bucket_loses_and_duplicates_nothing() {
+    bench_channel(&[
+        "--concurrency",
+        "2",
+        // A budget above the bucket, so the bucket answers 429 and the retries must cope. A
+        // small bucket: a debug build's deliver posts only ~1,000/s, which once stayed under
+        // a 1,000/s bucket and was rightly refused as a throttled figure without a 429.
+        "--bucket-rate",
+        "250",
+        "--bucket-burst",
+        "50",
+        "--max-rps",
+        "5000",
+        "--require-throttled",
+        "1",
+    ]);
 }
 
 /// Run M's form (BENCHMARKS.md): the functions on one core, moto and the @connections server on
@@ -52,35 +61,18 @@ fn the_pinned_form_runs_the_functions_and_the_emulated_aws_side_on_cores_of_thei
         eprintln!("skipped: pinning needs two cores");
         return;
     }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
-        .args([
-            "bench",
-            "channel",
-            "--moto-port",
-            "0",
-            "--members",
-            "1500",
-            "--concurrency",
-            "1",
-            "--no-bucket",
-            "--functions-core",
-            "0",
-            "--aws-core",
-            "1",
-            // A debug build's broadcaster: rounds of 1,000 keep the figure's two runs short.
-            "--single-channel-recipients",
-            "1000",
-            "--timeout-secs",
-            "120",
-        ])
-        .current_dir(&repo)
-        .output()
-        .expect("running wsfan");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("lost 0, duplicated 0, posts 1500"), "{stdout}");
+    let stdout = bench_channel(&[
+        "--concurrency",
+        "1",
+        "--no-bucket",
+        "--functions-core",
+        "0",
+        "--aws-core",
+        "1",
+        // A debug build's broadcaster: rounds of 1,000 keep the figure's two runs short.
+        "--single-channel-recipients",
+        "1000",
+    ]);
     // stream-fanout and deliver, one environment each.
     assert!(
         stdout.contains("pinned: the functions on core 0 (2 processes,"),
