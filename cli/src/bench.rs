@@ -154,12 +154,15 @@ pub fn pin(tasks: Pin, core: &str) -> Result<(), String> {
 
 /// The one core this process may run on (`taskset -c N`), if it is pinned to one.
 fn sole_core() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let cpus = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-        .trim();
-    cpus.parse::<u32>().ok().map(|n| n.to_string())
+    cores_of("self")?.parse::<u32>().ok().map(|n| n.to_string())
+}
+
+/// The cores a task may run on (`Cpus_allowed_list` of `/proc/<task>/status`): a pid, `self`,
+/// or `<pid>/task/<tid>` for one thread.
+pub fn cores_of(task: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{task}/status")).ok()?;
+    let cores = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    Some(cores.trim().to_owned())
 }
 
 fn peak_rss_kib() -> u64 {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bench::Pin;
+use crate::bench::{cores_of, Pin};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use wsfan_local::connections::{ConnectionsServer, Sink, SERVER_THREAD};
@@ -260,13 +260,6 @@ fn threads_named(name: &str) -> Vec<String> {
         .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
         .map(|t| t.file_name().to_string_lossy().into_owned())
         .collect()
-}
-
-/// The cores a task may run on (`Cpus_allowed_list` of `/proc/<task>/status`).
-fn cores_of(task: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{task}/status")).ok()?;
-    let cores = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-    Some(cores.trim().to_owned())
 }
 
 /// The cores each thread of a process may run on, one entry per thread.
@@ -558,6 +551,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     );
     let function_cpu: Duration = cpu.iter().map(|(_, c)| *c).sum();
     let big_posts = counter.big_posts.load(Ordering::Relaxed);
+    let per_post_us = function_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64);
     let _ = writeln!(
         out,
         "  functions' CPU during the broadcast: {} = {:.2} s, {:.0}% of its wall time; {:.0} posts per CPU-second ({:.1} µs per post of the broadcast)",
@@ -568,7 +562,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         function_cpu.as_secs_f64(),
         100.0 * function_cpu.as_secs_f64() / done_at.unwrap_or(sent.elapsed()).as_secs_f64().max(1e-9),
         big_posts as f64 / function_cpu.as_secs_f64().max(1e-9),
-        function_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64)
+        per_post_us
     );
     let _ = writeln!(
         out,
@@ -582,13 +576,12 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         server_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64)
     );
     if let (Some(before), Some(after)) = (single_before, single_after) {
-        let per_post = function_cpu.as_secs_f64() * 1e6 / (big_posts.max(1) as f64);
         let single = (before + after) / 2.0;
         let _ = writeln!(
             out,
             "  the single channel on the same cores (bench fanout --throughput-only), just before and just after: \
              {before:.1} and {after:.1} µs per post; this run's posts per CPU-second are {:.0}% of their mean's",
-            100.0 * single / per_post.max(1e-9)
+            100.0 * single / per_post_us.max(1e-9)
         );
     }
     for (name, kb) in &rss {

@@ -7,7 +7,8 @@
 //! The queue hands out a group's shards one after another, so each recipient sees a channel's
 //! frames in order. A group too large to finish in one invocation stops reading at its
 //! [`ReadBudget`] and hands the rest on as the group's next shard (it joins the back of the group:
-//! only then can a later frame overtake it; clients recover by `seq`). A shard that cannot even start in time fails, and SQS gives it back in order.
+//! only then can a later frame overtake it; clients recover by `seq`). A shard that cannot even
+//! start in time fails, and SQS gives it back in order.
 //!
 //! A recipient still failing at FANOUT_DEADLINE_MS is not dropped: it goes back on the queue as a
 //! shard of its own group, attempt + 1, and after [`wsfan_shared::shard::MAX_ATTEMPTS`] attempts
