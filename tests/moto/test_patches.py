@@ -384,6 +384,9 @@ class Routing(unittest.TestCase):
             {"PATH_INFO": "/moto-api/reset", "REQUEST_METHOD": "POST", "HTTP_HOST": "127.0.0.1:4566"},
         ]
 
+        # What install_patches put in place, as the server runs it.
+        installed = DomainDispatcherApplication.get_backend_for_host
+
         def route(get_backend_for_host):
             """The backend of 20 rounds of those requests, and how often moto listed its package."""
             listed = []
@@ -395,11 +398,11 @@ class Routing(unittest.TestCase):
                 apps = [dispatcher.get_application(e) for _ in range(20) for e in environs]
             finally:
                 backends.list_of_moto_modules = original_list
-                DomainDispatcherApplication.get_backend_for_host = moto_server.get_backend_for_host
+                DomainDispatcherApplication.get_backend_for_host = installed
             backend_of = {id(app): backend for backend, app in dispatcher.app_instances.items()}
             return [backend_of[id(app)] for app in apps], len(listed)
 
-        chosen, listed = route(moto_server.get_backend_for_host)
+        chosen, listed = route(installed)
         expected, listed_by_moto = route(moto_server._original_get_backend_for_host)
         self.assertEqual(chosen, expected)
         self.assertEqual(set(chosen), {"dynamodb", "dynamodbstreams", "sqs", "moto_api"})
