@@ -38,6 +38,7 @@ async fn connect_at(rig: &Rig, connection: &str, user: Option<&str>, connected_a
         expires_at: now / 1000 + 3600,
         joined: vec![],
         history: None,
+        batch: false,
     };
     rig.table.store.connect(&c, &[]).await.unwrap();
 }
@@ -51,6 +52,7 @@ async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 3600,
         history: None,
+        batch: false,
     };
     rig.table.store.join(&m).await.unwrap();
 }
@@ -467,6 +469,7 @@ async fn a_channel_of_ten_thousand_members_is_read_across_pages() {
                 joined_at: 1,
                 expires_at: 2_000_000_000,
                 history: None,
+                batch: false,
             };
             wsfan_shared::store::to_item(m.key(), &m).unwrap()
         })
@@ -596,7 +599,7 @@ async fn progress_reaches_doc_subscribers_and_the_snapshot_never_moves_back() {
         publisher.send(events).await.unwrap();
         let (event, messages) = queue.receive_event().await;
         assert_eq!(event.records.len(), events.len());
-        let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+        let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, &rig.shards, event).await;
         assert!(response.batch_item_failures.is_empty());
         queue.settle(&messages, &[]).await;
     };
@@ -653,7 +656,7 @@ async fn a_malformed_message_fails_alone_and_ends_in_the_dlq() {
         .message_id
         .clone()
         .unwrap();
-    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, &rig.shards, event).await;
     let failed = sqs_failures(&response);
     assert_eq!(failed, vec![poison_id.clone()], "only the malformed message");
     assert_eq!(rig.frames("s1").len(), 2, "the rest of the batch was delivered");
@@ -665,7 +668,8 @@ async fn a_malformed_message_fails_alone_and_ends_in_the_dlq() {
         if messages.is_empty() {
             break;
         }
-        let failed = sqs_failures(&progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await);
+        let failed =
+            sqs_failures(&progress_fanout::handle(&rig.table.store, &rig.broadcaster, &rig.shards, event).await);
         assert_eq!(failed, vec![poison_id.clone()]);
         queue.settle(&messages, &failed).await;
     }
@@ -704,7 +708,7 @@ async fn a_fifo_queue_keeps_each_documents_events_in_order() {
         .records
         .iter()
         .all(|r| r.attributes.contains_key("MessageGroupId")));
-    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, event).await;
+    let response = progress_fanout::handle(&rig.table.store, &rig.broadcaster, &rig.shards, event).await;
     assert!(response.batch_item_failures.is_empty());
     queue.settle(&messages, &[]).await;
     for connection in ["s1", "s2"] {
@@ -721,6 +725,7 @@ async fn run_progress_fixture(rig: &Rig, name: &str) -> aws_lambda_events::sqs::
     progress_fanout::handle(
         &rig.table.store,
         &rig.broadcaster,
+        &rig.shards,
         fixture::<SqsEvent>(&format!("progress-fanout/{name}")),
     )
     .await
@@ -952,6 +957,7 @@ async fn cancelled_transactions_leave_no_stream_records_and_later_writes_still_a
         joined_at: 1,
         expires_at: 2_000_000_000,
         history: None,
+        batch: false,
     };
     assert!(matches!(
         rig.table.store.join(&ghost).await,
@@ -1118,6 +1124,7 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
         expires_at: now / 1000 + 3600,
         joined: vec![],
         history: Some(2),
+        batch: false,
     };
     rig.table
         .store
@@ -1155,7 +1162,7 @@ async fn a_redelivered_progress_message_is_pushed_again_and_a_new_duplicate_is_n
     let rig = Rig::new().await;
     member(&rig, "s1", "sam", "doc:d10").await;
     let event = ProgressEvent::progress("d10", 4, 10);
-    let apply = |id| progress_fanout::apply_delivery(&rig.table.store, &rig.broadcaster, &event, Some(id));
+    let apply = |id| progress_fanout::apply_delivery(&rig.table.store, &rig.broadcaster, &rig.shards, &event, Some(id));
     assert!(matches!(
         apply("m1").await.unwrap(),
         progress_fanout::Applied::Pushed(_)
@@ -1183,12 +1190,12 @@ async fn complete_without_counts_keeps_all_pages_and_a_late_error_changes_nothin
         ProgressEvent::progress("d9", 4, 10),
         ProgressEvent::complete("d9", None),
     ] {
-        progress_fanout::apply(&rig.table.store, &rig.broadcaster, &event)
+        progress_fanout::apply(&rig.table.store, &rig.broadcaster, &rig.shards, &event)
             .await
             .unwrap();
     }
     let late = ProgressEvent::error("d9", "OCR_FAILED", "page 3", false);
-    let applied = progress_fanout::apply(&rig.table.store, &rig.broadcaster, &late)
+    let applied = progress_fanout::apply(&rig.table.store, &rig.broadcaster, &rig.shards, &late)
         .await
         .unwrap();
     assert_eq!(applied, progress_fanout::Applied::Stale);
@@ -1321,7 +1328,7 @@ async fn a_batch_reads_each_channels_members_once_and_delivers_in_order() {
         store: &rig.table.store,
         reads: Default::default(),
     };
-    let response = stream_fanout::handle(&counting, &rig.broadcaster, &rig.failures, &rig.shards, batch).await;
+    let response = stream_fanout::handle(&counting, &rig.broadcaster, &rig.failures, &rig.shards, batch, None).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     // Two joins and four messages in one channel, one message in another: one read each.
     assert_eq!(counting.reads.load(std::sync::atomic::Ordering::Relaxed), 2);
@@ -1366,6 +1373,7 @@ async fn members_with_ids(rig: &Rig, channel: &str, ids: Vec<String>) -> Vec<Str
                 joined_at: wsfan_shared::clock::now_millis(),
                 expires_at: wsfan_shared::clock::now_secs() + 3600,
                 history: None,
+                batch: false,
             };
             async move {
                 let key = (
@@ -1446,6 +1454,7 @@ async fn a_group_too_large_for_one_invocation_goes_on_in_the_next_shard_and_reac
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 3600,
         history: None,
+        batch: false,
     };
     let key = (
         wsfan_shared::model::keys::channel(&channel),
@@ -1622,7 +1631,7 @@ async fn a_recipient_failing_past_the_deadline_is_retried_then_parked_and_a_gone
         .await
         .unwrap();
     let batch = rig.stream_batch().await;
-    let response = stream_fanout::handle(&rig.table.store, &short, &rig.failures, &rig.shards, batch).await;
+    let response = stream_fanout::handle(&rig.table.store, &short, &rig.failures, &rig.shards, batch, None).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(rig.server.received("ok1").len(), 1);
 
@@ -1659,7 +1668,6 @@ async fn the_governor_keeps_posts_under_the_budget_and_backs_off_on_429() {
             c.first_backoff = Duration::from_millis(5);
             c.max_backoff = Duration::from_millis(50);
             c.max_rps = Some(max_rps);
-            c.shares = 2;
         })
     };
 
@@ -1680,4 +1688,224 @@ async fn the_governor_keeps_posts_under_the_budget_and_backs_off_on_429() {
     assert!(rig.server.stats().throttled.load(Relaxed) > before);
     assert!(report.counters.backoffs > 0, "{:?}", report.counters);
     assert_eq!(report.counters.posts, 100 + report.counters.retried);
+}
+
+// ---------- busy channels: one ordered stream per member, batches, the hand-off, the budget ----------
+
+/// A member whose connection asked for batch frames (`?batch=1`).
+async fn batch_member(rig: &Rig, connection: &str, user: &str, channel: &str) {
+    connect(rig, connection, Some(user)).await;
+    let m = Membership {
+        channel: channel.parse().unwrap(),
+        connection_id: connection.into(),
+        user_id: Some(user.into()),
+        role: Role::Member,
+        joined_at: wsfan_shared::clock::now_millis(),
+        expires_at: wsfan_shared::clock::now_secs() + 3600,
+        history: None,
+        batch: true,
+    };
+    rig.table.store.join(&m).await.unwrap();
+}
+
+/// Every frame a connection got, batches unpacked, in order; and how many posts carried them.
+fn unpacked(rig: &Rig, connection_id: &str) -> (Vec<Value>, usize) {
+    let posts = rig.frames(connection_id);
+    let count = posts.len();
+    let frames = posts
+        .into_iter()
+        .flat_map(|f| match f["type"].as_str() {
+            Some("batch") => f["frames"].as_array().cloned().unwrap(),
+            _ => vec![f],
+        })
+        .collect();
+    (frames, count)
+}
+
+#[tokio::test]
+async fn a_busy_channels_records_reach_each_member_in_order_and_batch_members_in_few_posts() {
+    let mut rig = Rig::new().await;
+    batch_member(&rig, "bat1", "ann", "workspace:busy").await;
+    member(&rig, "one1", "bob", "workspace:busy").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    for i in 0..30 {
+        rig.table
+            .store
+            .post(&chat("workspace:busy", "cat", &format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    let response = rig.run_stream_fanout().await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let expected: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    // The seed-style member: one frame a post, every one, in order, none a batch.
+    assert_eq!(bodies(&rig, "one1"), expected);
+    assert!(rig.frames("one1").iter().all(|f| f["type"] == "message"));
+    // The batching member: the same frames in the same order, in one post.
+    let (frames, posts) = unpacked(&rig, "bat1");
+    let got: Vec<&str> = frames.iter().map(|f| f["body"].as_str().unwrap()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(posts, 1, "30 small frames fit in one post");
+    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
+
+#[tokio::test]
+async fn a_batch_never_exceeds_one_post_and_a_lone_frame_is_not_wrapped() {
+    use std::sync::Arc;
+    use wsfan_shared::broadcaster::{pack, BATCH_OPEN};
+    let big: Arc<str> = format!(r#"{{"type":"message","body":"{}"}}"#, "x".repeat(50_000)).into();
+    let small: Arc<str> = r#"{"type":"typing"}"#.into();
+    let frames = vec![big.clone(), big.clone(), small.clone(), big.clone()];
+    let posts = pack(&frames, true);
+    let counts: Vec<usize> = posts.iter().map(|(_, n)| *n).collect();
+    // Two 50 KB frames and the small one fit in 128 KB; a third 50 KB does not, and goes alone.
+    assert_eq!(counts, [3, 1]);
+    for (body, _) in &posts {
+        assert!(body.len() <= MAX_PAYLOAD_BYTES);
+    }
+    let first: Value = serde_json::from_slice(&posts[0].0).unwrap();
+    assert_eq!(first["type"], "batch");
+    assert_eq!(first["frames"].as_array().unwrap().len(), 3);
+    assert_eq!(posts[1].0, big.as_bytes());
+    assert_eq!(
+        pack(std::slice::from_ref(&small), true),
+        vec![(small.as_bytes().to_vec(), 1)]
+    );
+    assert!(
+        !String::from_utf8(pack(std::slice::from_ref(&small), true)[0].0.clone())
+            .unwrap()
+            .starts_with(BATCH_OPEN)
+    );
+    // Without batch: a post a frame, as they are.
+    assert_eq!(pack(&frames, false).len(), 4);
+}
+
+#[tokio::test]
+async fn past_the_hand_off_no_post_starts_and_the_rest_goes_to_the_delivery_queue_once() {
+    let mut rig = Rig::new().await;
+    for (c, u) in [("ok1", "ann"), ("slow1", "sam")] {
+        member(&rig, c, u, "workspace:handoff").await;
+    }
+    batch_member(&rig, "bat1", "bea", "workspace:handoff").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    // slow1 answers 500 to everything until the hand-off has passed.
+    rig.server.fail("slow1", 500, None);
+    for i in 0..5 {
+        rig.table
+            .store
+            .post(&chat("workspace:handoff", "ann", &format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    let batch = rig.stream_batch().await;
+    let stop_at = std::time::Instant::now() + Duration::from_millis(300);
+    let response = stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        &rig.failures,
+        &rig.shards,
+        batch,
+        Some(stop_at),
+    )
+    .await;
+    // Nothing to replay: what was delivered is not sent again, and the rest was handed on.
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert!(
+        std::time::Instant::now() < stop_at + Duration::from_secs(2),
+        "the invocation ended near its hand-off"
+    );
+    let expected: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+    assert_eq!(bodies(&rig, "ok1"), expected);
+    assert!(rig.server.received("slow1").is_empty());
+
+    // slow1 recovers; deliver posts its frames from the queue, in order, and nobody else's again.
+    rig.server.reset();
+    rig.drain_deliveries(&rig.broadcaster).await;
+    assert_eq!(bodies(&rig, "slow1"), expected);
+    assert!(rig.server.received("ok1").is_empty());
+    assert!(rig.server.received("bat1").is_empty());
+}
+
+#[tokio::test]
+async fn a_channel_not_started_before_the_hand_off_is_given_back_to_lambda_whole() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "ann", "workspace:late").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    for i in 0..3 {
+        rig.table
+            .store
+            .post(&chat("workspace:late", "ann", &format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    let batch = rig.stream_batch().await;
+    // The three messages (the head and dedupe items' records ask for nothing).
+    let records = batch
+        .records
+        .iter()
+        .filter(|r| stream_fanout::classify(r).is_ok_and(|w| w.is_some()))
+        .count();
+    assert_eq!(records, 3);
+    let response = stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        &rig.failures,
+        &rig.shards,
+        batch,
+        Some(std::time::Instant::now()),
+    )
+    .await;
+    assert_eq!(failures(&response).len(), records);
+    assert!(rig.server.received("a1").is_empty());
+}
+
+#[tokio::test]
+async fn leases_of_one_second_never_add_up_past_the_cap_and_the_last_gets_what_is_left() {
+    use wsfan_shared::store::BudgetLedger;
+    let rig = Rig::new().await;
+    let store = &rig.table.store;
+    let second = wsfan_shared::clock::now_secs() as u64;
+    // 40 environments asking for 30 each, at once, of a cap of 1,000.
+    let grants = futures::future::join_all((0..40).map(|_| store.lease(second, 30, 1000))).await;
+    let granted: u64 = grants.into_iter().map(Result::unwrap).sum();
+    assert_eq!(granted, 1000);
+    assert_eq!(store.lease(second, 5, 1000).await.unwrap(), 0);
+    // Another second is a counter of its own.
+    assert_eq!(store.lease(second + 1, 600, 1000).await.unwrap(), 600);
+    assert_eq!(store.lease(second + 1, 600, 1000).await.unwrap(), 400);
+}
+
+#[tokio::test]
+async fn a_broadcaster_alone_takes_nearly_all_of_the_shared_budget_and_two_together_never_more() {
+    use std::collections::HashMap;
+    let rig = Rig::new().await;
+    let sdk = harness::moto::shared().sdk_config().await;
+    let leased =
+        |max_rps: u64| broadcaster_with(&rig, &sdk, |c| c.max_rps = Some(max_rps)).with_budget(rig.table.store.clone());
+    // 900 posts at a budget of 300/s: three seconds alone, whatever the old share would allow.
+    let alone = leased(300);
+    let ids: Vec<String> = (0..900).map(|i| format!("s{i}")).collect();
+    let started = std::time::Instant::now();
+    let report = alone.deliver(ids, b"x").await.unwrap();
+    assert_eq!(report.counters.delivered, 900);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "the budget held it to 300/s: {took:?}");
+    let (leases, granted) = alone.leases();
+    assert!(leases > 0 && granted >= 900, "{leases} leases, {granted} posts");
+    // Two broadcasters at once draw from the same counters: per second, never past the cap.
+    let (a, b) = (leased(300), leased(300));
+    let ids = |p: &str| (0..450).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+    let (ra, rb) = tokio::join!(a.deliver(ids("a"), b"x"), b.deliver(ids("b"), b"x"));
+    assert_eq!(ra.unwrap().counters.delivered + rb.unwrap().counters.delivered, 900);
+    let mut per_second: HashMap<String, u64> = HashMap::new();
+    for (sk, item) in rig.table.partition(wsfan_shared::store::BUDGET_PK).await {
+        let used: u64 = item["used"].as_n().unwrap().parse().unwrap();
+        assert!(used <= 300, "{sk}: {used} leased of 300");
+        per_second.insert(sk, used);
+    }
+    assert!(per_second.len() >= 3, "{per_second:?}");
 }

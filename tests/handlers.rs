@@ -571,6 +571,7 @@ async fn connect_with_a_bad_user_id_is_refused_and_writes_nothing() {
             expires_at: 2,
             joined: vec![],
             history: None,
+            batch: false,
         };
         assert!(
             matches!(

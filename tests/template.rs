@@ -1113,7 +1113,7 @@ fn parameter_default(t: &Template, name: &str) -> Option<u64> {
 
 /// Sharded delivery: a FIFO delivery queue with a FIFO DLQ, read by deliver with item failures and
 /// a bounded concurrency; the queue is where the fanouts send shards; sends only to those queues;
-/// and the governor's shares cover every environment that can post.
+/// and every poster draws on the one FanoutMaxRps budget.
 fn check_delivery(t: &Template, out: &mut Vec<String>) {
     let queues = t.of_type("AWS::SQS::Queue");
     let from_queue = t.mappings_into(DELIVER).into_iter().find_map(|m| {
@@ -1203,23 +1203,9 @@ fn check_delivery(t: &Template, out: &mut Vec<String>) {
         }
         // Every poster's budget comes from the same two parameters.
         if let Some(v) = env.get("FANOUT_MAX_RPS") {
-            if ref_of(v) != Some("FanoutMaxRps")
-                || env.get("FANOUT_SHARES").and_then(|v| ref_of(v)) != Some("FanoutShares")
-            {
-                out.push(format!(
-                    "{} ({binary}): FANOUT_MAX_RPS and FANOUT_SHARES must be !Ref FanoutMaxRps and FanoutShares",
-                    f.id
-                ));
+            if ref_of(v) != Some("FanoutMaxRps") {
+                out.push(format!("{} ({binary}): FANOUT_MAX_RPS must be !Ref FanoutMaxRps", f.id));
             }
-        }
-    }
-    // The shares are at least the environments deliver alone can run, or the fanouts together
-    // could post above FanoutMaxRps.
-    if let (Some(shares), Some(concurrency)) = (parameter_default(t, "FanoutShares"), deliver_concurrency) {
-        if shares <= concurrency {
-            out.push(format!(
-                "FanoutShares ({shares}) must exceed deliver's MaximumConcurrency ({concurrency}): the other fanouts post too"
-            ));
         }
     }
 }
@@ -2262,14 +2248,7 @@ fn a_deliver_mapping_without_item_failures_or_a_concurrency_bound_is_reported() 
 }
 
 #[test]
-fn shares_that_do_not_cover_deliver_or_a_fanout_off_the_budget_are_reported() {
-    let p = problems_after(|doc| {
-        set(doc, &["Parameters", "FanoutShares", "Default"], Value::from(10));
-    });
-    assert_reported(
-        &p,
-        &["FanoutShares (10) must exceed deliver's MaximumConcurrency (10): the other fanouts post too"],
-    );
+fn a_fanout_off_the_budget_is_reported() {
     let p = problems_after(|doc| {
         let env = &[
             "Resources",
@@ -2283,7 +2262,7 @@ fn shares_that_do_not_cover_deliver_or_a_fanout_off_the_budget_are_reported() {
     });
     assert_reported(
         &p,
-        &["StreamFanoutFunction (stream-fanout): FANOUT_MAX_RPS and FANOUT_SHARES must be !Ref FanoutMaxRps and FanoutShares"],
+        &["StreamFanoutFunction (stream-fanout): FANOUT_MAX_RPS must be !Ref FanoutMaxRps"],
     );
 }
 

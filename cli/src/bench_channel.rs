@@ -123,6 +123,7 @@ fn membership(channel: &ChannelId, connection_id: String) -> Membership {
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 7200,
         history: None,
+        batch: false,
     }
 }
 
@@ -358,16 +359,11 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     let config = b.stack.config(0)?;
     // Absolute, as /proc/<pid>/exe is.
     let bin_dir: PathBuf = config.bin_dir.canonicalize().unwrap_or_else(|_| config.bin_dir.clone());
-    // Each environment takes FANOUT_MAX_RPS / FANOUT_SHARES; here the environments that can post
-    // are deliver's and stream-fanout's, at most --concurrency each.
+    // Every environment leases its posts from one per-second FANOUT_MAX_RPS (crate::budget).
     let max_rps = b
         .max_rps
         .unwrap_or(if b.no_bucket { 10_000_000 } else { b.bucket_rate as u64 });
-    let shares = config.concurrency as u64 + 1;
-    let overrides = vec![
-        ("FANOUT_MAX_RPS".to_owned(), max_rps.to_string()),
-        ("FANOUT_SHARES".to_owned(), shares.to_string()),
-    ];
+    let overrides = vec![("FANOUT_MAX_RPS".to_owned(), max_rps.to_string())];
     let (environment, _functions) =
         wsfan_local::dev::start_pipeline(&config, &server.endpoint(&config.stage), &overrides)
             .await
@@ -502,7 +498,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "  FANOUT_MAX_RPS {max_rps}, FANOUT_SHARES {shares}, environments per function {}",
+        "  FANOUT_MAX_RPS {max_rps} (leased per second from the table), environments per function {}",
         config.concurrency
     );
     if let Some(pinned) = &pinned {

@@ -50,6 +50,10 @@ pub struct LocalBench {
     /// Upgrades in flight at once while the clients connect.
     #[arg(long, default_value_t = 50)]
     pub connect_concurrency: usize,
+    /// Clients connect without `?batch=1`, and get one frame a post (as the seeds' pages do)
+    /// instead of the batch frames the JS client asks for.
+    #[arg(long)]
+    pub no_batch: bool,
 }
 
 /// The stack under test: a `wsfan dev` child process.
@@ -168,6 +172,8 @@ fn token(sub: &str) -> String {
 struct Seen {
     /// Every frame any client received (for the quiet-period check).
     frames: AtomicU64,
+    /// WebSocket messages received (a batch frame is one).
+    posts: AtomicU64,
     presence: AtomicU64,
     /// (client, messageId, clientMsgId, when) for every `message` frame.
     messages: Mutex<Vec<(usize, String, String, Instant)>>,
@@ -176,9 +182,10 @@ struct Seen {
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens a socket and joins `channel`; returns the socket once `joined` came back.
-async fn connect_and_join(url: &str, sub: &str, channel: &str) -> Result<(Socket, Duration), String> {
+async fn connect_and_join(url: &str, sub: &str, channel: &str, batch: bool) -> Result<(Socket, Duration), String> {
     let started = Instant::now();
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={}", token(sub)))
+    let batch = if batch { "&batch=1" } else { "" };
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={}{batch}", token(sub)))
         .await
         .map_err(|e| format!("{sub}: connecting: {e}"))?;
     let connected = started.elapsed();
@@ -219,20 +226,32 @@ fn run_client(index: usize, socket: Socket, seen: Arc<Seen>) -> mpsc::UnboundedS
         while let Some(Ok(message)) = stream.next().await {
             let Message::Text(text) = message else { continue };
             seen.frames.fetch_add(1, Ordering::Relaxed);
+            seen.posts.fetch_add(1, Ordering::Relaxed);
             let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-            match frame["type"].as_str() {
-                Some("message") => {
-                    let id = frame["messageId"].as_str().unwrap_or_default().to_owned();
-                    let client_id = frame["clientMsgId"].as_str().unwrap_or_default().to_owned();
-                    seen.messages
-                        .lock()
-                        .unwrap()
-                        .push((index, id, client_id, Instant::now()));
+            // A batch frame carries several, in order; anything else is one.
+            let frames = match frame["type"].as_str() {
+                Some("batch") => match frame {
+                    Value::Object(mut batch) => match batch.remove("frames") {
+                        Some(Value::Array(frames)) => frames,
+                        _ => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                },
+                _ => vec![frame],
+            };
+            let now = Instant::now();
+            for frame in frames {
+                match frame["type"].as_str() {
+                    Some("message") => {
+                        let id = frame["messageId"].as_str().unwrap_or_default().to_owned();
+                        let client_id = frame["clientMsgId"].as_str().unwrap_or_default().to_owned();
+                        seen.messages.lock().unwrap().push((index, id, client_id, now));
+                    }
+                    Some("presence") => {
+                        seen.presence.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
                 }
-                Some("presence") => {
-                    seen.presence.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
             }
         }
     });
@@ -319,8 +338,9 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     let joined: Vec<Result<(usize, Socket, Duration), String>> = futures::stream::iter(0..bench.clients)
         .map(|i| {
             let url = stack.ws_url.clone();
+            let batch = !bench.no_batch;
             async move {
-                connect_and_join(&url, &format!("bench-{i}"), channel)
+                connect_and_join(&url, &format!("bench-{i}"), channel, batch)
                     .await
                     .map(|(s, c)| (i, s, c))
             }
@@ -356,14 +376,22 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     }
     let drained = settle(&seen, Duration::from_secs(2), Duration::from_secs(600)).await;
     println!(
-        "presence fanout settled {:.2} s after the last join ({} presence frames)",
+        "presence fanout settled {:.2} s after the last join ({} presence frames in {} posts; clients {})",
         drained.as_secs_f64(),
-        seen.presence.load(Ordering::Relaxed)
+        seen.presence.load(Ordering::Relaxed),
+        seen.posts.load(Ordering::Relaxed),
+        if bench.no_batch {
+            "one frame a post"
+        } else {
+            "asked for batches"
+        }
     );
     report["connectJoinSeconds"] = json!(join_time.as_secs_f64());
     report["joined"] = json!(outboxes.len());
     report["joinFailures"] = json!(failures.len());
     report["presenceSettledSeconds"] = json!(drained.as_secs_f64());
+    report["presenceFrames"] = json!(seen.presence.load(Ordering::Relaxed));
+    report["batch"] = json!(!bench.no_batch);
 
     // Senders: round robin over the first `senders` clients, at `rate` overall.
     let total = bench.senders.min(outboxes.len()) * bench.messages;
@@ -433,6 +461,8 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     report["deliveries"] =
         json!({"expected": expected, "delivered": delivered, "missing": missing, "duplicated": duplicates});
     report["deliveryMs"] = json!({"p50": ms(percentile(&latencies, 50.0)), "p99": ms(percentile(&latencies, 99.0))});
+    // Every WebSocket message the clients got, presence and all: with batches, several frames each.
+    report["posts"] = json!(seen.posts.load(Ordering::Relaxed));
 
     // Close the fanout clients before the soak, as clients leave.
     drop(outboxes);
@@ -449,7 +479,7 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
 
 /// One client sends `count` messages one after another, each after the last one's ack.
 async fn soak(url: &str, count: usize) -> Result<Value, String> {
-    let (socket, _) = connect_and_join(url, "soaker", "workspace:soak").await?;
+    let (socket, _) = connect_and_join(url, "soaker", "workspace:soak", false).await?;
     let (mut sink, mut stream) = socket.split();
     let mut acks = Vec::with_capacity(count);
     let started = Instant::now();

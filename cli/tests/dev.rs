@@ -522,6 +522,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
                 expires_at: now / 1000 + 3600,
                 joined: vec![],
                 history: None,
+                batch: false,
             },
             &[],
         )
@@ -536,6 +537,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
             joined_at: now,
             expires_at: now / 1000 + 3600,
             history: None,
+            batch: false,
         })
         .await
         .unwrap();

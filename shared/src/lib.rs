@@ -16,6 +16,7 @@
 pub mod domain {
     pub mod access;
     pub mod batch;
+    pub mod budget;
     pub mod channel;
     pub mod clock;
     pub mod connect;
@@ -43,7 +44,9 @@ pub mod transport {
 }
 
 pub use adapters::{auth, broadcaster, config, publisher, store, table, telemetry};
-pub use domain::{access, batch, channel, clock, connect, governor, model, progress, protocol, shard, websocket};
+pub use domain::{
+    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, shard, websocket,
+};
 pub use transport::{http1, sigv4};
 
 pub use channel::{ChannelId, ChannelKind, ChannelPattern};

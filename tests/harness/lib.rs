@@ -283,6 +283,7 @@ impl Rig {
             &self.failures,
             &self.shards,
             batch,
+            None,
         )
         .await
     }

@@ -25,6 +25,11 @@ export interface ClientOptions {
   maxInFlight?: number;
   /** Messages per recovery page (1-100, default 100). */
   historyPageSize?: number;
+  /**
+   * Ask for several frames in one post when many are due at once (`?batch=1`, default true): the
+   * client unpacks them, so listeners see the same frames either way.
+   */
+  batch?: boolean;
 }
 
 interface ChatBase {

@@ -73,8 +73,9 @@ export class WsfanClient {
    * @param {ClientOptions} [options]
    */
   constructor(url, options = {}) {
-    this.url = url;
     this.options = { ...DEFAULTS, ...options };
+    // Several frames in one post when many are due at once: fewer posts, the same frames.
+    this.url = this.options.batch === false || /[?&]batch=/.test(url) ? url : `${url}${url.includes('?') ? '&' : '?'}batch=1`;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
     if (!this.WebSocket) throw new Error('no WebSocket implementation: pass options.WebSocket');
     /** @type {ConnectionState} */
@@ -292,8 +293,16 @@ export class WsfanClient {
       this.emit('error', { code: 'bad_frame', message: String(data).slice(0, 200) });
       return;
     }
+    this.onParsed(f);
+  }
+
+  onParsed(f) {
     if (!f || typeof f !== 'object') return;
     switch (f.type) {
+      // Frames coalesced into one post (?batch=1), in the order they were due.
+      case 'batch':
+        for (const inner of Array.isArray(f.frames) ? f.frames : []) this.onParsed(inner);
+        break;
       case 'joined': this.onJoined(f); break;
       case 'left': this.answer(`left:${f.channel}`, f); break;
       case 'ack': this.onAck(f); break;

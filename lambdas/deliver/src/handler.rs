@@ -26,7 +26,6 @@ pub const ENV: &[&str] = &[
     "FANOUT_CONCURRENCY",
     "FANOUT_DEADLINE_MS",
     "FANOUT_MAX_RPS",
-    "FANOUT_SHARES",
     "DELIVERY_QUEUE_URL",
     "DELIVERY_DLQ_URL",
 ];

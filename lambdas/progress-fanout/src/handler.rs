@@ -5,6 +5,13 @@
 //! dropped), so the queue's redrive policy moves it to the DLQ. Messages of one document are
 //! handled in order, and after a failure the rest of that document's messages in the batch are
 //! reported failed too, which keeps FIFO groups in order.
+//!
+//! Progress takes the chat path: a document with more than
+//! [`wsfan_shared::shard::DIRECT_MAX_MEMBERS`] subscribers goes to the delivery queue as a shard
+//! per group of them, for `deliver`; a subscriber still failing at FANOUT_DEADLINE_MS goes there
+//! too, for another attempt, and after the last into the delivery dead-letter queue with the
+//! frame. A terminal state (`processing_complete`, a final `error`) that a subscriber could not be
+//! given is never dropped: it is retried, then parked where an operator sees and redrives it.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -15,7 +22,7 @@ pub const ENV: &[&str] = &[
     "FANOUT_DEADLINE_MS",
     "MESSAGE_TTL_SECONDS",
     "FANOUT_MAX_RPS",
-    "FANOUT_SHARES",
+    "DELIVERY_QUEUE_URL",
 ];
 
 const DOCS_IN_FLIGHT: usize = 16;
@@ -25,6 +32,7 @@ use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::progress::{InvalidProgress, ProgressEvent, ProgressKind};
+use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,8 @@ pub enum MessageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broadcast(#[from] BroadcastError),
+    #[error("could not reach the delivery queue: {0}")]
+    Enqueue(String),
 }
 
 /// What happened to one valid event.
@@ -46,21 +56,23 @@ pub enum Applied {
     Stale,
 }
 
-pub async fn apply<S: Store, D: Deliver>(
+pub async fn apply<S: Store, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
+    shards: &Q,
     event: &ProgressEvent,
 ) -> Result<Applied, MessageError> {
-    apply_delivery(store, deliver, event, None).await
+    apply_delivery(store, deliver, shards, event, None).await
 }
 
 /// [`apply`] for one delivery of a queue message (`delivery_id`: its SQS message id). When a
 /// batch is retried because this function died mid-push, the event it had stored is pushed
 /// again rather than found stale: otherwise the subscribers it had not reached would never get
 /// it. Those it had reached get it twice, as at-least-once delivery allows.
-pub async fn apply_delivery<S: Store, D: Deliver>(
+pub async fn apply_delivery<S: Store, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
+    shards: &Q,
     event: &ProgressEvent,
     delivery_id: Option<&str>,
 ) -> Result<Applied, MessageError> {
@@ -85,21 +97,47 @@ pub async fn apply_delivery<S: Store, D: Deliver>(
         return Ok(Applied::Stale);
     }
     let channel = ChannelId::doc(&event.doc_id).map_err(|e| InvalidProgress(e.to_string()))?;
-    let members: Vec<String> = store
-        .members(&channel)
-        .await?
-        .into_iter()
-        .map(|m| m.connection_id)
-        .collect();
+    let payload = serde_json::to_string(event).expect("progress events serialise");
+    // What this push came from, for the delivery queue's deduplication: the queue message, or
+    // the event itself.
+    let origin = delivery_id.map_or_else(
+        || {
+            // FIFO deduplication ids take 128 characters; a document id may take as many.
+            let doc: String = event.doc_id.chars().take(64).collect();
+            format!("{doc}-{:?}-{}", event.kind, event.pages_processed.unwrap_or(0))
+        },
+        str::to_owned,
+    );
+    // One page one longer than the direct path takes tells which path the document needs.
+    let page = store.members_page(&channel, None, DIRECT_MAX_MEMBERS + 1).await?;
+    if page.members.len() > DIRECT_MAX_MEMBERS || page.next.is_some() {
+        let groups = shard::group_shards(&channel, &payload, &origin, None);
+        shards.enqueue(groups).await.map_err(MessageError::Enqueue)?;
+        tracing::info!(%channel, "sharded to the delivery queue");
+        return Ok(Applied::Pushed(Counters::default()));
+    }
+    let members: Vec<String> = page.members.into_iter().map(|m| m.connection_id).collect();
     if members.is_empty() {
         return Ok(Applied::Pushed(Counters::default()));
     }
-    let payload = serde_json::to_vec(event).expect("progress events serialise");
-    let report = deliver.deliver(members, &payload).await?;
+    let report = deliver.deliver(members, payload.as_bytes()).await?;
+    let undelivered: Vec<String> = report.undelivered().map(|(id, _)| id.to_owned()).collect();
+    if !undelivered.is_empty() {
+        // No subscriber is dropped: the next attempts come from deliver, then the DLQ.
+        shards
+            .enqueue(shard::retry_direct(channel, payload, origin, undelivered))
+            .await
+            .map_err(MessageError::Enqueue)?;
+    }
     Ok(Applied::Pushed(report.counters))
 }
 
-pub async fn handle<S: Store, D: Deliver>(store: &S, deliver: &D, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle<S: Store, D: Deliver, Q: ShardQueue>(
+    store: &S,
+    deliver: &D,
+    shards: &Q,
+    event: SqsEvent,
+) -> SqsBatchResponse {
     let work: Vec<_> = event
         .records
         .iter()
@@ -116,7 +154,7 @@ pub async fn handle<S: Store, D: Deliver>(store: &S, deliver: &D, event: SqsEven
         .collect();
 
     let outcomes = in_key_order(work, DOCS_IN_FLIGHT, async |(message, parsed)| match parsed {
-        Ok(event) => apply_delivery(store, deliver, event, message.message_id.as_deref()).await,
+        Ok(event) => apply_delivery(store, deliver, shards, event, message.message_id.as_deref()).await,
         Err(e) => Err(MessageError::Invalid(e.clone())),
     })
     .await;

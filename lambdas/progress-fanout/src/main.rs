@@ -7,9 +7,10 @@ use wsfan_shared::broadcaster::Broadcaster;
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (store, broadcaster) = Broadcaster::from_env().await?;
-    let (store, broadcaster) = (&store, &broadcaster);
+    let shards = wsfan_shared::publisher::DeliveryQueue::from_env().await?;
+    let (store, broadcaster, shards) = (&store, &broadcaster, &shards);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(progress_fanout::handle(store, broadcaster, event.payload).await)
+        Ok::<_, Error>(progress_fanout::handle(store, broadcaster, shards, event.payload).await)
     }))
     .await
 }

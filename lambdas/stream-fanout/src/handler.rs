@@ -1,22 +1,32 @@
 //! The DynamoDB stream fanout: pushes messages, reactions, typing, receipts and presence to every
 //! member of a channel.
 //!
-//! Records of one channel are handled in stream order; different channels run concurrently. A
-//! record that cannot be handled is reported in `batchItemFailures` by its sequence number, and so
-//! is every later record of the same channel in the batch, so that the retry (which starts from
-//! the failed record) replays them in order instead of delivering them ahead of it.
+//! A batch's records are taken a channel at a time (different channels concurrently). For a
+//! channel, every frame its records ask for is worked out first, in stream order, and then each
+//! member gets its own frames as one ordered stream, the members in parallel: a member never
+//! waits for every other member's copy of a record before getting the next one. A member that
+//! connected with `?batch=1` gets its frames coalesced, as many as fit in one post, as
+//! `{"type":"batch","frames":[...]}` (API Gateway bills a post per 32 KB, so this costs no more
+//! and draws far fewer posts from the budget); every other member gets one frame a post.
 //!
 //! A record that can never be used (a message item that breaks the contract, say one a backend
 //! wrote without a body) is not retried: it goes to the stream's failure destination at once,
-//! with the reason, and the records behind it go on. A membership written with `history` (asked
-//! for at connect) sends that page of the channel's history to that one connection.
+//! with the reason, and the records behind it go on. A record that fails for a reason that may
+//! pass is reported in `batchItemFailures` by its sequence number, and so is every later record
+//! of the same channel, so that the retry (which starts from the failed record) replays them in
+//! order. A membership written with `history` (asked for at connect) sends that page of the
+//! channel's history to that one connection, in its place among the channel's frames.
+//!
+//! The invocation keeps a hand-off time [`HANDOFF_RESERVE`] before its timeout. No post starts
+//! after it: a recipient's frames not yet delivered go to the delivery queue, in order, for
+//! `deliver`; a channel not started by then is reported failed, for the next invocation. Nothing
+//! delivered is sent again, and nothing runs into the timeout (which would replay the batch).
 //!
 //! A channel of up to [`DIRECT_MAX_MEMBERS`] members is posted to from here. A larger one is
 //! handed to the delivery queue as one shard per group of its members (wsfan_shared::shard), and
 //! the `deliver` function reads each group's part of the member list and posts it, the groups in
-//! parallel: this function reads one page of a large channel and holds its stream shard for the
-//! few sends only. A recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue
-//! too, for another attempt: nobody is dropped silently.
+//! parallel. A recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue too,
+//! for another attempt: nobody is dropped silently.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -28,7 +38,6 @@ pub const ENV: &[&str] = &[
     "FAILURE_QUEUE_URL",
     "DELIVERY_QUEUE_URL",
     "FANOUT_MAX_RPS",
-    "FANOUT_SHARES",
 ];
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
@@ -41,20 +50,33 @@ pub const HISTORY_REQUEST_ATTRIBUTE: &str = "history";
 /// Channels whose records are worked on at once within one batch.
 const CHANNELS_IN_FLIGHT: usize = 16;
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use futures::StreamExt;
 use serde_dynamo::AttributeValue;
-use wsfan_shared::batch::{in_key_order, Outcome};
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, MAX_PAYLOAD_BYTES};
+use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Parcel, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
 use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
+
+/// Time kept at the end of an invocation: posts stop this long before the timeout, and what is
+/// left goes to the delivery queue (a few sends) or back to Lambda.
+pub const HANDOFF_RESERVE: Duration = Duration::from_secs(5);
+
+/// When an invocation that must end by `deadline_ms` (milliseconds since the epoch, as the
+/// Runtime API gives it) hands what is left on: [`HANDOFF_RESERVE`] before, or half-way for a
+/// timeout too short for that.
+pub fn stop_at(deadline_ms: u64) -> Instant {
+    let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap_or(0);
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Instant::now() + left.saturating_sub(HANDOFF_RESERVE).max(left / 2)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -68,6 +90,10 @@ pub enum RecordError {
     Park(String),
     #[error("could not reach the delivery queue: {0}")]
     Enqueue(String),
+    #[error("not attempted: an earlier record of its channel failed ({0})")]
+    Blocked(String),
+    #[error("not started before the invocation's hand-off time; the next invocation takes it")]
+    OutOfTime,
 }
 
 /// A frame to push to every member of a channel.
@@ -201,14 +227,8 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
     Ok(None)
 }
 
-/// Sends a page of history to the one connection that asked for it at connect.
-async fn send_history<S: Store, D: Deliver>(
-    store: &S,
-    deliver: &D,
-    channel: &ChannelId,
-    connection_id: &str,
-    limit: u32,
-) -> Result<Counters, RecordError> {
+/// The history page a connection asked for at connect, as the frame it gets.
+async fn history_frame<S: Store>(store: &S, channel: &ChannelId, limit: u32) -> Result<String, RecordError> {
     let page = store.history(channel, HistoryCursor::Latest, limit).await?;
     let frame = ServerFrame::History {
         channel: channel.to_string(),
@@ -217,159 +237,326 @@ async fn send_history<S: Store, D: Deliver>(
         after: None,
         complete: None,
     };
-    let report = deliver
-        .deliver(vec![connection_id.to_owned()], frame.to_json().as_bytes())
-        .await?;
-    Ok(report.counters)
+    Ok(frame.to_json())
 }
 
-/// A channel's members as the batch sees them: the list itself when small, or the fact that it
-/// is too large to hold here (deliver reads it, a group at a time).
-#[derive(Clone)]
-enum Members {
-    Direct(Arc<Vec<Member>>),
-    Sharded,
+/// One frame of a channel's batch, and who gets it.
+struct Planned {
+    /// The record it came from (its index in the channel's records).
+    record: usize,
+    frame: Arc<str>,
+    to: Audience,
 }
 
-/// The member lists of one batch, read once per channel.
-///
-/// A batch holds up to a hundred records, and when many people join a channel at once most of
-/// them are presence records of that one channel: reading the whole member list again for each
-/// made a join storm quadratic in reads (1,000 joins read a million items). Records of a channel
-/// are handled in order, so the list read for the first serves the rest of the batch; everyone
-/// who joins later wrote their membership after these records, and learns what came before from
-/// `joined` and `history`.
-struct BatchMembers<'a, S> {
-    store: &'a S,
-    read: std::sync::Mutex<HashMap<ChannelId, Members>>,
+enum Audience {
+    /// Every member, but a user's own connections for news about that user.
+    Members { except_user: Option<String> },
+    /// One connection (a history page it asked for).
+    Connection(String),
 }
 
-impl<'a, S: Store> BatchMembers<'a, S> {
-    fn new(store: &'a S) -> Self {
-        BatchMembers {
-            store,
-            read: Default::default(),
-        }
-    }
+/// What a channel's records came to: an outcome per record, in order.
+type ChannelOutcomes = Vec<Result<Counters, RecordError>>;
 
-    async fn of(&self, channel: &ChannelId) -> Result<Members, StoreError> {
-        if let Some(members) = self.read.lock().unwrap().get(channel) {
-            return Ok(members.clone());
-        }
-        // One page one longer than the direct path takes tells which path the channel needs.
-        let page = self.store.members_page(channel, None, DIRECT_MAX_MEMBERS + 1).await?;
-        let members = if page.members.len() > DIRECT_MAX_MEMBERS || page.next.is_some() {
-            Members::Sharded
-        } else {
-            Members::Direct(Arc::new(page.members))
+/// A channel's records of a batch, each with what it asks for, in stream order.
+type ChannelRecords<'a> = Vec<(&'a EventRecord, Result<Work, RecordError>)>;
+
+/// Works out every frame a channel's records ask for, in stream order. A record that can never be
+/// used goes to the failure destination; one that fails here (its history read, or the failure
+/// destination) stops the plan, and it and the records after it are retried.
+async fn plan<S: Store, F: FailureDestination>(
+    store: &S,
+    failures: &F,
+    records: &[(&EventRecord, Result<Work, RecordError>)],
+) -> (Vec<Planned>, Option<(usize, RecordError)>) {
+    let mut planned = Vec::new();
+    for (index, (record, work)) in records.iter().enumerate() {
+        let step = match work {
+            Ok(Work::Push(Push { frame, .. })) => {
+                let except_user = match frame {
+                    ServerFrame::Presence { user_id, .. } => Some(user_id.clone()),
+                    _ => None,
+                };
+                Ok(Some(Planned {
+                    record: index,
+                    frame: frame.to_json().into(),
+                    to: Audience::Members { except_user },
+                }))
+            }
+            Ok(Work::History {
+                channel,
+                connection_id,
+                limit,
+            }) => history_frame(store, channel, *limit).await.map(|frame| {
+                Some(Planned {
+                    record: index,
+                    frame: frame.into(),
+                    to: Audience::Connection(connection_id.clone()),
+                })
+            }),
+            // Retrying cannot make it usable: off to the failure destination now, and the channel
+            // goes on. Only when that fails is the record retried.
+            Err(e) => {
+                let reason = e.to_string();
+                match failures.park(failure_body(record, &reason)).await {
+                    Ok(()) => {
+                        tracing::warn!(event_id = %record.event_id, %reason, "unusable record sent to the failure destination");
+                        Ok(None)
+                    }
+                    Err(why) => Err(RecordError::Park(why)),
+                }
+            }
         };
-        self.read.lock().unwrap().insert(channel.clone(), members.clone());
-        Ok(members)
+        match step {
+            Ok(Some(p)) => planned.push(p),
+            Ok(None) => {}
+            Err(e) => return (planned, Some((index, e))),
+        }
     }
+    (planned, None)
 }
 
-async fn push<S: Store, D: Deliver, Q: ShardQueue>(
-    members: &BatchMembers<'_, S>,
+/// Each member's frames, in order: the parcels of a channel's batch for the direct path.
+fn parcels(members: &[Member], planned: &[Planned]) -> Vec<Parcel> {
+    let mut parcels: Vec<Parcel> = members
+        .iter()
+        .map(|m| Parcel {
+            connection_id: m.connection_id.clone(),
+            frames: planned
+                .iter()
+                .filter(|p| match &p.to {
+                    Audience::Members { except_user } => {
+                        except_user.is_none() || m.user_id.as_ref() != except_user.as_ref()
+                    }
+                    Audience::Connection(id) => *id == m.connection_id,
+                })
+                .map(|p| p.frame.clone())
+                .collect(),
+            batch: m.batch,
+        })
+        .collect();
+    // A history page for a connection the member read did not list (it joined after the read).
+    for p in planned {
+        if let Audience::Connection(id) = &p.to {
+            if !members.iter().any(|m| m.connection_id == *id) {
+                parcels.push(Parcel {
+                    connection_id: id.clone(),
+                    frames: vec![p.frame.clone()],
+                    batch: false,
+                });
+            }
+        }
+    }
+    parcels.retain(|p| !p.frames.is_empty());
+    parcels
+}
+
+/// The frames of recipients not reached (by their deadline, or by the hand-off) go to the delivery
+/// queue, each recipient's in order: one frame after another, so each group's shards keep it.
+async fn hand_on<Q: ShardQueue>(
+    shards: &Q,
+    channel: &ChannelId,
+    planned: &[Planned],
+    origins: &[String],
+    undelivered: Vec<Parcel>,
+) -> Result<(), String> {
+    // Recipients with the same frames left go together: usually every one of them has all, or
+    // the same last few.
+    let mut by_frames: Vec<(Vec<Arc<str>>, Vec<String>)> = Vec::new();
+    for parcel in undelivered {
+        match by_frames.iter_mut().find(|(frames, _)| {
+            frames.len() == parcel.frames.len() && frames.iter().zip(&parcel.frames).all(|(a, b)| Arc::ptr_eq(a, b))
+        }) {
+            Some((_, ids)) => ids.push(parcel.connection_id),
+            None => by_frames.push((parcel.frames, vec![parcel.connection_id])),
+        }
+    }
+    let mut out = Vec::new();
+    for (frames, recipients) in by_frames {
+        for frame in frames {
+            let origin = planned
+                .iter()
+                .find(|p| Arc::ptr_eq(&p.frame, &frame))
+                .map_or("?", |p| origins[p.record].as_str());
+            out.extend(shard::retry_direct(
+                channel.clone(),
+                frame.to_string(),
+                origin.to_owned(),
+                recipients.clone(),
+            ));
+        }
+    }
+    shards.enqueue(out).await
+}
+
+/// Delivers one channel's records of a batch: every frame they ask for, each member's in stream
+/// order, the members in parallel. No member waits for every other member's copy of a record
+/// before getting the next record, and a member that takes batches gets them in as few posts as
+/// fit. A large channel is handed to the delivery queue, a group of its members a shard.
+async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+    store: &S,
+    deliver: &D,
+    failures: &F,
+    shards: &Q,
+    key: &str,
+    records: &[(&EventRecord, Result<Work, RecordError>)],
+    stop_at: Option<Instant>,
+) -> ChannelOutcomes {
+    let mut outcomes: ChannelOutcomes = (0..records.len()).map(|_| Ok(Counters::default())).collect();
+    let fail_from = |outcomes: &mut ChannelOutcomes, first: usize, error: RecordError| {
+        let reason = error.to_string();
+        outcomes[first] = Err(error);
+        for later in outcomes.iter_mut().skip(first + 1) {
+            *later = Err(RecordError::Blocked(reason.clone()));
+        }
+    };
+    // Past the hand-off a channel is not started: Lambda gives its records to the next invocation.
+    if stop_at.is_some_and(|at| Instant::now() >= at) {
+        fail_from(&mut outcomes, 0, RecordError::OutOfTime);
+        return outcomes;
+    }
+    let (planned, stopped) = plan(store, failures, records).await;
+    if let Some((index, error)) = stopped {
+        fail_from(&mut outcomes, index, error);
+    }
+    if planned.is_empty() {
+        return outcomes;
+    }
+    let origins: Vec<String> = records.iter().map(|(r, _)| r.event_id.clone()).collect();
+    let Ok(channel) = key.strip_prefix(keys::CHAN_PREFIX).unwrap_or(key).parse::<ChannelId>() else {
+        return outcomes;
+    };
+    let wants_members = planned.iter().any(|p| matches!(p.to, Audience::Members { .. }));
+    let members = if wants_members {
+        // One page one longer than the direct path takes tells which path the channel needs.
+        match store.members_page(&channel, None, DIRECT_MAX_MEMBERS + 1).await {
+            Ok(page) if page.members.len() > DIRECT_MAX_MEMBERS || page.next.is_some() => None,
+            Ok(page) => Some(page.members),
+            Err(e) => {
+                fail_from(&mut outcomes, planned[0].record, e.into());
+                return outcomes;
+            }
+        }
+    } else {
+        Some(Vec::new())
+    };
+    let Some(members) = members else {
+        return sharded(deliver, shards, &channel, &planned, &origins, outcomes, stop_at).await;
+    };
+    let report = deliver.deliver_parcels(parcels(&members, &planned), stop_at).await;
+    outcomes[planned[0].record] = Ok(report.counters);
+    if report.undelivered.is_empty() {
+        return outcomes;
+    }
+    let (count, handed_on) = (report.undelivered.len(), report.handed_on);
+    // No silent loss: those not reached get the next attempt from deliver.
+    if let Err(why) = hand_on(shards, &channel, &planned, &origins, report.undelivered).await {
+        // Then the records are retried from the first: members who got them may get them again,
+        // and drop them by messageId/seq.
+        fail_from(&mut outcomes, planned[0].record, RecordError::Enqueue(why));
+        return outcomes;
+    }
+    tracing::info!(%channel, recipients = count, handed_on, "undelivered frames sent to the delivery queue");
+    outcomes
+}
+
+/// A large channel: each frame to the delivery queue as a shard per group (deliver reads the
+/// members); a history page, for one connection, is posted from here.
+async fn sharded<D: Deliver, Q: ShardQueue>(
     deliver: &D,
     shards: &Q,
     channel: &ChannelId,
-    frame: &ServerFrame,
-    origin: &str,
-) -> Result<Counters, RecordError> {
-    // A user's own devices are not told of the user's own presence.
-    let subject = match frame {
-        ServerFrame::Presence { user_id, .. } => Some(user_id.as_str()),
-        _ => None,
-    };
-    let wanted = |m: &Member| subject.is_none() || m.user_id.as_deref() != subject;
-    let payload = frame.to_json();
-    let members = match members.of(channel).await? {
-        Members::Direct(members) => members,
-        Members::Sharded => {
-            let groups = shard::group_shards(channel, &payload, origin, subject);
-            let count = groups.len();
-            shards.enqueue(groups).await.map_err(RecordError::Enqueue)?;
-            tracing::info!(%channel, groups = count, "sharded to the delivery queue");
-            return Ok(Counters::default());
+    planned: &[Planned],
+    origins: &[String],
+    mut outcomes: ChannelOutcomes,
+    stop_at: Option<Instant>,
+) -> ChannelOutcomes {
+    for p in planned {
+        let result = match &p.to {
+            Audience::Members { except_user } => {
+                let groups = shard::group_shards(channel, &p.frame, &origins[p.record], except_user.as_deref());
+                shards
+                    .enqueue(groups)
+                    .await
+                    .map(|()| Counters::default())
+                    .map_err(RecordError::Enqueue)
+            }
+            Audience::Connection(id) => {
+                let parcel = Parcel {
+                    connection_id: id.clone(),
+                    frames: vec![p.frame.clone()],
+                    batch: false,
+                };
+                let report = deliver.deliver_parcels(vec![parcel], stop_at).await;
+                match report.undelivered.is_empty() {
+                    true => Ok(report.counters),
+                    false => hand_on(shards, channel, planned, origins, report.undelivered)
+                        .await
+                        .map(|()| report.counters)
+                        .map_err(RecordError::Enqueue),
+                }
+            }
+        };
+        match result {
+            Ok(c) => outcomes[p.record] = Ok(c),
+            Err(e) => {
+                let reason = e.to_string();
+                outcomes[p.record] = Err(e);
+                for later in outcomes.iter_mut().skip(p.record + 1) {
+                    *later = Err(RecordError::Blocked(reason.clone()));
+                }
+                return outcomes;
+            }
         }
-    };
-    let members: Vec<String> = members
-        .iter()
-        .filter(|m| wanted(m))
-        .map(|m| m.connection_id.clone())
-        .collect();
-    if members.is_empty() {
-        return Ok(Counters::default());
     }
-    let report = deliver.deliver(members, payload.as_bytes()).await?;
-    let undelivered: Vec<String> = report.undelivered().map(|(id, _)| id.to_owned()).collect();
-    if !undelivered.is_empty() {
-        // No silent loss: those still failing at the deadline get the next attempt from deliver.
-        shards
-            .enqueue(shard::retry_direct(
-                channel.clone(),
-                payload,
-                origin.to_owned(),
-                undelivered,
-            ))
-            .await
-            .map_err(RecordError::Enqueue)?;
-    }
-    Ok(report.counters)
+    tracing::info!(%channel, frames = planned.len(), "sharded to the delivery queue");
+    outcomes
 }
 
-/// Handles one batch and returns the records to retry.
+/// Handles one batch and returns the records to retry. No channel starts after `stop_at` (the
+/// invocation's hand-off time, before its timeout), and no post does: what is left then goes to
+/// the delivery queue (recipients' frames) or back to Lambda (records not started).
 pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,
     shards: &Q,
     event: Event,
+    stop_at: Option<Instant>,
 ) -> DynamoDbEventResponse {
-    let work: Vec<_> = event
-        .records
-        .iter()
-        .map(|record| (record, classify(record).transpose()))
-        .filter_map(|(record, action)| Some((record, action?)))
+    // A channel's records, in stream order; channels in the order they first appear.
+    let mut channels: Vec<(String, ChannelRecords)> = Vec::new();
+    for record in &event.records {
+        let Some(work) = classify(record).transpose() else {
+            continue;
+        };
         // The partition key is the channel, and it is there even when the image is malformed,
         // so a bad record holds up exactly the records of its own channel.
-        .map(|(record, action)| (string_key(record, "pk").unwrap_or("?").to_owned(), (record, action)))
-        .collect();
+        let key = string_key(record, "pk").unwrap_or("?").to_owned();
+        match channels.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, records)) => records.push((record, work)),
+            None => channels.push((key, vec![(record, work)])),
+        }
+    }
 
-    let members = BatchMembers::new(store);
-    let outcomes = in_key_order(work, CHANNELS_IN_FLIGHT, async |(record, action)| match action {
-        Ok(Work::Push(Push { channel, frame })) => {
-            push(&members, deliver, shards, channel, frame, &record.event_id).await
-        }
-        Ok(Work::History {
-            channel,
-            connection_id,
-            limit,
-        }) => send_history(store, deliver, channel, connection_id, *limit).await,
-        // Retrying cannot make it usable: off to the failure destination now, and the channel
-        // goes on. Only when that fails is the record retried.
-        Err(e) => {
-            let reason = e.to_string();
-            failures
-                .park(failure_body(record, &reason))
-                .await
-                .map_err(RecordError::Park)?;
-            tracing::warn!(event_id = %record.event_id, %reason, "unusable record sent to the failure destination");
-            Ok(Counters::default())
-        }
-    })
-    .await;
+    let outcomes: Vec<_> = futures::stream::iter(&channels)
+        .map(|(key, records)| async move {
+            let outcomes = channel_batch(store, deliver, failures, shards, key, records, stop_at).await;
+            records.iter().map(|(r, _)| *r).zip(outcomes).collect::<Vec<_>>()
+        })
+        .buffer_unordered(CHANNELS_IN_FLIGHT)
+        .collect()
+        .await;
 
     let mut response = DynamoDbEventResponse::default();
     let mut counters = Counters::default();
-    for ((record, _), outcome) in outcomes {
+    for (record, outcome) in outcomes.into_iter().flatten() {
         let error = match outcome {
-            Outcome::Done(c) => {
+            Ok(c) => {
                 counters.add(&c);
                 continue;
             }
-            Outcome::Failed(e) => e.to_string(),
-            Outcome::Blocked => "not attempted: an earlier record of its channel failed".to_owned(),
+            Err(e) => e.to_string(),
         };
         let sequence = record.change.sequence_number.clone();
         tracing::error!(sequence = sequence.as_deref().unwrap_or("?"), event_id = %record.event_id, %error, "record failed");

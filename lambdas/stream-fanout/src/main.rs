@@ -11,7 +11,8 @@ async fn main() -> Result<(), Error> {
     let shards = wsfan_shared::publisher::DeliveryQueue::from_env().await?;
     let (store, broadcaster, failures, shards) = (&store, &broadcaster, &failures, &shards);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, failures, shards, event.payload).await)
+        let stop_at = Some(stream_fanout::stop_at(event.context.deadline));
+        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, failures, shards, event.payload, stop_at).await)
     }))
     .await
 }

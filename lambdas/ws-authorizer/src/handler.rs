@@ -98,6 +98,7 @@ pub async fn handle<V: TokenVerifier>(verifier: &V, event: ApiGatewayCustomAutho
     let token = event.query_string_parameters.first("token");
     let method_arn = event.method_arn.as_deref().unwrap_or("*");
     let decision = decide(verifier, token).await;
+    let batch = wsfan_shared::connect::batch_requested(event.query_string_parameters.first("batch"));
     match &decision {
         Decision::Allow(identity) => tracing::info!(
             user = identity.sender_id(),
@@ -107,5 +108,9 @@ pub async fn handle<V: TokenVerifier>(verifier: &V, event: ApiGatewayCustomAutho
         ),
         Decision::Deny(reason) => tracing::warn!(%reason, "deny"),
     }
-    respond(&decision, method_arn)
+    let mut response = respond(&decision, method_arn);
+    if let (Decision::Allow(_), Value::Object(context), true) = (&decision, &mut response.context, batch) {
+        context.insert(wsfan_shared::connect::BATCH_CONTEXT.to_owned(), Value::Bool(true));
+    }
+    response
 }

@@ -84,6 +84,7 @@ pub async fn handle<S: Store>(
         expires_at: connected_at / 1000 + retention.connection_secs,
         joined: Vec::new(),
         history: params.history,
+        batch: request.batch,
     };
     match store.connect(&connection, &params.channels).await {
         Ok(()) => {

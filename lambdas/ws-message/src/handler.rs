@@ -262,6 +262,7 @@ impl<S: Store> Route<'_, S> {
             // A membership lives as long as its connection can.
             expires_at: connected_secs + self.retention.connection_secs,
             history: None,
+            batch: self.request.batch,
         };
         self.store.join(&membership).await.map_err(|e| store_error(channel, e))
     }

@@ -21,9 +21,10 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use futures::stream::{self, Stream, StreamExt};
 
+use crate::budget::{Lease, Take};
 use crate::config::ConfigError;
 use crate::governor::Governor;
-use crate::store::Store;
+use crate::store::{BudgetLedger, Store, StoreError};
 
 /// API Gateway's limit for one message posted to a connection.
 pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
@@ -41,9 +42,9 @@ pub struct BroadcastConfig {
     /// Time limit of one attempt.
     pub attempt_timeout: Duration,
     /// `FANOUT_MAX_RPS`: the posts per second all fanout together may make (`None`: no governor).
+    /// Environments lease it from the table second by second (crate::budget) once
+    /// [`Broadcaster::with_budget`] gives them the ledger.
     pub max_rps: Option<u64>,
-    /// `FANOUT_SHARES`: how many environments split `max_rps` (crate::governor).
-    pub shares: u64,
 }
 
 impl BroadcastConfig {
@@ -57,7 +58,6 @@ impl BroadcastConfig {
             max_backoff: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(5),
             max_rps: None,
-            shares: 1,
         }
     }
 
@@ -92,9 +92,6 @@ impl BroadcastConfig {
             config.deadline = Duration::from_millis(ms);
         }
         config.max_rps = number("FANOUT_MAX_RPS")?;
-        if let Some(shares) = number("FANOUT_SHARES")? {
-            config.shares = shares;
-        }
         Ok(config)
     }
 }
@@ -228,6 +225,80 @@ pub trait Deliver: Send + Sync {
         pages: P,
         payload: &[u8],
     ) -> impl Future<Output = Result<Report, BroadcastError>> + Send;
+
+    /// Posts each recipient its own frames, in their order, and the recipients in parallel: no
+    /// recipient waits for another's frames. A recipient that takes batches gets its frames
+    /// coalesced into as few posts as fit ([`pack`]). No attempt starts after `stop_at` (the
+    /// invocation's hand-off time): the report hands back every frame not delivered, in order,
+    /// for the delivery queue.
+    fn deliver_parcels(
+        &self,
+        parcels: Vec<Parcel>,
+        stop_at: Option<Instant>,
+    ) -> impl Future<Output = ParcelReport> + Send;
+}
+
+/// The frames one recipient is due, in the order it must get them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parcel {
+    pub connection_id: String,
+    /// Each a server frame's JSON text.
+    pub frames: Vec<std::sync::Arc<str>>,
+    /// The connection asked for several frames in one post (`{"type":"batch"}`).
+    pub batch: bool,
+}
+
+/// What [`Deliver::deliver_parcels`] came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParcelReport {
+    pub counters: Counters,
+    /// The frames not delivered, per recipient and in order: failed at the recipient's deadline,
+    /// or not started before `stop_at`. A recipient that is gone (410) is not here.
+    pub undelivered: Vec<Parcel>,
+    /// Of the undelivered recipients, those stopped by `stop_at` rather than by failing.
+    pub handed_on: u64,
+}
+
+/// The start of a batch frame; its frames follow, comma-separated, then [`BATCH_CLOSE`].
+pub const BATCH_OPEN: &str = r#"{"type":"batch","frames":["#;
+const BATCH_CLOSE: &str = "]}";
+
+/// Packs `frames` into the posts that carry them, in order, each with how many frames it holds.
+/// Without `batch`, a post a frame. With it, as many frames as fit in one post of at most
+/// [`MAX_PAYLOAD_BYTES`] go in a `{"type":"batch","frames":[...]}`, and a post of one frame is that
+/// frame alone. API Gateway bills a post per 32 KB, so the posts cost no more than the frames
+/// would, and far fewer posts draw on the rate.
+pub fn pack(frames: &[std::sync::Arc<str>], batch: bool) -> Vec<(Vec<u8>, usize)> {
+    if !batch {
+        return frames.iter().map(|f| (f.as_bytes().to_vec(), 1)).collect();
+    }
+    let mut posts = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let mut end = i + 1;
+        let mut size = BATCH_OPEN.len() + frames[i].len() + BATCH_CLOSE.len();
+        while end < frames.len() && size + 1 + frames[end].len() <= MAX_PAYLOAD_BYTES {
+            size += 1 + frames[end].len();
+            end += 1;
+        }
+        let body = if end - i == 1 {
+            frames[i].as_bytes().to_vec()
+        } else {
+            let mut body = Vec::with_capacity(size);
+            body.extend_from_slice(BATCH_OPEN.as_bytes());
+            for (k, frame) in frames[i..end].iter().enumerate() {
+                if k > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(frame.as_bytes());
+            }
+            body.extend_from_slice(BATCH_CLOSE.as_bytes());
+            body
+        };
+        posts.push((body, end - i));
+        i = end;
+    }
+    posts
 }
 
 /// Cleans up after a recipient that answered 410 Gone.
@@ -276,20 +347,90 @@ pub struct Broadcaster<G> {
     governor: Option<Pacer>,
 }
 
-/// The governor of this environment, on the clock.
+/// This environment's pace, on the clock: the AIMD governor that answers 429s, and the lease of
+/// the budget all fanout shares.
 struct Pacer {
     governor: std::sync::Mutex<Governor>,
     epoch: Instant,
+    budget: Option<SharedBudget>,
+}
+
+/// An object-safe face of [`BudgetLedger`], so the broadcaster's type does not name the store.
+trait Ledger: Send + Sync {
+    fn lease(&self, second: u64, want: u64, cap: u64) -> futures::future::BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+impl<L: BudgetLedger> Ledger for L {
+    fn lease(&self, second: u64, want: u64, cap: u64) -> futures::future::BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(BudgetLedger::lease(self, second, want, cap))
+    }
+}
+
+/// The posts this environment holds of the shared per-second budget (crate::budget).
+struct SharedBudget {
+    lease: std::sync::Mutex<Lease>,
+    /// One lease in flight at a time: the posts waiting for it all take from its grant.
+    leasing: tokio::sync::Mutex<()>,
+    ledger: Box<dyn Ledger>,
+}
+
+/// When the table cannot be reached for a lease, posts go on at this fraction of the cap per
+/// lease asked for: slowly, rather than not at all, and far under the cap even with every
+/// environment doing the same.
+const UNLEASED_FRACTION: f64 = 1.0 / 200.0;
+
+impl SharedBudget {
+    fn wall_clock() -> Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+
+    /// Waits until this environment holds a post of the current second.
+    async fn take(&self) {
+        loop {
+            let step = self.lease.lock().unwrap().take(Self::wall_clock());
+            match step {
+                Take::Go => return,
+                // A millisecond past the boundary: the next second has surely begun.
+                Take::Wait(wait) => tokio::time::sleep(wait + Duration::from_millis(1)).await,
+                Take::Lease { .. } => {
+                    let _leasing = self.leasing.lock().await;
+                    // Another post may have leased while this one waited for the lock.
+                    let step = self.lease.lock().unwrap().take(Self::wall_clock());
+                    let Take::Lease { second, want } = step else {
+                        if step == Take::Go {
+                            return;
+                        }
+                        continue;
+                    };
+                    let cap = self.lease.lock().unwrap().cap();
+                    let granted = match self.ledger.lease(second, want, cap).await {
+                        Ok(granted) => granted,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not lease @connections budget; posting slowly meanwhile");
+                            ((cap as f64 * UNLEASED_FRACTION).ceil() as u64).clamp(1, want)
+                        }
+                    };
+                    self.lease.lock().unwrap().granted(second, want, granted);
+                }
+            }
+        }
+    }
 }
 
 impl Pacer {
-    /// Waits for this post's token; returns how long that took.
+    /// Waits for this post's turn; returns how long that took.
     async fn wait_turn(&self) -> Duration {
+        let started = Instant::now();
         let wait = self.governor.lock().unwrap().reserve(self.epoch.elapsed());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        wait
+        if let Some(budget) = &self.budget {
+            budget.take().await;
+        }
+        started.elapsed()
     }
 
     fn throttled(&self) {
@@ -319,7 +460,8 @@ impl Broadcaster<crate::store::DynamoStore> {
     /// connections out of it, configured from the environment.
     pub async fn from_env() -> Result<(crate::store::DynamoStore, Self), ConfigError> {
         let store = crate::store::DynamoStore::from_env().await?;
-        let broadcaster = Broadcaster::new(&crate::config::aws().await, BroadcastConfig::from_env()?, store.clone());
+        let broadcaster = Broadcaster::new(&crate::config::aws().await, BroadcastConfig::from_env()?, store.clone())
+            .with_budget(store.clone());
         Ok((store, broadcaster))
     }
 }
@@ -367,9 +509,12 @@ impl<G: GoneCleanup> Broadcaster<G> {
                     .build(),
             )
             .build();
+        // Alone, an environment may take the whole budget: its lease of the shared budget is
+        // what keeps every environment together under it.
         let governor = config.max_rps.map(|max| Pacer {
-            governor: std::sync::Mutex::new(Governor::new(Governor::share(max, config.shares), Duration::ZERO)),
+            governor: std::sync::Mutex::new(Governor::new(max as f64, Duration::ZERO)),
             epoch: Instant::now(),
+            budget: None,
         });
         Broadcaster {
             client: Client::from_conf(client_config),
@@ -381,6 +526,30 @@ impl<G: GoneCleanup> Broadcaster<G> {
 
     pub fn config(&self) -> &BroadcastConfig {
         &self.config
+    }
+
+    /// Leases `FANOUT_MAX_RPS` second by second from `ledger`, shared with every other
+    /// environment that posts (crate::budget). Without it, this environment alone keeps under it.
+    pub fn with_budget(mut self, ledger: impl BudgetLedger + 'static) -> Self {
+        if let (Some(pacer), Some(cap)) = (&mut self.governor, self.config.max_rps) {
+            pacer.budget = Some(SharedBudget {
+                lease: std::sync::Mutex::new(Lease::new(cap)),
+                leasing: tokio::sync::Mutex::new(()),
+                ledger: Box::new(ledger),
+            });
+        }
+        self
+    }
+
+    /// Leases of the shared budget so far, and the posts they granted.
+    pub fn leases(&self) -> (u64, u64) {
+        self.governor
+            .as_ref()
+            .and_then(|p| p.budget.as_ref())
+            .map_or((0, 0), |b| {
+                let lease = b.lease.lock().unwrap();
+                (lease.leases, lease.leased)
+            })
     }
 
     /// How many times 429s lowered this environment's rate so far (0 without a governor).
@@ -426,6 +595,11 @@ impl<G: GoneCleanup> Broadcaster<G> {
     /// Posts to one connection, within the governor's budget, retrying throttling and 5xx
     /// until the deadline.
     pub async fn post(&self, connection_id: &str, payload: &[u8]) -> Posted {
+        self.post_within(connection_id, payload, self.config.deadline).await
+    }
+
+    /// [`Broadcaster::post`] with a deadline of `limit` for this recipient's attempts.
+    async fn post_within(&self, connection_id: &str, payload: &[u8], limit: Duration) -> Posted {
         let started = Instant::now();
         let mut backoff = self.config.first_backoff;
         let mut posted = Posted {
@@ -464,7 +638,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
             };
             // Full jitter: sleep a random time up to the bound.
             let sleep = sleep_bound(backoff, throttled, self.governor.is_some()).mul_f64(fastrand::f64());
-            if started.elapsed().saturating_sub(posted.paced) + sleep >= self.config.deadline {
+            if started.elapsed().saturating_sub(posted.paced) + sleep >= limit {
                 posted.delivery = Delivery::Failed(format!("gave up after {} retries: {why}", posted.retries));
                 return posted;
             }
@@ -564,6 +738,80 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
     ) -> Result<Report, BroadcastError> {
         self.post_all(pages.flat_map(stream::iter), payload, false).await
     }
+
+    async fn deliver_parcels(&self, parcels: Vec<Parcel>, stop_at: Option<Instant>) -> ParcelReport {
+        let backoffs_before = self.backoffs();
+        let mut done = std::pin::pin!(stream::iter(parcels)
+            .map(|parcel| self.post_parcel(parcel, stop_at))
+            .buffer_unordered(self.config.concurrency.max(1)));
+        let mut report = ParcelReport::default();
+        while let Some((counters, rest)) = done.next().await {
+            report.counters.add(&counters);
+            if let Some((rest, handed_on)) = rest {
+                report.handed_on += u64::from(handed_on);
+                report.undelivered.push(rest);
+            }
+        }
+        report.counters.backoffs = self.backoffs().saturating_sub(backoffs_before);
+        report
+    }
+}
+
+impl<G: GoneCleanup> Broadcaster<G> {
+    /// Posts one recipient its frames in order; what is left when a post fails or `stop_at`
+    /// comes (and whether `stop_at` stopped it).
+    async fn post_parcel(&self, parcel: Parcel, stop_at: Option<Instant>) -> (Counters, Option<(Parcel, bool)>) {
+        let mut counters = Counters::default();
+        let mut sent = 0;
+        for (body, count) in pack(&parcel.frames, parcel.batch) {
+            let limit = match stop_at {
+                None => self.config.deadline,
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return (counters, Some((parcel.rest(sent), true)));
+                    }
+                    left.min(self.config.deadline)
+                }
+            };
+            let posted = self.post_within(&parcel.connection_id, &body, limit).await;
+            counters.retried += posted.retries;
+            counters.throttled += posted.throttled;
+            counters.posts += posted.retries + 1;
+            counters.paced_ms += posted.paced.as_millis() as u64;
+            match posted.delivery {
+                Delivery::Delivered => {
+                    counters.delivered += count as u64;
+                    sent += count;
+                }
+                Delivery::Gone => {
+                    counters.gone += 1;
+                    return (counters, None);
+                }
+                Delivery::Failed(why) => {
+                    // Stopped by the hand-off rather than failing: handed on, not failed.
+                    let stopped = stop_at.is_some_and(|at| Instant::now() >= at);
+                    if !stopped {
+                        counters.failed += 1;
+                        tracing::warn!(connection = %parcel.connection_id, reason = %why, frames = parcel.frames.len() - sent, "not delivered");
+                    }
+                    return (counters, Some((parcel.rest(sent), stopped)));
+                }
+            }
+        }
+        (counters, None)
+    }
+}
+
+impl Parcel {
+    /// The same recipient's frames after the first `sent`.
+    fn rest(&self, sent: usize) -> Parcel {
+        Parcel {
+            connection_id: self.connection_id.clone(),
+            frames: self.frames[sent..].to_vec(),
+            batch: self.batch,
+        }
+    }
 }
 
 impl<G: GoneCleanup> Broadcaster<G> {
@@ -650,14 +898,13 @@ mod tests {
             "FANOUT_CONCURRENCY" => Some("8".to_owned()),
             "FANOUT_DEADLINE_MS" => Some("1500".to_owned()),
             "FANOUT_MAX_RPS" => Some("5000".to_owned()),
-            "FANOUT_SHARES" => Some("10".to_owned()),
             _ => None,
         };
         let c = BroadcastConfig::from_lookup(vars).unwrap();
         assert_eq!(c.endpoint, "http://127.0.0.1:3001/prod");
         assert_eq!(c.concurrency, 8);
         assert_eq!(c.deadline, Duration::from_millis(1500));
-        assert_eq!((c.max_rps, c.shares), (Some(5000), 10));
+        assert_eq!(c.max_rps, Some(5000));
         assert!(BroadcastConfig::from_lookup(|_| None).is_err());
         assert!(BroadcastConfig::from_lookup(|k| (k == "CONNECTIONS_ENDPOINT")
             .then(|| "x".to_owned())

@@ -23,7 +23,19 @@ pub const QUERY_PARAMETERS: &[&str] = &[
     "booking_id",
     "workspaceId",
     "session_id",
+    "batch",
 ];
+
+/// The authorizer context key that carries `?batch=1` to every route: the connection takes several
+/// frames in one post, as `{"type":"batch","frames":[...]}`. The authorizer is the one place that
+/// sees the connect URL and hands something to every later event, so `join` learns it there.
+pub const BATCH_CONTEXT: &str = "batch";
+
+/// Whether `?batch=` asks for batch frames (`1` or `true`; anything else keeps one frame a post,
+/// which is what every client that does not know about batches expects).
+pub fn batch_requested(value: Option<&str>) -> bool {
+    matches!(value.map(str::trim), Some("1" | "true"))
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectParams {

@@ -1,14 +1,14 @@
 //! The throttle governor's arithmetic: how fast one execution environment may post to
-//! `@connections`. Pure: time is passed in, nothing sleeps here (the broadcaster does).
+//! `@connections` when API Gateway answers 429. Pure: time is passed in, nothing sleeps here (the
+//! broadcaster does).
 //!
 //! `@connections` draws from the account's API Gateway bucket (10,000 RPS by default, shared
 //! with every other API of the Region). `FANOUT_MAX_RPS` is the share all fanout together may
-//! use; an environment cannot see the others, so each takes `FANOUT_MAX_RPS / FANOUT_SHARES`,
-//! where `FANOUT_SHARES` is how many environments can post at once (the template sets it: the
-//! deliver mapping's MaximumConcurrency, plus the stream and progress fanouts' own; see
-//! docs/DESIGN-NOTES.md). Within that ceiling the rate follows AIMD: a 429 halves it (once per
-//! [`DECREASE_SPACING`], since a burst of posts in flight all see the same 429), and it climbs
-//! back linearly, to the ceiling in [`RECOVERY`], while no 429 comes.
+//! use, and environments lease it second by second from one counter (crate::budget), so one
+//! environment alone may take all of it: that is this governor's ceiling. Under it the rate
+//! follows AIMD: a 429 (someone else's burst, or a lower account quota than the budget assumed)
+//! halves it (once per [`DECREASE_SPACING`], since a burst of posts in flight all see the same
+//! 429), and it climbs back linearly, to the ceiling in [`RECOVERY`], while no 429 comes.
 
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ pub struct Governor {
 }
 
 impl Governor {
-    /// A governor for `ceiling` posts per second (this environment's share), full at `now`.
+    /// A governor for `ceiling` posts per second, full at `now`.
     pub fn new(ceiling: f64, now: Duration) -> Self {
         let ceiling = ceiling.max(1.0);
         Governor {
@@ -52,11 +52,6 @@ impl Governor {
             last_decrease: None,
             decreases: 0,
         }
-    }
-
-    /// Each environment's share of `max_rps` among `shares` environments.
-    pub fn share(max_rps: u64, shares: u64) -> f64 {
-        max_rps as f64 / shares.max(1) as f64
     }
 
     fn burst_at(rate: f64) -> f64 {
@@ -121,12 +116,6 @@ mod tests {
     use proptest::prelude::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
-
-    #[test]
-    fn the_share_divides_the_budget() {
-        assert_eq!(Governor::share(5000, 10), 500.0);
-        assert_eq!(Governor::share(5000, 0), 5000.0);
-    }
 
     #[test]
     fn posts_beyond_the_burst_wait_their_turn() {

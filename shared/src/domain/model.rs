@@ -94,6 +94,9 @@ pub struct Connection {
     /// Messages of history each channel named at connect asked for (`?history=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<u32>,
+    /// The connection takes several frames in one post (`?batch=1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 /// A connection's membership of a channel. `connectionId` + `channel` key the `byConnection` GSI.
@@ -111,6 +114,9 @@ pub struct Membership {
     /// connection (only) once the membership is written; set by `?history=` at connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<u32>,
+    /// The connection takes several frames in one post: the fanout reads it with the member.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,8 @@ pub struct RouteRequest {
     pub domain_name: Option<String>,
     pub stage: Option<String>,
     pub identity: Result<Identity, IdentityError>,
+    /// The connection asked for batch frames at connect (crate::connect::BATCH_CONTEXT).
+    pub batch: bool,
     pub body: Option<String>,
 }
 
@@ -46,6 +48,9 @@ impl RouteRequest {
             domain_name: ctx.domain_name.clone(),
             stage: ctx.stage.clone(),
             identity: Identity::from_context(&authorizer),
+            batch: authorizer
+                .get(crate::connect::BATCH_CONTEXT)
+                .is_some_and(|v| v == true || v.as_str().is_some_and(|s| crate::connect::batch_requested(Some(s)))),
             body: event.body.clone(),
         })
     }

@@ -128,6 +128,7 @@ pub(super) async fn connect(
         joined_at: connection.connected_at,
         expires_at: connection.expires_at,
         history,
+        batch: connection.batch,
     };
     if let Some(channel) = &personal {
         actions.extend(store.membership_actions(&membership(channel.clone(), None))?);

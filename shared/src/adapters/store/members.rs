@@ -34,7 +34,7 @@ impl DynamoStore {
     }
 }
 
-/// A page of the channel's memberships (`CONN#` items), as `sk, userId`; `limit` None reads
+/// A page of the channel's memberships (`CONN#` items), as `sk, userId, batch`; `limit` None reads
 /// DynamoDB's own page.
 pub(super) async fn members_page(
     store: &DynamoStore,
@@ -46,8 +46,12 @@ pub(super) async fn members_page(
         .client
         .query()
         .key_condition_expression("pk = :pk AND begins_with(sk, :conn)")
-        .expression_attribute_values(":conn", s(keys::CONN_PREFIX));
-    store.member_query(query, channel, "sk, userId", after, limit).await
+        .expression_attribute_values(":conn", s(keys::CONN_PREFIX))
+        // BATCH is one of DynamoDB's reserved words.
+        .expression_attribute_names("#batch", "batch");
+    store
+        .member_query(query, channel, "sk, userId, #batch", after, limit)
+        .await
 }
 
 pub(super) async fn group_page(

@@ -23,6 +23,8 @@ use crate::progress::ProgressEvent;
 use crate::protocol::HistoryCursor;
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
+pub use budget::{BudgetLedger, BUDGET_PK};
+
 pub type Item = HashMap<String, AttributeValue>;
 
 /// The snapshot attribute that orders progress events; internal, never shown to clients.
@@ -104,10 +106,12 @@ pub struct HistoryPage {
 }
 
 /// One connection in a channel, as the fanout needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Member {
     pub connection_id: String,
     pub user_id: Option<String>,
+    /// It takes several frames in one post (`?batch=1` at connect).
+    pub batch: bool,
 }
 
 /// What cleaning up a connection removed.
@@ -276,6 +280,11 @@ fn member_of(item: &Item) -> Option<Member> {
     Some(Member {
         connection_id: id.to_owned(),
         user_id: item.get("userId").and_then(|v| v.as_s().ok()).cloned(),
+        batch: item
+            .get("batch")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
     })
 }
 
@@ -292,6 +301,7 @@ fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debu
     }
 }
 
+mod budget;
 mod connections;
 mod members;
 mod messages;
