@@ -122,6 +122,65 @@ struct Member {
     refused: Vec<(String, String)>,
 }
 
+impl Member {
+    /// Reads one WebSocket message that arrived `at`: a route response to its own send, one
+    /// pushed frame, or a batch of them. Returns how many of the bench's `message` frames it held.
+    fn read(&mut self, text: &str, measuring: bool, at: Instant) -> u64 {
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            self.malformed += 1;
+            return 0;
+        };
+        if measuring {
+            self.billed_received += billed_messages(text.len());
+        }
+        match frame["type"].as_str() {
+            Some("ack") => {
+                if let (Some(c), Some(id)) = (frame["clientMsgId"].as_str(), frame["messageId"].as_str()) {
+                    self.acks.insert(c.to_owned(), id.to_owned());
+                }
+                self.route_responses += u64::from(measuring);
+                return 0;
+            }
+            Some("error") => {
+                // Only the bench's own sends are answered with an error frame here.
+                let c = frame["clientMsgId"].as_str().unwrap_or_default().to_owned();
+                self.refused.push((c, frame.to_string()));
+                self.route_responses += u64::from(measuring);
+                return 0;
+            }
+            _ => {}
+        }
+        let frames = if frame["type"] == "batch" {
+            // Asked for or not, at any time: a batch to a member that did not ask is a failure.
+            self.unasked_batches += u64::from(!self.asked_for_batches);
+            self.batch_posts += u64::from(measuring);
+            match frame["frames"].as_array() {
+                Some(frames) if !frames.is_empty() => frames.clone(),
+                _ => {
+                    self.malformed += 1;
+                    return 0;
+                }
+            }
+        } else {
+            vec![frame]
+        };
+        if measuring {
+            self.posts += 1;
+            self.frames += frames.len() as u64;
+        }
+        let mut read = 0;
+        for f in frames {
+            let client_msg_id = f["clientMsgId"].as_str().unwrap_or_default();
+            if f["type"] == "message" && client_msg_id.starts_with(TAG) {
+                let id = f["messageId"].as_str().unwrap_or_default().to_owned();
+                self.messages.push((id, client_msg_id.to_owned(), at));
+                read += 1;
+            }
+        }
+        read
+    }
+}
+
 /// Shared by every member's tasks.
 #[derive(Default)]
 struct Shared {
@@ -161,55 +220,9 @@ fn run_member(
     tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
             let Message::Text(text) = message else { continue };
-            let at = Instant::now();
             let measuring = shared.measuring.load(Ordering::Relaxed);
-            let mut m = member.lock().unwrap();
-            let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
-                m.malformed += 1;
-                continue;
-            };
-            if measuring {
-                m.billed_received += billed_messages(text.len());
-            }
-            match frame["type"].as_str() {
-                Some("ack") => {
-                    if let (Some(c), Some(id)) = (frame["clientMsgId"].as_str(), frame["messageId"].as_str()) {
-                        m.acks.insert(c.to_owned(), id.to_owned());
-                    }
-                    m.route_responses += u64::from(measuring);
-                    continue;
-                }
-                Some("error") => {
-                    // Only the bench's own sends are answered with an error frame here.
-                    let c = frame["clientMsgId"].as_str().unwrap_or_default().to_owned();
-                    m.refused.push((c, frame.to_string()));
-                    m.route_responses += u64::from(measuring);
-                    continue;
-                }
-                _ => {}
-            }
-            let frames = match frame["type"].as_str() {
-                Some("batch") => {
-                    if measuring {
-                        m.batch_posts += 1;
-                        m.unasked_batches += u64::from(!m.asked_for_batches);
-                    }
-                    frame["frames"].as_array().cloned().unwrap_or_default()
-                }
-                _ => vec![frame],
-            };
-            if measuring {
-                m.posts += 1;
-                m.frames += frames.len() as u64;
-            }
-            for f in frames {
-                let client_msg_id = f["clientMsgId"].as_str().unwrap_or_default();
-                if f["type"] == "message" && client_msg_id.starts_with(TAG) {
-                    let id = f["messageId"].as_str().unwrap_or_default().to_owned();
-                    m.messages.push((id, client_msg_id.to_owned(), at));
-                    shared.message_frames.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let read = member.lock().unwrap().read(text.as_str(), measuring, Instant::now());
+            shared.message_frames.fetch_add(read, Ordering::Relaxed);
         }
     });
     tx
@@ -874,11 +887,16 @@ fn report_posts(all: &[(usize, Member)], failures: &mut Vec<String>) -> Value {
         let sum = |f: fn(&Member) -> u64| mine.iter().map(|m| f(m)).sum::<u64>();
         let (posts, frames) = (sum(|m| m.posts), sum(|m| m.frames));
         let (batches, unasked) = (sum(|m| m.batch_posts), sum(|m| m.unasked_batches));
+        let (route_responses, malformed) = (sum(|m| m.route_responses), sum(|m| m.malformed));
         let ratio = posts as f64 / frames.max(1) as f64;
         println!(
             "posts per delivered frame, {} {name} members: {ratio:.3} ({posts} posts carried {frames} frames; {batches} of the posts were batch frames)",
             mine.len()
         );
+        if malformed > 0 {
+            println!("  FAILED: {malformed} messages were not frames (not JSON, or a batch without frames)");
+            failures.push(format!("{malformed} malformed messages reached {name} members"));
+        }
         if !asked {
             if unasked > 0 || posts != frames {
                 println!("  FAILED: {unasked} batch frames reached members that did not ask for them");
@@ -891,7 +909,11 @@ fn report_posts(all: &[(usize, Member)], failures: &mut Vec<String>) -> Value {
         }
         kinds.insert(
             name.to_owned(),
-            json!({"members": mine.len(), "posts": posts, "frames": frames, "batchPosts": batches, "unaskedBatches": unasked, "postsPerFrame": ratio}),
+            json!({
+                "members": mine.len(), "posts": posts, "frames": frames, "batchPosts": batches,
+                "unaskedBatches": unasked, "postsPerFrame": ratio, "routeResponses": route_responses,
+                "malformed": malformed,
+            }),
         );
     }
     Value::Object(kinds)
@@ -1035,6 +1057,41 @@ mod tests {
             invocation("wsfan injected so far: none (0 of 12 @connections requests)"),
             None
         );
+    }
+
+    #[test]
+    fn a_member_unpacks_batches_and_a_plain_one_counts_a_batch_against_the_server() {
+        let at = std::time::Instant::now();
+        let message = |n: u32| serde_json::json!({"type": "message", "channel": "workspace:hot", "seq": n, "messageId": format!("m{n}"), "clientMsgId": format!("hot-{n}")});
+        let batch = serde_json::json!({"type": "batch", "frames": [message(1), message(2), {"type": "presence", "channel": "workspace:hot"}]}).to_string();
+        let mut batching = super::Member {
+            asked_for_batches: true,
+            ..Default::default()
+        };
+        assert_eq!(batching.read(&batch, true, at), 2);
+        assert_eq!(batching.read(&message(3).to_string(), true, at), 1);
+        assert_eq!((batching.posts, batching.frames, batching.batch_posts), (2, 4, 1));
+        assert_eq!(batching.unasked_batches, 0);
+        let ids: Vec<&str> = batching.messages.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2", "m3"]);
+
+        let mut plain = super::Member::default();
+        assert_eq!(plain.read(&message(1).to_string(), true, at), 1);
+        assert_eq!(plain.read(&batch, true, at), 2);
+        assert_eq!(plain.unasked_batches, 1);
+        // Even outside the measured window.
+        plain.read(&batch, false, at);
+        assert_eq!(plain.unasked_batches, 2);
+
+        // Route responses are not posts; an ack maps the send to its messageId.
+        let ack = serde_json::json!({"type": "ack", "action": "sendMessage", "channel": "workspace:hot", "messageId": "m9", "clientMsgId": "hot-9", "duplicate": false});
+        assert_eq!(plain.read(&ack.to_string(), true, at), 0);
+        assert_eq!(plain.acks.get("hot-9").map(String::as_str), Some("m9"));
+        assert_eq!((plain.posts, plain.route_responses), (2, 1));
+        // An empty or broken batch is malformed, not a post.
+        assert_eq!(plain.read(r#"{"type":"batch","frames":[]}"#, true, at), 0);
+        assert_eq!(plain.read("not json", true, at), 0);
+        assert_eq!(plain.malformed, 2);
     }
 
     #[test]
