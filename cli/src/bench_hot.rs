@@ -1035,6 +1035,15 @@ mod tests {
                 timed_out: true
             })
         );
+        // As a route's invocation logs the runtime's own timeout.
+        let timeout = wsfan_local::runtime::InvokeError::Timeout(Duration::from_secs(10)).to_string();
+        let route = logs.invocation_line(
+            "ws-message",
+            "sendMessage",
+            Duration::from_secs(10),
+            Outcome::Failed(&timeout),
+        );
+        assert_eq!(invocation(&route).map(|i| i.timed_out), Some(true));
         let failed = line("batch of 3", 12, Outcome::Failed("batchItemFailures 2 of seq 1-3"));
         assert_eq!(
             invocation(&failed).map(|i| (i.millis, i.failed, i.timed_out)),
