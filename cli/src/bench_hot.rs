@@ -56,6 +56,10 @@ pub struct HotBench {
     /// `--batch`: each of them must get exactly one frame per post.
     #[arg(long, default_value_t = 0.0)]
     pub mixed: f64,
+    /// How long to wait, after the joins, for their presence frames to pass (no post for 2 s)
+    /// before measuring; past it the run measures anyway, and says so.
+    #[arg(long, default_value_t = 300)]
+    pub settle_secs: u64,
     /// How long to wait after the last send for the deliveries still due.
     #[arg(long, default_value_t = 120)]
     pub drain_secs: u64,
@@ -533,12 +537,13 @@ async fn connect_members(
     members
 }
 
-/// Waits until @connections delivered nothing for 2 s (the joins' presence frames), at most 2 min.
-async fn settle(stack: &DevProcess) -> Result<(), String> {
+/// Waits until @connections delivered nothing for 2 s (the joins' presence frames), at most
+/// `limit`.
+async fn settle(stack: &DevProcess, limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     let mut quiet_since = Instant::now();
     let mut last = u64::MAX;
-    while started.elapsed() < Duration::from_secs(120) {
+    while started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let delivered = connections_stats(&stack.http_url).await?["delivered"]
             .as_u64()
@@ -547,9 +552,17 @@ async fn settle(stack: &DevProcess) -> Result<(), String> {
             last = delivered;
             quiet_since = Instant::now();
         } else if quiet_since.elapsed() >= Duration::from_secs(2) {
-            break;
+            println!(
+                "presence settled {:.1} s after the last join ({last} posts delivered so far)",
+                (quiet_since - started).as_secs_f64()
+            );
+            return Ok(());
         }
     }
+    println!(
+        "presence did NOT settle within {} s of the last join ({last} posts delivered so far): measuring anyway, with presence frames still being posted",
+        limit.as_secs()
+    );
     Ok(())
 }
 
@@ -668,7 +681,7 @@ async fn measure(
     let shared = Arc::new(Shared::default());
     let mut failures = Vec::new();
     let members = connect_members(bench, stack, &shared, batching, &mut failures).await;
-    settle(stack).await?;
+    settle(stack, Duration::from_secs(bench.settle_secs)).await?;
     let window = drive(bench, stack, &shared, &members).await?;
     println!(
         "sent {} messages, paced over {:.1} s ({:.2}/s between the first and the last); measured for {:.1} s",
