@@ -66,7 +66,9 @@ fn a_busy_channel_delivers_everything_within_the_budget_and_plain_members_get_si
 
     // The budget was read per second from @connections, and each second's posts are there.
     let budget = &result["budget"];
-    assert_eq!(budget["fanoutMaxRps"], 5000, "{text}");
+    let template = wsfan_local::template::Template::load(&harness::repo_root().join("sam/template.yaml")).unwrap();
+    let max_rps: u64 = template.parameter_defaults["FanoutMaxRps"].parse().unwrap();
+    assert_eq!(budget["fanoutMaxRps"], max_rps, "{text}");
     assert_eq!(budget["secondsOver"], 0, "{text}");
     let per_second_posts: u64 = budget["perSecond"]
         .as_array()
