@@ -9,6 +9,7 @@ mod bench_channel;
 mod bench_hot;
 mod bench_lambdas;
 mod bench_local;
+mod dev_log;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
