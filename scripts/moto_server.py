@@ -505,7 +505,10 @@ def get_backend_for_host(self, host):
 # hot`'s cost line (moto does not report consumed capacity). GET UNITS_PATH answers it as JSON.
 UNITS_PATH = "/_wsfan/dynamodb-units"
 _units_lock = threading.Lock()
-_units = {"calls": {}, "wru": 0.0, "rru": 0.0}
+_units = {"calls": {}, "wru": 0.0, "rru": 0.0, "sqsCalls": {}, "sqsRequests": 0}
+
+# SQS bills a request per 64 KB of its payload (a batch of ten small messages is one request).
+SQS_BILLING_CHUNK = 64 * 1024
 
 
 def _size_units(value, unit_bytes):
@@ -558,13 +561,20 @@ def _count_units(operation, body, response_bytes):
 
 def dispatch_counting_units(self, environ, start_response):
     """moto's dispatcher, counting each DynamoDB call's request units (Streams reads by a Lambda
-    trigger are free, so only `DynamoDB_20120810.*` targets count), and answering UNITS_PATH."""
+    trigger are free, so only `DynamoDB_20120810.*` targets count) and each SQS call's billed
+    requests, and answering UNITS_PATH."""
     if environ.get("PATH_INFO") == UNITS_PATH:
         with _units_lock:
             body = json.dumps(_units).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
     target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("AmazonSQS."):
+        operation = target.split(".", 1)[1]
+        chunks = max(1, -(-int(environ.get("CONTENT_LENGTH") or 0) // SQS_BILLING_CHUNK))
+        with _units_lock:
+            _units["sqsCalls"][operation] = _units["sqsCalls"].get(operation, 0) + 1
+            _units["sqsRequests"] += chunks
     if not target.startswith("DynamoDB_"):
         return _original_dispatch(self, environ, start_response)
     length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -92,6 +92,8 @@ mod price {
     pub const DYNAMODB_WRU: f64 = 0.625;
     /// DynamoDB on-demand: per million read request units.
     pub const DYNAMODB_RRU: f64 = 0.125;
+    /// SQS FIFO (the delivery queue): per million requests of up to 64 KB.
+    pub const SQS_FIFO_REQUESTS: f64 = 0.50;
 }
 
 const CHANNEL: &str = "workspace:hot";
@@ -875,6 +877,20 @@ fn report_posts(all: &[(usize, Member)], failures: &mut Vec<String>) -> Value {
     Value::Object(kinds)
 }
 
+/// The calls by operation that moto counted (under `key`) between two reads.
+fn calls_between(before: &Value, after: &Value, key: &str) -> BTreeMap<String, u64> {
+    after[key]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(op, n)| {
+            let n = n.as_u64().unwrap_or(0);
+            (op.clone(), n.saturating_sub(before[key][op].as_u64().unwrap_or(0)))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 /// What the window would have cost on AWS at list prices, per million deliveries.
 fn report_cost(all: &[(usize, Member)], window: &Window, memory_mb: &HashMap<String, u32>, delivered: u64) -> Value {
     let mut gb_seconds = 0.0;
@@ -896,16 +912,9 @@ fn report_cost(all: &[(usize, Member)], window: &Window, memory_mb: &HashMap<Str
     let (before, after) = &window.units;
     let delta = |k: &str| after[k].as_f64().unwrap_or(0.0) - before[k].as_f64().unwrap_or(0.0);
     let (wru, rru) = (delta("wru"), delta("rru"));
-    let calls: BTreeMap<String, u64> = after["calls"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(op, n)| {
-            let n = n.as_u64().unwrap_or(0);
-            (op.clone(), n.saturating_sub(before["calls"][op].as_u64().unwrap_or(0)))
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let calls = calls_between(before, after, "calls");
+    let sqs_requests = delta("sqsRequests");
+    let sqs_calls = calls_between(before, after, "sqsCalls");
     let millions = delivered.max(1) as f64 / 1e6;
     let per_million = |dollars: f64| dollars / millions;
     let parts = [
@@ -915,6 +924,7 @@ fn report_cost(all: &[(usize, Member)], window: &Window, memory_mb: &HashMap<Str
         per_million(requests as f64 / 1e6 * price::LAMBDA_REQUESTS),
         per_million(wru / 1e6 * price::DYNAMODB_WRU),
         per_million(rru / 1e6 * price::DYNAMODB_RRU),
+        per_million(sqs_requests / 1e6 * price::SQS_FIFO_REQUESTS),
     ];
     let total: f64 = parts.iter().sum();
     println!(
@@ -941,17 +951,23 @@ fn report_cost(all: &[(usize, Member)], window: &Window, memory_mb: &HashMap<Str
         price::DYNAMODB_RRU,
         parts[5]
     );
+    println!(
+        "  SQS: {sqs_requests:.0} requests (per 64 KB) at ${:.2}/M, all priced as FIFO: ${:.4} (as the local pollers made them; Lambda's own pollers on AWS also poll an idle queue: {sqs_calls:?})",
+        price::SQS_FIFO_REQUESTS,
+        parts[6]
+    );
     json!({
         "perMillionDeliveries": total,
         "parts": {
             "apigwMessages": parts[0], "apigwConnectionMinutes": parts[1],
             "lambdaGbSeconds": parts[2], "lambdaRequests": parts[3],
-            "dynamodbWrites": parts[4], "dynamodbReads": parts[5],
+            "dynamodbWrites": parts[4], "dynamodbReads": parts[5], "sqsRequests": parts[6],
         },
         "counts": {
             "apigwMessages": apigw_messages, "connectionMinutes": connection_minutes,
             "lambdaGbSeconds": gb_seconds, "lambdaRequests": requests, "lambdaByFunction": by_function,
             "dynamodbWru": wru, "dynamodbRru": rru, "dynamodbCalls": calls,
+            "sqsRequests": sqs_requests, "sqsCalls": sqs_calls,
         },
         "prices": {
             "apigwPerMillionMessages": price::APIGW_MESSAGES,
@@ -960,6 +976,7 @@ fn report_cost(all: &[(usize, Member)], window: &Window, memory_mb: &HashMap<Str
             "lambdaPerMillionRequests": price::LAMBDA_REQUESTS,
             "dynamodbPerMillionWru": price::DYNAMODB_WRU,
             "dynamodbPerMillionRru": price::DYNAMODB_RRU,
+            "sqsFifoPerMillionRequests": price::SQS_FIFO_REQUESTS,
             "region": "us-east-1",
         },
     })

@@ -363,15 +363,17 @@ class Responses(Case):
 class RequestUnits(Case):
     """The request units the server counts for `wsfan bench hot`, through moto's own dispatcher."""
 
-    def call(self, client, operation, body):
+    def call(self, client, operation, body, service="dynamodb"):
+        """A JSON-protocol call of `service` (dynamodb or sqs) through the dispatcher `client`."""
+        prefix = {"dynamodb": "DynamoDB_20120810", "sqs": "AmazonSQS"}[service]
         return client.post(
             "/",
             data=json.dumps(body),
             headers={
-                "X-Amz-Target": f"DynamoDB_20120810.{operation}",
+                "X-Amz-Target": f"{prefix}.{operation}",
                 "Content-Type": "application/x-amz-json-1.0",
                 "Host": "127.0.0.1:4566",
-                "Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/dynamodb/aws4_request, "
+                "Authorization": f"AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/{service}/aws4_request, "
                 "SignedHeaders=host, Signature=0",
             },
         )
@@ -399,6 +401,25 @@ class RequestUnits(Case):
         calls = {op: n - before["calls"].get(op, 0) for op, n in after["calls"].items()}
         self.assertEqual({op: n for op, n in calls.items() if n}, {"PutItem": 1, "GetItem": 2, "TransactWriteItems": 1})
         self.assertEqual(self.keys(), ["CONN#c1", "DEDUPE#u#1", "MSG#00000001", "MSG#big"])
+
+    def test_sqs_calls_are_counted_per_64_kb(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.test import Client
+
+        client = Client(DomainDispatcherApplication(create_backend_app))
+        before = json.loads(client.get(moto_server.UNITS_PATH).data)
+
+        def sqs(operation, body):
+            return self.call(client, operation, body, service="sqs")
+
+        url = json.loads(sqs("CreateQueue", {"QueueName": "q"}).data)["QueueUrl"]
+        self.assertEqual(sqs("SendMessage", {"QueueUrl": url, "MessageBody": "x"}).status_code, 200)
+        # A message over 64 KB is two requests.
+        self.assertEqual(sqs("SendMessage", {"QueueUrl": url, "MessageBody": "x" * 70_000}).status_code, 200)
+        after = json.loads(client.get(moto_server.UNITS_PATH).data)
+        self.assertEqual(after["sqsRequests"] - before["sqsRequests"], 1 + 1 + 2)
+        self.assertEqual(after["sqsCalls"]["SendMessage"] - before["sqsCalls"].get("SendMessage", 0), 2)
+        self.assertEqual(after["wru"], before["wru"])
 
     def test_units_follow_dynamodb_pricing_rules(self):
         units = moto_server.request_units
