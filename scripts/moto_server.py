@@ -20,6 +20,7 @@ import decimal
 import functools
 import gc
 import inspect
+import io
 import json
 import logging
 import os
@@ -498,6 +499,97 @@ def get_backend_for_host(self, host):
     return cache[host]
 
 
+# --- Request units ------------------------------------------------------------------------------
+
+# What the DynamoDB calls since the server started would have consumed on-demand, for `wsfan bench
+# hot`'s cost line (moto does not report consumed capacity). GET UNITS_PATH answers it as JSON.
+UNITS_PATH = "/_wsfan/dynamodb-units"
+_units_lock = threading.Lock()
+_units = {"calls": {}, "wru": 0.0, "rru": 0.0, "sqsCalls": {}, "sqsRequests": 0}
+
+# SQS bills a request per 64 KB of its payload (a batch of ten small messages is one request).
+SQS_BILLING_CHUNK = 64 * 1024
+
+
+def _size_units(value, unit_bytes):
+    """The units of an item or a response of this JSON size: at least one, then per `unit_bytes`.
+    The wire JSON (type tags, quoting) is larger than DynamoDB's item size, so this errs high."""
+    size = len(json.dumps(value)) if not isinstance(value, int) else value
+    return max(1, -(-size // unit_bytes))
+
+
+def request_units(operation, request, response_bytes):
+    """(write units, read units) one DynamoDB call consumes on-demand, from its request and the
+    size of its answer: writes per 1 KB of item, transactional items twice, reads per 4 KB read
+    (half for an eventually consistent one). Conditional writes that fail still consume units."""
+    read_factor = 1.0 if request.get("ConsistentRead") else 0.5
+    if operation == "PutItem":
+        return _size_units(request.get("Item", {}), 1024), 0.0
+    if operation in ("UpdateItem", "DeleteItem"):
+        # The item's size is not in the request; wsfan's items are under 1 KB.
+        return 1, 0.0
+    if operation == "BatchWriteItem":
+        wru = 0
+        for requests in request.get("RequestItems", {}).values():
+            for r in requests:
+                wru += _size_units(r["PutRequest"]["Item"], 1024) if "PutRequest" in r else 1
+        return wru, 0.0
+    if operation == "TransactWriteItems":
+        wru = 0
+        for item in request.get("TransactItems", []):
+            put = item.get("Put")
+            wru += 2 * (_size_units(put["Item"], 1024) if put else 1)
+        return wru, 0.0
+    if operation == "TransactGetItems":
+        return 0, 2.0 * max(1, len(request.get("TransactItems", [])))
+    if operation in ("GetItem", "Query", "Scan", "BatchGetItem"):
+        return 0, read_factor * _size_units(response_bytes, 4096)
+    return 0, 0.0
+
+
+def _count_units(operation, body, response_bytes):
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        request = {}
+    wru, rru = request_units(operation, request, response_bytes)
+    with _units_lock:
+        _units["calls"][operation] = _units["calls"].get(operation, 0) + 1
+        _units["wru"] += wru
+        _units["rru"] += rru
+
+
+def dispatch_counting_units(self, environ, start_response):
+    """moto's dispatcher, counting each DynamoDB call's request units (Streams reads by a Lambda
+    trigger are free, so only `DynamoDB_20120810.*` targets count) and each SQS call's billed
+    requests, and answering UNITS_PATH."""
+    if environ.get("PATH_INFO") == UNITS_PATH:
+        with _units_lock:
+            body = json.dumps(_units).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("AmazonSQS."):
+        operation = target.split(".", 1)[1]
+        chunks = max(1, -(-int(environ.get("CONTENT_LENGTH") or 0) // SQS_BILLING_CHUNK))
+        with _units_lock:
+            _units["sqsCalls"][operation] = _units["sqsCalls"].get(operation, 0) + 1
+            _units["sqsRequests"] += chunks
+    if not target.startswith("DynamoDB_"):
+        return _original_dispatch(self, environ, start_response)
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    answer = _original_dispatch(self, environ, start_response)
+    try:
+        chunks = list(answer)
+    finally:
+        if hasattr(answer, "close"):
+            answer.close()
+    _count_units(target.rsplit(".", 1)[-1], body, sum(len(c) for c in chunks))
+    return chunks
+
+
 # --- Concurrency --------------------------------------------------------------------------------
 
 
@@ -537,6 +629,7 @@ _original_table_delete_item = Table.delete_item
 _original_table_get_item = Table.get_item
 _original_table_query = Table.query
 _original_get_backend_for_host = DomainDispatcherApplication.get_backend_for_host
+_original_dispatch = DomainDispatcherApplication.__call__
 _installed = False
 
 
@@ -558,6 +651,7 @@ def install_patches() -> None:
     ActionResult.execute_result = execute_result
     dynamodb_responses.dynamo_to_dict = dynamo_to_dict
     DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
+    DomainDispatcherApplication.__call__ = dispatch_counting_units
     _dynamodb_requests_run_one_at_a_time()
     gc.callbacks.append(_freeze_after_full_collection)
 

@@ -56,24 +56,29 @@ pub struct LocalBench {
     pub no_batch: bool,
 }
 
-/// The stack under test: a `wsfan dev` child process.
-struct DevProcess {
+/// The stack under test: a `wsfan dev` child process (`bench local`, `bench hot`).
+pub(crate) struct DevProcess {
     child: Child,
-    ws_url: String,
-    moto: String,
-    table: String,
-    log: PathBuf,
+    pub(crate) http_url: String,
+    pub(crate) ws_url: String,
+    pub(crate) moto: String,
+    pub(crate) table: String,
+    /// Its standard error: the invocation log.
+    pub(crate) log: PathBuf,
 }
 
 impl DevProcess {
-    fn start(repo: &Path) -> Result<DevProcess, String> {
+    /// Starts `wsfan dev` with the template's defaults and `extra` options (`--inject`); its log
+    /// goes to `wsfan-bench-{name}-PID.log` in the temporary directory.
+    pub(crate) fn start(repo: &Path, name: &str, extra: &[String]) -> Result<DevProcess, String> {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
-        let log = std::env::temp_dir().join(format!("wsfan-bench-local-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!("wsfan-bench-{name}-{}.log", std::process::id()));
         let mut command = Command::new(me);
         wsfan_local::children::die_with_parent(&mut command);
         let mut child = command
             .args(["dev", "--port", "0", "--moto-port", "0", "--repo"])
             .arg(repo)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
@@ -94,6 +99,7 @@ impl DevProcess {
                 .to_owned()
         };
         Ok(DevProcess {
+            http_url: ready.split_whitespace().nth(3).unwrap_or_default().to_owned(),
             ws_url: ready.split_whitespace().nth(4).unwrap_or_default().to_owned(),
             moto: field("moto"),
             table: field("table"),
@@ -104,7 +110,7 @@ impl DevProcess {
 
     /// Every process of the stack, with its name, peak resident memory (VmHWM) in KiB and the
     /// CPU seconds it used.
-    fn peak_rss(&self) -> Vec<(String, u32, u64, f64)> {
+    pub(crate) fn peak_rss(&self) -> Vec<(String, u32, u64, f64)> {
         let mut pids = vec![self.child.id()];
         pids.extend(wsfan_local::children::descendants(self.child.id()));
         pids.into_iter()
@@ -130,7 +136,7 @@ impl DevProcess {
     }
 
     /// Invocations the stack's log reports as timed out, by function.
-    fn timeouts(&self) -> HashMap<String, usize> {
+    pub(crate) fn timeouts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for line in std::fs::read_to_string(&self.log).unwrap_or_default().lines() {
             if line.contains("timed out") {
@@ -142,7 +148,7 @@ impl DevProcess {
     }
 
     /// SIGTERM, as Ctrl-C would, and the wait for the stack to end.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
@@ -150,11 +156,11 @@ impl DevProcess {
 }
 
 /// User and system CPU time of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     crate::bench::cpu_time_of(&pid.to_string()).as_secs_f64()
 }
 
-fn token(sub: &str) -> String {
+pub(crate) fn token(sub: &str) -> String {
     let claims = Claims {
         sub: sub.into(),
         exp: wsfan_shared::clock::now_secs() + 6 * 3600,
@@ -179,13 +185,23 @@ struct Seen {
     messages: Mutex<Vec<(usize, String, String, Instant)>>,
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens a socket and joins `channel`; returns the socket once `joined` came back.
+/// Opens a socket and joins `channel`, asking for batch frames if `batch`; returns the socket
+/// once `joined` came back.
 async fn connect_and_join(url: &str, sub: &str, channel: &str, batch: bool) -> Result<(Socket, Duration), String> {
+    connect_and_join_with(url, sub, channel, if batch { "&batch=1" } else { "" }).await
+}
+
+/// [`connect_and_join`] with more query parameters on the upgrade (`&batch=1`).
+pub(crate) async fn connect_and_join_with(
+    url: &str,
+    sub: &str,
+    channel: &str,
+    query: &str,
+) -> Result<(Socket, Duration), String> {
     let started = Instant::now();
-    let batch = if batch { "&batch=1" } else { "" };
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={}{batch}", token(sub)))
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={}{query}", token(sub)))
         .await
         .map_err(|e| format!("{sub}: connecting: {e}"))?;
     let connected = started.elapsed();
@@ -276,7 +292,7 @@ async fn settle(seen: &Seen, quiet: Duration, limit: Duration) -> Duration {
     still_since.duration_since(started)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -284,12 +300,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 pub async fn run(bench: LocalBench) -> Result<String, String> {
-    let stack = DevProcess::start(&bench.repo)?;
+    let stack = DevProcess::start(&bench.repo, "local", &[])?;
     let result = measure(&bench, &stack).await;
     let peaks = stack.peak_rss();
     let timeouts = stack.timeouts();
@@ -591,7 +607,7 @@ async fn large_channel(stack: &DevProcess, count: usize) -> Result<Value, String
     Ok(json!({"members": count, "read": members.len(), "readSeconds": read_time.as_secs_f64()}))
 }
 
-fn build_profile() -> &'static str {
+pub(crate) fn build_profile() -> &'static str {
     if cfg!(debug_assertions) {
         "debug"
     } else {

@@ -6,8 +6,10 @@
 
 mod bench;
 mod bench_channel;
+mod bench_hot;
 mod bench_lambdas;
 mod bench_local;
+mod dev_log;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +91,10 @@ enum Bench {
     /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
     /// rate, and every delivery is counted; then an optional soak and a large channel's read.
     Local(bench_local::LocalBench),
+    /// One busy channel through `wsfan dev` with the template's defaults: members x messages
+    /// per second, every delivery counted, the budget used in each second, timeouts, and the
+    /// cost of a million deliveries.
+    Hot(bench_hot::HotBench),
     /// Each real Lambda binary's cold start (time to its first `/next`) and peak RSS then, and
     /// stream-fanout's CPU per stream record (decode, classify, build the frame).
     Lambdas(bench_lambdas::LambdasBench),
@@ -437,6 +443,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             .await
         }
         Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
+        Command::Bench(Bench::Hot(bench)) => bench_hot::run(bench).await,
         Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
         Command::Bench(Bench::Channel(bench)) => bench_channel::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,

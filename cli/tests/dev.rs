@@ -20,17 +20,7 @@ fn repo() -> PathBuf {
 }
 
 fn require_lambda_binaries() {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_wsfan"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    for bin in harness::FUNCTIONS {
-        assert!(
-            dir.join(bin).exists(),
-            "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
-            dir.join(bin).display()
-        );
-    }
+    harness::require_lambda_binaries(std::path::Path::new(env!("CARGO_BIN_EXE_wsfan")));
 }
 
 struct Stack {

@@ -25,6 +25,7 @@ use axum::Router;
 
 use crate::faults::Faults;
 use crate::logs::Logs;
+use crate::per_second::{Event, PerSecond, Second};
 
 /// API Gateway's limit on the data of one post (128 KB), answered with 413 above it; the
 /// broadcaster refuses larger payloads before posting.
@@ -118,6 +119,8 @@ struct Inner {
     signing_secret: std::sync::RwLock<SigningSecret>,
     /// Faults injected by [`ConnectionsServer::inject`], by status.
     injected: Mutex<BTreeMap<u16, u64>>,
+    /// The same counts by wall-clock second: the fanouts' budget is per second.
+    per_second: PerSecond,
 }
 
 /// A handle to a running server; cheap to clone.
@@ -213,6 +216,27 @@ impl ConnectionsServer {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// What was answered in each second of the last few minutes (see [`PerSecond`]).
+    pub fn per_second(&self) -> Vec<Second> {
+        self.inner.per_second.recent(now_unix())
+    }
+
+    /// The totals and the seconds, as `wsfan dev` serves them at `GET /dev/stats`.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let s = &self.inner.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "now": now_unix(),
+            "requests": load(&s.requests),
+            "delivered": load(&s.delivered),
+            "gone": load(&s.gone),
+            "throttled": load(&s.throttled),
+            "errors": load(&s.errors),
+            "secondsKept": crate::per_second::SECONDS_KEPT,
+            "perSecond": self.per_second(),
+        })
     }
 
     /// Everything `connection_id` was sent, as text.
@@ -442,6 +466,8 @@ impl Inner {
     /// Applies latency, signing check and injected failures; `Some` is the answer to give instead.
     async fn gate(&self, request: &RequestHead, body: &[u8], connection_id: &str) -> Option<Response> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let post = request.method == Method::POST;
+        self.per_second.record(now_unix(), Event::Request { post });
         let signed = request
             .headers
             .get("authorization")
@@ -524,6 +550,9 @@ impl Inner {
             tokio::time::sleep(latency).await;
         }
         let status = injected?;
+        if status == 429 {
+            self.per_second.record(now_unix(), Event::Throttled);
+        }
         let counter = match status {
             410 => &self.stats.gone,
             429 => &self.stats.throttled,
@@ -551,6 +580,7 @@ async fn post_data(
         );
         return error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLargeException", &message);
     }
+    let len = body.len();
     if let Some(sink) = &inner.sink {
         if !sink.send(&id, body.clone()) {
             inner.stats.gone.fetch_add(1, Ordering::Relaxed);
@@ -561,6 +591,7 @@ async fn post_data(
         inner.received.lock().unwrap().entry(id).or_default().push(body);
     }
     inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+    inner.per_second.record(now_unix(), Event::Delivered { len });
     StatusCode::OK.into_response()
 }
 
@@ -607,6 +638,10 @@ async fn get_staged(state: State<Arc<Inner>>, Path((_, id)): Path<(String, Strin
 
 async fn delete_staged(state: State<Arc<Inner>>, Path((_, id)): Path<(String, String)>, head: RequestHead) -> Response {
     delete_connection(state, Path(id), head).await
+}
+
+fn now_unix() -> u64 {
+    wsfan_shared::clock::now_secs().max(0) as u64
 }
 
 /// ISO 8601 in UTC, as the Management API returns timestamps.

@@ -306,6 +306,7 @@ impl DevStack {
 
 struct App {
     gateway: Arc<Gateway>,
+    connections: ConnectionsServer,
     environment: Arc<Environment>,
     logs: Logs,
     ws_url: String,
@@ -361,6 +362,7 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     }
     let app = Arc::new(App {
         gateway,
+        connections: connections.clone(),
         environment: environment.clone(),
         logs: logs.clone(),
         ws_url: ws_url.clone(),
@@ -371,6 +373,7 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         .route("/wsfan-client.js", get(client_module))
         .route("/dev/token", get(token))
         .route("/dev/docs", post(simulate_document))
+        .route("/dev/stats", get(connections_stats))
         .with_state(app)
         .merge(connections.router());
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -556,6 +559,12 @@ async fn token(State(app): State<Arc<App>>, Query(query): Query<HashMap<String, 
     }
     let token = mint_hs256(DEV_SECRET, &claims);
     Json(json!({"token": token, "url": format!("{}?token={token}", app.ws_url)})).into_response()
+}
+
+/// What @connections answered: totals, and per second for the last few minutes (benchmarks read
+/// the budget used in each second from here). Beside `/dev/token`, off API Gateway's own paths.
+async fn connections_stats(State(app): State<Arc<App>>) -> Response {
+    Json(app.connections.stats_json()).into_response()
 }
 
 /// Publishes a simulated document's progress to the local queue over about three seconds.

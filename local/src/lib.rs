@@ -6,7 +6,8 @@
 //! - [`template`]: what `sam/template.yaml` deploys: functions, routes, event sources, queues.
 //! - [`runtime`]: an emulated Lambda Runtime API per function, running the real binaries.
 //! - [`gateway`]: the API Gateway WebSocket endpoint (authorizer, routes, limits).
-//! - [`connections`]: the `@connections` Management API, delivering to the real sockets.
+//! - [`connections`]: the `@connections` Management API, delivering to the real sockets;
+//!   [`per_second`]: what it answered in each second.
 //! - [`faults`]: what `wsfan dev --inject` makes `@connections` answer.
 //! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
 
@@ -17,6 +18,7 @@ pub mod faults;
 pub mod gateway;
 pub mod logs;
 pub mod moto;
+pub mod per_second;
 pub mod runtime;
 pub mod sources;
 pub mod template;

@@ -60,12 +60,17 @@ impl Logs {
     }
 
     pub fn invocation(&self, function: &str, what: &str, took: Duration, outcome: Outcome<'_>) {
+        eprintln!("{}", self.invocation_line(function, what, took, outcome));
+    }
+
+    /// The line [`Logs::invocation`] writes (benchmarks read the durations and timeouts back).
+    pub fn invocation_line(&self, function: &str, what: &str, took: Duration, outcome: Outcome<'_>) -> String {
         let (colour, mark, detail) = match outcome {
             Outcome::Ok(d) => (GREEN, "ok", d),
             Outcome::Refused(d) => (YELLOW, "refused", d),
             Outcome::Failed(d) => (RED, "FAILED", d),
         };
-        eprintln!(
+        format!(
             "{} {:<16} {:<14} {:>6} ms  {} {}",
             self.paint(BOLD, "▶"),
             self.paint(CYAN, function),
@@ -73,7 +78,7 @@ impl Logs {
             took.as_millis(),
             self.paint(colour, mark),
             detail
-        );
+        )
     }
 
     /// One fault `wsfan dev --inject` injected: one line each, so a run's faults can be counted

@@ -72,6 +72,8 @@ pub struct Template {
     pub authorizer: Option<String>,
     pub event_sources: Vec<EventSource>,
     pub queues: Vec<Queue>,
+    /// Each parameter's `Default`, as text (what `wsfan dev` deploys with: it overrides none).
+    pub parameter_defaults: BTreeMap<String, String>,
 }
 
 fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -307,12 +309,21 @@ impl Template {
             })
             .collect();
 
+        let parameter_defaults = doc
+            .get("Parameters")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), string(v.get("Default"))?)))
+            .collect();
+
         Ok(Template {
             functions,
             routes,
             authorizer,
             event_sources,
             queues,
+            parameter_defaults,
         })
     }
 
@@ -360,6 +371,19 @@ mod tests {
         let exact: serde_json::Value = serde_json::from_str(r#"{"eventName":["INSERT","MODIFY"]}"#).unwrap();
         assert!(matches_any(std::slice::from_ref(&exact), &record("x")));
         assert!(!matches_any(&[exact], &serde_json::json!({"eventName": "REMOVE"})));
+    }
+
+    #[test]
+    fn parameters_give_their_defaults() {
+        let t = Template::parse(
+            "Parameters:\n  FanoutMaxRps: {Type: Number, Default: 5000}\n  Alarm: {Type: String}\nResources: {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.parameter_defaults.get("FanoutMaxRps").map(String::as_str),
+            Some("5000")
+        );
+        assert!(!t.parameter_defaults.contains_key("Alarm"));
     }
 
     #[test]

@@ -35,6 +35,19 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Fails unless every Lambda binary sits beside `wsfan` (the binary under test), as `wsfan dev`
+/// expects them: `cargo test` alone does not build them.
+pub fn require_lambda_binaries(wsfan: &Path) {
+    let dir = wsfan.parent().expect("wsfan sits in a directory");
+    for bin in FUNCTIONS {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+            dir.join(bin).display()
+        );
+    }
+}
+
 /// Reads `events/<path>.json` as the event type a handler takes.
 pub fn fixture<T: DeserializeOwned>(path: &str) -> T {
     let file = repo_root().join("events").join(format!("{path}.json"));

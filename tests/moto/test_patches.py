@@ -5,6 +5,7 @@ Run by scripts/test: `.venv/bin/python -m unittest discover -s tests/moto`.
 """
 
 import base64
+import json
 import os
 import random
 import sys
@@ -357,6 +358,78 @@ class Responses(Case):
         self.assertEqual(calls[2]()["Item"]["b"], {"B": b"\x00\xffbinary"})
         self.assertEqual(base64.b64decode(base64.b64encode(b"x")), b"x")
 
+
+
+class RequestUnits(Case):
+    """The request units the server counts for `wsfan bench hot`, through moto's own dispatcher."""
+
+    def call(self, client, operation, body, service="dynamodb"):
+        """A JSON-protocol call of `service` (dynamodb or sqs) through the dispatcher `client`."""
+        prefix = {"dynamodb": "DynamoDB_20120810", "sqs": "AmazonSQS"}[service]
+        return client.post(
+            "/",
+            data=json.dumps(body),
+            headers={
+                "X-Amz-Target": f"{prefix}.{operation}",
+                "Content-Type": "application/x-amz-json-1.0",
+                "Host": "127.0.0.1:4566",
+                "Authorization": f"AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/{service}/aws4_request, "
+                "SignedHeaders=host, Signature=0",
+            },
+        )
+
+    def test_dynamodb_calls_are_counted_in_request_units(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.test import Client
+
+        client = Client(DomainDispatcherApplication(create_backend_app))
+        before = json.loads(client.get(moto_server.UNITS_PATH).data)
+        key = {"pk": {"S": "CHAN#a"}, "sk": {"S": "MSG#big"}}
+        # An item over 1 KB: two write units.
+        answer = self.call(client, "PutItem", {"TableName": "t", "Item": {**key, "body": {"S": "x" * 1500}}})
+        self.assertEqual(answer.status_code, 200, answer.data)
+        # A strongly consistent read of it: one read unit (under 4 KB); eventually consistent: half.
+        answer = self.call(client, "GetItem", {"TableName": "t", "Key": key, "ConsistentRead": True})
+        self.assertIn(b"xxxx", answer.data)
+        self.call(client, "GetItem", {"TableName": "t", "Key": key})
+        # sendMessage's transaction: three items under 1 KB, two units each.
+        answer = self.call(client, "TransactWriteItems", {"TransactItems": send(1)})
+        self.assertEqual(answer.status_code, 200, answer.data)
+        after = json.loads(client.get(moto_server.UNITS_PATH).data)
+        self.assertEqual(after["wru"] - before["wru"], 2 + 6)
+        self.assertEqual(after["rru"] - before["rru"], 1.5)
+        calls = {op: n - before["calls"].get(op, 0) for op, n in after["calls"].items()}
+        self.assertEqual({op: n for op, n in calls.items() if n}, {"PutItem": 1, "GetItem": 2, "TransactWriteItems": 1})
+        self.assertEqual(self.keys(), ["CONN#c1", "DEDUPE#u#1", "MSG#00000001", "MSG#big"])
+
+    def test_sqs_calls_are_counted_per_64_kb(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.test import Client
+
+        client = Client(DomainDispatcherApplication(create_backend_app))
+        before = json.loads(client.get(moto_server.UNITS_PATH).data)
+
+        def sqs(operation, body):
+            return self.call(client, operation, body, service="sqs")
+
+        url = json.loads(sqs("CreateQueue", {"QueueName": "q"}).data)["QueueUrl"]
+        self.assertEqual(sqs("SendMessage", {"QueueUrl": url, "MessageBody": "x"}).status_code, 200)
+        # A message over 64 KB is two requests.
+        self.assertEqual(sqs("SendMessage", {"QueueUrl": url, "MessageBody": "x" * 70_000}).status_code, 200)
+        after = json.loads(client.get(moto_server.UNITS_PATH).data)
+        self.assertEqual(after["sqsRequests"] - before["sqsRequests"], 1 + 1 + 2)
+        self.assertEqual(after["sqsCalls"]["SendMessage"] - before["sqsCalls"].get("SendMessage", 0), 2)
+        self.assertEqual(after["wru"], before["wru"])
+
+    def test_units_follow_dynamodb_pricing_rules(self):
+        units = moto_server.request_units
+        self.assertEqual(units("UpdateItem", {}, 100), (1, 0.0))
+        self.assertEqual(units("Query", {}, 9000), (0, 1.5))
+        self.assertEqual(units("Query", {"ConsistentRead": True}, 10), (0, 1.0))
+        self.assertEqual(units("TransactGetItems", {"TransactItems": [{}, {}]}, 10), (0, 4.0))
+        writes = {"t": [{"PutRequest": {"Item": {"a": {"S": "x" * 3000}}}}, {"DeleteRequest": {"Key": {}}}]}
+        self.assertEqual(units("BatchWriteItem", {"RequestItems": writes}, 10), (3 + 1, 0.0))
+        self.assertEqual(units("DescribeTable", {}, 10), (0, 0.0))
 
 
 class Routing(unittest.TestCase):
