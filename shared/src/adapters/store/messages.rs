@@ -29,21 +29,68 @@ impl DynamoStore {
     }
 
     /// A retried send: the first message's id and sequence number, if the `clientMsgId` was stored.
-    pub(super) async fn deduped(&self, key: Item) -> Result<Option<(String, Option<u64>)>, StoreError> {
-        let existing = self
+    pub(super) async fn deduped(
+        &self,
+        deadline: tokio::time::Instant,
+        key: Item,
+    ) -> Result<Option<(String, Option<u64>)>, StoreError> {
+        let get = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key))
-            .consistent_read(true)
-            .send()
-            .await?;
+            .consistent_read(true);
+        let existing = retried("GetItem", deadline, |_| get.clone().send()).await?;
         Ok(existing.item.and_then(|i| {
             let seq = i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
             i.get("messageId")
                 .and_then(|v| v.as_s().ok())
                 .map(|id| (id.clone(), seq))
         }))
+    }
+
+    /// Which of the sequence numbers an earlier try of a send took, if it committed after all:
+    /// the message stored at that number carries the send's message id.
+    pub(super) async fn committed_at(
+        &self,
+        deadline: tokio::time::Instant,
+        message: &Message,
+        tried: &[u64],
+    ) -> Result<Option<u64>, StoreError> {
+        let pk = keys::channel(&message.channel);
+        for &seq in tried {
+            let get = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(pk.clone(), keys::message(seq))))
+                .projection_expression("messageId")
+                .consistent_read(true);
+            let out = retried("GetItem", deadline, |_| get.clone().send()).await?;
+            let id = out
+                .item
+                .as_ref()
+                .and_then(|i| i.get("messageId"))
+                .and_then(|v| v.as_s().ok());
+            if id == Some(&message.message_id) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn head_by(&self, deadline: tokio::time::Instant, channel: &ChannelId) -> Result<u64, StoreError> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
+            .consistent_read(true);
+        let out = retried("GetItem", deadline, |_| get.clone().send()).await?;
+        Ok(out
+            .item
+            .and_then(|i| i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
+            .unwrap_or(0))
     }
 }
 
@@ -63,10 +110,12 @@ pub(super) async fn post(
         seq,
         duplicate: true,
     };
+    // One budget for the whole send: its reads, its transactions and their retries.
+    let deadline = store.deadline();
     if let Some(key) = &dedupe_key {
         // A retry is the common case: answer it with one read instead of a cancelled
         // transaction. The transaction's condition still settles concurrent duplicates.
-        if let Some(first) = store.deduped(key.clone()).await? {
+        if let Some(first) = store.deduped(deadline, key.clone()).await? {
             if let Some(connection_id) = member {
                 if !store.is_member(&message.channel, connection_id).await? {
                     return Err(StoreError::NotMember);
@@ -78,10 +127,12 @@ pub(super) async fn post(
     // History kinds take the next number of the channel's sequence in the same transaction,
     // conditioned on the head still being where we read it: commits happen in sequence order.
     let sequenced = message.kind.is_history();
+    // The sequence numbers of tries that may have committed though their answer was lost.
+    let mut uncertain_at = Vec::new();
     for attempt in 0..SEQ_ATTEMPTS {
         let mut message = message.clone();
         let head = if sequenced {
-            let head = store.head(&message.channel).await?;
+            let head = store.head_by(deadline, &message.channel).await?;
             message.seq = Some(head + 1);
             Some(head)
         } else {
@@ -108,16 +159,18 @@ pub(super) async fn post(
         }
         actions.push(store.put(to_item(message.key(), &message)?, None));
 
-        let err = match store.transact(actions).await {
-            Ok(()) => {
-                return Ok(PostOutcome {
-                    message_id: message.message_id.clone(),
-                    seq: message.seq,
-                    duplicate: false,
-                })
-            }
+        let committed = |seq| PostOutcome {
+            message_id: message.message_id.clone(),
+            seq,
+            duplicate: false,
+        };
+        let err = match store.transact(deadline, actions).await {
+            Ok(()) => return Ok(committed(message.seq)),
             Err(e) => e,
         };
+        if err.uncertain {
+            uncertain_at.extend(message.seq);
+        }
         let Some(failed) = failed_conditions(&err) else {
             return Err(err.into());
         };
@@ -127,14 +180,23 @@ pub(super) async fn post(
         if let Some(key) = &dedupe_key {
             if failed.get(usize::from(member.is_some())) == Some(&true) {
                 let first = store
-                    .deduped(key.clone())
+                    .deduped(deadline, key.clone())
                     .await?
                     .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
+                // This send's own earlier try committed (its answer was lost): answer as it
+                // would have. Another send's id means the client sent this message before.
+                if first.0 == message.message_id {
+                    return Ok(committed(first.1));
+                }
                 return Ok(duplicate(first));
             }
         }
         if !(sequenced && failed.get(head_index) == Some(&true)) {
             return Err(err.into());
+        }
+        // Without a dedupe item, a lost commit of ours shows as the message at a number we took.
+        if let Some(seq) = store.committed_at(deadline, &message, &uncertain_at).await? {
+            return Ok(committed(Some(seq)));
         }
         // Another send took this number: read the head again, after a short random pause
         // so that racing senders spread out.
@@ -163,7 +225,8 @@ pub(super) async fn history(
             complete: matches!(cursor, HistoryCursor::After(_)).then_some(false),
         });
     }
-    let out = store
+    let deadline = store.deadline();
+    let query = store
         .client
         .query()
         .table_name(&store.table)
@@ -174,9 +237,8 @@ pub(super) async fn history(
         .expression_attribute_values(":from", s(keys::message(from)))
         .expression_attribute_values(":to", s(keys::message(to)))
         // One more than asked, to know whether another page exists.
-        .limit(limit as i32 + 1)
-        .send()
-        .await?;
+        .limit(limit as i32 + 1);
+    let out = retried("Query", deadline, |_| query.clone().send()).await?;
     let now = crate::clock::now_secs();
     let mut messages = Vec::new();
     let mut more = false;
@@ -216,7 +278,7 @@ pub(super) async fn history(
     let complete = !expired
         && match messages.first().and_then(|m| m.seq) {
             Some(first) => first == after + 1,
-            None => after == store.head(channel).await?,
+            None => after == store.head_by(deadline, channel).await?,
         };
     Ok(HistoryPage {
         after: more.then(|| messages.last().and_then(|m| m.seq)).flatten(),
@@ -227,16 +289,5 @@ pub(super) async fn history(
 }
 
 pub(super) async fn head(store: &DynamoStore, channel: &ChannelId) -> Result<u64, StoreError> {
-    let out = store
-        .client
-        .get_item()
-        .table_name(&store.table)
-        .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
-        .consistent_read(true)
-        .send()
-        .await?;
-    Ok(out
-        .item
-        .and_then(|i| i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
-        .unwrap_or(0))
+    store.head_by(store.deadline(), channel).await
 }

@@ -236,11 +236,15 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retention: Retention,
+    /// How long one store operation, every call and retry included, may take.
+    budget: std::time::Duration,
 }
 
-/// A DynamoDB client whose every operation, retries included, ends within `timeout`.
+/// A DynamoDB client whose every call ends within `timeout`. The SDK does not retry: the
+/// store does (`retry`), for more reasons than the SDK knows and within one budget.
 pub fn client_with_timeout(sdk: &aws_config::SdkConfig, timeout: std::time::Duration) -> Client {
     let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
         .timeout_config(
             aws_smithy_types::timeout::TimeoutConfig::builder()
                 .operation_timeout(timeout)
@@ -280,8 +284,8 @@ fn member_of(item: &Item) -> Option<Member> {
 }
 
 /// Which actions of a cancelled transaction failed their condition.
-fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>) -> Option<Vec<bool>> {
-    match err.as_service_error()? {
+fn failed_conditions(failure: &Failure<TransactWriteItemsError>) -> Option<Vec<bool>> {
+    match failure.service_error()? {
         TransactWriteItemsError::TransactionCanceledException(e) => Some(
             e.cancellation_reasons()
                 .iter()
@@ -296,6 +300,10 @@ mod connections;
 mod members;
 mod messages;
 mod progress;
+mod retry;
+
+use retry::{retried, Failure};
+pub use retry::{verdict_of, Verdict, MAX_ATTEMPTS};
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>, retention: Retention) -> Self {
@@ -303,7 +311,19 @@ impl DynamoStore {
             client,
             table: table.into(),
             retention,
+            budget: std::time::Duration::from_millis(crate::config::DEFAULT_DYNAMODB_TIMEOUT_MS),
         }
+    }
+
+    /// The same store with each operation (all its calls and retries) ending within `budget`.
+    pub fn with_budget(mut self, budget: std::time::Duration) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// When an operation starting now must have ended.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.budget
     }
 
     /// The store a Lambda uses: table, retention and timeout from the environment, one SDK client.
@@ -311,7 +331,7 @@ impl DynamoStore {
         let config = crate::config::StoreConfig::from_env()?;
         let sdk = crate::config::aws().await;
         let client = client_with_timeout(&sdk, config.operation_timeout);
-        Ok(DynamoStore::new(client, config.table_name, config.retention))
+        Ok(DynamoStore::new(client, config.table_name, config.retention).with_budget(config.operation_timeout))
     }
 
     pub fn retention(&self) -> &Retention {
@@ -352,16 +372,26 @@ impl DynamoStore {
             .build()
     }
 
+    /// Commits a transaction, retried for conflicts, throttles and 5xx until `deadline`. After
+    /// a try whose outcome is unknown, the next one replays its `ClientRequestToken`, so that
+    /// DynamoDB answers it as the commit it may have been instead of applying it twice.
     async fn transact(
         &self,
+        deadline: tokio::time::Instant,
         actions: Vec<TransactWriteItem>,
-    ) -> Result<(), SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>> {
-        self.client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
-            .await
-            .map(|_| ())
+    ) -> Result<(), Failure<TransactWriteItemsError>> {
+        let new_token = || format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut token = new_token();
+        let call = self.client.transact_write_items().set_transact_items(Some(actions));
+        retried("TransactWriteItems", deadline, |uncertain| {
+            if !uncertain {
+                // Cancelled or throttled tries wrote nothing: a new try is a new request.
+                token = new_token();
+            }
+            call.clone().client_request_token(token.clone()).send()
+        })
+        .await
+        .map(|_| ())
     }
 }
 
