@@ -110,8 +110,11 @@ pub(super) async fn post(
         seq,
         duplicate: true,
     };
-    // One budget for the whole send: its reads, its transactions and their retries.
-    let deadline = store.deadline();
+    // Each round (read the head, commit) has a budget for its calls and their retries; a new
+    // round starts only within SEND_ROUNDS_BUDGETS budgets of the first, so that a send lost
+    // to other sends ends inside the function's timeout too.
+    let mut deadline = store.deadline();
+    let last_round = deadline + store.budget * (SEND_ROUNDS_BUDGETS - 1);
     if let Some(key) = &dedupe_key {
         // A retry is the common case: answer it with one read instead of a cancelled
         // transaction. The transaction's condition still settles concurrent duplicates.
@@ -130,6 +133,12 @@ pub(super) async fn post(
     // The sequence numbers of tries that may have committed though their answer was lost.
     let mut uncertain_at = Vec::new();
     for attempt in 0..SEQ_ATTEMPTS {
+        if attempt > 0 {
+            if tokio::time::Instant::now() >= last_round {
+                break;
+            }
+            deadline = store.deadline();
+        }
         let mut message = message.clone();
         let head = if sequenced {
             let head = store.head_by(deadline, &message.channel).await?;

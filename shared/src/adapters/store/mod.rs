@@ -44,6 +44,11 @@ const SEQ: &str = "seq";
 /// gives up when the channel takes more than this many messages during its own attempts.
 const SEQ_ATTEMPTS: u32 = 25;
 
+/// How many operation budgets (`DYNAMODB_TIMEOUT_MS`) a send may start rounds within: a round
+/// of a send lost to others under load locally takes a good part of one. The last round ends
+/// within a third budget, and tests/template.rs checks that three fit in the `Timeout`.
+const SEND_ROUNDS_BUDGETS: u32 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The connection item is gone (disconnected, or never written).
