@@ -1743,17 +1743,8 @@ async fn progress_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_ret
 }
 
 /// The items of the local table, read from moto directly (not through the fault proxy).
-async fn table_items(stack: &Stack) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
-    aws_sdk_dynamodb::Client::new(&stack.sdk().await)
-        .scan()
-        .table_name(&stack.table)
-        .consistent_read(true)
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .expect("scanning the table")
+async fn table_items(stack: &Stack) -> Vec<wsfan_shared::store::Item> {
+    harness::scan(&aws_sdk_dynamodb::Client::new(&stack.sdk().await), &stack.table).await
 }
 
 /// Clients that connect, send and leave while DynamoDB cancels transactions for conflicts,
