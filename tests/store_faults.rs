@@ -202,3 +202,45 @@ async fn a_store_that_keeps_failing_gives_up_within_its_budget() {
     );
     assert!(t.items().await.is_empty());
 }
+
+/// How many DynamoDB calls `what` made through `proxy`.
+async fn calls<T>(proxy: &DynamoProxy, what: impl std::future::Future<Output = T>) -> (T, u64) {
+    let before = proxy.requests();
+    let out = what.await;
+    (out, proxy.requests() - before)
+}
+
+#[tokio::test]
+async fn a_send_is_one_round_trip_when_the_remembered_head_is_current() {
+    let t = TestTable::new().await;
+    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+    let channel: ChannelId = "workspace:42".parse().unwrap();
+    store
+        .connect(&connection("c1", "alice"), std::slice::from_ref(&channel))
+        .await
+        .unwrap();
+    let send = |store: DynamoStore, cmid: &str| {
+        let message = chat(&channel, "alice", Some(cmid.to_owned()));
+        async move { store.post(&message, Some("c1")).await.unwrap() }
+    };
+
+    // The first send of this environment reads the head; every later one is one transaction.
+    let (first, n) = calls(&proxy, send(store.clone(), "m0")).await;
+    assert_eq!((first.seq, n), (Some(1), 2), "a read of the head and the transaction");
+    for i in 1..5 {
+        let (sent, n) = calls(&proxy, send(store.clone(), &format!("m{i}"))).await;
+        assert_eq!((sent.seq, n), (Some(i + 1), 1), "send {i}");
+    }
+
+    // Another environment sends: this one's remembered head is stale, and the cancellation
+    // tells the current one (two transactions, no read).
+    let (store_b, _proxy_b) = through_faults(&t, DynamoFaults::default(), 0).await;
+    assert_eq!(send(store_b, "b0").await.seq, Some(6));
+    let (sent, n) = calls(&proxy, send(store.clone(), "m5")).await;
+    assert_eq!((sent.seq, n), (Some(7), 2));
+
+    // A retried send is answered from the cancellation too: one call, the first's id.
+    let (again, n) = calls(&proxy, send(store.clone(), "m5")).await;
+    assert!(again.duplicate);
+    assert_eq!((again.message_id, again.seq, n), (sent.message_id, Some(7), 1));
+}

@@ -50,6 +50,13 @@ pub struct LocalBench {
     /// Upgrades in flight at once while the clients connect.
     #[arg(long, default_value_t = 50)]
     pub connect_concurrency: usize,
+    /// Faults for `wsfan dev --inject` (e.g. 'ddb-conflict=0.05,ddb-throttle=0.02'): the run
+    /// then also counts error answers, which must stay 0.
+    #[arg(long, value_name = "SPEC")]
+    pub inject: Option<String>,
+    /// The seed of the fault draws (`wsfan dev --inject-seed`).
+    #[arg(long, requires = "inject")]
+    pub inject_seed: Option<u64>,
 }
 
 /// The stack under test: a `wsfan dev` child process.
@@ -62,7 +69,7 @@ struct DevProcess {
 }
 
 impl DevProcess {
-    fn start(repo: &Path) -> Result<DevProcess, String> {
+    fn start(repo: &Path, extra: &[String]) -> Result<DevProcess, String> {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         let log = std::env::temp_dir().join(format!("wsfan-bench-local-{}.log", std::process::id()));
         let mut command = Command::new(me);
@@ -70,6 +77,7 @@ impl DevProcess {
         let mut child = command
             .args(["dev", "--port", "0", "--moto-port", "0", "--repo"])
             .arg(repo)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
@@ -169,6 +177,8 @@ struct Seen {
     /// Every frame any client received (for the quiet-period check).
     frames: AtomicU64,
     presence: AtomicU64,
+    /// `error` frames: answers that refused a frame.
+    errors: AtomicU64,
     /// (client, messageId, clientMsgId, when) for every `message` frame.
     messages: Mutex<Vec<(usize, String, String, Instant)>>,
 }
@@ -232,6 +242,9 @@ fn run_client(index: usize, socket: Socket, seen: Arc<Seen>) -> mpsc::UnboundedS
                 Some("presence") => {
                     seen.presence.fetch_add(1, Ordering::Relaxed);
                 }
+                Some("error") => {
+                    seen.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 _ => {}
             }
         }
@@ -270,7 +283,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub async fn run(bench: LocalBench) -> Result<String, String> {
-    let stack = DevProcess::start(&bench.repo)?;
+    let mut extra = Vec::new();
+    if let Some(spec) = &bench.inject {
+        extra.extend(["--inject".to_owned(), spec.clone()]);
+    }
+    if let Some(seed) = bench.inject_seed {
+        extra.extend(["--inject-seed".to_owned(), seed.to_string()]);
+    }
+    let stack = DevProcess::start(&bench.repo, &extra)?;
     let result = measure(&bench, &stack).await;
     let peaks = stack.peak_rss();
     let timeouts = stack.timeouts();
@@ -430,6 +450,7 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
         ms(latencies.last().copied().unwrap_or_default())
     );
     report["messages"] = json!(total);
+    report["errorAnswers"] = json!(seen.errors.load(Ordering::Relaxed));
     report["deliveries"] =
         json!({"expected": expected, "delivered": delivered, "missing": missing, "duplicated": duplicates});
     report["deliveryMs"] = json!({"p50": ms(percentile(&latencies, 50.0)), "p99": ms(percentile(&latencies, 99.0))});

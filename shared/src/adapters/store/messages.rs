@@ -20,6 +20,8 @@ impl DynamoStore {
                     .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
                     .update_expression("SET #seq = :n")
                     .condition_expression(condition)
+                    // A lost race tells the winner's head, so the next round needs no read.
+                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                     .expression_attribute_names("#seq", SEQ)
                     .set_expression_attribute_values(Some(values))
                     .build()
@@ -41,12 +43,7 @@ impl DynamoStore {
             .set_key(Some(key))
             .consistent_read(true);
         let existing = retried("GetItem", deadline, |_| get.clone().send()).await?;
-        Ok(existing.item.and_then(|i| {
-            let seq = i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
-            i.get("messageId")
-                .and_then(|v| v.as_s().ok())
-                .map(|id| (id.clone(), seq))
-        }))
+        Ok(existing.item.as_ref().and_then(dedupe_of))
     }
 
     /// Which of the sequence numbers an earlier try of a send took, if it committed after all:
@@ -87,11 +84,26 @@ impl DynamoStore {
             .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
             .consistent_read(true);
         let out = retried("GetItem", deadline, |_| get.clone().send()).await?;
-        Ok(out
-            .item
-            .and_then(|i| i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
-            .unwrap_or(0))
+        let head = out.item.as_ref().map_or(0, head_of);
+        self.remember_head(channel, head);
+        Ok(head)
     }
+}
+
+/// The first message's id and number, from its dedupe item.
+fn dedupe_of(item: &Item) -> Option<(String, Option<u64>)> {
+    let seq = item.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+    item.get("messageId")
+        .and_then(|v| v.as_s().ok())
+        .map(|id| (id.clone(), seq))
+}
+
+/// The sequence number a head item holds (0 without one).
+fn head_of(item: &Item) -> u64 {
+    item.get(SEQ)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 pub(super) async fn post(
@@ -115,23 +127,16 @@ pub(super) async fn post(
     // to other sends ends inside the function's timeout too.
     let mut deadline = store.deadline();
     let last_round = deadline + store.budget * (SEND_ROUNDS_BUDGETS - 1);
-    if let Some(key) = &dedupe_key {
-        // A retry is the common case: answer it with one read instead of a cancelled
-        // transaction. The transaction's condition still settles concurrent duplicates.
-        if let Some(first) = store.deduped(deadline, key.clone()).await? {
-            if let Some(connection_id) = member {
-                if !store.is_member(&message.channel, connection_id).await? {
-                    return Err(StoreError::NotMember);
-                }
-            }
-            return Ok(duplicate(first));
-        }
-    }
+    // No read first: a retried send fails the dedupe item's condition, whose cancellation
+    // carries the first message's id and number, so a first send (the common case) is one
+    // round trip when the remembered head is current.
     // History kinds take the next number of the channel's sequence in the same transaction,
     // conditioned on the head still being where we read it: commits happen in sequence order.
     let sequenced = message.kind.is_history();
     // The sequence numbers of tries that may have committed though their answer was lost.
     let mut uncertain_at = Vec::new();
+    // The head to try: the one this environment last saw, or the one a lost race told.
+    let mut known = store.remembered_head(&message.channel);
     for attempt in 0..SEQ_ATTEMPTS {
         if attempt > 0 {
             if tokio::time::Instant::now() >= last_round {
@@ -141,7 +146,10 @@ pub(super) async fn post(
         }
         let mut message = message.clone();
         let head = if sequenced {
-            let head = store.head_by(deadline, &message.channel).await?;
+            let head = match known.take() {
+                Some(head) => head,
+                None => store.head_by(deadline, &message.channel).await?,
+            };
             message.seq = Some(head + 1);
             Some(head)
         } else {
@@ -160,7 +168,11 @@ pub(super) async fn post(
                 crate::model::TTL_ATTRIBUTE.to_owned(),
                 n(crate::clock::now_secs() + store.retention.dedupe_secs),
             );
-            actions.push(store.put(item, Some("attribute_not_exists(pk)")));
+            actions.push(store.put_returning(
+                item,
+                Some("attribute_not_exists(pk)"),
+                Some(ReturnValuesOnConditionCheckFailure::AllOld),
+            ));
         }
         let head_index = actions.len();
         if let Some(head) = head {
@@ -174,9 +186,15 @@ pub(super) async fn post(
             duplicate: false,
         };
         let err = match store.transact(deadline, actions).await {
-            Ok(()) => return Ok(committed(message.seq)),
+            Ok(()) => {
+                if let Some(seq) = message.seq {
+                    store.remember_head(&message.channel, seq);
+                }
+                return Ok(committed(message.seq));
+            }
             Err(e) => e,
         };
+        let found = cancellation_items(&err);
         if err.uncertain {
             uncertain_at.extend(message.seq);
         }
@@ -187,11 +205,15 @@ pub(super) async fn post(
             return Err(StoreError::NotMember);
         }
         if let Some(key) = &dedupe_key {
-            if failed.get(usize::from(member.is_some())) == Some(&true) {
-                let first = store
-                    .deduped(deadline, key.clone())
-                    .await?
-                    .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
+            let dedupe_index = usize::from(member.is_some());
+            if failed.get(dedupe_index) == Some(&true) {
+                let first = match found.get(dedupe_index).cloned().flatten().and_then(|i| dedupe_of(&i)) {
+                    Some(first) => first,
+                    None => store
+                        .deduped(deadline, key.clone())
+                        .await?
+                        .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?,
+                };
                 // This send's own earlier try committed (its answer was lost): answer as it
                 // would have. Another send's id means the client sent this message before.
                 if first.0 == message.message_id {
@@ -207,10 +229,17 @@ pub(super) async fn post(
         if let Some(seq) = store.committed_at(deadline, &message, &uncertain_at).await? {
             return Ok(committed(Some(seq)));
         }
-        // Another send took this number: read the head again, after a short random pause
-        // so that racing senders spread out.
-        let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        // Another send took this number. The cancellation says which head it left (none: the
+        // head is gone or never was, so read it). A first loss is most likely a remembered head
+        // gone stale; later ones are a race, so racing senders spread out with a short pause.
+        known = found.get(head_index).cloned().flatten().map(|head| head_of(&head));
+        if let Some(head) = known {
+            store.remember_head(&message.channel, head);
+        }
+        if attempt > 0 {
+            let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
     }
     Err(StoreError::Contended)
 }

@@ -11,7 +11,10 @@ use std::future::Future;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
+};
 use aws_sdk_dynamodb::Client;
 use serde::Serialize;
 use serde_json::Value;
@@ -39,10 +42,11 @@ const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
 /// The head item's attribute: the channel's last sequence number.
 const SEQ: &str = "seq";
 
-/// How often a send re-reads the head and tries again when other sends to the same channel won
-/// the race for the next sequence number. Each loss means another send committed, so a send only
-/// gives up when the channel takes more than this many messages during its own attempts.
-const SEQ_ATTEMPTS: u32 = 25;
+/// How often a send tries again when other sends to the same channel won the race for the next
+/// sequence number. Each loss means another send committed. Time bounds a send first
+/// (`SEND_ROUNDS_BUDGETS`): with k senders racing, one wins each round, and a count of 25 left
+/// one unlucky sender in eight giving up within a second once rounds took one round trip.
+const SEQ_ATTEMPTS: u32 = 200;
 
 /// How many operation budgets (`DYNAMODB_TIMEOUT_MS`) a send may start rounds within: a round
 /// of a send lost to others under load locally takes a good part of one. The last round ends
@@ -243,7 +247,14 @@ pub struct DynamoStore {
     retention: Retention,
     /// How long one store operation, every call and retry included, may take.
     budget: std::time::Duration,
+    /// The last head this execution environment saw per channel: a send tries it without
+    /// reading the head first, and learns the current one from the cancellation when it is
+    /// stale (`messages::post`).
+    heads: std::sync::Arc<std::sync::Mutex<HashMap<String, u64>>>,
 }
+
+/// At most this many channels' heads are remembered; past it the memory starts over.
+const REMEMBERED_HEADS: usize = 4096;
 
 /// A DynamoDB client whose every call ends within `timeout`. The SDK does not retry: the
 /// store does (`retry`), for more reasons than the SDK knows and within one budget.
@@ -301,6 +312,17 @@ fn failed_conditions(failure: &Failure<TransactWriteItemsError>) -> Option<Vec<b
     }
 }
 
+/// The items a cancelled transaction's failed conditions found (where the action asked for
+/// them with `ReturnValuesOnConditionCheckFailure`), one per action.
+fn cancellation_items(failure: &Failure<TransactWriteItemsError>) -> Vec<Option<Item>> {
+    match failure.service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+            e.cancellation_reasons().iter().map(|r| r.item().cloned()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 mod connections;
 mod members;
 mod messages;
@@ -317,7 +339,20 @@ impl DynamoStore {
             table: table.into(),
             retention,
             budget: std::time::Duration::from_millis(crate::config::DEFAULT_DYNAMODB_TIMEOUT_MS),
+            heads: Default::default(),
         }
+    }
+
+    fn remembered_head(&self, channel: &ChannelId) -> Option<u64> {
+        self.heads.lock().unwrap().get(&channel.to_string()).copied()
+    }
+
+    fn remember_head(&self, channel: &ChannelId, head: u64) {
+        let mut heads = self.heads.lock().unwrap();
+        if heads.len() >= REMEMBERED_HEADS {
+            heads.clear();
+        }
+        heads.insert(channel.to_string(), head);
     }
 
     /// The same store with each operation (all its calls and retries) ending within `budget`.
@@ -352,12 +387,23 @@ impl DynamoStore {
     }
 
     fn put(&self, item: Item, condition: Option<&str>) -> TransactWriteItem {
+        self.put_returning(item, condition, None)
+    }
+
+    /// A put whose cancellation carries the item it found (`ALL_OLD`) when its condition fails.
+    fn put_returning(
+        &self,
+        item: Item,
+        condition: Option<&str>,
+        on_failure: Option<ReturnValuesOnConditionCheckFailure>,
+    ) -> TransactWriteItem {
         TransactWriteItem::builder()
             .put(
                 Put::builder()
                     .table_name(&self.table)
                     .set_item(Some(item))
                     .set_condition_expression(condition.map(str::to_owned))
+                    .set_return_values_on_condition_check_failure(on_failure)
                     .build()
                     .expect("put has table and item"),
             )
