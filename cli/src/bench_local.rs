@@ -54,6 +54,13 @@ pub struct LocalBench {
     /// instead of the batch frames the JS client asks for.
     #[arg(long)]
     pub no_batch: bool,
+    /// Faults for `wsfan dev --inject` (e.g. 'ddb-conflict=0.05,ddb-throttle=0.02'): the run
+    /// then also counts error answers, which must stay 0.
+    #[arg(long, value_name = "SPEC")]
+    pub inject: Option<String>,
+    /// The seed of the fault draws (`wsfan dev --inject-seed`).
+    #[arg(long, requires = "inject")]
+    pub inject_seed: Option<u64>,
 }
 
 /// The stack under test: a `wsfan dev` child process (`bench local`, `bench hot`).
@@ -181,6 +188,8 @@ struct Seen {
     /// WebSocket messages received (a batch frame is one).
     posts: AtomicU64,
     presence: AtomicU64,
+    /// `error` frames: answers that refused a frame.
+    errors: AtomicU64,
     /// (client, messageId, clientMsgId, when) for every `message` frame.
     messages: Mutex<Vec<(usize, String, String, Instant)>>,
 }
@@ -266,6 +275,9 @@ fn run_client(index: usize, socket: Socket, seen: Arc<Seen>) -> mpsc::UnboundedS
                     Some("presence") => {
                         seen.presence.fetch_add(1, Ordering::Relaxed);
                     }
+                    Some("error") => {
+                        seen.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => {}
                 }
             }
@@ -305,7 +317,14 @@ pub(crate) fn ms(d: Duration) -> f64 {
 }
 
 pub async fn run(bench: LocalBench) -> Result<String, String> {
-    let stack = DevProcess::start(&bench.repo, "local", &[])?;
+    let mut extra = Vec::new();
+    if let Some(spec) = &bench.inject {
+        extra.extend(["--inject".to_owned(), spec.clone()]);
+    }
+    if let Some(seed) = bench.inject_seed {
+        extra.extend(["--inject-seed".to_owned(), seed.to_string()]);
+    }
+    let stack = DevProcess::start(&bench.repo, "local", &extra)?;
     let result = measure(&bench, &stack).await;
     let peaks = stack.peak_rss();
     let timeouts = stack.timeouts();
@@ -474,6 +493,7 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
         ms(latencies.last().copied().unwrap_or_default())
     );
     report["messages"] = json!(total);
+    report["errorAnswers"] = json!(seen.errors.load(Ordering::Relaxed));
     report["deliveries"] =
         json!({"expected": expected, "delivered": delivered, "missing": missing, "duplicated": duplicates});
     report["deliveryMs"] = json!({"p50": ms(percentile(&latencies, 50.0)), "p99": ms(percentile(&latencies, 99.0))});

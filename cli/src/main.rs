@@ -144,6 +144,9 @@ struct DevArgs {
     /// Make @connections answer faults at these rates, drawn per request, and add latency:
     /// '429=0.2,500=0.05,410=0.01,latency=20ms'. Statuses: 410, 429, 500, 502, 503, 504; the
     /// fractions add up to at most 1. A 410 also closes that connection, as it is gone.
+    /// The functions' DynamoDB calls too: 'ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms'
+    /// cancels that share of transactions with TransactionConflict, throttles that share of
+    /// writes, and adds latency; 'ddb-lost=F' applies a write and answers 500 instead.
     #[arg(long, value_name = "SPEC")]
     inject: Option<wsfan_local::faults::Faults>,
     /// The seed of the fault draws (default: a random one, printed), to repeat a run's faults.

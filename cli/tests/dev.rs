@@ -1733,3 +1733,123 @@ async fn progress_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_ret
         all.len()
     );
 }
+
+/// The items of the local table, read from moto directly (not through the fault proxy).
+async fn table_items(stack: &Stack) -> Vec<wsfan_shared::store::Item> {
+    harness::scan(&aws_sdk_dynamodb::Client::new(&stack.sdk().await), &stack.table).await
+}
+
+/// Clients that connect, send and leave while DynamoDB cancels transactions for conflicts,
+/// throttles writes and loses answers to writes it applied: no connect is refused, no send is
+/// answered with an error, every acked message reaches every member, and nothing is left behind.
+#[tokio::test]
+async fn clients_ride_out_dynamodb_conflicts_throttles_and_lost_answers() {
+    const CLIENTS: usize = 8;
+    const SENDS: usize = 6;
+    let seed = chaos_seed();
+    let stack = Stack::start(&[
+        "--inject",
+        "ddb-conflict=0.05,ddb-throttle=0.02,ddb-lost=0.02,ddb-latency=10ms",
+        "--inject-seed",
+        &seed,
+    ]);
+
+    // Each joins at connect: $connect's transaction writes the connection, its user channel
+    // and the workspace, each with presence.
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let user = format!("ddb{i}");
+        let url = format!(
+            "{}?workspaceId=ddbchaos&token={}",
+            stack.ws,
+            stack.token_for(&user, &["workspace:*"])
+        );
+        let client = Client::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("the connect of {user} was refused: {e}"));
+        clients.push((user, client));
+    }
+
+    // They all send at once, each its messages one after another, waiting for each answer.
+    let sent = futures::future::join_all(clients.into_iter().map(|(user, mut client)| async move {
+        let mut acked = Vec::new();
+        for i in 0..SENDS {
+            let answer = client
+                .ask(
+                    json!({"action": "sendMessage", "channel": "workspace:ddbchaos", "body": format!("{user} {i}"),
+                           "clientMsgId": format!("{user}-{i}")}),
+                    "ack",
+                )
+                .await;
+            assert_eq!(answer["type"], "ack", "send {i} of {user} was answered {answer}");
+            assert_eq!(answer["duplicate"], false, "send {i} of {user}: {answer}");
+            acked.push(answer["messageId"].as_str().unwrap().to_owned());
+        }
+        (user, client, acked)
+    }))
+    .await;
+    let acked: std::collections::BTreeSet<String> = sent.iter().flat_map(|(_, _, a)| a.clone()).collect();
+    assert_eq!(acked.len(), CLIENTS * SENDS);
+
+    // Every member gets every acked message; a second copy only from a retried batch.
+    let mut clients = Vec::new();
+    for (user, mut client, _) in sent {
+        let received = |client: &Client| {
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            // `seen` has every frame received (`inbox` only those not yet asked for).
+            for f in of_type(&client.seen, "message") {
+                *counts
+                    .entry(f["messageId"].as_str().unwrap_or_default().to_owned())
+                    .or_default() += 1;
+            }
+            counts
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !acked.iter().all(|id| received(&client).contains_key(id)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, client.socket.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => client.seen.push(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Some(Ok(_))) => {}
+                other => panic!(
+                    "{user} is missing {:?}: {other:?}",
+                    acked
+                        .iter()
+                        .filter(|id| !received(&client).contains_key(*id))
+                        .collect::<Vec<_>>()
+                ),
+            }
+        }
+        let twice: Vec<_> = received(&client).into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(
+            twice.is_empty() || !log_lines(&stack, "retrying seq").is_empty(),
+            "{user} got {twice:?} more than once, and no batch was retried"
+        );
+        clients.push(client);
+    }
+
+    // Closing every socket leaves no connection, membership or presence of theirs behind.
+    for client in &mut clients {
+        client.socket.close(None).await.unwrap();
+    }
+    wait_until("every $disconnect has cleaned up", Duration::from_secs(60), || async {
+        table_items(&stack).await.iter().all(|item| {
+            let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            !text("pk").starts_with("CONN#") && !text("sk").starts_with("CONN#") && !item.contains_key("connections")
+        })
+    })
+    .await;
+
+    // Faults were drawn, and every one was retried by the function that met it.
+    let injected = log_lines(&stack, "injected ddb-");
+    let retried = log_lines(&stack, "DynamoDB: retrying");
+    eprintln!("{} DynamoDB faults injected, {} retries", injected.len(), retried.len());
+    assert!(!injected.is_empty(), "no DynamoDB fault was injected");
+    assert!(
+        retried.len() >= injected.len(),
+        "{} faults, {} retries",
+        injected.len(),
+        retried.len()
+    );
+    assert!(log_lines(&stack, "DynamoDB: giving up").is_empty());
+    assert!(log_lines(&stack, "store failure").is_empty());
+}

@@ -19,6 +19,7 @@ use wsfan_shared::publisher::ProgressPublisher;
 use wsfan_shared::table::TABLE;
 
 use crate::connections::ConnectionsServer;
+use crate::dynamo_proxy::DynamoProxy;
 use crate::faults::Faults;
 use crate::gateway::{Gateway, Limits, Routes, Sockets};
 use crate::logs::{Logs, Outcome};
@@ -47,7 +48,8 @@ pub struct DevConfig {
     /// Execution environments per function (see [`FunctionSpec::concurrency`]).
     pub concurrency: usize,
     pub verbose: bool,
-    /// Faults for @connections to inject (`--inject`), and the seed of their draws.
+    /// Faults for @connections and the functions' DynamoDB calls to inject (`--inject`), and
+    /// the seed of their draws.
     pub inject: Option<(Faults, u64)>,
 }
 
@@ -81,6 +83,8 @@ pub struct Environment {
     pub stream_arn: String,
     /// Queue URL and ARN by the template's logical id.
     pub queues: HashMap<String, (String, String)>,
+    /// Where the functions' DynamoDB calls go when DynamoDB faults are injected.
+    pub dynamo_proxy: Option<DynamoProxy>,
 }
 
 impl Environment {
@@ -140,6 +144,7 @@ impl Environment {
             table_name: TABLE_NAME.to_owned(),
             stream_arn,
             queues,
+            dynamo_proxy: None,
         })
     }
 
@@ -179,8 +184,12 @@ impl Environment {
         connections_endpoint: &str,
         anonymous: Option<&str>,
     ) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("AWS_ENDPOINT_URL".to_owned(), self.moto.endpoint.clone()),
+        let mut env = vec![("AWS_ENDPOINT_URL".to_owned(), self.moto.endpoint.clone())];
+        if let Some(proxy) = &self.dynamo_proxy {
+            // DynamoDB only (the SDK's service-specific endpoint); SQS still goes to moto.
+            env.push(("AWS_ENDPOINT_URL_DYNAMODB".to_owned(), proxy.endpoint.clone()));
+        }
+        env.extend([
             (
                 "AWS_ACCESS_KEY_ID".to_owned(),
                 crate::moto::LOCAL_ACCESS_KEY_ID.to_owned(),
@@ -190,7 +199,7 @@ impl Environment {
                 crate::moto::LOCAL_SECRET_ACCESS_KEY.to_owned(),
             ),
             ("RUST_LOG".to_owned(), "info".to_owned()),
-        ];
+        ]);
         let Some(function) = self.template.function(binary) else {
             return env;
         };
@@ -294,6 +303,9 @@ impl DevStack {
                 .load(std::sync::atomic::Ordering::Relaxed);
             self.logs.injected_summary(&self.connections.injected(), requests);
         }
+        if let Some(proxy) = &self.environment.dynamo_proxy {
+            log_dynamo_injected(proxy, &self.logs);
+        }
     }
 
     /// Ends every process of the stack: the functions first, so that none is cut off mid-write
@@ -314,7 +326,14 @@ struct App {
 
 pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     let logs = Logs::new(config.verbose);
-    let environment = Arc::new(Environment::start(&config).await?);
+    let mut environment = Environment::start(&config).await?;
+    if let Some((faults, seed)) = config.inject.as_ref().filter(|(f, _)| !f.dynamo().is_empty()) {
+        let proxy = DynamoProxy::start(&environment.moto.endpoint, *faults.dynamo(), *seed, Some(logs.clone()))
+            .await
+            .map_err(setup("starting the DynamoDB fault proxy"))?;
+        environment.dynamo_proxy = Some(proxy);
+    }
+    let environment = Arc::new(environment);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
         .await
         .map_err(setup("binding the WebSocket port"))?;
@@ -356,9 +375,12 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     if let Some((faults, seed)) = &config.inject {
         connections.inject(faults.clone(), *seed, Some(logs.clone()));
         logs.warn(&format!(
-            "@connections injects {faults} (seed {seed}; --inject-seed {seed} draws the same faults)"
+            "injecting {faults} (seed {seed}; --inject-seed {seed} draws the same faults)"
         ));
         tokio::spawn(summarise_injected(connections.clone(), logs.clone()));
+        if let Some(proxy) = &environment.dynamo_proxy {
+            tokio::spawn(summarise_dynamo_injected(proxy.clone(), logs.clone()));
+        }
     }
     let app = Arc::new(App {
         gateway,
@@ -477,6 +499,24 @@ async fn summarise_injected(connections: ConnectionsServer, logs: Logs) {
         if injected != shown {
             let requests = connections.stats().requests.load(std::sync::atomic::Ordering::Relaxed);
             logs.injected_summary(&injected, requests);
+            shown = injected;
+        }
+    }
+}
+
+fn log_dynamo_injected(proxy: &DynamoProxy, logs: &Logs) {
+    let counts: Vec<(&str, u64)> = proxy.injected().iter().map(|(f, n)| (f.as_str(), *n)).collect();
+    logs.dynamo_injected_summary(&counts, proxy.requests());
+}
+
+/// [`summarise_injected`] for the functions' DynamoDB calls.
+async fn summarise_dynamo_injected(proxy: DynamoProxy, logs: Logs) {
+    let mut shown = std::collections::BTreeMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let injected = proxy.injected();
+        if injected != shown {
+            log_dynamo_injected(&proxy, &logs);
             shown = injected;
         }
     }

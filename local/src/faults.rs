@@ -5,6 +5,9 @@
 //! `429=0.2,500=0.05,410=0.01,latency=20ms`. Each request draws one number in [0, 1); the
 //! statuses share that interval in the order written, so the fractions are exact rates and must
 //! add up to at most 1.
+//!
+//! The same list may ask the functions' DynamoDB calls for what DynamoDB does under load and
+//! moto never does (see [`DynamoFaults`]): `ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +24,69 @@ pub struct Faults {
     /// (status, fraction of requests), in the order given; each status at most once.
     rates: Vec<(u16, f64)>,
     latency: Duration,
+    dynamo: DynamoFaults,
+}
+
+/// What the functions' DynamoDB calls get instead of moto's answer (`ddb-…` in the spec).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DynamoFaults {
+    /// `ddb-conflict`: the fraction of transactions cancelled with `TransactionConflict`.
+    pub conflict: f64,
+    /// `ddb-throttle`: the fraction of writes throttled.
+    pub throttle: f64,
+    /// `ddb-lost`: the fraction of writes applied whose answer is lost (a 500 in its place).
+    pub lost: f64,
+    /// `ddb-latency`: added to every call.
+    pub latency: Duration,
+}
+
+/// What one DynamoDB call drew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DynamoFault {
+    /// Cancelled with `TransactionConflict`: nothing written.
+    Conflict,
+    /// Throttled: nothing written.
+    Throttle,
+    /// Written, and answered 500 as if the answer were lost.
+    Lost,
+}
+
+impl DynamoFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DynamoFault::Conflict => "conflict",
+            DynamoFault::Throttle => "throttle",
+            DynamoFault::Lost => "lost",
+        }
+    }
+}
+
+impl DynamoFaults {
+    pub fn is_empty(&self) -> bool {
+        *self == DynamoFaults::default()
+    }
+
+    /// The fault for a call that drew `u` (uniform in [0, 1)); `None`: serve it. Throttles and
+    /// lost answers fall on writes; conflicts on transactions only. The shares are taken in the
+    /// order throttle, lost, conflict, each an exact rate of the calls it applies to.
+    pub fn draw(&self, u: f64, write: bool, transaction: bool) -> Option<DynamoFault> {
+        if !write {
+            return None;
+        }
+        let shares = [
+            (DynamoFault::Throttle, self.throttle),
+            (DynamoFault::Lost, self.lost),
+            (DynamoFault::Conflict, if transaction { self.conflict } else { 0.0 }),
+        ];
+        let mut upper = 0.0;
+        for (fault, share) in shares {
+            upper += share;
+            if u < upper {
+                return Some(fault);
+            }
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,6 +103,10 @@ pub enum FaultsError {
     Sum(f64),
     #[error("latency {0:?} is not a duration from 0ms to 10s (like 20ms or 1s)")]
     Latency(String),
+    #[error("{0} is not a DynamoDB fault; use ddb-conflict, ddb-throttle, ddb-lost or ddb-latency")]
+    Dynamo(String),
+    #[error("{fault}'s fraction {fraction:?} is not a number from 0 to 1")]
+    DynamoFraction { fault: String, fraction: String },
 }
 
 impl Faults {
@@ -56,6 +126,10 @@ impl Faults {
 
     pub fn latency(&self) -> Duration {
         self.latency
+    }
+
+    pub fn dynamo(&self) -> &DynamoFaults {
+        &self.dynamo
     }
 
     /// The status to answer for a request that drew `u` (uniform in [0, 1)); `None`: serve it.
@@ -88,6 +162,7 @@ impl FromStr for Faults {
     fn from_str(spec: &str) -> Result<Faults, FaultsError> {
         let mut faults = Faults::default();
         let mut latency = None;
+        let mut seen = std::collections::HashSet::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
@@ -98,6 +173,31 @@ impl FromStr for Faults {
                     return Err(FaultsError::Twice("latency".into()));
                 }
                 latency = Some(parse_latency(value).ok_or_else(|| FaultsError::Latency(value.to_owned()))?);
+                continue;
+            }
+            if let Some(fault) = name.strip_prefix("ddb-") {
+                if !seen.insert(name.to_owned()) {
+                    return Err(FaultsError::Twice(name.to_owned()));
+                }
+                let d = &mut faults.dynamo;
+                let slot = match fault {
+                    "latency" => {
+                        d.latency = parse_latency(value).ok_or_else(|| FaultsError::Latency(value.to_owned()))?;
+                        continue;
+                    }
+                    "conflict" => &mut d.conflict,
+                    "throttle" => &mut d.throttle,
+                    "lost" => &mut d.lost,
+                    _ => return Err(FaultsError::Dynamo(name.to_owned())),
+                };
+                *slot = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| (0.0..=1.0).contains(f))
+                    .ok_or_else(|| FaultsError::DynamoFraction {
+                        fault: name.to_owned(),
+                        fraction: value.to_owned(),
+                    })?;
                 continue;
             }
             let status = name
@@ -123,6 +223,11 @@ impl FromStr for Faults {
         if sum > 1.0 + 1e-9 {
             return Err(FaultsError::Sum(sum));
         }
+        let d = &faults.dynamo;
+        let sum = d.conflict + d.throttle + d.lost;
+        if sum > 1.0 + 1e-9 {
+            return Err(FaultsError::Sum(sum));
+        }
         faults.latency = latency.unwrap_or_default();
         Ok(faults)
     }
@@ -133,6 +238,15 @@ impl fmt::Display for Faults {
         let mut parts: Vec<String> = self.rates.iter().map(|(s, r)| format!("{s}={r}")).collect();
         if !self.latency.is_zero() {
             parts.push(format!("latency={}ms", self.latency.as_millis()));
+        }
+        let d = &self.dynamo;
+        for (name, share) in [("conflict", d.conflict), ("throttle", d.throttle), ("lost", d.lost)] {
+            if share > 0.0 {
+                parts.push(format!("ddb-{name}={share}"));
+            }
+        }
+        if !d.latency.is_zero() {
+            parts.push(format!("ddb-latency={}ms", d.latency.as_millis()));
         }
         f.write_str(&parts.join(","))
     }
@@ -152,6 +266,70 @@ mod tests {
         let f: Faults = " 503 = 1 , latency=1s".parse().unwrap();
         assert_eq!((f.rates(), f.latency()), (&[(503, 1.0)][..], Duration::from_secs(1)));
         assert_eq!("".parse::<Faults>().unwrap(), Faults::default());
+    }
+
+    #[test]
+    fn parses_dynamodb_faults_beside_the_connections_ones() {
+        let f: Faults = "429=0.1,ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms"
+            .parse()
+            .unwrap();
+        assert_eq!(f.rates(), &[(429, 0.1)]);
+        assert_eq!(
+            *f.dynamo(),
+            DynamoFaults {
+                conflict: 0.05,
+                throttle: 0.02,
+                lost: 0.0,
+                latency: Duration::from_millis(10)
+            }
+        );
+        assert_eq!(
+            f.to_string(),
+            "429=0.1,ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms"
+        );
+        assert_eq!(f.to_string().parse::<Faults>().unwrap(), f);
+        assert!(Faults::default().dynamo().is_empty());
+        for (spec, error) in [
+            ("ddb-oops=0.1", FaultsError::Dynamo("ddb-oops".into())),
+            (
+                "ddb-conflict=0.1,ddb-conflict=0.2",
+                FaultsError::Twice("ddb-conflict".into()),
+            ),
+            (
+                "ddb-throttle=2",
+                FaultsError::DynamoFraction {
+                    fault: "ddb-throttle".into(),
+                    fraction: "2".into(),
+                },
+            ),
+            ("ddb-latency=11s", FaultsError::Latency("11s".into())),
+        ] {
+            assert_eq!(spec.parse::<Faults>(), Err(error), "{spec}");
+        }
+        // The DynamoDB shares add up on their own, apart from @connections'.
+        assert!("500=0.9,ddb-conflict=0.9".parse::<Faults>().is_ok());
+        assert!(matches!(
+            "ddb-conflict=0.6,ddb-lost=0.5".parse::<Faults>(),
+            Err(FaultsError::Sum(_))
+        ));
+    }
+
+    #[test]
+    fn dynamodb_faults_fall_on_writes_and_conflicts_on_transactions_only() {
+        let d = DynamoFaults {
+            conflict: 0.05,
+            throttle: 0.02,
+            lost: 0.01,
+            latency: Duration::ZERO,
+        };
+        assert_eq!(d.draw(0.0, false, false), None);
+        assert_eq!(d.draw(0.0, true, false), Some(DynamoFault::Throttle));
+        assert_eq!(d.draw(0.025, true, true), Some(DynamoFault::Lost));
+        assert_eq!(d.draw(0.025, true, false), Some(DynamoFault::Lost));
+        assert_eq!(d.draw(0.03, true, true), Some(DynamoFault::Conflict));
+        assert_eq!(d.draw(0.079, true, true), Some(DynamoFault::Conflict));
+        assert_eq!(d.draw(0.03, true, false), None);
+        assert_eq!(d.draw(0.08, true, true), None);
     }
 
     #[test]

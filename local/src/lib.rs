@@ -8,12 +8,14 @@
 //! - [`gateway`]: the API Gateway WebSocket endpoint (authorizer, routes, limits).
 //! - [`connections`]: the `@connections` Management API, delivering to the real sockets;
 //!   [`per_second`]: what it answered in each second.
-//! - [`faults`]: what `wsfan dev --inject` makes `@connections` answer.
+//! - [`faults`]: what `wsfan dev --inject` makes `@connections` and DynamoDB answer.
+//! - [`dynamo_proxy`]: the functions' DynamoDB calls, through the injected DynamoDB faults.
 //! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
 
 pub mod children;
 pub mod connections;
 pub mod dev;
+pub mod dynamo_proxy;
 pub mod faults;
 pub mod gateway;
 pub mod logs;

@@ -96,6 +96,26 @@ impl Logs {
         );
     }
 
+    /// One DynamoDB fault `wsfan dev --inject 'ddb-…'` injected into a function's call.
+    pub fn dynamo_injected(&self, fault: &str, operation: &str) {
+        eprintln!("{} injected ddb-{fault} DynamoDB {operation}", self.paint(YELLOW, "⚡"));
+    }
+
+    /// The DynamoDB faults injected so far, by kind, out of `requests` the functions made.
+    pub fn dynamo_injected_summary(&self, injected: &[(&str, u64)], requests: u64) {
+        let counts: Vec<String> = injected.iter().map(|(f, n)| format!("ddb-{f}={n}")).collect();
+        let total: u64 = injected.iter().map(|(_, n)| n).sum();
+        eprintln!(
+            "{} injected so far: {} ({total} of {requests} DynamoDB requests)",
+            self.paint(CYAN, "wsfan"),
+            if counts.is_empty() {
+                "none".to_owned()
+            } else {
+                counts.join(" ")
+            }
+        );
+    }
+
     /// The faults injected so far, by status, out of `requests` answered by @connections.
     pub fn injected_summary(&self, injected: &std::collections::BTreeMap<u16, u64>, requests: u64) {
         let counts: Vec<String> = injected.iter().map(|(s, n)| format!("{s}={n}")).collect();

@@ -116,19 +116,7 @@ impl TestTable {
 
     /// Every item in the table, sorted by key, for before/after comparisons.
     pub async fn items(&self) -> Vec<Item> {
-        let mut items: Vec<Item> = self
-            .client
-            .scan()
-            .table_name(&self.name)
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .expect("scanning the test table");
-        items.sort_by_key(|i| (s(i, "pk").to_owned(), s(i, "sk").to_owned()));
-        items
+        scan(&self.client, &self.name).await
     }
 
     /// The items whose partition key is `pk`, as (sk, item).
@@ -172,6 +160,22 @@ impl TestTable {
             .await
             .expect("put_item");
     }
+}
+
+/// Every item of `table`, sorted by key (a consistent scan).
+pub async fn scan(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Item> {
+    let mut items: Vec<Item> = client
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("scanning the table");
+    items.sort_by_key(|i| (s(i, "pk").to_owned(), s(i, "sk").to_owned()));
+    items
 }
 
 /// A string attribute, or "" when absent.

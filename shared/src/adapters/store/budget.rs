@@ -35,7 +35,7 @@ impl BudgetLedger for DynamoStore {
             match self.add_used(second, want, cap).await {
                 Ok(()) => return Ok(want),
                 Err(e) => {
-                    let Some(used) = used_on_failure(&e) else {
+                    let Some(used) = used_on_failure(&e.error) else {
                         return Err(e.into());
                     };
                     want = want.min(cap.saturating_sub(used));
@@ -47,14 +47,10 @@ impl BudgetLedger for DynamoStore {
 }
 
 impl DynamoStore {
-    async fn add_used(
-        &self,
-        second: u64,
-        n: u64,
-        cap: u64,
-    ) -> Result<(), SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>> {
+    async fn add_used(&self, second: u64, n: u64, cap: u64) -> Result<(), retry::Failure<UpdateItemError>> {
         let expires = second + KEEP_SECONDS;
-        self.client
+        let update = self
+            .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(BUDGET_PK.to_owned(), format!("S#{second}"))))
@@ -67,8 +63,10 @@ impl DynamoStore {
             .expression_attribute_values(":ttl", n_u(expires))
             // A failed condition hands back the counter, so the next try asks for what is left
             // without a read.
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        // A throttle or 5xx is retried like every store call. A lease applied twice (its answer
+        // lost) only leaves that second under-used: the cap still holds.
+        retry::retried("UpdateItem", self.deadline(), |_| update.clone().send())
             .await
             .map(|_| ())
     }

@@ -70,30 +70,35 @@ impl DynamoStore {
 
     /// Every membership of a connection, through the `byConnection` index.
     pub async fn memberships_of(&self, connection_id: &str) -> Result<Vec<Membership>, StoreError> {
+        let deadline = self.deadline();
         let mut found = Vec::new();
-        let mut pages = self
+        let query = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(BY_CONNECTION_INDEX)
             .key_condition_expression("#c = :c")
             .expression_attribute_names("#c", BY_CONNECTION_PK)
-            .expression_attribute_values(":c", s(connection_id))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item?;
-            // Only membership items carry both index keys, but be strict about what we delete.
-            let is_membership = item
-                .get(SK)
-                .and_then(|v| v.as_s().ok())
-                .is_some_and(|sk| sk.starts_with(keys::CONN_PREFIX));
-            if is_membership {
-                found.push(serde_dynamo::from_item(item)?);
+            .expression_attribute_values(":c", s(connection_id));
+        let mut start = None;
+        loop {
+            let page = query.clone().set_exclusive_start_key(start);
+            let out = retried("Query", deadline, |_| page.clone().send()).await?;
+            for item in out.items.unwrap_or_default() {
+                // Only membership items carry both index keys, but be strict about what we delete.
+                let is_membership = item
+                    .get(SK)
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|sk| sk.starts_with(keys::CONN_PREFIX));
+                if is_membership {
+                    found.push(serde_dynamo::from_item(item)?);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(found);
             }
         }
-        Ok(found)
     }
 }
 
@@ -137,33 +142,32 @@ pub(super) async fn connect(
     for channel in named.iter().filter(|c| Some(*c) != personal.as_ref()) {
         actions.extend(store.membership_actions(&membership(channel.clone(), connection.history))?);
     }
-    store.transact(actions).await?;
+    // Puts and set additions only: a retry after a commit whose answer was lost writes the same.
+    store.transact(store.deadline(), actions).await?;
     Ok(())
 }
 
 pub(super) async fn connection(store: &DynamoStore, connection_id: &str) -> Result<Option<Connection>, StoreError> {
-    let out = store
+    let get = store
         .client
         .get_item()
         .table_name(&store.table)
         .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
-        .consistent_read(true)
-        .send()
-        .await?;
+        .consistent_read(true);
+    let out = retried("GetItem", store.deadline(), |_| get.clone().send()).await?;
     Ok(out.item.map(serde_dynamo::from_item).transpose()?)
 }
 
 pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Result<Cleanup, StoreError> {
     // Delete the connection first: a join racing with us then fails its existence check
     // instead of leaving an orphan membership behind.
-    let deleted = store
+    let delete = store
         .client
         .delete_item()
         .table_name(&store.table)
         .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
-        .return_values(ReturnValue::AllOld)
-        .send()
-        .await?;
+        .return_values(ReturnValue::AllOld);
+    let deleted = retried("DeleteItem", store.deadline(), |_| delete.clone().send()).await?;
     let memberships = store.memberships_of(connection_id).await?;
     let mut removed = 0;
     for chunk in memberships.chunks(MEMBERSHIPS_PER_TRANSACTION) {
@@ -171,13 +175,14 @@ pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Resu
             .iter()
             .flat_map(|m| store.leave_actions(&m.channel, connection_id, m.user_id.as_deref()))
             .collect();
-        match store.transact(actions).await {
+        match store.transact(store.deadline(), actions).await {
             Ok(()) => removed += chunk.len(),
             // Someone (a concurrent $disconnect, a 410 cleanup) removed one first: fall back
-            // to one leave at a time, each of which tolerates a missing membership.
+            // to one leave at a time, each of which tolerates a missing membership. After a
+            // try whose answer was lost, that someone was most likely this very transaction.
             Err(e) if failed_conditions(&e).is_some_and(|f| f.iter().any(|x| *x)) => {
                 for m in chunk {
-                    if store.leave(&m.channel, connection_id, m.user_id.as_deref()).await? {
+                    if store.leave(&m.channel, connection_id, m.user_id.as_deref()).await? || e.uncertain {
                         removed += 1;
                     }
                 }
@@ -213,7 +218,8 @@ pub(super) async fn join(store: &DynamoStore, membership: &Membership) -> Result
     };
     let mut actions = vec![first];
     actions.extend(store.membership_actions(membership)?);
-    match store.transact(actions).await {
+    // An update that adds to a set, a put and a set addition: a retry writes the same.
+    match store.transact(store.deadline(), actions).await {
         Ok(()) => Ok(()),
         Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => Err(StoreError::NotConnected),
         Err(e) => Err(e.into()),
@@ -226,18 +232,21 @@ pub(super) async fn leave(
     connection_id: &str,
     user_id: Option<&str>,
 ) -> Result<bool, StoreError> {
+    let deadline = store.deadline();
     let left = match store
-        .transact(store.leave_actions(channel, connection_id, user_id))
+        .transact(deadline, store.leave_actions(channel, connection_id, user_id))
         .await
     {
         Ok(()) => true,
-        Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => false,
+        // The membership is gone: if an earlier try may have committed, it was this leave that
+        // removed it, and the caller gets the answer that try would have given.
+        Err(e) if failed_conditions(&e).is_some_and(|f| f.first() == Some(&true)) => e.uncertain,
         Err(e) => return Err(e.into()),
     };
     if channel.kind().is_conversation() {
         // Apart from the transaction, because $disconnect leaves after deleting the connection
         // item; the condition keeps this from creating a bare one.
-        let forgotten = store
+        let update = store
             .client
             .update_item()
             .table_name(&store.table)
@@ -245,13 +254,11 @@ pub(super) async fn leave(
             .update_expression("DELETE #joined :ch")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#joined", JOINED)
-            .expression_attribute_values(":ch", AttributeValue::Ss(vec![channel.to_string()]))
-            .send()
-            .await;
-        match forgotten {
+            .expression_attribute_values(":ch", AttributeValue::Ss(vec![channel.to_string()]));
+        match retried("UpdateItem", deadline, |_| update.clone().send()).await {
             Ok(_) => {}
             Err(e)
-                if e.as_service_error()
+                if e.service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
             Err(e) => return Err(e.into()),
         }
@@ -264,14 +271,13 @@ pub(super) async fn is_member(
     channel: &ChannelId,
     connection_id: &str,
 ) -> Result<bool, StoreError> {
-    let out = store
+    let get = store
         .client
         .get_item()
         .table_name(&store.table)
         .set_key(Some(key_of(keys::channel(channel), keys::connection(connection_id))))
         .projection_expression("pk")
-        .consistent_read(true)
-        .send()
-        .await?;
+        .consistent_read(true);
+    let out = retried("GetItem", store.deadline(), |_| get.clone().send()).await?;
     Ok(out.item.is_some())
 }

@@ -14,15 +14,14 @@ impl DynamoStore {
         limit: Option<usize>,
     ) -> Result<MembersPage, StoreError> {
         let pk = keys::channel(channel);
-        let out = query
+        let query = query
             .table_name(&self.table)
             .expression_attribute_values(":pk", s(pk.clone()))
             .projection_expression(projection)
             .set_exclusive_start_key(after.map(|id| key_of(pk, keys::connection(id))))
             // None: DynamoDB's own page, up to 1 MB.
-            .set_limit(limit.map(|limit| i32::try_from(limit).unwrap_or(i32::MAX).max(1)))
-            .send()
-            .await?;
+            .set_limit(limit.map(|limit| i32::try_from(limit).unwrap_or(i32::MAX).max(1)));
+        let out = retried("Query", self.deadline(), |_| query.clone().send()).await?;
         let members = out.items().iter().filter_map(member_of).collect();
         let next = out
             .last_evaluated_key()
@@ -98,7 +97,8 @@ pub(super) async fn members(store: &DynamoStore, channel: &ChannelId) -> Result<
 }
 
 pub(super) async fn present(store: &DynamoStore, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {
-    let mut pages = store
+    let deadline = store.deadline();
+    let query = store
         .client
         .query()
         .table_name(&store.table)
@@ -110,18 +110,23 @@ pub(super) async fn present(store: &DynamoStore, channel: &ChannelId, limit: usi
         .consistent_read(true)
         // Pages of `limit`: a full 1 MB page read every presence item of a large channel
         // for each join, to answer with the first 200 (a join storm read N² items).
-        .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1))
-        .into_paginator()
-        .items()
-        .send();
+        .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1));
     let mut users = Vec::new();
-    while let Some(item) = pages.next().await {
-        if let Some(user) = item?.get("userId").and_then(|v| v.as_s().ok()) {
-            users.push(user.clone());
+    let mut start = None;
+    loop {
+        let page = query.clone().set_exclusive_start_key(start);
+        let out = retried("Query", deadline, |_| page.clone().send()).await?;
+        for item in out.items.unwrap_or_default() {
+            if let Some(user) = item.get("userId").and_then(|v| v.as_s().ok()) {
+                users.push(user.clone());
+            }
+            if users.len() >= limit {
+                return Ok(users);
+            }
         }
-        if users.len() >= limit {
-            break;
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return Ok(users);
         }
     }
-    Ok(users)
 }

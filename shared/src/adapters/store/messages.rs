@@ -20,6 +20,8 @@ impl DynamoStore {
                     .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
                     .update_expression("SET #seq = :n")
                     .condition_expression(condition)
+                    // A lost race tells the winner's head, so the next round needs no read.
+                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                     .expression_attribute_names("#seq", SEQ)
                     .set_expression_attribute_values(Some(values))
                     .build()
@@ -29,22 +31,79 @@ impl DynamoStore {
     }
 
     /// A retried send: the first message's id and sequence number, if the `clientMsgId` was stored.
-    pub(super) async fn deduped(&self, key: Item) -> Result<Option<(String, Option<u64>)>, StoreError> {
-        let existing = self
+    pub(super) async fn deduped(
+        &self,
+        deadline: tokio::time::Instant,
+        key: Item,
+    ) -> Result<Option<(String, Option<u64>)>, StoreError> {
+        let get = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key))
-            .consistent_read(true)
-            .send()
-            .await?;
-        Ok(existing.item.and_then(|i| {
-            let seq = i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
-            i.get("messageId")
-                .and_then(|v| v.as_s().ok())
-                .map(|id| (id.clone(), seq))
-        }))
+            .consistent_read(true);
+        let existing = retried("GetItem", deadline, |_| get.clone().send()).await?;
+        Ok(existing.item.as_ref().and_then(dedupe_of))
     }
+
+    /// Which of the sequence numbers an earlier try of a send took, if it committed after all:
+    /// the message stored at that number carries the send's message id.
+    pub(super) async fn committed_at(
+        &self,
+        deadline: tokio::time::Instant,
+        message: &Message,
+        tried: &[u64],
+    ) -> Result<Option<u64>, StoreError> {
+        let pk = keys::channel(&message.channel);
+        for &seq in tried {
+            let get = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(pk.clone(), keys::message(seq))))
+                .projection_expression("messageId")
+                .consistent_read(true);
+            let out = retried("GetItem", deadline, |_| get.clone().send()).await?;
+            let id = out
+                .item
+                .as_ref()
+                .and_then(|i| i.get("messageId"))
+                .and_then(|v| v.as_s().ok());
+            if id == Some(&message.message_id) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn head_by(&self, deadline: tokio::time::Instant, channel: &ChannelId) -> Result<u64, StoreError> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
+            .consistent_read(true);
+        let out = retried("GetItem", deadline, |_| get.clone().send()).await?;
+        let head = out.item.as_ref().map_or(0, head_of);
+        self.remember_head(channel, head);
+        Ok(head)
+    }
+}
+
+/// The first message's id and number, from its dedupe item.
+fn dedupe_of(item: &Item) -> Option<(String, Option<u64>)> {
+    let seq = item.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+    item.get("messageId")
+        .and_then(|v| v.as_s().ok())
+        .map(|id| (id.clone(), seq))
+}
+
+/// The sequence number a head item holds (0 without one).
+fn head_of(item: &Item) -> u64 {
+    item.get(SEQ)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 pub(super) async fn post(
@@ -63,25 +122,34 @@ pub(super) async fn post(
         seq,
         duplicate: true,
     };
-    if let Some(key) = &dedupe_key {
-        // A retry is the common case: answer it with one read instead of a cancelled
-        // transaction. The transaction's condition still settles concurrent duplicates.
-        if let Some(first) = store.deduped(key.clone()).await? {
-            if let Some(connection_id) = member {
-                if !store.is_member(&message.channel, connection_id).await? {
-                    return Err(StoreError::NotMember);
-                }
-            }
-            return Ok(duplicate(first));
-        }
-    }
+    // Each round (read the head, commit) has a budget for its calls and their retries; a new
+    // round starts only within SEND_ROUNDS_BUDGETS budgets of the first, so that a send lost
+    // to other sends ends inside the function's timeout too.
+    let mut deadline = store.deadline();
+    let last_round = deadline + store.budget * (SEND_ROUNDS_BUDGETS - 1);
+    // No read first: a retried send fails the dedupe item's condition, whose cancellation
+    // carries the first message's id and number, so a first send (the common case) is one
+    // round trip when the remembered head is current.
     // History kinds take the next number of the channel's sequence in the same transaction,
     // conditioned on the head still being where we read it: commits happen in sequence order.
     let sequenced = message.kind.is_history();
+    // The sequence numbers of tries that may have committed though their answer was lost.
+    let mut uncertain_at = Vec::new();
+    // The head to try: the one this environment last saw, or the one a lost race told.
+    let mut known = store.remembered_head(&message.channel);
     for attempt in 0..SEQ_ATTEMPTS {
+        if attempt > 0 {
+            if tokio::time::Instant::now() >= last_round {
+                break;
+            }
+            deadline = store.deadline();
+        }
         let mut message = message.clone();
         let head = if sequenced {
-            let head = store.head(&message.channel).await?;
+            let head = match known.take() {
+                Some(head) => head,
+                None => store.head_by(deadline, &message.channel).await?,
+            };
             message.seq = Some(head + 1);
             Some(head)
         } else {
@@ -100,7 +168,11 @@ pub(super) async fn post(
                 crate::model::TTL_ATTRIBUTE.to_owned(),
                 n(crate::clock::now_secs() + store.retention.dedupe_secs),
             );
-            actions.push(store.put(item, Some("attribute_not_exists(pk)")));
+            actions.push(store.put_returning(
+                item,
+                Some("attribute_not_exists(pk)"),
+                Some(ReturnValuesOnConditionCheckFailure::AllOld),
+            ));
         }
         let head_index = actions.len();
         if let Some(head) = head {
@@ -108,16 +180,24 @@ pub(super) async fn post(
         }
         actions.push(store.put(to_item(message.key(), &message)?, None));
 
-        let err = match store.transact(actions).await {
+        let committed = |seq| PostOutcome {
+            message_id: message.message_id.clone(),
+            seq,
+            duplicate: false,
+        };
+        let err = match store.transact(deadline, actions).await {
             Ok(()) => {
-                return Ok(PostOutcome {
-                    message_id: message.message_id.clone(),
-                    seq: message.seq,
-                    duplicate: false,
-                })
+                if let Some(seq) = message.seq {
+                    store.remember_head(&message.channel, seq);
+                }
+                return Ok(committed(message.seq));
             }
             Err(e) => e,
         };
+        let found = cancellation_items(&err);
+        if err.uncertain {
+            uncertain_at.extend(message.seq);
+        }
         let Some(failed) = failed_conditions(&err) else {
             return Err(err.into());
         };
@@ -125,21 +205,41 @@ pub(super) async fn post(
             return Err(StoreError::NotMember);
         }
         if let Some(key) = &dedupe_key {
-            if failed.get(usize::from(member.is_some())) == Some(&true) {
-                let first = store
-                    .deduped(key.clone())
-                    .await?
-                    .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?;
+            let dedupe_index = usize::from(member.is_some());
+            if failed.get(dedupe_index) == Some(&true) {
+                let first = match found.get(dedupe_index).cloned().flatten().and_then(|i| dedupe_of(&i)) {
+                    Some(first) => first,
+                    None => store
+                        .deduped(deadline, key.clone())
+                        .await?
+                        .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?,
+                };
+                // This send's own earlier try committed (its answer was lost): answer as it
+                // would have. Another send's id means the client sent this message before.
+                if first.0 == message.message_id {
+                    return Ok(committed(first.1));
+                }
                 return Ok(duplicate(first));
             }
         }
         if !(sequenced && failed.get(head_index) == Some(&true)) {
             return Err(err.into());
         }
-        // Another send took this number: read the head again, after a short random pause
-        // so that racing senders spread out.
-        let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        // Without a dedupe item, a lost commit of ours shows as the message at a number we took.
+        if let Some(seq) = store.committed_at(deadline, &message, &uncertain_at).await? {
+            return Ok(committed(Some(seq)));
+        }
+        // Another send took this number. The cancellation says which head it left (none: the
+        // head is gone or never was, so read it). A first loss is most likely a remembered head
+        // gone stale; later ones are a race, so racing senders spread out with a short pause.
+        known = found.get(head_index).cloned().flatten().map(|head| head_of(&head));
+        if let Some(head) = known {
+            store.remember_head(&message.channel, head);
+        }
+        if attempt > 0 {
+            let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
     }
     Err(StoreError::Contended)
 }
@@ -163,7 +263,8 @@ pub(super) async fn history(
             complete: matches!(cursor, HistoryCursor::After(_)).then_some(false),
         });
     }
-    let out = store
+    let deadline = store.deadline();
+    let query = store
         .client
         .query()
         .table_name(&store.table)
@@ -174,9 +275,8 @@ pub(super) async fn history(
         .expression_attribute_values(":from", s(keys::message(from)))
         .expression_attribute_values(":to", s(keys::message(to)))
         // One more than asked, to know whether another page exists.
-        .limit(limit as i32 + 1)
-        .send()
-        .await?;
+        .limit(limit as i32 + 1);
+    let out = retried("Query", deadline, |_| query.clone().send()).await?;
     let now = crate::clock::now_secs();
     let mut messages = Vec::new();
     let mut more = false;
@@ -216,7 +316,7 @@ pub(super) async fn history(
     let complete = !expired
         && match messages.first().and_then(|m| m.seq) {
             Some(first) => first == after + 1,
-            None => after == store.head(channel).await?,
+            None => after == store.head_by(deadline, channel).await?,
         };
     Ok(HistoryPage {
         after: more.then(|| messages.last().and_then(|m| m.seq)).flatten(),
@@ -227,16 +327,5 @@ pub(super) async fn history(
 }
 
 pub(super) async fn head(store: &DynamoStore, channel: &ChannelId) -> Result<u64, StoreError> {
-    let out = store
-        .client
-        .get_item()
-        .table_name(&store.table)
-        .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
-        .consistent_read(true)
-        .send()
-        .await?;
-    Ok(out
-        .item
-        .and_then(|i| i.get(SEQ).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
-        .unwrap_or(0))
+    store.head_by(store.deadline(), channel).await
 }

@@ -11,7 +11,10 @@ use std::future::Future;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    Update,
+};
 use aws_sdk_dynamodb::Client;
 use serde::Serialize;
 use serde_json::Value;
@@ -41,10 +44,16 @@ const MEMBERSHIPS_PER_TRANSACTION: usize = 50;
 /// The head item's attribute: the channel's last sequence number.
 const SEQ: &str = "seq";
 
-/// How often a send re-reads the head and tries again when other sends to the same channel won
-/// the race for the next sequence number. Each loss means another send committed, so a send only
-/// gives up when the channel takes more than this many messages during its own attempts.
-const SEQ_ATTEMPTS: u32 = 25;
+/// How often a send tries again when other sends to the same channel won the race for the next
+/// sequence number. Each loss means another send committed. Time bounds a send first
+/// (`SEND_ROUNDS_BUDGETS`): with k senders racing, one wins each round, and a count of 25 left
+/// one unlucky sender in eight giving up within a second once rounds took one round trip.
+const SEQ_ATTEMPTS: u32 = 200;
+
+/// How many operation budgets (`DYNAMODB_TIMEOUT_MS`) a send may start rounds within: a round
+/// of a send lost to others under load locally takes a good part of one. The last round ends
+/// within a third budget, and tests/template.rs checks that three fit in the `Timeout`.
+const SEND_ROUNDS_BUDGETS: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -240,11 +249,22 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     retention: Retention,
+    /// How long one store operation, every call and retry included, may take.
+    budget: std::time::Duration,
+    /// The last head this execution environment saw per channel: a send tries it without
+    /// reading the head first, and learns the current one from the cancellation when it is
+    /// stale (`messages::post`).
+    heads: std::sync::Arc<std::sync::Mutex<HashMap<String, u64>>>,
 }
 
-/// A DynamoDB client whose every operation, retries included, ends within `timeout`.
+/// At most this many channels' heads are remembered; past it the memory starts over.
+const REMEMBERED_HEADS: usize = 4096;
+
+/// A DynamoDB client whose every call ends within `timeout`. The SDK does not retry: the
+/// store does (`retry`), for more reasons than the SDK knows and within one budget.
 pub fn client_with_timeout(sdk: &aws_config::SdkConfig, timeout: std::time::Duration) -> Client {
     let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
         .timeout_config(
             aws_smithy_types::timeout::TimeoutConfig::builder()
                 .operation_timeout(timeout)
@@ -289,8 +309,8 @@ fn member_of(item: &Item) -> Option<Member> {
 }
 
 /// Which actions of a cancelled transaction failed their condition.
-fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>) -> Option<Vec<bool>> {
-    match err.as_service_error()? {
+fn failed_conditions(failure: &Failure<TransactWriteItemsError>) -> Option<Vec<bool>> {
+    match failure.service_error()? {
         TransactWriteItemsError::TransactionCanceledException(e) => Some(
             e.cancellation_reasons()
                 .iter()
@@ -301,11 +321,26 @@ fn failed_conditions(err: &SdkError<TransactWriteItemsError, impl std::fmt::Debu
     }
 }
 
+/// The items a cancelled transaction's failed conditions found (where the action asked for
+/// them with `ReturnValuesOnConditionCheckFailure`), one per action.
+fn cancellation_items(failure: &Failure<TransactWriteItemsError>) -> Vec<Option<Item>> {
+    match failure.service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+            e.cancellation_reasons().iter().map(|r| r.item().cloned()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 mod budget;
 mod connections;
 mod members;
 mod messages;
 mod progress;
+mod retry;
+
+use retry::{retried, Failure};
+pub use retry::{verdict_of, Verdict, MAX_ATTEMPTS};
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>, retention: Retention) -> Self {
@@ -313,7 +348,32 @@ impl DynamoStore {
             client,
             table: table.into(),
             retention,
+            budget: std::time::Duration::from_millis(crate::config::DEFAULT_DYNAMODB_TIMEOUT_MS),
+            heads: Default::default(),
         }
+    }
+
+    fn remembered_head(&self, channel: &ChannelId) -> Option<u64> {
+        self.heads.lock().unwrap().get(&channel.to_string()).copied()
+    }
+
+    fn remember_head(&self, channel: &ChannelId, head: u64) {
+        let mut heads = self.heads.lock().unwrap();
+        if heads.len() >= REMEMBERED_HEADS {
+            heads.clear();
+        }
+        heads.insert(channel.to_string(), head);
+    }
+
+    /// The same store with each operation (all its calls and retries) ending within `budget`.
+    pub fn with_budget(mut self, budget: std::time::Duration) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// When an operation starting now must have ended.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.budget
     }
 
     /// The store a Lambda uses: table, retention and timeout from the environment, one SDK client.
@@ -321,7 +381,7 @@ impl DynamoStore {
         let config = crate::config::StoreConfig::from_env()?;
         let sdk = crate::config::aws().await;
         let client = client_with_timeout(&sdk, config.operation_timeout);
-        Ok(DynamoStore::new(client, config.table_name, config.retention))
+        Ok(DynamoStore::new(client, config.table_name, config.retention).with_budget(config.operation_timeout))
     }
 
     pub fn retention(&self) -> &Retention {
@@ -337,12 +397,23 @@ impl DynamoStore {
     }
 
     fn put(&self, item: Item, condition: Option<&str>) -> TransactWriteItem {
+        self.put_returning(item, condition, None)
+    }
+
+    /// A put whose cancellation carries the item it found (`ALL_OLD`) when its condition fails.
+    fn put_returning(
+        &self,
+        item: Item,
+        condition: Option<&str>,
+        on_failure: Option<ReturnValuesOnConditionCheckFailure>,
+    ) -> TransactWriteItem {
         TransactWriteItem::builder()
             .put(
                 Put::builder()
                     .table_name(&self.table)
                     .set_item(Some(item))
                     .set_condition_expression(condition.map(str::to_owned))
+                    .set_return_values_on_condition_check_failure(on_failure)
                     .build()
                     .expect("put has table and item"),
             )
@@ -362,16 +433,26 @@ impl DynamoStore {
             .build()
     }
 
+    /// Commits a transaction, retried for conflicts, throttles and 5xx until `deadline`. After
+    /// a try whose outcome is unknown, the next one replays its `ClientRequestToken`, so that
+    /// DynamoDB answers it as the commit it may have been instead of applying it twice.
     async fn transact(
         &self,
+        deadline: tokio::time::Instant,
         actions: Vec<TransactWriteItem>,
-    ) -> Result<(), SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>> {
-        self.client
-            .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
-            .await
-            .map(|_| ())
+    ) -> Result<(), Failure<TransactWriteItemsError>> {
+        let new_token = || format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut token = new_token();
+        let call = self.client.transact_write_items().set_transact_items(Some(actions));
+        retried("TransactWriteItems", deadline, |uncertain| {
+            if !uncertain {
+                // Cancelled or throttled tries wrote nothing: a new try is a new request.
+                token = new_token();
+            }
+            call.clone().client_request_token(token.clone()).send()
+        })
+        .await
+        .map(|_| ())
     }
 }
 

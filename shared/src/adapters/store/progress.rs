@@ -32,14 +32,16 @@ impl DynamoStore {
                 .expression_attribute_names("#delivery", DELIVERY)
                 .expression_attribute_values(":delivery", s(id));
         }
-        let result = put.set_item(Some(item)).send().await;
-        match result {
+        let put = put.set_item(Some(item));
+        match retried("PutItem", self.deadline(), |_| put.clone().send()).await {
             Ok(_) => Ok(true),
+            // Not further along. After a try that may have stored it, that try was this one
+            // (the same event, the same delivery), and the caller must still push it.
             Err(e)
-                if e.as_service_error()
+                if e.service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
-                Ok(false)
+                Ok(e.uncertain)
             }
             Err(e) => Err(e.into()),
         }
@@ -47,14 +49,13 @@ impl DynamoStore {
 }
 
 pub(super) async fn progress(store: &DynamoStore, doc_id: &str) -> Result<Option<Value>, StoreError> {
-    let out = store
+    let get = store
         .client
         .get_item()
         .table_name(&store.table)
         .set_key(Some(key_of(keys::doc(doc_id), keys::PROGRESS.to_owned())))
-        .consistent_read(true)
-        .send()
-        .await?;
+        .consistent_read(true);
+    let out = retried("GetItem", store.deadline(), |_| get.clone().send()).await?;
     let Some(mut item) = out.item else { return Ok(None) };
     for internal in [PK, SK, crate::model::TTL_ATTRIBUTE, POSITION, DELIVERY] {
         item.remove(internal);

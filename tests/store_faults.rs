@@ -1,0 +1,248 @@
+//! The store under what DynamoDB does under load and moto never does: transactions cancelled
+//! with `TransactionConflict`, throttled writes, writes applied whose answer is lost, and
+//! latency. The faults come from `wsfan dev --inject`'s DynamoDB proxy in front of moto,
+//! seeded, so each run draws the same ones.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use harness::{s, TestTable};
+use wsfan_local::dynamo_proxy::DynamoProxy;
+use wsfan_local::faults::{DynamoFault, DynamoFaults};
+use wsfan_shared::access::Role;
+use wsfan_shared::channel::ChannelId;
+use wsfan_shared::config::Retention;
+use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
+use wsfan_shared::store::{client_with_timeout, DynamoStore, Store};
+
+/// The same table as `t`, reached through a fault proxy.
+async fn through_faults(t: &TestTable, faults: DynamoFaults, seed: u64) -> (DynamoStore, DynamoProxy) {
+    let moto = harness::moto::shared();
+    let proxy = DynamoProxy::start(&moto.endpoint, faults, seed, None)
+        .await
+        .expect("starting the DynamoDB fault proxy");
+    let sdk = wsfan_local::moto::sdk_config(&proxy.endpoint).await;
+    let client = client_with_timeout(&sdk, Duration::from_secs(5));
+    let store = DynamoStore::new(client, &t.name, Retention::default()).with_budget(Duration::from_secs(5));
+    (store, proxy)
+}
+
+fn connection(id: &str, user: &str) -> Connection {
+    let now = wsfan_shared::clock::now_secs();
+    Connection {
+        connection_id: id.into(),
+        user_id: Some(user.into()),
+        role: Role::Member,
+        channels: vec!["workspace:*".into()],
+        connected_at: now * 1000,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now + 3600,
+        joined: Vec::new(),
+        history: None,
+        batch: false,
+    }
+}
+
+fn chat(channel: &ChannelId, sender: &str, client_msg_id: Option<String>) -> Message {
+    let now = wsfan_shared::clock::now_millis();
+    Message {
+        kind: MessageKind::Message,
+        channel: channel.clone(),
+        message_id: ulid::Ulid::generate().to_string(),
+        seq: None,
+        sender_id: sender.into(),
+        body: Some("hello".into()),
+        client_msg_id,
+        target_id: None,
+        emoji: None,
+        sent_at: now,
+        expires_at: now / 1000 + 3600,
+    }
+}
+
+const USERS: usize = 8;
+const SENDS: usize = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connects_joins_sends_leaves_and_disconnects_ride_out_conflicts_throttles_and_lost_answers() {
+    let t = TestTable::new().await;
+    let faults = DynamoFaults {
+        conflict: 0.25,
+        throttle: 0.1,
+        lost: 0.1,
+        latency: Duration::from_millis(1),
+    };
+    let (store, proxy) = through_faults(&t, faults, 20).await;
+    let workspace: ChannelId = "workspace:42".parse().unwrap();
+    let room: ChannelId = "workspace:7".parse().unwrap();
+
+    // Every user connects (joining the workspace at connect), joins a room, and sends
+    // concurrently: half the sends with a clientMsgId, half without.
+    let sent = futures::future::join_all((0..USERS).map(|u| {
+        let store = store.clone();
+        let (workspace, room) = (workspace.clone(), room.clone());
+        async move {
+            let (id, user) = (format!("conn-{u}"), format!("user{u}"));
+            store
+                .connect(&connection(&id, &user), std::slice::from_ref(&workspace))
+                .await
+                .unwrap_or_else(|e| panic!("connect {id}: {e}"));
+            let membership = Membership {
+                channel: room.clone(),
+                connection_id: id.clone(),
+                user_id: Some(user.clone()),
+                role: Role::Member,
+                joined_at: 0,
+                expires_at: wsfan_shared::clock::now_secs() + 3600,
+                history: None,
+                batch: false,
+            };
+            store
+                .join(&membership)
+                .await
+                .unwrap_or_else(|e| panic!("join {id}: {e}"));
+            let mut outcomes = Vec::new();
+            for i in 0..SENDS {
+                let cmid = (i % 2 == 0).then(|| format!("c-{u}-{i}"));
+                let message = chat(&workspace, &user, cmid);
+                let outcome = store
+                    .post(&message, Some(&id))
+                    .await
+                    .unwrap_or_else(|e| panic!("send {i} of {id}: {e}"));
+                // Each send is the first of its clientMsgId: never answered as a duplicate,
+                // even when its own first try committed and only the answer was lost.
+                assert!(!outcome.duplicate, "send {i} of {id} answered as a duplicate");
+                assert_eq!(outcome.message_id, message.message_id);
+                outcomes.push((message, outcome));
+            }
+            outcomes
+        }
+    }))
+    .await;
+    let sent: Vec<_> = sent.into_iter().flatten().collect();
+
+    // Every send committed exactly once, at the number it was answered with, with no gaps.
+    let partition = t.partition("CHAN#workspace:42").await;
+    let stored: HashMap<String, u64> = partition
+        .iter()
+        .filter(|(sk, _)| sk.starts_with("MSG#"))
+        .map(|(sk, i)| (s(i, "messageId").to_owned(), sk[4..].parse().unwrap()))
+        .collect();
+    assert_eq!(stored.len(), USERS * SENDS, "a message stored twice or not at all");
+    for (message, outcome) in &sent {
+        assert_eq!(
+            stored.get(&message.message_id),
+            outcome.seq.as_ref(),
+            "{}",
+            message.message_id
+        );
+    }
+    let seqs: BTreeSet<u64> = stored.values().copied().collect();
+    assert_eq!(seqs, (1..=(USERS * SENDS) as u64).collect());
+    assert_eq!(store.head(&workspace).await.unwrap(), (USERS * SENDS) as u64);
+
+    // A retried send is still a duplicate of the first, through the faults.
+    for (message, outcome) in sent.iter().filter(|(m, _)| m.client_msg_id.is_some()) {
+        let mut again = message.clone();
+        again.message_id = ulid::Ulid::generate().to_string();
+        let retry = store
+            .post(&again, Some(&format!("conn-{}", &message.sender_id[4..])))
+            .await
+            .unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(
+            (retry.message_id.as_str(), retry.seq),
+            (message.message_id.as_str(), outcome.seq)
+        );
+    }
+
+    // Leaves answer that they left (a lost answer's retry included); disconnects clean up.
+    for u in 0..USERS {
+        let (id, user) = (format!("conn-{u}"), format!("user{u}"));
+        assert!(store.leave(&room, &id, Some(&user)).await.unwrap(), "leave of {id}");
+        let cleanup = store.disconnect(&id).await.unwrap();
+        assert_eq!(cleanup.memberships_removed, 2, "{id}: user channel and workspace");
+    }
+
+    // No orphans: no connection, membership or presence connection left.
+    for item in t.items().await {
+        let (pk, sk) = (s(&item, "pk"), s(&item, "sk"));
+        assert!(!pk.starts_with("CONN#"), "connection left: {pk}");
+        assert!(!sk.starts_with("CONN#"), "membership left: {pk} {sk}");
+        assert!(!item.contains_key("connections"), "presence left: {pk} {sk}");
+    }
+
+    // The faults did happen, and were all ridden out above.
+    let injected = proxy.injected();
+    for fault in [DynamoFault::Conflict, DynamoFault::Throttle, DynamoFault::Lost] {
+        assert!(
+            injected.get(&fault).copied().unwrap_or(0) > 0,
+            "no {fault:?} injected: {injected:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_keeps_failing_gives_up_within_its_budget() {
+    let t = TestTable::new().await;
+    let every_write = DynamoFaults {
+        throttle: 1.0,
+        ..DynamoFaults::default()
+    };
+    let (store, proxy) = through_faults(&t, every_write, 1).await;
+    let store = store.with_budget(Duration::from_millis(600));
+    let refused = store.connect(&connection("c1", "alice"), &[]).await;
+    assert!(refused.is_err(), "every write is throttled");
+    // It tried again while the budget allowed (the first four pauses are at most 175 ms
+    // together), more than the SDK's three attempts, and then stopped.
+    let tries = proxy.injected()[&DynamoFault::Throttle];
+    assert!(
+        (5..=wsfan_shared::store::MAX_ATTEMPTS as u64).contains(&tries),
+        "{tries} tries"
+    );
+    assert!(t.items().await.is_empty());
+}
+
+/// How many DynamoDB calls `what` made through `proxy`.
+async fn calls<T>(proxy: &DynamoProxy, what: impl std::future::Future<Output = T>) -> (T, u64) {
+    let before = proxy.requests();
+    let out = what.await;
+    (out, proxy.requests() - before)
+}
+
+#[tokio::test]
+async fn a_send_is_one_round_trip_when_the_remembered_head_is_current() {
+    let t = TestTable::new().await;
+    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+    let channel: ChannelId = "workspace:42".parse().unwrap();
+    store
+        .connect(&connection("c1", "alice"), std::slice::from_ref(&channel))
+        .await
+        .unwrap();
+    let send = |store: DynamoStore, cmid: &str| {
+        let message = chat(&channel, "alice", Some(cmid.to_owned()));
+        async move { store.post(&message, Some("c1")).await.unwrap() }
+    };
+
+    // The first send of this environment reads the head; every later one is one transaction.
+    let (first, n) = calls(&proxy, send(store.clone(), "m0")).await;
+    assert_eq!((first.seq, n), (Some(1), 2), "a read of the head and the transaction");
+    for i in 1..5 {
+        let (sent, n) = calls(&proxy, send(store.clone(), &format!("m{i}"))).await;
+        assert_eq!((sent.seq, n), (Some(i + 1), 1), "send {i}");
+    }
+
+    // Another environment sends: this one's remembered head is stale, and the cancellation
+    // tells the current one (two transactions, no read).
+    let (store_b, _proxy_b) = through_faults(&t, DynamoFaults::default(), 0).await;
+    assert_eq!(send(store_b, "b0").await.seq, Some(6));
+    let (sent, n) = calls(&proxy, send(store.clone(), "m5")).await;
+    assert_eq!((sent.seq, n), (Some(7), 2));
+
+    // A retried send is answered from the cancellation too: one call, the first's id.
+    let (again, n) = calls(&proxy, send(store.clone(), "m5")).await;
+    assert!(again.duplicate);
+    assert_eq!((again.message_id, again.seq, n), (sent.message_id, Some(7), 1));
+}
