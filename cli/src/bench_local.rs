@@ -70,6 +70,9 @@ impl DevProcess {
         let mut child = command
             .args(["dev", "--port", "0", "--moto-port", "0", "--repo"])
             .arg(repo)
+            // The soak sends frame after frame from one client as fast as the acks come: it
+            // measures the pipeline, not the limit per connection (`wsfan bench flood` does).
+            .args(["--rate-limit", "0:1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)

@@ -53,6 +53,23 @@ function comparePositions(a, b) {
   return 0;
 }
 
+export const SUBPROTOCOL = 'wsfan.v1';
+// RFC 7230 token characters: what a subprotocol may contain. A JWT (base64url and dots) fits.
+const SUBPROTOCOL_TOKEN = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
+
+/**
+ * Where the token travels. By default in `Sec-WebSocket-Protocol` (`wsfan.v1, bearer.<token>`),
+ * out of the URL that proxies, load balancers and browser tooling record; `tokenIn: 'query'`, or a
+ * token a subprotocol cannot carry, puts it in `?token=` as older wsfan stacks expect.
+ */
+export function handshake(base, token, tokenIn = 'protocol') {
+  if (!token) return { url: base, protocols: undefined };
+  if (tokenIn !== 'query' && SUBPROTOCOL_TOKEN.test(token)) {
+    return { url: base, protocols: [SUBPROTOCOL, `bearer.${token}`] };
+  }
+  return { url: `${base}${base.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`, protocols: undefined };
+}
+
 class Timeout extends Error {
   constructor(what) {
     super(`no answer to ${what}`);
@@ -129,10 +146,10 @@ export class WsfanClient {
     clearTimeout(this.timers.reconnect);
     this.setState('connecting', { attempt: this.attempt });
     let url;
+    let protocols;
     try {
       const token = typeof this.options.token === 'function' ? await this.options.token() : this.options.token;
-      url = this.url;
-      if (token) url += `${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
+      ({ url, protocols } = handshake(this.url, token, this.options.tokenIn));
     } catch (e) {
       this.emit('error', { code: 'token', message: String(e && e.message || e) });
       this.scheduleReconnect();
@@ -141,7 +158,7 @@ export class WsfanClient {
     if (this.closed || this.socket) return;
     let ws;
     try {
-      ws = new this.WebSocket(url);
+      ws = protocols ? new this.WebSocket(url, protocols) : new this.WebSocket(url);
     } catch (e) {
       this.emit('error', { code: 'connect', message: String(e && e.message || e) });
       this.scheduleReconnect();

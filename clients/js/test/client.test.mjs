@@ -3,13 +3,14 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect } from '../src/index.js';
+import { connect, handshake } from '../src/index.js';
 
 /** A WebSocket whose far end is the test: it records what is sent and is told what arrives. */
 class ScriptedSocket {
   static all = [];
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = url;
+    this.protocols = protocols;
     this.readyState = 0;
     this.sent = [];
     ScriptedSocket.all.push(this);
@@ -43,7 +44,9 @@ async function started(options = {}) {
   ScriptedSocket.all = [];
   const client = connect('ws://test/local', { WebSocket: ScriptedSocket, token: () => 'tok', backoffBaseMs: 1, backoffMaxMs: 2, ...options });
   const socket = await nextSocket(1);
-  assert.equal(socket.url, 'ws://test/local?token=tok');
+  // The token travels in the subprotocol offer, not the URL.
+  assert.equal(socket.url, 'ws://test/local');
+  assert.deepEqual(socket.protocols, ['wsfan.v1', 'bearer.tok']);
   socket.accept();
   const delivered = [];
   const resets = [];
@@ -53,6 +56,15 @@ async function started(options = {}) {
 }
 
 describe('the wsfan client', () => {
+  it('puts the token in the subprotocol offer, or in the URL when asked or when it cannot go there', () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig-_';
+    assert.deepEqual(handshake('ws://h/s', jwt), { url: 'ws://h/s', protocols: ['wsfan.v1', `bearer.${jwt}`] });
+    assert.deepEqual(handshake('ws://h/s?channels=a:1', jwt, 'query'), { url: `ws://h/s?channels=a:1&token=${jwt}`, protocols: undefined });
+    // '=' and '/' are not subprotocol characters: such an opaque token goes in the URL.
+    assert.deepEqual(handshake('ws://h/s', 'a/b='), { url: 'ws://h/s?token=a%2Fb%3D', protocols: undefined });
+    assert.deepEqual(handshake('ws://h/s', ''), { url: 'ws://h/s', protocols: undefined });
+  });
+
   it('delivers each seq once and in order, and fills a gap from history while connected', async () => {
     const { client, socket, delivered } = await started();
     const joined = client.join('workspace:1');
