@@ -114,6 +114,11 @@ export interface HistoryPage {
 export interface ClientError {
   code: string;
   message: string;
+  /**
+   * `rate_limited`: the connection went over its limit of frames per second; the client holds its
+   * sends this long, then sends the unacknowledged ones again (same clientMsgId).
+   */
+  retryAfterMs?: number;
 }
 
 /** Recovery could not be exact: messages expired past the retention, or the point is unknown. Reload the channel. */

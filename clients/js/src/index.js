@@ -225,7 +225,7 @@ export class WsfanClient {
   }
 
   afterClose(delay, why = {}) {
-    for (const t of ['keepalive', 'pong', 'planned', 'resend']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
+    for (const t of ['keepalive', 'pong', 'planned', 'resend', 'limited']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
     for (const ch of this.channels.values()) { ch.joined = false; ch.recovering = false; }
     for (const [key, list] of this.waiters) {
       this.waiters.delete(key);
@@ -327,7 +327,10 @@ export class WsfanClient {
       case 'error':
         // Progress errors name a document; protocol errors carry a code.
         if (f.docId !== undefined && f.code === undefined) this.onProgress(f);
-        else this.emit('error', { code: f.code, message: f.message });
+        else {
+          if (f.code === 'rate_limited') this.onRateLimited(f.retryAfterMs);
+          this.emit('error', { code: f.code, message: f.message, retryAfterMs: f.retryAfterMs });
+        }
         break;
       default:
         if (CHAT_TYPES.has(f.type)) this.onChat(f);
@@ -488,9 +491,25 @@ export class WsfanClient {
     return entry.promise;
   }
 
+  /**
+   * A frame went over the connection's limit and was not processed. The answer does not say which
+   * one, so nothing new goes out until `retryAfterMs` has passed, and then every send still in
+   * flight goes again: with the same clientMsgId, the server keeps each message once.
+   */
+  onRateLimited(retryAfterMs) {
+    const wait = Math.max(0, Number(retryAfterMs) || 0);
+    this.holdUntil = Math.max(this.holdUntil || 0, Date.now() + wait);
+    clearTimeout(this.timers.limited);
+    this.timers.limited = setTimeout(() => {
+      for (const entry of this.outbox.values()) if (entry.sentOn === this.connectionNo) entry.sentOn = 0;
+      this.pump();
+    }, wait);
+  }
+
   /** Sends from the outbox, oldest first, up to maxInFlight awaiting an ack on this connection. */
   pump() {
     if (!this.socket || this.socket.readyState !== 1) return;
+    if (Date.now() < (this.holdUntil || 0)) return;
     let inFlight = 0;
     for (const entry of this.outbox.values()) if (entry.sentOn === this.connectionNo) inFlight += 1;
     for (const entry of this.outbox.values()) {

@@ -132,6 +132,28 @@ describe('the wsfan client', () => {
     client.close();
   });
 
+  it('holds its sends after rate_limited, then sends the unacknowledged ones again with their ids', async () => {
+    const { client, socket } = await started();
+    client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    const first = client.send('workspace:1', 'one', { clientMsgId: 'c-1' });
+    assert.equal(socket.take('sendMessage').clientMsgId, 'c-1');
+    socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 40 });
+    assert.deepEqual(errors.map((e) => [e.code, e.retryAfterMs]), [['rate_limited', 40]]);
+    const second = client.send('workspace:1', 'two', { clientMsgId: 'c-2' });
+    await tick();
+    assert.equal(socket.sent.filter((f) => f.action === 'sendMessage').length, 0, 'nothing goes out during the wait');
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1', 'c-2']);
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'c-1', seq: 1, duplicate: false });
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm2', clientMsgId: 'c-2', seq: 2, duplicate: false });
+    assert.deepEqual([(await first).messageId, (await second).messageId], ['m1', 'm2']);
+    client.close();
+  });
+
   it('sends a window of the outbox at a time', async () => {
     const { client, socket } = await started({ maxInFlight: 2 });
     client.join('workspace:1');
