@@ -181,9 +181,11 @@ fn every_server_frame() -> Vec<Value> {
         let frame = ServerFrame::Error {
             code,
             message: "why, and what to send instead".into(),
+            retry_after_ms: None,
         };
         values.push(serde_json::from_str(&frame.to_json()).unwrap());
     }
+    values.push(serde_json::from_str(&ServerFrame::rate_limited(40, 25, 50).to_json()).unwrap());
     let mut recoverable = ProgressEvent::error("report-1", "SLOW", "retrying", true);
     recoverable.pages_processed = Some(4);
     for event in [

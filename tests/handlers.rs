@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use ws_authorizer::Decision;
 use wsfan_shared::auth::{Claims, JwtVerifier};
 use wsfan_shared::config::{AuthConfig, KeySource, Retention};
+use wsfan_shared::limiter::DynamoLimiter;
 use wsfan_shared::model::Connection;
+use wsfan_shared::rate::RateLimit;
 use wsfan_shared::store::{DynamoStore, Store, StoreError};
 
 const CONN: &str = "L0SM9cOFvHcCIhw=";
@@ -86,7 +88,8 @@ async fn connect_event(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> Api
 }
 
 async fn message(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
-    ws_message::handle(&t.store, &Retention::default(), e).await
+    let unlimited = DynamoLimiter::new(&t.store, RateLimit::OFF);
+    ws_message::handle(&t.store, &unlimited, &Retention::default(), e).await
 }
 
 async fn run(t: &TestTable, path: &str) -> ApiGatewayProxyResponse {
@@ -375,6 +378,48 @@ async fn authorizer_verifies_rs256_and_es256_from_a_cached_jwks() {
     }
 }
 
+/// The authorizer event of a fixture with this `Sec-WebSocket-Protocol` (and the fixture's query).
+fn authorizer_with_protocols(path: &str, protocols: &str) -> ApiGatewayCustomAuthorizerRequestTypeRequest {
+    let mut value: Value = fixture(path);
+    value["headers"]["Sec-WebSocket-Protocol"] = json!(protocols);
+    value["multiValueHeaders"]["Sec-WebSocket-Protocol"] = json!([protocols]);
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn authorizer_reads_the_token_from_the_subprotocol_offer_and_never_from_a_bad_one() {
+    let verifier = dev_verifier(None);
+    let r = authorize("ws-authorizer/subprotocol-token", &verifier).await;
+    assert_eq!(effect(&r), IamPolicyEffect::Allow);
+    assert_eq!(r.context["userId"], "alice");
+    // The header wins over the URL: a forged token in the header is refused even with a good one
+    // in the query.
+    let forged = token_for("alice").replace('.', ".x");
+    let r = ws_authorizer::handle(
+        &verifier,
+        authorizer_with_protocols("ws-authorizer/valid-token", &format!("wsfan.v1, bearer.{forged}")),
+    )
+    .await;
+    assert_eq!(effect(&r), IamPolicyEffect::Deny);
+    // A malformed offer is refused rather than passed over for the URL's token.
+    for bad in [
+        "bearer.abc",
+        "wsfan.v1, bearer.",
+        "wsfan.v1, bearer.a, bearer.b",
+        "wsfan.v1,,",
+    ] {
+        let r = ws_authorizer::handle(&verifier, authorizer_with_protocols("ws-authorizer/valid-token", bad)).await;
+        assert_eq!(effect(&r), IamPolicyEffect::Deny, "{bad}");
+    }
+    // An offer of the version alone leaves the token in the URL, for older clients.
+    let r = ws_authorizer::handle(
+        &verifier,
+        authorizer_with_protocols("ws-authorizer/valid-token", "wsfan.v1"),
+    )
+    .await;
+    assert_eq!(effect(&r), IamPolicyEffect::Allow);
+}
+
 // ---------- ws-connect ----------
 
 #[tokio::test]
@@ -630,6 +675,36 @@ async fn a_silent_store_gives_a_timeout_error_not_a_hung_handler() {
         accepted.load(Ordering::SeqCst) >= 2,
         "the requests reached the silent server"
     );
+}
+
+#[tokio::test]
+async fn connect_answers_with_the_subprotocol_it_was_offered() {
+    let t = TestTable::new().await;
+    let protocol = |r: &ApiGatewayProxyResponse| {
+        r.headers
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let r = connect(&t, "ws-connect/connect-subprotocol").await;
+    assert_eq!(r.status_code, 200);
+    // The version only: the bearer entry (the token) is never echoed.
+    assert_eq!(protocol(&r).as_deref(), Some("wsfan.v1"));
+    assert!(t.item(&format!("CONN#{CONN}"), "META").await.is_some());
+    // No offer (a client with ?token=): no subprotocol in the answer.
+    let r = connect(&t, "ws-connect/connect").await;
+    assert_eq!((r.status_code, protocol(&r)), (200, None));
+    // An offer without ours would fail in the browser with no reason; it is refused with one.
+    let t = TestTable::new().await;
+    let r = connect_event(
+        &t,
+        event("ws-connect/connect", |v| {
+            v["headers"]["Sec-WebSocket-Protocol"] = json!("graphql-ws");
+            v["multiValueHeaders"]["Sec-WebSocket-Protocol"] = json!(["graphql-ws"]);
+        }),
+    )
+    .await;
+    assert_eq!(r.status_code, 400);
+    assert!(t.items().await.is_empty());
 }
 
 // ---------- ws-disconnect ----------
@@ -905,7 +980,8 @@ async fn history_pages_back_through_messages_only() {
 /// A route frame from the fixture's caller (alice, a member of workspace:42).
 async fn ask(t: &TestTable, retention: &Retention, frame: Value) -> Value {
     let e = event("ws-message/send-message", |v| v["body"] = json!(frame.to_string()));
-    body(&ws_message::handle(&t.store, retention, e).await)
+    let unlimited = DynamoLimiter::new(&t.store, RateLimit::OFF);
+    body(&ws_message::handle(&t.store, &unlimited, retention, e).await)
 }
 
 async fn say(t: &TestTable, text: &str) -> Value {
@@ -1110,6 +1186,80 @@ async fn every_fixture_is_covered_by_a_test_here() {
         include_str!("handlers.rs"),
         &["ws-authorizer", "ws-connect", "ws-disconnect", "ws-message"],
     );
+}
+
+// ---------- ws-message: the limit per connection ----------
+
+#[tokio::test]
+async fn the_limit_per_connection_is_shared_by_every_environment_and_leaves_others_alone() {
+    use wsfan_shared::limiter::FrameLimiter;
+    use wsfan_shared::rate::Verdict;
+    let t = TestTable::new().await;
+    let limit = RateLimit {
+        per_second: 10,
+        burst: 4,
+    };
+    // Two execution environments of ws-message: two limiters, one table.
+    let (one, two) = (DynamoLimiter::new(&t.store, limit), DynamoLimiter::new(&t.store, limit));
+    let now = 1_800_000_000_000_000;
+    let mut admitted = 0;
+    for i in 0..8 {
+        let env = if i % 2 == 0 { &one } else { &two };
+        if let Verdict::Admit { .. } = env.admit("flooder", now).await.unwrap() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 4, "the burst, once, across both environments");
+    match two.admit("flooder", now).await.unwrap() {
+        Verdict::Limited { retry_after_ms } => assert_eq!(retry_after_ms, 100),
+        other => panic!("{other:?}"),
+    }
+    // Another connection has its own bucket.
+    assert!(matches!(one.admit("quiet", now).await.unwrap(), Verdict::Admit { .. }));
+    // The retry hint holds: one frame is admitted then, and only one.
+    let later = now + 100_000;
+    assert!(matches!(
+        one.admit("flooder", later).await.unwrap(),
+        Verdict::Admit { .. }
+    ));
+    assert!(matches!(
+        two.admit("flooder", later).await.unwrap(),
+        Verdict::Limited { .. }
+    ));
+    // The state is one item per connection, out of every stream filter's way.
+    let item = t.item("CONN#flooder", "RATE").await.expect("the bucket's item");
+    assert!(n(&item, "expiresAt") > later / 1_000_000);
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_gets_rate_limited_and_changes_nothing() {
+    let t = TestTable::new().await;
+    connect(&t, "ws-connect/connect").await;
+    let limiter = DynamoLimiter::new(
+        &t.store,
+        RateLimit {
+            per_second: 1,
+            burst: 2,
+        },
+    );
+    let join = || {
+        event("ws-message/send-message", |v| {
+            v["body"] = json!(json!({"action": "join", "channel": "workspace:42"}).to_string());
+        })
+    };
+    for i in 0..2 {
+        let r = ws_message::handle(&t.store, &limiter, &Retention::default(), join()).await;
+        assert_eq!(body(&r)["type"], "joined", "{i}");
+    }
+    let before = t.items().await;
+    let leave = event("ws-message/send-message", |v| {
+        v["body"] = json!(json!({"action": "leave", "channel": "workspace:42"}).to_string());
+    });
+    let r = ws_message::handle(&t.store, &limiter, &Retention::default(), leave).await;
+    assert_eq!(error_code(&r), "rate_limited");
+    let retry = body(&r)["retryAfterMs"].as_u64().expect("retryAfterMs");
+    assert!((1..=1000).contains(&retry), "{retry}");
+    assert_eq!(t.items().await, before, "a refused frame writes nothing");
 }
 
 // ---------- authorization matrix ----------

@@ -61,6 +61,8 @@ struct Code {
     /// The attribute that makes a new membership a history request for stream-fanout.
     history_attribute: String,
     retention: Retention,
+    /// The limit per connection ws-message applies when its variables are unset.
+    rate_limit: wsfan_shared::rate::RateLimit,
     /// Every CloudWatch metric the functions emit as EMF: (namespace, metric, `Function` dimension).
     emf: Vec<(String, String, String)>,
 }
@@ -92,6 +94,7 @@ impl Code {
             stream_prefixes: owned(stream_fanout::HANDLED_SORT_KEY_PREFIXES),
             history_attribute: stream_fanout::HISTORY_REQUEST_ATTRIBUTE.to_owned(),
             retention: Retention::default(),
+            rate_limit: wsfan_shared::rate::RateLimit::default(),
             emf: emf_metrics(),
         }
     }
@@ -538,6 +541,7 @@ fn problems(doc: &Value, code: &Code) -> Vec<String> {
     check_permissions(&t, &mut out);
     check_authorizer(&t, &mut out);
     check_stage(&t, &mut out);
+    check_rate_limit(&t, code, &mut out);
     check_table(&t, code, &mut out);
     check_stream(&t, code, &mut out);
     check_progress(&t, &mut out);
@@ -816,6 +820,48 @@ fn check_stage(t: &Template, out: &mut Vec<String>) {
         out.push(format!(
             "{id}: DataTraceEnabled must be false, or API Gateway logs message bodies"
         ));
+    }
+}
+
+/// The limit per connection and the stage's throttle per route agree: the code's defaults are the
+/// template's, and one connection within its limit never meets the stage's throttle, which is
+/// shared by every client (API Gateway's 429 there is no `rate_limited` a client can act on).
+fn check_rate_limit(t: &Template, code: &Code, out: &mut Vec<String>) {
+    let Some(f) = t.functions().into_iter().find(|f| f.binary == Some(MESSAGE)) else {
+        return;
+    };
+    let env = t.environment(&f);
+    let number = |name: &str| {
+        env.get(name)
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let limit = code.rate_limit;
+    let (rate, burst) = (number("RATE_LIMIT_PER_SECOND"), number("RATE_LIMIT_BURST"));
+    for (name, value, default) in [
+        ("RATE_LIMIT_PER_SECOND", rate, limit.per_second),
+        ("RATE_LIMIT_BURST", burst, limit.burst),
+    ] {
+        if value != Some(u64::from(default)) {
+            out.push(format!(
+                "{} ({MESSAGE}): {name} is {value:?}, but shared/src/domain/rate.rs defaults to {default}",
+                f.id
+            ));
+        }
+    }
+    let Some((id, stage)) = t.stage() else { return };
+    let stage_number = |k: &str| {
+        get(stage, &["Properties", "DefaultRouteSettings", k])
+            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
+    };
+    for (k, per_connection) in [("ThrottlingRateLimit", rate), ("ThrottlingBurstLimit", burst)] {
+        if let (Some(stage_limit), Some(per_connection)) = (stage_number(k), per_connection) {
+            if stage_limit < per_connection as f64 * 10.0 {
+                out.push(format!(
+                    "{id}: DefaultRouteSettings.{k} {stage_limit} is under ten connections at their own limit ({per_connection} each)"
+                ));
+            }
+        }
     }
 }
 
@@ -1598,6 +1644,42 @@ fn assert_reported(problems: &[String], expected: &[&str]) {
 
 fn yaml(text: &str) -> Value {
     serde_norway::from_str(text).expect("test YAML parses")
+}
+
+#[test]
+fn a_limit_per_connection_unlike_the_code_or_above_the_stage_throttle_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &[
+                "Resources",
+                "WsMessageFunction",
+                "Properties",
+                "Environment",
+                "Variables",
+                "RATE_LIMIT_BURST",
+            ],
+            yaml("\"5\""),
+        );
+        set(
+            doc,
+            &[
+                "Resources",
+                "Stage",
+                "Properties",
+                "DefaultRouteSettings",
+                "ThrottlingRateLimit",
+            ],
+            yaml("100"),
+        );
+    });
+    assert_reported(
+        &problems,
+        &[
+            "WsMessageFunction (ws-message): RATE_LIMIT_BURST is Some(5), but shared/src/domain/rate.rs defaults to 50",
+            "Stage: DefaultRouteSettings.ThrottlingRateLimit 100 is under ten connections at their own limit (25 each)",
+        ],
+    );
 }
 
 #[test]

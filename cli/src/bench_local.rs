@@ -41,9 +41,18 @@ pub struct LocalBench {
     /// Messages per second, all senders together.
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
-    /// sendMessage frames in a row from one client, each after the last one's ack (0: none).
-    #[arg(long, default_value_t = 0)]
+    /// sendMessage frames in a row from one client, each after the last one's ack (0: none). The
+    /// soak measures the pipeline, so the stack runs without the limit per connection.
+    #[arg(long, default_value_t = 0, conflicts_with = "flood")]
     pub soak: usize,
+    /// The limit per connection under a flood: one client sends this many frames a second while
+    /// another, in the same channel, sends a message every 50 ms; its acks' p99 is compared with
+    /// a run without the flood (0: none). The stack keeps the template's limit.
+    #[arg(long, default_value_t = 0.0)]
+    pub flood: f64,
+    /// How long each of the two flood runs lasts.
+    #[arg(long, default_value_t = 10)]
+    pub flood_secs: u64,
     /// Memberships of one channel to write, then read through the fanout's paged Query (0: none).
     #[arg(long, default_value_t = 0)]
     pub members: usize,
@@ -324,6 +333,11 @@ pub async fn run(bench: LocalBench) -> Result<String, String> {
     if let Some(seed) = bench.inject_seed {
         extra.extend(["--inject-seed".to_owned(), seed.to_string()]);
     }
+    // The soak sends frame after frame from one client as fast as the acks come: it measures the
+    // pipeline, not the limit per connection (`--flood` does).
+    if bench.flood <= 0.0 {
+        extra.extend(["--rate-limit".to_owned(), "0:1".to_owned()]);
+    }
     let stack = DevProcess::start(&bench.repo, "local", &extra)?;
     let result = measure(&bench, &stack).await;
     let peaks = stack.peak_rss();
@@ -507,10 +521,109 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     if bench.soak > 0 {
         report["soak"] = soak(&stack.ws_url, bench.soak).await?;
     }
+    if bench.flood > 0.0 {
+        report["flood"] = flood(&stack.ws_url, bench.flood, Duration::from_secs(bench.flood_secs)).await?;
+    }
     if bench.members > 0 {
         report["largeChannel"] = large_channel(stack, bench.members).await?;
     }
     Ok(report)
+}
+
+/// A quiet client's ack latency (a message every 50 ms) for `length`, with or without a flooding
+/// client in the same channel; the flooder's answers are counted by kind.
+async fn flood(url: &str, rate: f64, length: Duration) -> Result<Value, String> {
+    async fn quiet_run(url: &str, sub: &str, length: Duration) -> Result<Vec<Duration>, String> {
+        let (socket, _) = connect_and_join(url, sub, "workspace:flood", false).await?;
+        let (mut sink, mut stream) = socket.split();
+        let mut acks = Vec::new();
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < length {
+            let frame = json!({"action": "sendMessage", "channel": "workspace:flood", "body": format!("quiet {n}")});
+            let sent = Instant::now();
+            sink.send(Message::Text(frame.to_string().into()))
+                .await
+                .map_err(|e| e.to_string())?;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                        match frame["type"].as_str() {
+                            Some("ack") => break,
+                            Some("error") => return Err(format!("{sub}: send {n} refused: {frame}")),
+                            _ => {}
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => return Err(format!("{sub}: send {n}: no ack: {other:?}")),
+                }
+            }
+            acks.push(sent.elapsed());
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed())).await;
+        }
+        acks.sort();
+        Ok(acks)
+    }
+
+    let baseline = quiet_run(url, "quiet-alone", length).await?;
+    let (flooder, _) = connect_and_join(url, "flooder", "workspace:flood", false).await?;
+    let (mut sink, mut stream) = flooder.split();
+    let counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let reader_counts = counts.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Text(text) = message {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                let kind = match frame["type"].as_str() {
+                    Some("error") => frame["code"].as_str().unwrap_or("error").to_owned(),
+                    Some(other) => other.to_owned(),
+                    None => "?".to_owned(),
+                };
+                *reader_counts.lock().unwrap().entry(kind).or_default() += 1;
+            }
+        }
+    });
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let writer = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while started.elapsed() < length + Duration::from_secs(1) {
+            let frame = json!({"action": "sendMessage", "channel": "workspace:flood", "body": format!("flood {sent}")});
+            if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep_until((started + interval.mul_f64(sent as f64)).into()).await;
+        }
+        (sent, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flooded = quiet_run(url, "quiet-flooded", length).await?;
+    let (sent, took) = writer.await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reader.abort();
+    let counts = counts.lock().unwrap().clone();
+    let (p99_alone, p99_flooded) = (percentile(&baseline, 99.0), percentile(&flooded, 99.0));
+    let ratio = p99_flooded.as_secs_f64() / p99_alone.as_secs_f64().max(1e-9);
+    println!(
+        "flood: {sent} frames in {:.1} s ({:.0}/s) from one connection, answered {counts:?}",
+        took.as_secs_f64(),
+        sent as f64 / took.as_secs_f64()
+    );
+    println!(
+        "flood: the quiet client's ack p99 {} ms alone ({} acks), {} ms during the flood ({} acks): {ratio:.2}x",
+        ms(p99_alone),
+        baseline.len(),
+        ms(p99_flooded),
+        flooded.len()
+    );
+    Ok(json!({
+        "floodSent": sent, "floodPerSecond": sent as f64 / took.as_secs_f64(), "floodAnswers": counts,
+        "quietP99AloneMs": ms(p99_alone), "quietP99FloodedMs": ms(p99_flooded), "ratio": ratio,
+        "quietAcksAlone": baseline.len(), "quietAcksFlooded": flooded.len(),
+    }))
 }
 
 /// One client sends `count` messages one after another, each after the last one's ack.

@@ -3,6 +3,8 @@
 //! - `wsfan publish message|progress|started|complete|error`: what a backend or a document
 //!   processor sends, with no WebSocket of its own.
 //! - `wsfan token`: a dev JWT signed with the HS256 secret, to connect by hand.
+//! - `wsfan revoke`: take a user out of a channel, or close all their connections and refuse their
+//!   current tokens; or refuse one token.
 
 mod bench;
 mod bench_channel;
@@ -39,6 +41,9 @@ enum Command {
     Publish(Publish),
     /// Mint a dev JWT with the HS256 secret.
     Token(TokenArgs),
+    /// Take a user out: remove them from a channel (--channel), or close all their connections on
+    /// every device and refuse every token issued before now; or refuse one token (--token).
+    Revoke(RevokeArgs),
     /// Run the whole pipeline locally: moto, the real Lambda binaries, a WebSocket endpoint,
     /// @connections, the stream and queue pollers, and a demo page.
     Dev(DevArgs),
@@ -152,6 +157,20 @@ struct DevArgs {
     /// The seed of the fault draws (default: a random one, printed), to repeat a run's faults.
     #[arg(long, requires = "inject")]
     inject_seed: Option<u64>,
+    /// The limit per connection instead of the template's: frames per second and the burst,
+    /// 'PER_SECOND:BURST' ('0:1' turns it off, as for a benchmark's soak).
+    #[arg(long, value_name = "PER_SECOND:BURST", value_parser = parse_rate_limit)]
+    rate_limit: Option<wsfan_shared::rate::RateLimit>,
+}
+
+fn parse_rate_limit(s: &str) -> Result<wsfan_shared::rate::RateLimit, String> {
+    let (rate, burst) = s.split_once(':').ok_or("expected PER_SECOND:BURST, e.g. 25:50")?;
+    let lookup = |name: &str| match name {
+        "RATE_LIMIT_PER_SECOND" => Some(rate.to_owned()),
+        "RATE_LIMIT_BURST" => Some(burst.to_owned()),
+        _ => None,
+    };
+    wsfan_shared::config::rate_limit_from_lookup(lookup).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -191,6 +210,7 @@ impl StackArgs {
             concurrency: usize::from(self.concurrency),
             verbose: self.verbose,
             inject: None,
+            rate_limit: None,
         })
     }
 }
@@ -217,6 +237,24 @@ struct ServeArgs {
     bucket_rate: Option<f64>,
     #[arg(long)]
     bucket_burst: Option<f64>,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[arg(long, env = "TABLE_NAME")]
+    table: String,
+    /// The stage's Management API (the `ConnectionsUrl` output; locally http://127.0.0.1:3001/local).
+    #[arg(long, env = "CONNECTIONS_ENDPOINT")]
+    connections_url: Option<String>,
+    /// The user (a token's `sub`).
+    #[arg(long, required_unless_present = "token")]
+    user: Option<String>,
+    /// Only this channel: the user's memberships of it are removed, their connections stay.
+    #[arg(long, requires = "user")]
+    channel: Option<ChannelId>,
+    /// Refuse this one token (by its `jti`) until it expires.
+    #[arg(long, conflicts_with = "user", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -313,6 +351,44 @@ async fn sdk(endpoint: Option<&str>) -> aws_config::SdkConfig {
     loader.load().await
 }
 
+async fn revoke(endpoint: Option<&str>, r: RevokeArgs) -> Result<String, String> {
+    use wsfan_shared::revocation::Revoker;
+    let sdk = sdk(endpoint).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &r.table, Retention::default());
+    let mut connections_config = aws_sdk_apigatewaymanagement::config::Builder::from(&sdk);
+    connections_config.set_endpoint_url(r.connections_url.clone());
+    let connections_config = connections_config.build();
+    let revoker = Revoker::new(
+        store,
+        aws_sdk_apigatewaymanagement::Client::from_conf(connections_config),
+    );
+    if let Some(token) = &r.token {
+        let facts = wsfan_shared::auth::unverified_facts(token)
+            .ok_or("--token is not a JWT (three base64url parts with a JSON payload)")?;
+        let jti = facts
+            .jti
+            .as_deref()
+            .ok_or("the token has no jti; revoke its user instead (--user)")?;
+        revoker.revoke_token(jti, facts.exp).await.map_err(|e| e.to_string())?;
+        return Ok(serde_json::json!({"revokedJti": jti, "until": facts.exp}).to_string());
+    }
+    let user = r.user.as_deref().expect("clap requires --user without --token");
+    if r.channel.is_none() && r.connections_url.is_none() {
+        return Err("closing a user's connections needs --connections-url (the ConnectionsUrl output)".into());
+    }
+    let revoked = revoker
+        .revoke_user(user, r.channel.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "user": user,
+        "channel": r.channel.as_ref().map(ToString::to_string),
+        "closed": revoked.closed,
+        "membershipsRemoved": revoked.memberships_removed,
+    })
+    .to_string())
+}
+
 async fn send_progress(endpoint: Option<&str>, queue: &Queue, event: ProgressEvent) -> Result<String, String> {
     let client = aws_sdk_sqs::Client::new(&sdk(endpoint).await);
     ProgressPublisher::new(client, &queue.queue_url)
@@ -351,6 +427,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             config.limits.idle_timeout = std::time::Duration::from_secs(d.idle_timeout_secs);
             config.limits.max_connection = std::time::Duration::from_secs(d.max_connection_secs);
             config.anonymous_channels = d.anonymous_channels;
+            config.rate_limit = d.rate_limit;
             config.inject = d
                 .inject
                 .map(|faults| (faults, d.inject_seed.unwrap_or_else(random_seed)));
@@ -450,6 +527,7 @@ async fn run(cli: Cli) -> Result<String, String> {
         Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
         Command::Bench(Bench::Channel(bench)) => bench_channel::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
+        Command::Revoke(r) => revoke(endpoint, r).await,
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(&sdk(endpoint).await),

@@ -15,6 +15,9 @@ use wsfan_shared::auth::{mint_hs256, Claims};
 
 const DEV_SECRET: &str = "wsfan-local-dev-secret";
 
+#[path = "dev_access/mod.rs"]
+mod access;
+
 fn repo() -> PathBuf {
     harness::repo_root()
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 /// frame's type or error code; for event sources the failed record ids.
 fn expectation(function: &str, case: &str) -> &'static str {
     match (function, case) {
-        ("ws-authorizer", "valid-token") => "Allow",
+        ("ws-authorizer", "valid-token" | "subprotocol-token") => "Allow",
         ("ws-authorizer", _) => "Deny",
         // The token allows workspace:42; the URL names workspace:43.
         ("ws-connect", "connect-without-authorizer" | "connect-forbidden-channel") => "403",

@@ -51,6 +51,8 @@ pub struct DevConfig {
     /// Faults for @connections and the functions' DynamoDB calls to inject (`--inject`), and
     /// the seed of their draws.
     pub inject: Option<(Faults, u64)>,
+    /// The limit per connection instead of the template's (`--rate-limit`).
+    pub rate_limit: Option<wsfan_shared::rate::RateLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +234,16 @@ impl Environment {
         connections_endpoint: &str,
         logs: &Logs,
     ) -> Result<Arc<LambdaFunction>, DevError> {
-        self.start_function_with(config, binary, connections_endpoint, &[], logs)
+        let overrides: Vec<(String, String)> = config
+            .rate_limit
+            .map(|l| {
+                vec![
+                    ("RATE_LIMIT_PER_SECOND".to_owned(), l.per_second.to_string()),
+                    ("RATE_LIMIT_BURST".to_owned(), l.burst.to_string()),
+                ]
+            })
+            .unwrap_or_default();
+        self.start_function_with(config, binary, connections_endpoint, &overrides, logs)
             .await
     }
 

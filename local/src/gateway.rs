@@ -1,7 +1,9 @@
 //! A local API Gateway WebSocket endpoint that behaves as API Gateway does: a REQUEST authorizer
 //! and `$connect` before the upgrade, route selection on `$request.body.action` with `$default` as
 //! fallback, route responses back to the caller, `$disconnect` on close, the 128 KB message and
-//! 32 KB frame limits (close 1009), and the idle and maximum connection times.
+//! 32 KB frame limits (close 1009), and the idle and maximum connection times. The subprotocol
+//! of the handshake's answer is the one `$connect`'s response headers name, as on API Gateway:
+//! a client that offered some and gets none back fails the handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -103,6 +105,18 @@ struct Connection {
     source_ip: String,
     user_agent: String,
     authorizer: Map<String, Value>,
+    /// The `Sec-WebSocket-Protocol` of `$connect`'s response, passed on to the client.
+    protocol: Option<String>,
+}
+
+/// The `Sec-WebSocket-Protocol` header of an integration's response (its names in any case).
+fn protocol_of(response: &Value) -> Option<String> {
+    let headers = response["headers"].as_object()?;
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .and_then(|(_, v)| v.as_str())
+        .map(str::to_owned)
 }
 
 fn request_time(millis: i64) -> String {
@@ -203,13 +217,22 @@ impl Gateway {
             Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response(),
         };
         let limits = self.limits;
+        let protocol = connection.protocol.clone();
         let (gateway, failed) = (self.clone(), connection.clone());
-        ws.max_frame_size(limits.max_frame_bytes)
+        let mut response = ws
+            .max_frame_size(limits.max_frame_bytes)
             .max_message_size(limits.max_message_bytes)
             .on_failed_upgrade(move |e| {
                 tokio::spawn(async move { gateway.abandon(failed, &format!("the upgrade failed: {e}")).await });
             })
-            .on_upgrade(move |socket| self.serve(socket, connection))
+            .on_upgrade(move |socket| self.serve(socket, connection));
+        // Whatever the integration chose goes out as is, offered or not, as API Gateway does.
+        if let Some(value) = protocol.and_then(|p| axum::http::HeaderValue::from_str(&p).ok()) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+        response
     }
 
     /// `$disconnect` for a connection that `$connect` accepted but that never opened.
@@ -236,6 +259,7 @@ impl Gateway {
                 .unwrap_or("")
                 .to_owned(),
             authorizer: Map::new(),
+            protocol: None,
         };
         let (single, multi) = header_maps(&headers);
         let query_multi: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!([v]))).collect();
@@ -294,7 +318,10 @@ impl Gateway {
             });
             let started = Instant::now();
             let status = match connect.invoke(&event).await {
-                Ok(r) => r["statusCode"].as_u64().unwrap_or(200) as u16,
+                Ok(r) => {
+                    connection.protocol = protocol_of(&r);
+                    r["statusCode"].as_u64().unwrap_or(200) as u16
+                }
                 Err(e) => {
                     self.logs.invocation(
                         connect.name(),

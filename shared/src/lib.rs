@@ -24,7 +24,9 @@ pub mod domain {
     pub mod model;
     pub mod progress;
     pub mod protocol;
+    pub mod rate;
     pub mod shard;
+    pub mod subprotocol;
     pub mod websocket;
 }
 
@@ -32,7 +34,9 @@ pub mod adapters {
     pub mod auth;
     pub mod broadcaster;
     pub mod config;
+    pub mod limiter;
     pub mod publisher;
+    pub mod revocation;
     pub mod store;
     pub mod table;
     pub mod telemetry;
@@ -43,9 +47,10 @@ pub mod transport {
     pub mod sigv4;
 }
 
-pub use adapters::{auth, broadcaster, config, publisher, store, table, telemetry};
+pub use adapters::{auth, broadcaster, config, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
-    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, shard, websocket,
+    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, rate, shard, subprotocol,
+    websocket,
 };
 pub use transport::{http1, sigv4};
 

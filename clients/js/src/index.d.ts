@@ -6,6 +6,11 @@ export type ConnectionState = 'connecting' | 'recovering' | 'connected' | 'offli
 export interface ClientOptions {
   /** The JWT, or a function returning it (or a promise of it), called before every (re)connect. */
   token?: string | (() => string | Promise<string>);
+  /**
+   * Where the token travels: 'protocol' (default) sends `Sec-WebSocket-Protocol: wsfan.v1,
+   * bearer.<token>`, out of the URL; 'query' sends `?token=` (stacks older than wsfan.v1).
+   */
+  tokenIn?: 'protocol' | 'query';
   /** A WebSocket constructor where there is no global one (Node < 22: the `ws` package). */
   WebSocket?: unknown;
   /** Reconnect delays: full jitter, random(0, min(backoffMaxMs, backoffBaseMs * 2^attempt)). */
@@ -114,6 +119,11 @@ export interface HistoryPage {
 export interface ClientError {
   code: string;
   message: string;
+  /**
+   * `rate_limited`: the connection went over its limit of frames per second; the client holds its
+   * sends this long, then sends the unacknowledged ones again (same clientMsgId).
+   */
+  retryAfterMs?: number;
 }
 
 /** Recovery could not be exact: messages expired past the retention, or the point is unknown. Reload the channel. */
@@ -180,3 +190,11 @@ export class WsfanClient {
 }
 
 export function connect(url: string, options?: ClientOptions): WsfanClient;
+
+/** The URL and subprotocols a connection opens with (the token in one of them). */
+export function handshake(
+  base: string,
+  token: string | undefined,
+  tokenIn?: 'protocol' | 'query',
+): { url: string; protocols: string[] | undefined };
+export const SUBPROTOCOL: 'wsfan.v1';

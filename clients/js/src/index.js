@@ -53,6 +53,23 @@ function comparePositions(a, b) {
   return 0;
 }
 
+export const SUBPROTOCOL = 'wsfan.v1';
+// RFC 7230 token characters: what a subprotocol may contain. A JWT (base64url and dots) fits.
+const SUBPROTOCOL_TOKEN = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
+
+/**
+ * Where the token travels. By default in `Sec-WebSocket-Protocol` (`wsfan.v1, bearer.<token>`),
+ * out of the URL that proxies, load balancers and browser tooling record; `tokenIn: 'query'`, or a
+ * token a subprotocol cannot carry, puts it in `?token=` as older wsfan stacks expect.
+ */
+export function handshake(base, token, tokenIn = 'protocol') {
+  if (!token) return { url: base, protocols: undefined };
+  if (tokenIn !== 'query' && SUBPROTOCOL_TOKEN.test(token)) {
+    return { url: base, protocols: [SUBPROTOCOL, `bearer.${token}`] };
+  }
+  return { url: `${base}${base.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`, protocols: undefined };
+}
+
 class Timeout extends Error {
   constructor(what) {
     super(`no answer to ${what}`);
@@ -130,10 +147,10 @@ export class WsfanClient {
     clearTimeout(this.timers.reconnect);
     this.setState('connecting', { attempt: this.attempt });
     let url;
+    let protocols;
     try {
       const token = typeof this.options.token === 'function' ? await this.options.token() : this.options.token;
-      url = this.url;
-      if (token) url += `${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`;
+      ({ url, protocols } = handshake(this.url, token, this.options.tokenIn));
     } catch (e) {
       this.emit('error', { code: 'token', message: String(e && e.message || e) });
       this.scheduleReconnect();
@@ -142,7 +159,7 @@ export class WsfanClient {
     if (this.closed || this.socket) return;
     let ws;
     try {
-      ws = new this.WebSocket(url);
+      ws = protocols ? new this.WebSocket(url, protocols) : new this.WebSocket(url);
     } catch (e) {
       this.emit('error', { code: 'connect', message: String(e && e.message || e) });
       this.scheduleReconnect();
@@ -209,7 +226,7 @@ export class WsfanClient {
   }
 
   afterClose(delay, why = {}) {
-    for (const t of ['keepalive', 'pong', 'planned', 'resend']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
+    for (const t of ['keepalive', 'pong', 'planned', 'resend', 'limited']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
     for (const ch of this.channels.values()) { ch.joined = false; ch.recovering = false; }
     for (const [key, list] of this.waiters) {
       this.waiters.delete(key);
@@ -319,7 +336,10 @@ export class WsfanClient {
       case 'error':
         // Progress errors name a document; protocol errors carry a code.
         if (f.docId !== undefined && f.code === undefined) this.onProgress(f);
-        else this.emit('error', { code: f.code, message: f.message });
+        else {
+          if (f.code === 'rate_limited') this.onRateLimited(f.retryAfterMs);
+          this.emit('error', { code: f.code, message: f.message, retryAfterMs: f.retryAfterMs });
+        }
         break;
       default:
         if (CHAT_TYPES.has(f.type)) this.onChat(f);
@@ -480,9 +500,25 @@ export class WsfanClient {
     return entry.promise;
   }
 
+  /**
+   * A frame went over the connection's limit and was not processed. The answer does not say which
+   * one, so nothing new goes out until `retryAfterMs` has passed, and then every send still in
+   * flight goes again: with the same clientMsgId, the server keeps each message once.
+   */
+  onRateLimited(retryAfterMs) {
+    const wait = Math.max(0, Number(retryAfterMs) || 0);
+    this.holdUntil = Math.max(this.holdUntil || 0, Date.now() + wait);
+    clearTimeout(this.timers.limited);
+    this.timers.limited = setTimeout(() => {
+      for (const entry of this.outbox.values()) if (entry.sentOn === this.connectionNo) entry.sentOn = 0;
+      this.pump();
+    }, wait);
+  }
+
   /** Sends from the outbox, oldest first, up to maxInFlight awaiting an ack on this connection. */
   pump() {
     if (!this.socket || this.socket.readyState !== 1) return;
+    if (Date.now() < (this.holdUntil || 0)) return;
     let inFlight = 0;
     for (const entry of this.outbox.values()) if (entry.sentOn === this.connectionNo) inFlight += 1;
     for (const entry of this.outbox.values()) {

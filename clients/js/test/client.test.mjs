@@ -3,13 +3,14 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect } from '../src/index.js';
+import { connect, handshake } from '../src/index.js';
 
 /** A WebSocket whose far end is the test: it records what is sent and is told what arrives. */
 class ScriptedSocket {
   static all = [];
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = url;
+    this.protocols = protocols;
     this.readyState = 0;
     this.sent = [];
     ScriptedSocket.all.push(this);
@@ -43,7 +44,9 @@ async function started(options = {}) {
   ScriptedSocket.all = [];
   const client = connect('ws://test/local', { WebSocket: ScriptedSocket, token: () => 'tok', backoffBaseMs: 1, backoffMaxMs: 2, ...options });
   const socket = await nextSocket(1);
-  assert.equal(socket.url, 'ws://test/local?token=tok');
+  // The token travels in the subprotocol offer, not the URL.
+  assert.equal(socket.url, 'ws://test/local');
+  assert.deepEqual(socket.protocols, ['wsfan.v1', 'bearer.tok']);
   socket.accept();
   const delivered = [];
   const resets = [];
@@ -53,6 +56,15 @@ async function started(options = {}) {
 }
 
 describe('the wsfan client', () => {
+  it('puts the token in the subprotocol offer, or in the URL when asked or when it cannot go there', () => {
+    const jwt = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig-_';
+    assert.deepEqual(handshake('ws://h/s', jwt), { url: 'ws://h/s', protocols: ['wsfan.v1', `bearer.${jwt}`] });
+    assert.deepEqual(handshake('ws://h/s?channels=a:1', jwt, 'query'), { url: `ws://h/s?channels=a:1&token=${jwt}`, protocols: undefined });
+    // '=' and '/' are not subprotocol characters: such an opaque token goes in the URL.
+    assert.deepEqual(handshake('ws://h/s', 'a/b='), { url: 'ws://h/s?token=a%2Fb%3D', protocols: undefined });
+    assert.deepEqual(handshake('ws://h/s', ''), { url: 'ws://h/s', protocols: undefined });
+  });
+
   it('delivers each seq once and in order, and fills a gap from history while connected', async () => {
     const { client, socket, delivered } = await started();
     const joined = client.join('workspace:1');
@@ -117,6 +129,28 @@ describe('the wsfan client', () => {
     await tick();
     assert.deepEqual(resets.map((r) => r.reason), ['expired']);
     assert.deepEqual(delivered, [6, 7]);
+    client.close();
+  });
+
+  it('holds its sends after rate_limited, then sends the unacknowledged ones again with their ids', async () => {
+    const { client, socket } = await started();
+    client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    const first = client.send('workspace:1', 'one', { clientMsgId: 'c-1' });
+    assert.equal(socket.take('sendMessage').clientMsgId, 'c-1');
+    socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 40 });
+    assert.deepEqual(errors.map((e) => [e.code, e.retryAfterMs]), [['rate_limited', 40]]);
+    const second = client.send('workspace:1', 'two', { clientMsgId: 'c-2' });
+    await tick();
+    assert.equal(socket.sent.filter((f) => f.action === 'sendMessage').length, 0, 'nothing goes out during the wait');
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1', 'c-2']);
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'c-1', seq: 1, duplicate: false });
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm2', clientMsgId: 'c-2', seq: 2, duplicate: false });
+    assert.deepEqual([(await first).messageId, (await second).messageId], ['m1', 'm2']);
     client.close();
   });
 

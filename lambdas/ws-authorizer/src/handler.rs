@@ -1,8 +1,12 @@
-//! The `$connect` REQUEST authorizer: token from `?token=`, Allow with the caller's identity in the
-//! context, or Deny. It never fails: an error here would reach the client as a 500.
+//! The `$connect` REQUEST authorizer: the token from `Sec-WebSocket-Protocol: wsfan.v1,
+//! bearer.<token>` (or, for older clients, `?token=`), Allow with the caller's identity in the
+//! context, or Deny. It never fails: an error here would reach the client as a 500. It never logs
+//! the token.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
+    "TABLE_NAME",
+    "DYNAMODB_TIMEOUT_MS",
     "JWT_SECRET",
     "JWKS_URL",
     "JWT_AUDIENCE",
@@ -21,6 +25,8 @@ use serde_json::Value;
 use wsfan_shared::access::{Identity, MAX_CONTEXT_BYTES};
 use wsfan_shared::auth::{AuthError, JwtVerifier};
 use wsfan_shared::channel::ChannelPattern;
+use wsfan_shared::revocation::RevocationList;
+use wsfan_shared::subprotocol;
 
 pub type Response = ApiGatewayCustomAuthorizerResponse<Value>;
 
@@ -38,6 +44,32 @@ impl TokenVerifier for JwtVerifier {
 
     fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
         self.config().anonymous_channels.as_deref()
+    }
+}
+
+/// The JWT verifier with the table's revocations (adapters/revocation.rs): a revoked token, or
+/// one issued before its user's not-before time, is denied like a forged one. A table that cannot
+/// answer denies too (the client retries with backoff): a revocation must not lapse with it.
+pub struct RevocationChecked<'a, R> {
+    pub verifier: &'a JwtVerifier,
+    pub revocations: &'a R,
+}
+
+impl<R: RevocationList> TokenVerifier for RevocationChecked<'_, R> {
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let (identity, facts) = self.verifier.verify_with_facts(token).await?;
+        if let Some(user) = identity.user_id.as_deref() {
+            match self.revocations.refusal(user, &facts).await {
+                Ok(None) => {}
+                Ok(Some(why)) => return Err(AuthError::Invalid(why)),
+                Err(e) => return Err(AuthError::Keys(format!("the revocation list cannot be read: {e}"))),
+            }
+        }
+        Ok(identity)
+    }
+
+    fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
+        self.verifier.config().anonymous_channels.as_deref()
     }
 }
 
@@ -94,10 +126,31 @@ pub fn respond(decision: &Decision, method_arn: &str) -> Response {
     response
 }
 
+/// Where the token comes from: the subprotocol offer, else `?token=`. A malformed offer is a
+/// Deny (and `$connect` would refuse it too), never a fall back to the URL.
+pub fn token_of(event: &ApiGatewayCustomAuthorizerRequestTypeRequest) -> Result<Option<String>, String> {
+    let offered: Vec<&str> = event
+        .headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !offered.is_empty() {
+        let header = offered.join(",");
+        let offer = subprotocol::parse(&header).map_err(|e| e.to_string())?;
+        if let Some(token) = offer.token {
+            return Ok(Some(token.to_owned()));
+        }
+    }
+    Ok(event.query_string_parameters.first("token").map(str::to_owned))
+}
+
 pub async fn handle<V: TokenVerifier>(verifier: &V, event: ApiGatewayCustomAuthorizerRequestTypeRequest) -> Response {
-    let token = event.query_string_parameters.first("token");
     let method_arn = event.method_arn.as_deref().unwrap_or("*");
-    let decision = decide(verifier, token).await;
+    let decision = match token_of(&event) {
+        Ok(token) => decide(verifier, token.as_deref()).await,
+        Err(reason) => Decision::Deny(reason),
+    };
     let batch = wsfan_shared::connect::batch_requested(event.query_string_parameters.first("batch"));
     match &decision {
         Decision::Allow(identity) => tracing::info!(

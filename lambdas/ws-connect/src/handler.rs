@@ -7,6 +7,12 @@
 //! token does not allow refuses the upgrade with 403, a malformed one with 400, and the log says
 //! which and why; nothing is joined half. `?history=N` is written on those memberships, and the
 //! stream fanout answers it (this handler only writes items).
+//!
+//! A client that offers subprotocols (`Sec-WebSocket-Protocol: wsfan.v1, bearer.<token>`) gets
+//! `wsfan.v1` back in the response's header: API Gateway passes the integration's
+//! `Sec-WebSocket-Protocol` to the client, and a browser fails the handshake without it. An offer
+//! without `wsfan.v1` is refused with 400 here, where the log can say why, rather than by the
+//! browser with no reason at all.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS", "CONNECTION_TTL_SECONDS"];
@@ -19,7 +25,32 @@ use wsfan_shared::connect::ConnectParams;
 use wsfan_shared::model::Connection;
 use wsfan_shared::protocol::ErrorCode;
 use wsfan_shared::store::Store;
+use wsfan_shared::subprotocol;
 use wsfan_shared::websocket::{empty, RouteRequest};
+
+const PROTOCOL_HEADER: &str = "sec-websocket-protocol";
+
+/// The subprotocol to answer with: `Ok(None)` when the client offered none.
+fn chosen_subprotocol(event: &ApiGatewayWebsocketProxyRequest) -> Result<Option<&'static str>, String> {
+    let offered: Vec<&str> = event
+        .headers
+        .get_all(PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    let header = offered.join(",");
+    let offer = subprotocol::parse(&header).map_err(|e| e.to_string())?;
+    offer.chosen().map(Some).ok_or_else(|| {
+        format!(
+            "Sec-WebSocket-Protocol offers {} but not {}",
+            offer.protocols.join(", "),
+            subprotocol::SUBPROTOCOL
+        )
+    })
+}
 
 pub async fn handle<S: Store>(
     store: &S,
@@ -47,6 +78,13 @@ pub async fn handle<S: Store>(
         Err(e) => {
             tracing::error!(connection = %request.connection_id, error = %e, "refusing $connect");
             return empty(403);
+        }
+    };
+    let protocol = match chosen_subprotocol(&event) {
+        Ok(p) => p,
+        Err(reason) => {
+            tracing::warn!(connection = %request.connection_id, %reason, "refusing $connect: bad subprotocol offer");
+            return empty(400);
         }
     };
     let query = &event.query_string_parameters;
@@ -89,7 +127,14 @@ pub async fn handle<S: Store>(
     match store.connect(&connection, &params.channels).await {
         Ok(()) => {
             tracing::info!(connection = %connection.connection_id, user = identity.sender_id(), "connected");
-            empty(200)
+            let mut answer = empty(200);
+            if let Some(protocol) = protocol {
+                answer.headers.insert(
+                    PROTOCOL_HEADER,
+                    aws_lambda_events::http::HeaderValue::from_static(protocol),
+                );
+            }
+            answer
         }
         Err(e) => {
             tracing::error!(connection = %connection.connection_id, error = %e, "could not write the connection item");

@@ -3,6 +3,9 @@
 //! This handler only writes items (memberships, messages) and answers its own caller through the
 //! route response; pushing to other connections is the stream fanout's job. Every bad frame gets
 //! an `error` frame with a stable code, and the socket stays open.
+//!
+//! Every frame first passes the connection's limit (adapters/limiter.rs): one over it is answered
+//! `rate_limited` with `retryAfterMs`, and nothing else is read or written for it.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -12,6 +15,8 @@ pub const ENV: &[&str] = &[
     "MESSAGE_TTL_SECONDS",
     "EVENT_TTL_SECONDS",
     "DEDUPE_TTL_SECONDS",
+    "RATE_LIMIT_PER_SECOND",
+    "RATE_LIMIT_BURST",
 ];
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
@@ -19,13 +24,16 @@ use wsfan_shared::access::{Identity, Role};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::clock;
 use wsfan_shared::config::Retention;
+use wsfan_shared::limiter::FrameLimiter;
 use wsfan_shared::model::{Membership, Message, MessageKind};
 use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
+use wsfan_shared::rate::Verdict;
 use wsfan_shared::store::{Store, StoreError};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
-pub async fn handle<S: Store>(
+pub async fn handle<S: Store, L: FrameLimiter>(
     store: &S,
+    limiter: &L,
     retention: &Retention,
     event: ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
@@ -36,6 +44,23 @@ pub async fn handle<S: Store>(
             return empty(400);
         }
     };
+    match limiter.admit(&request.connection_id, clock::now_micros()).await {
+        Ok(Verdict::Admit { .. }) => {}
+        Ok(Verdict::Limited { retry_after_ms }) => {
+            tracing::info!(connection = %request.connection_id, retry_after_ms, "rate limited");
+            let limit = limiter.limit();
+            return frame(&ServerFrame::rate_limited(
+                retry_after_ms,
+                limit.per_second,
+                limit.burst,
+            ));
+        }
+        // The limit guards capacity; a table that cannot count a frame now would fail the frame's
+        // own write too, and that answer is the one the client can act on.
+        Err(e) => {
+            tracing::warn!(connection = %request.connection_id, error = %e, "the limit could not be checked; admitting")
+        }
+    }
     let route = Route {
         store,
         retention,

@@ -1,13 +1,15 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use wsfan_shared::limiter::DynamoLimiter;
 use wsfan_shared::store::DynamoStore;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let store = DynamoStore::from_env().await?;
-    let store = &store;
+    let limiter = DynamoLimiter::new(&store, wsfan_shared::config::rate_limit_from_env()?);
+    let (store, limiter) = (&store, &limiter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(ws_message::handle(store, store.retention(), event.payload).await)
+        Ok::<_, Error>(ws_message::handle(store, limiter, store.retention(), event.payload).await)
     }))
     .await
 }

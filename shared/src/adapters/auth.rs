@@ -80,6 +80,30 @@ impl Claims {
     }
 }
 
+/// What a verified token says about itself, beyond the identity: when it expires, when it was
+/// issued and its id. Revocation (adapters/revocation.rs) refuses a token by its `jti`, or by an
+/// `iat` at or before its user's not-before time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct TokenFacts {
+    #[serde(default)]
+    pub exp: i64,
+    #[serde(default)]
+    pub iat: Option<i64>,
+    #[serde(default)]
+    pub jti: Option<String>,
+}
+
+/// The payload read once for both the identity and the facts.
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
 struct CachedKeys {
     set: JwkSet,
     fetched: Instant,
@@ -125,6 +149,11 @@ impl JwtVerifier {
 
     /// Verifies a token and returns the identity it grants.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_with_facts(token).await.map(|(identity, _)| identity)
+    }
+
+    /// [`JwtVerifier::verify`], with the token's `exp`, `iat` and `jti`.
+    pub async fn verify_with_facts(&self, token: &str) -> Result<(Identity, TokenFacts), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -154,11 +183,17 @@ impl JwtVerifier {
                 self.jwks_key(url, kid).await?
             }
         };
-        let data = decode::<Claims>(token, &key, &self.validation(header.alg)).map_err(|e| match e.kind() {
+        let data = decode::<Payload>(token, &key, &self.validation(header.alg)).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        data.claims.identity()
+        let Payload { claims, iat, jti } = data.claims;
+        let facts = TokenFacts {
+            exp: claims.exp,
+            iat,
+            jti,
+        };
+        Ok((claims.identity()?, facts))
     }
 
     async fn jwks_key(&self, url: &str, kid: &str) -> Result<DecodingKey, AuthError> {
@@ -196,12 +231,36 @@ impl JwtVerifier {
     }
 }
 
-/// Mints an HS256 token: `wsfan token`, the local stack's demo page, and tests.
+/// Mints an HS256 token: `wsfan token`, the local stack's demo page, and tests. It carries `iat`
+/// (now, in seconds) and a fresh `jti`, as identity providers' tokens do, so
+/// that revocation can refuse it by either.
 pub fn mint_hs256(secret: &str, claims: &Claims) -> String {
+    let mut payload = serde_json::to_value(claims).expect("claims serialise");
+    payload["iat"] = serde_json::json!(crate::clock::now_secs());
+    payload["jti"] = serde_json::json!(ulid::Ulid::generate().to_string());
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        claims,
+        &payload,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing cannot fail")
+}
+
+/// The `jti` and `exp` of a token, read without checking its signature: what `wsfan revoke
+/// --token` needs to revoke a token it was handed (a forged one revokes nothing that exists).
+pub fn unverified_facts(token: &str) -> Option<TokenFacts> {
+    let payload = token.split('.').nth(1)?;
+    // base64url without padding, as JWTs are, into the standard alphabet the decoder reads.
+    let mut standard: String = payload
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    let padding = (4 - standard.len() % 4) % 4;
+    standard.extend(std::iter::repeat_n('=', padding));
+    let bytes = aws_smithy_types::base64::decode(&standard).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

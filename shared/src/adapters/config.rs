@@ -130,6 +130,32 @@ impl StoreConfig {
     }
 }
 
+/// The limit per connection (`RATE_LIMIT_PER_SECOND`, 0 to turn it off, and
+/// `RATE_LIMIT_BURST`), defaults in [`crate::rate::RateLimit`].
+pub fn rate_limit_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<crate::rate::RateLimit, ConfigError> {
+    let d = crate::rate::RateLimit::default();
+    let number = |name: &'static str, default: u32, min: u32| match optional(&lookup, name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= min && *n <= 1_000_000)
+            .ok_or_else(|| ConfigError::Invalid {
+                name,
+                why: format!("{v:?} is not a whole number from {min} to 1000000"),
+            }),
+    };
+    Ok(crate::rate::RateLimit {
+        per_second: number("RATE_LIMIT_PER_SECOND", d.per_second, 0)?,
+        burst: number("RATE_LIMIT_BURST", d.burst, 1)?,
+    })
+}
+
+pub fn rate_limit_from_env() -> Result<crate::rate::RateLimit, ConfigError> {
+    rate_limit_from_lookup(from_process_env)
+}
+
 /// Where token signatures are checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {

@@ -12,3 +12,11 @@ pub fn now_millis() -> i64 {
 pub fn now_secs() -> i64 {
     now_millis() / 1000
 }
+
+/// Microseconds: the limit per connection keeps its state at this resolution.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}

@@ -421,11 +421,13 @@ pub enum ErrorCode {
     Ambiguous,
     /// The frame names no channel and the connection has not exactly one to default to.
     NoDefaultChannel,
+    /// The connection is over its limit of frames per second; `retryAfterMs` says when to resend.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code; `docs/asyncapi.yaml` documents each (checked in tests).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownAction,
         ErrorCode::MissingField,
@@ -440,6 +442,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Ambiguous,
         ErrorCode::NoDefaultChannel,
+        ErrorCode::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -458,6 +461,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Ambiguous => "ambiguous",
             ErrorCode::NoDefaultChannel => "no_default_channel",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -577,9 +581,13 @@ pub enum ServerFrame {
         user_id: String,
         state: PresenceState,
     },
+    #[serde(rename_all = "camelCase")]
     Error {
         code: ErrorCode,
         message: String,
+        /// `rate_limited` only: a frame sent this many milliseconds from now is admitted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -595,6 +603,19 @@ impl ServerFrame {
         ServerFrame::Error {
             code: e.code,
             message: e.message.clone(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The answer to a frame over the connection's limit.
+    pub fn rate_limited(retry_after_ms: u64, per_second: u32, burst: u32) -> Self {
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "this connection sent more than {per_second} frames a second (bursts of {burst}); \
+                 the frame was not processed: send it again in {retry_after_ms} ms"
+            ),
+            retry_after_ms: Some(retry_after_ms),
         }
     }
 
@@ -776,8 +797,15 @@ mod tests {
         let f = ServerFrame::Error {
             code: ErrorCode::NotMember,
             message: "m".into(),
+            retry_after_ms: None,
         };
         assert_eq!(f.to_json(), r#"{"type":"error","code":"not_member","message":"m"}"#);
+        let f = ServerFrame::rate_limited(40, 25, 50);
+        let v: Value = serde_json::from_str(&f.to_json()).unwrap();
+        assert_eq!(
+            (v["code"].as_str(), v["retryAfterMs"].as_u64()),
+            (Some("rate_limited"), Some(40))
+        );
         let f = ServerFrame::Presence {
             channel: "workspace:1".into(),
             user_id: "u".into(),
