@@ -23,6 +23,7 @@ pub mod domain {
     pub mod model;
     pub mod progress;
     pub mod protocol;
+    pub mod publish;
     pub mod shard;
     pub mod websocket;
 }
@@ -43,7 +44,9 @@ pub mod transport {
 }
 
 pub use adapters::{auth, broadcaster, config, publisher, store, table, telemetry};
-pub use domain::{access, batch, channel, clock, connect, governor, model, progress, protocol, shard, websocket};
+pub use domain::{
+    access, batch, channel, clock, connect, governor, model, progress, protocol, publish, shard, websocket,
+};
 pub use transport::{http1, sigv4};
 
 pub use channel::{ChannelId, ChannelKind, ChannelPattern};
