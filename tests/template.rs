@@ -1052,14 +1052,18 @@ fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
     }
 }
 
-fn check_progress(t: &Template, out: &mut Vec<String>) {
+/// The event source mapping that feeds an SQS queue to `binary`, with the queue.
+fn queue_mapping<'a>(t: &Template<'a>, binary: &str) -> Option<(&'a Value, (&'a str, &'a Value))> {
     let queues = t.of_type("AWS::SQS::Queue");
-    let from_queue = t.mappings_into(PROGRESS_FANOUT).into_iter().find_map(|m| {
+    t.mappings_into(binary).into_iter().find_map(|m| {
         let (id, _) = get(m, &["Properties", "EventSourceArn"]).and_then(getatt_of)?;
         let queue = queues.iter().find(|(q, _)| *q == id)?;
         Some((m, *queue))
-    });
-    let Some((mapping, (queue_id, queue))) = from_queue else {
+    })
+}
+
+fn check_progress(t: &Template, out: &mut Vec<String>) {
+    let Some((mapping, (queue_id, queue))) = queue_mapping(t, PROGRESS_FANOUT) else {
         out.push(format!(
             "no event source mapping feeds an SQS queue to {PROGRESS_FANOUT}"
         ));
@@ -1115,13 +1119,7 @@ fn check_progress(t: &Template, out: &mut Vec<String>) {
 /// failures; and a function that can do the numbered post and nothing more (check_connections
 /// already refuses it @connections, which it never calls).
 fn check_publish(t: &Template, out: &mut Vec<String>) {
-    let queues = t.of_type("AWS::SQS::Queue");
-    let from_queue = t.mappings_into(PUBLISH).into_iter().find_map(|m| {
-        let (id, _) = get(m, &["Properties", "EventSourceArn"]).and_then(getatt_of)?;
-        let queue = queues.iter().find(|(q, _)| *q == id)?;
-        Some((m, *queue))
-    });
-    let Some((mapping, (queue_id, queue))) = from_queue else {
+    let Some((mapping, (queue_id, queue))) = queue_mapping(t, PUBLISH) else {
         out.push(format!("no event source mapping feeds an SQS queue to {PUBLISH}"));
         return;
     };

@@ -41,6 +41,22 @@ class Stack:
             token: str = json.load(res)["token"]
             return token
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of this stack's moto."""
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.env["moto"], region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+    def socket(self, user: str, frame: Dict[str, Any], answer: str) -> Any:
+        """A WebSocket of `user` that sent `frame` and got its `answer` frame."""
+        from .ws import WebSocketClient
+
+        ws = WebSocketClient(f"{self.ws_url}?token={self.token(user)}")
+        ws.send_json(frame)
+        ws.wait_for(answer, lambda fs: any(f.get("type") == answer for f in fs))
+        return ws
+
     def aws_env(self) -> Dict[str, str]:
         """What a producer needs to reach this stack's moto: boto3 honours AWS_ENDPOINT_URL."""
         return {**LOCAL_AWS, "AWS_ENDPOINT_URL": self.env["moto"]}

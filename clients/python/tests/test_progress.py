@@ -10,8 +10,6 @@ import unittest
 from typing import Any, Dict, List
 from unittest import mock
 
-import boto3
-
 from wsfan import ProgressReporter, PublishError, WsfanError
 from wsfan._ids import new_ulid
 
@@ -26,14 +24,11 @@ def rank(frame: Dict[str, Any]) -> int:
 
 
 def sqs(stack: Stack) -> Any:
-    return boto3.client("sqs", endpoint_url=stack.env["moto"], region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")
+    return stack.client("sqs")
 
 
 def subscriber(stack: Stack, user: str, doc_id: str) -> WebSocketClient:
-    ws = WebSocketClient(f"{stack.ws_url}?token={stack.token(user)}")
-    ws.send_json({"action": "subscribe", "docId": doc_id})
-    ws.wait_for("subscribed", lambda fs: any(f.get("type") == "subscribed" for f in fs))
+    ws: WebSocketClient = stack.socket(user, {"action": "subscribe", "docId": doc_id}, "subscribed")
     return ws
 
 

@@ -9,8 +9,6 @@ import time
 import unittest
 from typing import Any, Dict, List, Tuple
 
-import boto3
-
 from wsfan import Publisher, PublishError
 from wsfan._ids import new_ulid
 
@@ -19,15 +17,11 @@ from .ws import WebSocketClient
 
 
 def clients(stack: Stack) -> Tuple[Any, Any]:
-    kw: Dict[str, Any] = dict(endpoint_url=stack.env["moto"], region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
-    return boto3.client("sqs", **kw), boto3.client("dynamodb", **kw)
+    return stack.client("sqs"), stack.client("dynamodb")
 
 
 def member(stack: Stack, user: str, channel: str) -> WebSocketClient:
-    ws = WebSocketClient(f"{stack.ws_url}?token={stack.token(user)}")
-    ws.send_json({"action": "join", "channel": channel})
-    ws.wait_for("joined", lambda fs: any(f.get("type") == "joined" for f in fs))
+    ws: WebSocketClient = stack.socket(user, {"action": "join", "channel": channel}, "joined")
     return ws
 
 
@@ -108,8 +102,7 @@ class PublishToUser(unittest.TestCase):
         stack = shared_stack()
         phone, laptop, other = (WebSocketClient(f"{stack.ws_url}?token={stack.token(u)}")
                                 for u in ("alice", "alice", "bob"))
-        dynamodb = boto3.client("dynamodb", endpoint_url=stack.env["moto"], region_name="us-east-1",
-                                aws_access_key_id="test", aws_secret_access_key="test")
+        dynamodb = stack.client("dynamodb")
         try:
             message_id = Publisher(table_name=stack.env["table"], dynamodb=dynamodb).publish_to_user(
                 "alice", "Your report is ready", sender="billing")
@@ -128,8 +121,7 @@ class PublishToUser(unittest.TestCase):
 
     def test_bad_input_is_refused_and_a_failed_write_raises_with_the_message(self) -> None:
         stack = shared_stack()
-        dynamodb = boto3.client("dynamodb", endpoint_url=stack.env["moto"], region_name="us-east-1",
-                                aws_access_key_id="test", aws_secret_access_key="test")
+        dynamodb = stack.client("dynamodb")
         with self.assertRaisesRegex(ValueError, "user_id"):
             Publisher(table_name=stack.env["table"], dynamodb=dynamodb).publish_to_user("al ice", "hi")
         with self.assertRaisesRegex(ValueError, "limit"):

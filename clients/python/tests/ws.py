@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 
 class WebSocketClient:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
         parts = urlsplit(url)
         assert parts.scheme == "ws", url
         self.frames: List[Dict[str, Any]] = []
@@ -47,7 +47,7 @@ class WebSocketClient:
     def send_json(self, value: Any) -> None:
         self._send(0x1, json.dumps(value).encode())
 
-    def wait_for(self, what: str, condition: Callable[[List[Dict[str, Any]]], bool], timeout: float = 30.0) -> None:
+    def wait_for(self, what: str, condition: Callable[[List[Dict[str, Any]]], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not condition(self.frames):

@@ -152,22 +152,13 @@ class Registry {
       this.channels.set(name, entry);
       this.client.join(name).catch(() => { /* rejoined after the next reconnect */ });
     }
-    if (entry.release) { clearTimeout(entry.release); entry.release = null; }
-    entry.refs += 1;
     const held = entry;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      held.refs -= 1;
-      if (held.refs > 0) return;
-      held.release = setTimeout(() => {
-        if (held.refs > 0 || this.channels.get(name) !== held) return;
-        this.channels.delete(name);
-        for (const t of held.typingTimers.values()) clearTimeout(t);
-        void this.client.leave(name);
-      }, 0);
-    };
+    return hold(held, () => {
+      if (this.channels.get(name) !== held) return;
+      this.channels.delete(name);
+      for (const t of held.typingTimers.values()) clearTimeout(t);
+      void this.client.leave(name);
+    });
   }
 
   private update(name: string, change: (v: ChannelView) => ChannelView): void {
@@ -238,22 +229,34 @@ class Registry {
       this.docs.set(docId, entry);
       entry.stop = this.client.subscribe(docId);
     }
-    if (entry.release) { clearTimeout(entry.release); entry.release = null; }
-    entry.refs += 1;
     const held = entry;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      held.refs -= 1;
-      if (held.refs > 0) return;
-      held.release = setTimeout(() => {
-        if (held.refs > 0 || this.docs.get(docId) !== held) return;
-        this.docs.delete(docId);
-        held.stop();
-      }, 0);
-    };
+    return hold(held, () => {
+      if (this.docs.get(docId) !== held) return;
+      this.docs.delete(docId);
+      held.stop();
+    });
   }
+}
+
+/**
+ * Counts one more holder of `entry`; the function it returns lets go (once). When the last holder
+ * lets go, `drop` runs a tick later, unless someone took the entry again meanwhile: StrictMode's
+ * unmount-and-mount again, or a component replaced by another showing the same channel.
+ */
+function hold(entry: { refs: number; release: ReturnType<typeof setTimeout> | null }, drop: () => void): () => void {
+  if (entry.release) { clearTimeout(entry.release); entry.release = null; }
+  entry.refs += 1;
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    entry.refs -= 1;
+    if (entry.refs > 0) return;
+    entry.release = setTimeout(() => {
+      entry.release = null;
+      if (entry.refs === 0) drop();
+    }, 0);
+  };
 }
 
 const DETACHED = new Store<ChannelView>(EMPTY_CHANNEL);
