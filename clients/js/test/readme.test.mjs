@@ -24,7 +24,8 @@ describe("the client README's first example", { timeout: 120_000 }, () => {
     const dir = path.join(REPO, 'target', 'readme-example');
     mkdirSync(dir, { recursive: true });
     const file = path.join(dir, 'client-readme.mjs');
-    writeFileSync(file, example.replace(PLACEHOLDER_URL, stack.wsUrl));
+    // Exported as well, so that the test can close it when done.
+    writeFileSync(file, `${example.replace(PLACEHOLDER_URL, stack.wsUrl)}\nexport { client };\n`);
 
     const seen = { states: [], rendered: [], here: [] };
     const realFetch = globalThis.fetch;
@@ -39,10 +40,12 @@ describe("the client README's first example", { timeout: 120_000 }, () => {
       updateWhoIsHere: () => {},
       reloadLatestPage: () => {},
     });
+    let running = null;
     try {
-      await import(pathToFileURL(file).href); // top-level await: resolves once the send is acked
+      running = await import(pathToFileURL(file).href); // top-level await: resolves once the send is acked
       for (let i = 0; i < 100 && !seen.rendered.length; i++) await new Promise((r) => setTimeout(r, 100));
     } finally {
+      running?.client.close();
       globalThis.fetch = realFetch;
     }
     assert.deepEqual(seen.rendered.map((m) => [m.channel, m.body, m.senderId]), [['workspace:42', 'Hello!', 'readme']]);
