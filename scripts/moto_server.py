@@ -44,6 +44,7 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import StreamShard, Table
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend, ShardIterator
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+from moto.sqs.models import SQSBackend
 
 # DynamoDB Streams keeps a record for 24 hours; shard iterators expire after 15 minutes.
 STREAM_RETENTION_SECONDS = float(os.environ.get("WSFAN_MOTO_STREAM_RETENTION_SECONDS", 24 * 3600))
@@ -630,6 +631,34 @@ _original_table_get_item = Table.get_item
 _original_table_query = Table.query
 _original_get_backend_for_host = DomainDispatcherApplication.get_backend_for_host
 _original_dispatch = DomainDispatcherApplication.__call__
+# --- SQS FIFO groups -----------------------------------------------------------------------------
+
+# moto reads a FIFO queue's in-flight message groups once, when a ReceiveMessage starts. A long
+# poll that began while a group was idle then hands out that group's next message although
+# another consumer took an earlier one meanwhile, and two batches of one group run at once: the
+# local publish queue numbered a channel's messages out of order. SQS keeps a group to one
+# consumer at a time. Here a long poll is a series of short ones, each reading the groups afresh.
+_moto_receive_message = SQSBackend.receive_message
+
+
+def sqs_receive_message(self, queue_name, count, wait_seconds_timeout, visibility_timeout,
+                        message_attribute_names=None):
+    queue = self.get_queue(queue_name)
+    if not queue.fifo_queue or not wait_seconds_timeout:
+        return _moto_receive_message(self, queue_name, count, wait_seconds_timeout, visibility_timeout,
+                                     message_attribute_names)
+    deadline = time.monotonic() + wait_seconds_timeout
+    while True:
+        got = _moto_receive_message(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+        left = deadline - time.monotonic()
+        if got or left <= 0:
+            return got
+        if queue.messages:
+            time.sleep(min(left, 0.02))  # visible but held by an in-flight group: look again soon
+        else:
+            queue.wait_for_messages(min(left, 1.0))
+
+
 _installed = False
 
 
@@ -652,6 +681,7 @@ def install_patches() -> None:
     dynamodb_responses.dynamo_to_dict = dynamo_to_dict
     DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
     DomainDispatcherApplication.__call__ = dispatch_counting_units
+    SQSBackend.receive_message = sqs_receive_message
     _dynamodb_requests_run_one_at_a_time()
     gc.callbacks.append(_freeze_after_full_collection)
 

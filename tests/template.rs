@@ -26,6 +26,7 @@ const MESSAGE: &str = "ws-message";
 const STREAM_FANOUT: &str = "stream-fanout";
 const PROGRESS_FANOUT: &str = "progress-fanout";
 const DELIVER: &str = "deliver";
+const PUBLISH: &str = "publish";
 
 const OUTPUTS: &[&str] = &[
     "WebSocketUrl",
@@ -33,6 +34,8 @@ const OUTPUTS: &[&str] = &[
     "TableName",
     "ProgressQueueUrl",
     "ProgressQueueArn",
+    "PublishQueueUrl",
+    "PublishQueueArn",
 ];
 
 fn repo_root() -> PathBuf {
@@ -81,6 +84,7 @@ impl Code {
             (STREAM_FANOUT, stream_fanout::ENV),
             (PROGRESS_FANOUT, progress_fanout::ENV),
             (DELIVER, deliver::ENV),
+            (PUBLISH, publish::ENV),
         ]
         .into_iter()
         .map(|(binary, vars)| (binary.to_owned(), owned(vars)))
@@ -546,6 +550,7 @@ fn problems(doc: &Value, code: &Code) -> Vec<String> {
     check_stream(&t, code, &mut out);
     check_progress(&t, &mut out);
     check_delivery(&t, &mut out);
+    check_publish(&t, &mut out);
     check_connections(&t, code, &mut out);
     check_events(&t, code, &mut out);
     check_outputs(&t, &mut out);
@@ -1093,14 +1098,18 @@ fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
     }
 }
 
-fn check_progress(t: &Template, out: &mut Vec<String>) {
+/// The event source mapping that feeds an SQS queue to `binary`, with the queue.
+fn queue_mapping<'a>(t: &Template<'a>, binary: &str) -> Option<(&'a Value, (&'a str, &'a Value))> {
     let queues = t.of_type("AWS::SQS::Queue");
-    let from_queue = t.mappings_into(PROGRESS_FANOUT).into_iter().find_map(|m| {
+    t.mappings_into(binary).into_iter().find_map(|m| {
         let (id, _) = get(m, &["Properties", "EventSourceArn"]).and_then(getatt_of)?;
         let queue = queues.iter().find(|(q, _)| *q == id)?;
         Some((m, *queue))
-    });
-    let Some((mapping, (queue_id, queue))) = from_queue else {
+    })
+}
+
+fn check_progress(t: &Template, out: &mut Vec<String>) {
+    let Some((mapping, (queue_id, queue))) = queue_mapping(t, PROGRESS_FANOUT) else {
         out.push(format!(
             "no event source mapping feeds an SQS queue to {PROGRESS_FANOUT}"
         ));
@@ -1147,6 +1156,53 @@ fn check_progress(t: &Template, out: &mut Vec<String>) {
         let fifo_name = name.get(fifo_branch).and_then(|n| sub_of(n).or(n.as_str()));
         if fifo.first() != name.first() || !fifo_name.is_some_and(|n| n.ends_with(".fifo")) {
             out.push(format!("{id}: a FIFO queue's name must end in .fifo"));
+        }
+    }
+}
+
+/// The publish queue: FIFO (one group per channel keeps a backend's order), no content-based
+/// deduplication (two equal bodies are two messages), a FIFO dead-letter queue, per-item
+/// failures; and a function that can do the numbered post and nothing more (check_connections
+/// already refuses it @connections, which it never calls).
+fn check_publish(t: &Template, out: &mut Vec<String>) {
+    let Some((mapping, (queue_id, queue))) = queue_mapping(t, PUBLISH) else {
+        out.push(format!("no event source mapping feeds an SQS queue to {PUBLISH}"));
+        return;
+    };
+    let reports_items = strings(get(mapping, &["Properties", "FunctionResponseTypes"]))
+        .iter()
+        .any(|v| v.as_str() == Some("ReportBatchItemFailures"));
+    if !reports_items {
+        out.push("publish mapping: FunctionResponseTypes must include ReportBatchItemFailures".to_owned());
+    }
+    if get(queue, &["Properties", "FifoQueue"]).and_then(Value::as_bool) != Some(true) {
+        out.push(format!("{queue_id}: must be FIFO, one message group per channel"));
+    }
+    if get(queue, &["Properties", "ContentBasedDeduplication"]).and_then(Value::as_bool) == Some(true) {
+        out.push(format!(
+            "{queue_id}: ContentBasedDeduplication would drop a second equal message; producers send deduplication ids"
+        ));
+    }
+    let dlq = get(queue, &["Properties", "RedrivePolicy", "deadLetterTargetArn"])
+        .and_then(getatt_of)
+        .and_then(|(id, _)| t.resource(&id));
+    let fifo_dlq = dlq
+        .and_then(|d| get(d, &["Properties", "FifoQueue"]))
+        .and_then(Value::as_bool)
+        == Some(true);
+    if !fifo_dlq || get(queue, &["Properties", "RedrivePolicy", "maxReceiveCount"]).is_none() {
+        out.push(format!(
+            "{queue_id}: needs a RedrivePolicy to a FIFO dead-letter queue with maxReceiveCount"
+        ));
+    }
+    let Some(f) = t.function(PUBLISH) else { return };
+    let allowed = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"];
+    for statement in t.statements(&f) {
+        for action in strings(statement.get("Action")) {
+            let Some(action) = action.as_str() else { continue };
+            if action.starts_with("dynamodb:") && !allowed.contains(&action) {
+                out.push(format!("{}: {action} is more than the numbered post needs", f.id));
+            }
         }
     }
 }
@@ -1494,6 +1550,7 @@ fn check_monitoring(t: &Template, code: &Code, out: &mut Vec<String>) {
         "ProgressDeadLetterQueue",
         "StreamFailureQueue",
         "DeliveryDeadLetterQueue",
+        "PublishDeadLetterQueue",
     ] {
         let depth = metric(
             "AWS/SQS",
@@ -2366,5 +2423,41 @@ fn a_fanout_that_may_not_send_shards_or_a_deliver_that_sends_elsewhere_is_report
     assert_reported(
         &p,
         &["DeliverFunction (deliver): sends to StreamFailureQueue, beyond its queues"],
+    );
+}
+
+#[test]
+fn a_publish_queue_that_drops_equal_messages_or_loses_its_order_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &["Resources", "PublishQueue", "Properties", "ContentBasedDeduplication"],
+            yaml("true"),
+        );
+        remove(doc, &["Resources", "PublishQueue", "Properties", "FifoQueue"]);
+    });
+    assert_reported(
+        &problems,
+        &[
+            "PublishQueue: must be FIFO, one message group per channel",
+            "PublishQueue: ContentBasedDeduplication would drop a second equal message; producers send deduplication ids",
+        ],
+    );
+}
+
+#[test]
+fn a_publish_function_with_more_than_the_numbered_post_is_reported() {
+    let problems = problems_after(|doc| {
+        let statements = statements_of(doc, "PublishFunction");
+        statements.push(yaml(
+            "{Effect: Allow, Action: [dynamodb:Query, execute-api:ManageConnections], Resource: '*'}",
+        ));
+    });
+    assert_reported(
+        &problems,
+        &[
+            "PublishFunction: dynamodb:Query is more than the numbered post needs",
+            "PublishFunction (publish): has execute-api:ManageConnections but never posts to @connections",
+        ],
     );
 }

@@ -21,7 +21,8 @@ use wsfan_shared::auth::{mint_hs256, Claims};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
 use wsfan_shared::progress::ProgressEvent;
-use wsfan_shared::publisher::{ChannelPublisher, ProgressPublisher};
+use wsfan_shared::publish::PublishRequest;
+use wsfan_shared::publisher::{ChannelPublisher, ProgressPublisher, PublishQueue};
 use wsfan_shared::store::DynamoStore;
 
 #[derive(Parser)]
@@ -273,8 +274,19 @@ enum Publish {
 
 #[derive(Args)]
 struct MessageArgs {
+    /// The publish queue (PublishQueueUrl): its function numbers the message; needs only
+    /// sqs:SendMessage. Prints the queued message's id.
+    #[arg(
+        long,
+        env = "PUBLISH_QUEUE_URL",
+        required_unless_present = "table",
+        conflicts_with = "table"
+    )]
+    queue_url: Option<String>,
+    /// The table (TableName): post the numbered message directly, as the function does. Prints
+    /// its seq.
     #[arg(long, env = "TABLE_NAME")]
-    table: String,
+    table: Option<String>,
     #[arg(long)]
     channel: ChannelId,
     #[arg(long)]
@@ -459,8 +471,13 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .unwrap_or_default();
             let failures = stack.environment.failure_queue_of("stream-fanout").unwrap_or_default();
             println!("wsfan dev ready: {} {}", stack.http_url, stack.ws_url);
+            let publish = stack
+                .environment
+                .queue_feeding("publish")
+                .map(|(u, _)| u.clone())
+                .unwrap_or_default();
             println!(
-                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq} failures={failures}",
+                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq} failures={failures} publish={publish}",
                 stack.environment.moto.endpoint, stack.environment.table_name
             );
             use std::io::Write;
@@ -528,10 +545,24 @@ async fn run(cli: Cli) -> Result<String, String> {
         Command::Bench(Bench::Channel(bench)) => bench_channel::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Revoke(r) => revoke(endpoint, r).await,
+        Command::Publish(Publish::Message(m)) if m.queue_url.is_some() => {
+            let request = PublishRequest {
+                channel: m.channel.to_string(),
+                body: m.body,
+                sender_id: m.sender,
+                client_msg_id: m.client_msg_id,
+            };
+            let queue = PublishQueue::new(
+                aws_sdk_sqs::Client::new(&sdk(endpoint).await),
+                m.queue_url.unwrap_or_default(),
+            );
+            let id = queue.send(&request).await.map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({"queued": true, "sqsMessageId": id, "channel": request.channel, "clientMsgId": request.client_msg_id}).to_string())
+        }
         Command::Publish(Publish::Message(m)) => {
             let store = DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(&sdk(endpoint).await),
-                &m.table,
+                m.table.as_deref().unwrap_or_default(),
                 Retention::default(),
             );
             let outcome = ChannelPublisher::new(store, Retention::default())

@@ -24,6 +24,7 @@ pub mod domain {
     pub mod model;
     pub mod progress;
     pub mod protocol;
+    pub mod publish;
     pub mod rate;
     pub mod shard;
     pub mod subprotocol;
@@ -49,8 +50,8 @@ pub mod transport {
 
 pub use adapters::{auth, broadcaster, config, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
-    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, rate, shard, subprotocol,
-    websocket,
+    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, shard,
+    subprotocol, websocket,
 };
 pub use transport::{http1, sigv4};
 

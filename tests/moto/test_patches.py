@@ -432,6 +432,32 @@ class RequestUnits(Case):
         self.assertEqual(units("DescribeTable", {}, 10), (0, 0.0))
 
 
+class FifoGroups(unittest.TestCase):
+    def test_a_long_poll_never_takes_a_group_that_another_consumer_holds(self):
+        with mock_aws():
+            sqs = boto3.client("sqs", region_name=REGION)
+            url = sqs.create_queue(QueueName="q.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+            got = {}
+
+            def poll(name):
+                got[name] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2,
+                                                VisibilityTimeout=30).get("Messages", [])
+
+            import threading
+
+            pollers = [threading.Thread(target=poll, args=(n,)) for n in "ab"]
+            for t in pollers:
+                t.start()
+            time.sleep(0.3)  # both are waiting on the empty queue
+            sqs.send_message(QueueUrl=url, MessageBody="1", MessageGroupId="g", MessageDeduplicationId="1")
+            time.sleep(0.3)  # one of them took it, and holds the group
+            sqs.send_message(QueueUrl=url, MessageBody="2", MessageGroupId="g", MessageDeduplicationId="2")
+            for t in pollers:
+                t.join()
+            bodies = sorted([m["Body"] for m in got[n]] for n in "ab")
+            self.assertEqual(bodies, [[], ["1"]], "2 waits until 1 is done")
+
+
 class Routing(unittest.TestCase):
     def environ(self, service, target=None):
         environ = {

@@ -41,8 +41,11 @@ interface ChatBase {
   channel: string;
   /** Unique; what at-least-once delivery repeats. */
   messageId: string;
-  /** The channel's sequence number: gapless, in commit order. */
-  seq: number;
+  /**
+   * The channel's sequence number: gapless, in commit order. Absent only on an item a backend
+   * wrote to the table itself (pushed live, outside the sequence: not in history or recovery).
+   */
+  seq?: number;
   senderId: string;
   sentAt: number;
 }
@@ -99,7 +102,7 @@ export interface Progress {
 
 export interface Ack {
   type: 'ack';
-  action: string;
+  action: 'sendMessage' | 'react' | 'read';
   channel: string;
   messageId: string;
   clientMsgId?: string;

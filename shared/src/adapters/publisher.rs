@@ -1,6 +1,7 @@
 //! Producers for backends and document processors, which need no WebSocket of their own.
 //!
 //! [`ChannelPublisher`] writes a message item to any channel (the stream fanout does the rest);
+//! [`PublishQueue`] sends one to the publish queue, whose function numbers it the same way;
 //! [`ProgressPublisher`] validates progress events and sends them to the progress queue;
 //! [`FailureQueue`] is where the stream fanout puts a record it can never use;
 //! [`DeliveryQueue`] carries the shards of large channels to `deliver`.
@@ -53,6 +54,48 @@ impl<S: Store> ChannelPublisher<S> {
             expires_at: now / 1000 + self.retention.message_secs,
         };
         self.store.post(&message, None).await
+    }
+}
+
+/// The publish queue (`PublishQueueUrl`, FIFO): what a backend without table access sends; the
+/// `publish` function posts each message with [`ChannelPublisher`].
+pub struct PublishQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl PublishQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        PublishQueue {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    /// Validates and sends one message; returns its SQS message id. The channel is the message
+    /// group (a channel's messages are numbered in send order); the deduplication id is the
+    /// `clientMsgId`, so a retried send within SQS's five minutes is queued once (and the
+    /// function stores it once for a day), or a fresh id without one.
+    pub async fn send(&self, request: &crate::publish::PublishRequest) -> Result<String, PublishError> {
+        let valid = request
+            .clone()
+            .validate()
+            .map_err(|e| PublishError::Queue(e.to_string()))?;
+        let dedupe = valid
+            .client_msg_id
+            .clone()
+            .unwrap_or_else(|| ulid::Ulid::generate().to_string());
+        let out = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(serde_json::to_string(request).expect("requests serialise"))
+            .message_group_id(valid.channel.to_string())
+            .message_deduplication_id(dedupe)
+            .send()
+            .await
+            .map_err(|e| PublishError::Queue(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
+        Ok(out.message_id.unwrap_or_default())
     }
 }
 

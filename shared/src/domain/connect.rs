@@ -11,6 +11,10 @@ use std::collections::BTreeSet;
 use crate::channel::{ChannelId, ChannelKind};
 use crate::protocol::{ErrorCode, ProtocolError, MAX_HISTORY_LIMIT};
 
+/// History pushed on connect to the seed's chat page (`?type=chat&booking_id=…` without
+/// `history`): the page handles a `history` frame but never asks for one. `history=0` opts out.
+pub const SEED_CHAT_HISTORY: u32 = 50;
+
 /// Channels one connect may name; each is two writes of the connect transaction (100 at most).
 pub const MAX_CONNECT_CHANNELS: usize = 20;
 
@@ -66,6 +70,7 @@ impl ConnectParams {
             channels.push(channel);
         }
         // A booking id means a booking chat only with type=chat; other types are not chats.
+        let seed_chat = get("type") == Some("chat") && get("booking_id").is_some();
         if get("type") == Some("chat") {
             if let Some(id) = get("booking_id") {
                 channels.push(named(ChannelKind::Booking, id, "booking_id")?);
@@ -89,6 +94,7 @@ impl ConnectParams {
             ));
         }
         let history = match get("history") {
+            None if seed_chat => Some(SEED_CHAT_HISTORY),
             None | Some("") | Some("0") => None,
             Some(n) => match n.parse::<u32>() {
                 Ok(n) if n <= MAX_HISTORY_LIMIT => Some(n),
@@ -125,6 +131,19 @@ mod tests {
         assert_eq!(p.history, Some(50));
         assert_eq!(names(&params(&[("workspaceId", "W")]).unwrap()), ["workspace:W"]);
         assert_eq!(names(&params(&[("session_id", "s-1")]).unwrap()), ["session:s-1"]);
+        // The seed's page never asks for history but expects it; history=0 opts out.
+        let seed = params(&[("type", "chat"), ("booking_id", "1")]).unwrap();
+        assert_eq!(
+            (names(&seed), seed.history),
+            (vec!["booking:1".to_owned()], Some(SEED_CHAT_HISTORY))
+        );
+        assert_eq!(
+            params(&[("type", "chat"), ("booking_id", "1"), ("history", "0")])
+                .unwrap()
+                .history,
+            None
+        );
+        assert_eq!(params(&[("workspaceId", "W")]).unwrap().history, None);
         // Without type=chat a booking id names no chat.
         assert!(params(&[("booking_id", "1")]).unwrap().channels.is_empty());
         let p = params(&[("channels", "booking:1, workspace:W,"), ("workspaceId", "W")]).unwrap();
