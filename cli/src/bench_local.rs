@@ -154,10 +154,10 @@ impl DevProcess {
     /// Invocations the stack's log reports as timed out, by function.
     pub(crate) fn timeouts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
+        // Only the invocation lines: a function's own warning may say "timed out" too.
         for line in std::fs::read_to_string(&self.log).unwrap_or_default().lines() {
-            if line.contains("timed out") {
-                let function = line.split_whitespace().nth(1).unwrap_or("?").to_owned();
-                *counts.entry(function).or_default() += 1;
+            if let Some(invocation) = crate::dev_log::invocation(line).filter(|i| i.timed_out) {
+                *counts.entry(invocation.function).or_default() += 1;
             }
         }
         counts
@@ -364,6 +364,15 @@ pub async fn run(bench: LocalBench) -> Result<String, String> {
         )
         .collect::<Vec<_>>());
     report["timeouts"] = json!(timeouts);
+    // A figure counts only if nothing was lost and nothing ran into its timeout on the way.
+    let missing = report["deliveries"]["missing"].as_u64().unwrap_or(0);
+    let timed_out: usize = timeouts.values().sum();
+    if missing > 0 || timed_out > 0 {
+        println!("RESULT {report}");
+        return Err(format!(
+            "bench local failed: {missing} deliveries missing, {timed_out} invocations timed out"
+        ));
+    }
     Ok(format!("RESULT {report}"))
 }
 

@@ -111,9 +111,12 @@ impl DynamoLimiter {
                 .condition_expression("attribute_not_exists(#tat) OR #tat <= :now")
                 .expression_attribute_values(":next", num(now_us + interval))
         };
-        match request.send().await {
+        // A throttle, conflict or 5xx is retried like every store call (a lost answer retried may
+        // charge the frame twice: the limit errs strict, never loose).
+        let deadline = tokio::time::Instant::now() + ADMISSION_BUDGET;
+        match crate::store::retry::retried("UpdateItem", deadline, |_| request.clone().send()).await {
             Ok(out) => Ok(Ok(tat_of(out.attributes()).unwrap_or(now_us + interval))),
-            Err(e) => match e.as_service_error() {
+            Err(failure) => match failure.error.as_service_error() {
                 Some(service) if service.is_conditional_check_failed_exception() => {
                     let found = match service {
                         aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
@@ -123,11 +126,14 @@ impl DynamoLimiter {
                     };
                     Ok(Err(found))
                 }
-                _ => Err(e.into()),
+                _ => Err(failure.into()),
             },
         }
     }
 }
+
+/// How long one frame's admission may take, retries included.
+const ADMISSION_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn tat_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<i64> {
     item?.get(TAT)?.as_n().ok()?.parse().ok()

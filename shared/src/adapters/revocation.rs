@@ -58,12 +58,10 @@ impl RevocationList for DynamoStore {
             .consistent_read(true)
             .build()
             .expect("keys are set");
-        let out = self
-            .client()
-            .batch_get_item()
-            .request_items(self.table(), request)
-            .send()
-            .await?;
+        let get = self.client().batch_get_item().request_items(self.table(), request);
+        // A throttle or 5xx is retried: a connect is never refused because DynamoDB was busy.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let out = crate::store::retry::retried("BatchGetItem", deadline, |_| get.clone().send()).await?;
         let items = out
             .responses()
             .and_then(|r| r.get(self.table()))

@@ -190,6 +190,13 @@ pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Resu
             Err(e) => return Err(e.into()),
         }
     }
+    // The connection's rate-limit bucket (crate::limiter) goes with it: its TTL would remove it
+    // only days later, and nothing of a closed connection should stay behind.
+    let bucket = store.client.delete_item().table_name(&store.table).set_key(Some(key_of(
+        keys::connection(connection_id),
+        crate::limiter::RATE_SK.to_owned(),
+    )));
+    retried("DeleteItem", store.deadline(), |_| bucket.clone().send()).await?;
     Ok(Cleanup {
         connection_existed: deleted.attributes.is_some(),
         memberships_removed: removed,

@@ -337,7 +337,7 @@ mod connections;
 mod members;
 mod messages;
 mod progress;
-mod retry;
+pub(crate) mod retry;
 
 use retry::{retried, Failure};
 pub use retry::{verdict_of, Verdict, MAX_ATTEMPTS};

@@ -107,6 +107,7 @@ macro_rules! no_cancellation {
     };
 }
 no_cancellation!(
+    batch_get_item::BatchGetItemError,
     get_item::GetItemError,
     put_item::PutItemError,
     update_item::UpdateItemError,
