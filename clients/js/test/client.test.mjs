@@ -44,8 +44,9 @@ async function started(options = {}) {
   ScriptedSocket.all = [];
   const client = connect('ws://test/local', { WebSocket: ScriptedSocket, token: () => 'tok', backoffBaseMs: 1, backoffMaxMs: 2, ...options });
   const socket = await nextSocket(1);
-  // The token travels in the subprotocol offer, not the URL.
-  assert.equal(socket.url, 'ws://test/local');
+  // The token travels in the subprotocol offer, not the URL; the URL asks for batch frames
+  // unless told not to.
+  assert.equal(socket.url, options.batch === false ? 'ws://test/local' : 'ws://test/local?batch=1');
   assert.deepEqual(socket.protocols, ['wsfan.v1', 'bearer.tok']);
   socket.accept();
   const delivered = [];
@@ -86,6 +87,28 @@ describe('the wsfan client', () => {
     socket.push(chat(8));
     assert.deepEqual(delivered, [6, 7, 8, 9]);
     assert.equal(client.state, 'connected');
+    client.close();
+  });
+
+  it('unpacks a batch frame in order, as if its frames had come one by one', async () => {
+    const { client, socket, delivered } = await started();
+    const presence = [];
+    client.on('presence', (p) => presence.push(p.userId));
+    const joined = client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 5, present: [] });
+    await joined;
+    socket.push({
+      type: 'batch',
+      frames: [chat(6), { type: 'presence', channel: 'workspace:1', userId: 'cat', state: 'join' }, chat(7), chat(7), chat(8)],
+    });
+    assert.deepEqual(delivered, [6, 7, 8]);
+    assert.deepEqual(presence, ['cat']);
+    client.close();
+  });
+
+  it('does not ask for batches when told not to', async () => {
+    const { client } = await started({ batch: false });
     client.close();
   });
 
