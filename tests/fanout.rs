@@ -1692,6 +1692,20 @@ async fn the_governor_keeps_posts_under_the_budget_and_backs_off_on_429() {
 
 // ---------- busy channels: one ordered stream per member, batches, the hand-off, the budget ----------
 
+/// Lets the joins' records go by, forgets what they pushed, then has `sender` post messages
+/// "0".."count" to `channel`.
+async fn settled_then_posts(rig: &mut Rig, channel: &str, sender: &str, count: usize) {
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    for i in 0..count {
+        rig.table
+            .store
+            .post(&chat(channel, sender, &format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+}
+
 /// A member whose connection asked for batch frames (`?batch=1`).
 async fn batch_member(rig: &Rig, connection: &str, user: &str, channel: &str) {
     connect(rig, connection, Some(user)).await;
@@ -1727,15 +1741,7 @@ async fn a_busy_channels_records_reach_each_member_in_order_and_batch_members_in
     let mut rig = Rig::new().await;
     batch_member(&rig, "bat1", "ann", "workspace:busy").await;
     member(&rig, "one1", "bob", "workspace:busy").await;
-    rig.run_stream_fanout().await;
-    rig.server.reset();
-    for i in 0..30 {
-        rig.table
-            .store
-            .post(&chat("workspace:busy", "cat", &format!("{i}")), None)
-            .await
-            .unwrap();
-    }
+    settled_then_posts(&mut rig, "workspace:busy", "cat", 30).await;
     let response = rig.run_stream_fanout().await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let expected: Vec<String> = (0..30).map(|i| i.to_string()).collect();
@@ -1789,17 +1795,9 @@ async fn past_the_hand_off_no_post_starts_and_the_rest_goes_to_the_delivery_queu
         member(&rig, c, u, "workspace:handoff").await;
     }
     batch_member(&rig, "bat1", "bea", "workspace:handoff").await;
-    rig.run_stream_fanout().await;
-    rig.server.reset();
+    settled_then_posts(&mut rig, "workspace:handoff", "ann", 5).await;
     // slow1 answers 500 to everything until the hand-off has passed.
     rig.server.fail("slow1", 500, None);
-    for i in 0..5 {
-        rig.table
-            .store
-            .post(&chat("workspace:handoff", "ann", &format!("{i}")), None)
-            .await
-            .unwrap();
-    }
     let batch = rig.stream_batch().await;
     let stop_at = std::time::Instant::now() + Duration::from_millis(300);
     let response = stream_fanout::handle(
@@ -1833,15 +1831,7 @@ async fn past_the_hand_off_no_post_starts_and_the_rest_goes_to_the_delivery_queu
 async fn a_channel_not_started_before_the_hand_off_is_given_back_to_lambda_whole() {
     let mut rig = Rig::new().await;
     member(&rig, "a1", "ann", "workspace:late").await;
-    rig.run_stream_fanout().await;
-    rig.server.reset();
-    for i in 0..3 {
-        rig.table
-            .store
-            .post(&chat("workspace:late", "ann", &format!("{i}")), None)
-            .await
-            .unwrap();
-    }
+    settled_then_posts(&mut rig, "workspace:late", "ann", 3).await;
     let batch = rig.stream_batch().await;
     // The three messages (the head and dedupe items' records ask for nothing).
     let records = batch
