@@ -57,6 +57,7 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use futures::StreamExt;
 use serde_dynamo::AttributeValue;
+use wsfan_shared::batch::by_key;
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Parcel, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
@@ -261,6 +262,16 @@ type ChannelOutcomes = Vec<Result<Counters, RecordError>>;
 /// A channel's records of a batch, each with what it asks for, in stream order.
 type ChannelRecords<'a> = Vec<(&'a EventRecord, Result<Work, RecordError>)>;
 
+/// Record `first` failed with `error`: it and every later record of its channel are retried, the
+/// later ones behind it, so the retry replays them in order.
+fn fail_from(outcomes: &mut ChannelOutcomes, first: usize, error: RecordError) {
+    let reason = error.to_string();
+    outcomes[first] = Err(error);
+    for later in outcomes.iter_mut().skip(first + 1) {
+        *later = Err(RecordError::Blocked(reason.clone()));
+    }
+}
+
 /// Works out every frame a channel's records ask for, in stream order. A record that can never be
 /// used goes to the failure destination; one that fails here (its history read, or the failure
 /// destination) stops the plan, and it and the records after it are retried.
@@ -398,18 +409,10 @@ async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueu
     deliver: &D,
     failures: &F,
     shards: &Q,
-    key: &str,
     records: &[(&EventRecord, Result<Work, RecordError>)],
     stop_at: Option<Instant>,
 ) -> ChannelOutcomes {
     let mut outcomes: ChannelOutcomes = (0..records.len()).map(|_| Ok(Counters::default())).collect();
-    let fail_from = |outcomes: &mut ChannelOutcomes, first: usize, error: RecordError| {
-        let reason = error.to_string();
-        outcomes[first] = Err(error);
-        for later in outcomes.iter_mut().skip(first + 1) {
-            *later = Err(RecordError::Blocked(reason.clone()));
-        }
-    };
     // Past the hand-off a channel is not started: Lambda gives its records to the next invocation.
     if stop_at.is_some_and(|at| Instant::now() >= at) {
         fail_from(&mut outcomes, 0, RecordError::OutOfTime);
@@ -423,9 +426,13 @@ async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueu
         return outcomes;
     }
     let origins: Vec<String> = records.iter().map(|(r, _)| r.event_id.clone()).collect();
-    let Ok(channel) = key.strip_prefix(keys::CHAN_PREFIX).unwrap_or(key).parse::<ChannelId>() else {
+    // The channel, as the records' work names it (a frame is planned only from work, and all of
+    // a channel's records name the same one).
+    let (Ok(Work::Push(Push { channel, .. })) | Ok(Work::History { channel, .. })) = &records[planned[0].record].1
+    else {
         return outcomes;
     };
+    let channel = channel.clone();
     let wants_members = planned.iter().any(|p| matches!(p.to, Audience::Members { .. }));
     let members = if wants_members {
         // One page one longer than the direct path takes tells which path the channel needs.
@@ -500,11 +507,7 @@ async fn sharded<D: Deliver, Q: ShardQueue>(
         match result {
             Ok(c) => outcomes[p.record] = Ok(c),
             Err(e) => {
-                let reason = e.to_string();
-                outcomes[p.record] = Err(e);
-                for later in outcomes.iter_mut().skip(p.record + 1) {
-                    *later = Err(RecordError::Blocked(reason.clone()));
-                }
+                fail_from(&mut outcomes, p.record, e);
                 return outcomes;
             }
         }
@@ -524,24 +527,16 @@ pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     event: Event,
     stop_at: Option<Instant>,
 ) -> DynamoDbEventResponse {
-    // A channel's records, in stream order; channels in the order they first appear.
-    let mut channels: Vec<(String, ChannelRecords)> = Vec::new();
-    for record in &event.records {
-        let Some(work) = classify(record).transpose() else {
-            continue;
-        };
-        // The partition key is the channel, and it is there even when the image is malformed,
-        // so a bad record holds up exactly the records of its own channel.
-        let key = string_key(record, "pk").unwrap_or("?").to_owned();
-        match channels.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, records)) => records.push((record, work)),
-            None => channels.push((key, vec![(record, work)])),
-        }
-    }
+    // A channel's records, in stream order. The partition key is the channel, and it is there
+    // even when the image is malformed, so a bad record holds up exactly its own channel's.
+    let channels: Vec<(String, ChannelRecords)> = by_key(event.records.iter().filter_map(|record| {
+        let work = classify(record).transpose()?;
+        Some((string_key(record, "pk").unwrap_or("?").to_owned(), (record, work)))
+    }));
 
     let outcomes: Vec<_> = futures::stream::iter(&channels)
-        .map(|(key, records)| async move {
-            let outcomes = channel_batch(store, deliver, failures, shards, key, records, stop_at).await;
+        .map(|(_, records)| async move {
+            let outcomes = channel_batch(store, deliver, failures, shards, records, stop_at).await;
             records.iter().map(|(r, _)| *r).zip(outcomes).collect::<Vec<_>>()
         })
         .buffer_unordered(CHANNELS_IN_FLIGHT)

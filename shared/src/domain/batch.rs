@@ -22,22 +22,28 @@ impl<O, E> Outcome<O, E> {
     }
 }
 
+/// The items of each key, in their order, the keys in the order they first appear.
+pub fn by_key<K: Hash + Eq + Clone, T>(items: impl IntoIterator<Item = (K, T)>) -> Vec<(K, Vec<T>)> {
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    let mut group_of: HashMap<K, usize> = HashMap::new();
+    for (key, item) in items {
+        let index = *group_of.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[index].1.push(item);
+    }
+    groups
+}
+
 /// Runs `work` over `items`, in order per key and concurrently across keys (at most
 /// `concurrency` keys at once). Returns every item with its outcome.
 pub async fn in_key_order<K, T, O, E, F>(items: Vec<(K, T)>, concurrency: usize, work: F) -> Vec<(T, Outcome<O, E>)>
 where
-    K: Hash + Eq,
+    K: Hash + Eq + Clone,
     F: AsyncFn(&T) -> Result<O, E>,
 {
-    let mut groups: Vec<Vec<T>> = Vec::new();
-    let mut group_of: HashMap<K, usize> = HashMap::new();
-    for (key, item) in items {
-        let index = *group_of.entry(key).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[index].push(item);
-    }
+    let groups = by_key(items).into_iter().map(|(_, group)| group);
     let work = &work;
     let done: Vec<Vec<(T, Outcome<O, E>)>> = stream::iter(groups)
         .map(|group| async move {
