@@ -109,6 +109,28 @@ struct Connection {
     protocol: Option<String>,
 }
 
+/// A connection that `$connect` accepted and whose upgrade has not yet taken it: dropped
+/// unclaimed (the client left during `$connect`), it runs `$disconnect`, so that no connection
+/// item or membership is left behind.
+struct Unclaimed(Option<(Arc<Gateway>, Connection)>);
+
+impl Unclaimed {
+    fn claim(&mut self) -> Connection {
+        self.0.take().expect("claimed once").1
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        let Some((gateway, connection)) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { gateway.abandon(connection, "the client left during $connect").await });
+        }
+    }
+}
+
 /// The `Sec-WebSocket-Protocol` header of an integration's response (its names in any case).
 fn protocol_of(response: &Value) -> Option<String> {
     let headers = response["headers"].as_object()?;
@@ -207,12 +229,12 @@ impl Gateway {
         let gateway = self.clone();
         tokio::spawn(async move {
             let outcome = gateway.handshake(query, headers, peer).await;
-            if let Err(Ok(connection)) = answer.send(outcome) {
-                gateway.abandon(connection, "the client left during $connect").await;
-            }
+            // Unclaimed, not a bare Connection: hyper may drop this request's future after the
+            // answer is sent and before it is read, and the answer's drop must still disconnect.
+            let _ = answer.send(outcome.map(|connection| Unclaimed(Some((gateway.clone(), connection)))));
         });
         let connection = match handshake.await {
-            Ok(Ok(connection)) => connection,
+            Ok(Ok(mut unclaimed)) => unclaimed.claim(),
             Ok(Err(refusal)) => return refusal,
             Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response(),
         };
