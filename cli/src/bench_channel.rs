@@ -16,6 +16,7 @@ use crate::bench::{cores_of, Pin};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use wsfan_local::connections::{ConnectionsServer, Sink, SERVER_THREAD};
+use wsfan_local::per_second::Second;
 use wsfan_shared::access::Role;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::model::{keys, Membership, Message, MessageKind};
@@ -25,9 +26,18 @@ use wsfan_shared::store::{DynamoStore, Store};
 pub struct ChannelBench {
     #[command(flatten)]
     stack: crate::StackArgs,
-    /// Members of the large channel.
+    /// Members of the large channel (of all of them, with --channels).
     #[arg(long, default_value_t = 100_000)]
     members: usize,
+    /// Large channels to split the members among, each sent one message at the same moment:
+    /// busy channels at once, whose environments all lease from one FANOUT_MAX_RPS.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    channels: u16,
+    /// Fail unless the broadcast's whole seconds (its first and last are partial) posted at
+    /// least this share of FANOUT_MAX_RPS on average (e.g. 0.9: one busy channel alone uses
+    /// nearly all the budget). A second over FANOUT_MAX_RPS fails the run in any case.
+    #[arg(long)]
+    require_budget_share: Option<f64>,
     /// The @connections bucket's refill, posts per second (the account default is 10,000).
     #[arg(long, default_value_t = 10_000.0)]
     bucket_rate: f64,
@@ -74,6 +84,10 @@ struct Counter {
     big_posts: AtomicU64,
     /// When the broadcast's first post arrived.
     first_big: std::sync::OnceLock<Instant>,
+    /// The unix seconds of the broadcast's first and last posts, for @connections' per-second
+    /// counts (`u64::MAX` / 0 until a post arrives).
+    first_big_unix: AtomicU64,
+    last_big_unix: AtomicU64,
     /// (connection, message body) -> arrival.
     small: Mutex<Vec<(String, String, Instant)>>,
 }
@@ -84,6 +98,9 @@ impl Sink for Counter {
             // Only the broadcast's frame counts (presence etc. never reach here: no records).
             *self.big.lock().unwrap().entry(n).or_default() += 1;
             self.first_big.get_or_init(Instant::now);
+            let unix = wsfan_shared::clock::now_secs().max(0) as u64;
+            self.first_big_unix.fetch_min(unix, Ordering::Relaxed);
+            self.last_big_unix.fetch_max(unix, Ordering::Relaxed);
             self.big_posts.fetch_add(1, Ordering::Relaxed);
         } else if connection_id.starts_with("small-") {
             let frame: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
@@ -336,7 +353,10 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     if let Some(core) = &b.functions_core {
         crate::bench::pin(Pin::Process(&std::process::id().to_string()), core)?;
     }
-    let counter = Arc::new(Counter::default());
+    let counter = Arc::new(Counter {
+        first_big_unix: AtomicU64::new(u64::MAX),
+        ..Counter::default()
+    });
     // On a thread of its own, and trusting signatures (tests check them), as bench fanout's
     // server runs: the CPU it saves is the functions' to use.
     let server = ConnectionsServer::start_on_own_thread("127.0.0.1:0", Some(counter.clone() as Arc<dyn Sink>))
@@ -379,13 +399,18 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         wsfan_shared::config::Retention::default(),
     );
 
-    let big: ChannelId = "workspace:bench-big".parse().expect("channel");
+    let big: Vec<ChannelId> = match b.channels {
+        1 => vec!["workspace:bench-big".parse().expect("channel")],
+        n => (0..n)
+            .map(|k| format!("workspace:bench-big-{k}").parse().expect("channel"))
+            .collect(),
+    };
     let small: ChannelId = "workspace:bench-small".parse().expect("channel");
     let started = Instant::now();
     let mut members: Vec<Membership> = (0..b.small_members)
         .map(|i| membership(&small, format!("small-{i:02}")))
         .collect();
-    members.extend((0..b.members).map(|i| membership(&big, big_id(i))));
+    members.extend((0..b.members).map(|i| membership(&big[i % big.len()], big_id(i))));
     write_members(&dynamodb, &environment.table_name, members).await?;
     eprintln!(
         "bench channel: {} + {} members written in {:.1} s",
@@ -408,10 +433,11 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     let throttled_before = server.stats().throttled.load(Ordering::Relaxed);
     let requests_before = server.stats().requests.load(Ordering::Relaxed);
     let sent = Instant::now();
-    store
-        .post(&chat(&big, "broadcast".into()), None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let messages: Vec<Message> = big.iter().map(|channel| chat(channel, "broadcast".into())).collect();
+    let posted = futures::future::join_all(messages.iter().map(|message| store.post(message, None))).await;
+    for result in posted {
+        result.map_err(|e| e.to_string())?;
+    }
     // The small channel, every 200 ms during the broadcast.
     let mut small_sent: HashMap<String, Instant> = HashMap::new();
     let deadline = sent + Duration::from_secs(b.timeout_secs);
@@ -488,8 +514,12 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "bench channel: {} members, bucket {}",
+        "bench channel: {} members{}, bucket {}",
         b.members,
+        match b.channels {
+            1 => String::new(),
+            n => format!(" in {n} channels, one message each at once"),
+        },
         if b.no_bucket {
             "none".to_owned()
         } else {
@@ -583,14 +613,110 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     for (name, kb) in &rss {
         let _ = writeln!(out, "  peak RSS {name}: {:.1} MB", *kb as f64 / 1024.0);
     }
+    let budget = BudgetUse::of(
+        &server.per_second(),
+        counter.first_big_unix.load(Ordering::Relaxed),
+        counter.last_big_unix.load(Ordering::Relaxed),
+        max_rps,
+    );
+    for line in &budget.lines {
+        let _ = writeln!(out, "  {line}");
+    }
     environment.moto.stop();
-    let ok = lost == 0 && latencies.len() == small_expected && throttled >= b.require_throttled;
+    let share_met = b.require_budget_share.is_none_or(|share| budget.whole_share >= share);
+    let ok = lost == 0
+        && latencies.len() == small_expected
+        && throttled >= b.require_throttled
+        && budget.seconds_over == 0
+        && share_met;
     if !ok {
         return Err(format!(
-            "{out}bench channel failed: lost {lost}, small deliveries {} of {small_expected}, 429s {throttled} (required {})",
+            "{out}bench channel failed: lost {lost}, small deliveries {} of {small_expected}, 429s {throttled} (required {}), \
+             seconds over FANOUT_MAX_RPS {}, whole seconds' share of it {:.1}% (required {})",
             latencies.len(),
-            b.require_throttled
+            b.require_throttled,
+            budget.seconds_over,
+            100.0 * budget.whole_share,
+            b.require_budget_share
+                .map_or("none".to_owned(), |s| format!("{:.1}%", 100.0 * s))
         ));
     }
     Ok(out)
+}
+
+/// How the broadcast used FANOUT_MAX_RPS, from @connections' own per-second counts: every
+/// second from its first post to its last (the small channel's posts in them count too: the
+/// budget is the whole fanout's).
+struct BudgetUse {
+    lines: Vec<String>,
+    seconds_over: usize,
+    /// The mean share of FANOUT_MAX_RPS posted in the seconds wholly inside the broadcast
+    /// (0 when it took under three seconds, as then none is whole).
+    whole_share: f64,
+}
+
+impl BudgetUse {
+    fn of(seconds: &[Second], first: u64, last: u64, max_rps: u64) -> Self {
+        let mut during: Vec<Second> = seconds
+            .iter()
+            .filter(|s| s.unix >= first && s.unix <= last)
+            .copied()
+            .collect();
+        during.sort_by_key(|s| s.unix);
+        let (report, mut lines) = crate::bench_hot::budget_report(&during, max_rps);
+        let whole: Vec<u64> = during
+            .iter()
+            .filter(|s| s.unix > first && s.unix < last)
+            .map(|s| s.posts)
+            .collect();
+        let mean = whole.iter().sum::<u64>() as f64 / whole.len().max(1) as f64;
+        let whole_share = mean / max_rps as f64;
+        lines.push(format!(
+            "  whole seconds of the broadcast: {}, posts per second mean {mean:.0} ({:.1}% of {max_rps}), min {}; each second: {}",
+            whole.len(),
+            100.0 * whole_share,
+            whole.iter().min().copied().unwrap_or(0),
+            during.iter().map(|s| s.posts.to_string()).collect::<Vec<_>>().join(" ")
+        ));
+        BudgetUse {
+            lines,
+            seconds_over: report["secondsOver"].as_u64().unwrap_or(0) as usize,
+            whole_share,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BudgetUse;
+    use wsfan_local::per_second::Second;
+
+    fn second(unix: u64, posts: u64) -> Second {
+        Second {
+            unix,
+            requests: posts,
+            posts,
+            ..Second::default()
+        }
+    }
+
+    #[test]
+    fn the_budget_share_counts_only_the_broadcasts_whole_seconds() {
+        // Seconds 10 and 14 are the broadcast's partial first and last; 9 and 15 are outside it.
+        let seconds = [
+            second(9, 5000),
+            second(10, 300),
+            second(11, 4600),
+            second(12, 4800),
+            second(13, 4700),
+            second(14, 100),
+            second(15, 5001),
+        ];
+        let used = BudgetUse::of(&seconds, 10, 14, 5000);
+        assert_eq!(used.seconds_over, 0, "second 15 is after the broadcast");
+        assert!((used.whole_share - 0.94).abs() < 1e-9, "{}", used.whole_share);
+        let over = BudgetUse::of(&[second(1, 10), second(2, 5001), second(3, 10)], 1, 3, 5000);
+        assert_eq!(over.seconds_over, 1);
+        assert!(BudgetUse::of(&[second(1, 10), second(2, 10)], 1, 2, 5000).whole_share == 0.0);
+    }
 }

@@ -282,7 +282,7 @@ fn merge_seconds(seconds: &mut BTreeMap<u64, Second>, stats: &Value) {
 }
 
 /// The distribution of the posts per second, against the budget.
-fn budget_report(seconds: &[Second], max_rps: u64) -> (Value, Vec<String>) {
+pub(crate) fn budget_report(seconds: &[Second], max_rps: u64) -> (Value, Vec<String>) {
     let mut posts: Vec<u64> = seconds.iter().map(|s| s.posts).collect();
     posts.sort_unstable();
     let at = |p: f64| -> u64 {
@@ -310,7 +310,7 @@ fn budget_report(seconds: &[Second], max_rps: u64) -> (Value, Vec<String>) {
         .collect();
     counts.push(over.len());
     let mut lines = vec![format!(
-        "budget: @connections posts per second over {} seconds with posts, against FanoutMaxRps {max_rps} (the template's default): max {max} ({:.1}%), p50 {}, p90 {}, p99 {}; seconds using <10%: {}, 10-50%: {}, 50-90%: {}, 90-100%: {}, over: {}",
+        "budget: @connections posts per second over {} seconds with posts, against FanoutMaxRps {max_rps}: max {max} ({:.1}%), p50 {}, p90 {}, p99 {}; seconds using <10%: {}, 10-50%: {}, 50-90%: {}, 90-100%: {}, over: {}",
         seconds.len(),
         100.0 * max as f64 / max_rps as f64,
         at(50.0),
