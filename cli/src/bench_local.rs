@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use wsfan_shared::auth::{mint_hs256, Claims};
 use wsfan_shared::channel::ChannelId;
+use wsfan_shared::model::keys;
 use wsfan_shared::store::{DynamoStore, Store};
 
 /// What to run; see `wsfan bench local --help`.
@@ -526,6 +527,10 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     // Close the fanout clients before the soak, as clients leave.
     drop(outboxes);
     settle(&seen, Duration::from_secs(1), Duration::from_secs(60)).await;
+    // Once they have gone, nothing of theirs may stay (their `$disconnect`s may still be running).
+    let left_behind = wait_for_no_leftovers(stack, Duration::from_secs(60)).await?;
+    println!("left behind once the clients had gone: {left_behind}");
+    report["leftBehind"] = left_behind;
 
     if bench.soak > 0 {
         report["soak"] = soak(&stack.ws_url, bench.soak).await?;
@@ -537,6 +542,50 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
         report["largeChannel"] = large_channel(stack, bench.members).await?;
     }
     Ok(report)
+}
+
+/// What the clients left in the table, by kind, once every `$disconnect` had time to run: what a
+/// connection writes that must go with it (its connection item and limiter item under `CONN#`,
+/// its memberships, its place in a presence item). Messages, heads, dedupe and budget items are
+/// the channel's, and an emptied presence item stays until its TTL (docs/DESIGN-NOTES.md).
+async fn wait_for_no_leftovers(stack: &DevProcess, within: Duration) -> Result<Value, String> {
+    let sdk = wsfan_local::moto::sdk_config(&stack.moto).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let deadline = Instant::now() + within;
+    loop {
+        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut pages = client.scan().table_name(&stack.table).into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| format!("scanning for leftovers: {e}"))?;
+            let text = |name: &str| {
+                item.get(name)
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                    .unwrap_or("")
+            };
+            let kind = if text("pk").starts_with(keys::CONN_PREFIX) {
+                "connection items"
+            } else if text("sk").starts_with(keys::CONN_PREFIX) {
+                "memberships"
+            } else if text("sk").starts_with(keys::USER_PREFIX) && item.contains_key("connections") {
+                "presence items still naming a connection"
+            } else {
+                continue;
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+        let total: u64 = counts.values().sum();
+        if total == 0 || Instant::now() >= deadline {
+            if total > 0 {
+                return Err(format!(
+                    "bench local failed: {total} items left behind {:.0} s after the clients left: {counts:?}",
+                    within.as_secs_f64()
+                ));
+            }
+            return Ok(json!(0));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A quiet client's ack latency (a message every 50 ms) for `length`, with or without a flooding

@@ -43,4 +43,6 @@ fn a_short_local_run_delivers_everything_to_batching_clients_and_nothing_times_o
     assert_eq!(result["deliveries"]["missing"], 0, "{stdout}");
     assert_eq!(result["timeouts"], serde_json::json!({}), "{stdout}");
     assert_eq!(result["batch"], true, "{stdout}");
+    // Once the clients have gone, nothing of theirs stays in the table.
+    assert_eq!(result["leftBehind"], 0, "{stdout}");
 }
