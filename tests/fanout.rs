@@ -1157,6 +1157,110 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
     );
 }
 
+/// `$connect` of a connection that asks for `history` on `channel`, stored just now: API
+/// Gateway has not finished its upgrade yet.
+async fn connecting_with_history(rig: &Rig, connection: &str, user: &str, channel: &str, history: u32) {
+    let now = wsfan_shared::clock::now_millis();
+    let c = Connection {
+        connection_id: connection.into(),
+        user_id: Some(user.into()),
+        role: Role::Member,
+        channels: vec![],
+        connected_at: now,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: Some(history),
+        batch: false,
+    };
+    rig.table.store.connect(&c, &[channel.parse().unwrap()]).await.unwrap();
+}
+
+/// The bodies of each history page `connection_id` was posted.
+fn history_pages(rig: &Rig, connection_id: &str) -> Vec<Vec<String>> {
+    rig.frames(connection_id)
+        .iter()
+        .filter(|f| f["type"] == "history")
+        .map(|f| {
+            f["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["body"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_history_page_answered_410_while_its_connection_is_connecting_is_posted_again_until_it_lands() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "booking:2").await;
+    for body in ["one", "two"] {
+        rig.table
+            .store
+            .post(&chat("booking:2", "alice", body), None)
+            .await
+            .unwrap();
+    }
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    connecting_with_history(&rig, "b1", "bob", "booking:2", 5).await;
+    // Bob's upgrade finishes after three posts to him: each is answered 410 until then.
+    rig.server.fail("b1", 410, Some(3));
+    let gone_before = rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    assert_eq!(history_pages(&rig, "b1"), vec![vec!["one", "two"]], "once, whole");
+    assert_eq!(
+        rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed) - gone_before,
+        3
+    );
+    assert!(
+        rig.table.store.connection("b1").await.unwrap().is_some(),
+        "bob's connection stays"
+    );
+}
+
+#[tokio::test]
+async fn a_history_page_still_refused_at_the_hand_off_goes_to_the_delivery_queue() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "booking:3").await;
+    rig.table
+        .store
+        .post(&chat("booking:3", "alice", "one"), None)
+        .await
+        .unwrap();
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    connecting_with_history(&rig, "b1", "bob", "booking:3", 5).await;
+    // Still upgrading when the invocation must hand on.
+    rig.server.gone("b1");
+    let batch = rig.stream_batch().await;
+    let stop_at = std::time::Instant::now() + Duration::from_millis(400);
+    let response = stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        &rig.failures,
+        &rig.shards,
+        batch,
+        Some(stop_at),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert!(
+        std::time::Instant::now() < stop_at + Duration::from_millis(500),
+        "the retries did not run past the hand-off"
+    );
+    assert!(history_pages(&rig, "b1").is_empty());
+    // Bob is open now; deliver posts the page from the queue.
+    rig.server.reset();
+    rig.drain_deliveries(&rig.broadcaster).await;
+    assert_eq!(history_pages(&rig, "b1"), vec![vec!["one"]]);
+    assert!(rig.server.received("a1").is_empty(), "nobody else's frames again");
+}
+
 #[tokio::test]
 async fn a_redelivered_progress_message_is_pushed_again_and_a_new_duplicate_is_not() {
     let rig = Rig::new().await;
