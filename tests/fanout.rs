@@ -1224,6 +1224,29 @@ async fn a_history_page_answered_410_while_its_connection_is_connecting_is_poste
 }
 
 #[tokio::test]
+async fn a_history_page_for_a_connection_that_never_opens_is_posted_a_bounded_number_of_times() {
+    let mut rig = Rig::new().await;
+    member(&rig, "a1", "alice", "booking:4").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    // Left during its upgrade: 410 for good, and its $disconnect has not run yet.
+    connecting_with_history(&rig, "b1", "bob", "booking:4", 5).await;
+    rig.server.gone("b1");
+    let gone_before = rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    assert_eq!(
+        rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed) - gone_before,
+        1 + stream_fanout::UPGRADE_BACKOFF.len() as u64,
+        "the first post and one after each wait, then no more"
+    );
+    assert!(history_pages(&rig, "b1").is_empty());
+    assert!(
+        rig.table.store.connection("b1").await.unwrap().is_some(),
+        "kept: its $disconnect or TTL removes it"
+    );
+}
+
+#[tokio::test]
 async fn a_history_page_still_refused_at_the_hand_off_goes_to_the_delivery_queue() {
     let mut rig = Rig::new().await;
     member(&rig, "a1", "alice", "booking:3").await;
