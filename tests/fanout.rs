@@ -1157,13 +1157,19 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
     );
 }
 
-/// `$connect` of a connection that asks for `history` on `channel`, stored just now: API
-/// Gateway has not finished its upgrade yet.
-async fn connecting_with_history(rig: &Rig, connection: &str, user: &str, channel: &str, history: u32) {
+/// Alice in `channel`, which holds `bodies`, all pushed; then bob's `$connect` asks for its
+/// history (b1, stored just now: API Gateway has not finished his upgrade yet).
+async fn bob_connecting_to(rig: &mut Rig, channel: &str, bodies: &[&str]) {
+    member(rig, "a1", "alice", channel).await;
+    for body in bodies {
+        rig.table.store.post(&chat(channel, "alice", body), None).await.unwrap();
+    }
+    rig.run_stream_fanout().await;
+    rig.server.reset();
     let now = wsfan_shared::clock::now_millis();
-    let c = Connection {
-        connection_id: connection.into(),
-        user_id: Some(user.into()),
+    let bob = Connection {
+        connection_id: "b1".into(),
+        user_id: Some("bob".into()),
         role: Role::Member,
         channels: vec![],
         connected_at: now,
@@ -1172,10 +1178,19 @@ async fn connecting_with_history(rig: &Rig, connection: &str, user: &str, channe
         stage: None,
         expires_at: now / 1000 + 3600,
         joined: vec![],
-        history: Some(history),
+        history: Some(5),
         batch: false,
     };
-    rig.table.store.connect(&c, &[channel.parse().unwrap()]).await.unwrap();
+    rig.table
+        .store
+        .connect(&bob, &[channel.parse().unwrap()])
+        .await
+        .unwrap();
+}
+
+/// The 410s the server has answered so far.
+fn answered_gone(rig: &Rig) -> u64 {
+    rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The bodies of each history page `connection_id` was posted.
@@ -1197,26 +1212,13 @@ fn history_pages(rig: &Rig, connection_id: &str) -> Vec<Vec<String>> {
 #[tokio::test]
 async fn a_history_page_answered_410_while_its_connection_is_connecting_is_posted_again_until_it_lands() {
     let mut rig = Rig::new().await;
-    member(&rig, "a1", "alice", "booking:2").await;
-    for body in ["one", "two"] {
-        rig.table
-            .store
-            .post(&chat("booking:2", "alice", body), None)
-            .await
-            .unwrap();
-    }
-    rig.run_stream_fanout().await;
-    rig.server.reset();
-    connecting_with_history(&rig, "b1", "bob", "booking:2", 5).await;
+    bob_connecting_to(&mut rig, "booking:2", &["one", "two"]).await;
     // Bob's upgrade finishes after three posts to him: each is answered 410 until then.
     rig.server.fail("b1", 410, Some(3));
-    let gone_before = rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed);
+    let gone_before = answered_gone(&rig);
     assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
     assert_eq!(history_pages(&rig, "b1"), vec![vec!["one", "two"]], "once, whole");
-    assert_eq!(
-        rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed) - gone_before,
-        3
-    );
+    assert_eq!(answered_gone(&rig) - gone_before, 3);
     assert!(
         rig.table.store.connection("b1").await.unwrap().is_some(),
         "bob's connection stays"
@@ -1226,16 +1228,13 @@ async fn a_history_page_answered_410_while_its_connection_is_connecting_is_poste
 #[tokio::test]
 async fn a_history_page_for_a_connection_that_never_opens_is_posted_a_bounded_number_of_times() {
     let mut rig = Rig::new().await;
-    member(&rig, "a1", "alice", "booking:4").await;
-    rig.run_stream_fanout().await;
-    rig.server.reset();
-    // Left during its upgrade: 410 for good, and its $disconnect has not run yet.
-    connecting_with_history(&rig, "b1", "bob", "booking:4", 5).await;
+    bob_connecting_to(&mut rig, "booking:4", &[]).await;
+    // Left during his upgrade: 410 for good, and his $disconnect has not run yet.
     rig.server.gone("b1");
-    let gone_before = rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed);
+    let gone_before = answered_gone(&rig);
     assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
     assert_eq!(
-        rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed) - gone_before,
+        answered_gone(&rig) - gone_before,
         1 + stream_fanout::UPGRADE_BACKOFF.len() as u64,
         "the first post and one after each wait, then no more"
     );
@@ -1249,15 +1248,7 @@ async fn a_history_page_for_a_connection_that_never_opens_is_posted_a_bounded_nu
 #[tokio::test]
 async fn a_history_page_still_refused_at_the_hand_off_goes_to_the_delivery_queue() {
     let mut rig = Rig::new().await;
-    member(&rig, "a1", "alice", "booking:3").await;
-    rig.table
-        .store
-        .post(&chat("booking:3", "alice", "one"), None)
-        .await
-        .unwrap();
-    rig.run_stream_fanout().await;
-    rig.server.reset();
-    connecting_with_history(&rig, "b1", "bob", "booking:3", 5).await;
+    bob_connecting_to(&mut rig, "booking:3", &["one"]).await;
     // Still upgrading when the invocation must hand on.
     rig.server.gone("b1");
     let batch = rig.stream_batch().await;
