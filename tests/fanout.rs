@@ -1157,6 +1157,124 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
     );
 }
 
+/// Alice in `channel`, which holds `bodies`, all pushed; then bob's `$connect` asks for its
+/// history (b1, stored just now: API Gateway has not finished his upgrade yet).
+async fn bob_connecting_to(rig: &mut Rig, channel: &str, bodies: &[&str]) {
+    member(rig, "a1", "alice", channel).await;
+    for body in bodies {
+        rig.table.store.post(&chat(channel, "alice", body), None).await.unwrap();
+    }
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    let now = wsfan_shared::clock::now_millis();
+    let bob = Connection {
+        connection_id: "b1".into(),
+        user_id: Some("bob".into()),
+        role: Role::Member,
+        channels: vec![],
+        connected_at: now,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now / 1000 + 3600,
+        joined: vec![],
+        history: Some(5),
+        batch: false,
+    };
+    rig.table
+        .store
+        .connect(&bob, &[channel.parse().unwrap()])
+        .await
+        .unwrap();
+}
+
+/// The 410s the server has answered so far.
+fn answered_gone(rig: &Rig) -> u64 {
+    rig.server.stats().gone.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The bodies of each history page `connection_id` was posted.
+fn history_pages(rig: &Rig, connection_id: &str) -> Vec<Vec<String>> {
+    rig.frames(connection_id)
+        .iter()
+        .filter(|f| f["type"] == "history")
+        .map(|f| {
+            f["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["body"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_history_page_answered_410_while_its_connection_is_connecting_is_posted_again_until_it_lands() {
+    let mut rig = Rig::new().await;
+    bob_connecting_to(&mut rig, "booking:2", &["one", "two"]).await;
+    // Bob's upgrade finishes after three posts to him: each is answered 410 until then.
+    rig.server.fail("b1", 410, Some(3));
+    let gone_before = answered_gone(&rig);
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    assert_eq!(history_pages(&rig, "b1"), vec![vec!["one", "two"]], "once, whole");
+    assert_eq!(answered_gone(&rig) - gone_before, 3);
+    assert!(
+        rig.table.store.connection("b1").await.unwrap().is_some(),
+        "bob's connection stays"
+    );
+}
+
+#[tokio::test]
+async fn a_history_page_for_a_connection_that_never_opens_is_posted_a_bounded_number_of_times() {
+    let mut rig = Rig::new().await;
+    bob_connecting_to(&mut rig, "booking:4", &[]).await;
+    // Left during his upgrade: 410 for good, and his $disconnect has not run yet.
+    rig.server.gone("b1");
+    let gone_before = answered_gone(&rig);
+    assert!(rig.run_stream_fanout().await.batch_item_failures.is_empty());
+    assert_eq!(
+        answered_gone(&rig) - gone_before,
+        1 + stream_fanout::UPGRADE_BACKOFF.len() as u64,
+        "the first post and one after each wait, then no more"
+    );
+    assert!(history_pages(&rig, "b1").is_empty());
+    assert!(
+        rig.table.store.connection("b1").await.unwrap().is_some(),
+        "kept: its $disconnect or TTL removes it"
+    );
+}
+
+#[tokio::test]
+async fn a_history_page_still_refused_at_the_hand_off_goes_to_the_delivery_queue() {
+    let mut rig = Rig::new().await;
+    bob_connecting_to(&mut rig, "booking:3", &["one"]).await;
+    // Still upgrading when the invocation must hand on.
+    rig.server.gone("b1");
+    let batch = rig.stream_batch().await;
+    let stop_at = std::time::Instant::now() + Duration::from_millis(400);
+    let response = stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        &rig.failures,
+        &rig.shards,
+        batch,
+        Some(stop_at),
+    )
+    .await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert!(
+        std::time::Instant::now() < stop_at + Duration::from_millis(500),
+        "the retries did not run past the hand-off"
+    );
+    assert!(history_pages(&rig, "b1").is_empty());
+    // Bob is open now; deliver posts the page from the queue.
+    rig.server.reset();
+    rig.drain_deliveries(&rig.broadcaster).await;
+    assert_eq!(history_pages(&rig, "b1"), vec![vec!["one"]]);
+    assert!(rig.server.received("a1").is_empty(), "nobody else's frames again");
+}
+
 #[tokio::test]
 async fn a_redelivered_progress_message_is_pushed_again_and_a_new_duplicate_is_not() {
     let rig = Rig::new().await;

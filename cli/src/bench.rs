@@ -13,7 +13,9 @@ use wsfan_shared::broadcaster::{BroadcastConfig, Broadcaster, Deliver, GoneClean
 struct CountOnly;
 
 impl GoneCleanup for CountOnly {
-    async fn connection_gone(&self, _connection_id: &str) {}
+    async fn connection_gone(&self, _connection_id: &str) -> wsfan_shared::broadcaster::Gone {
+        wsfan_shared::broadcaster::Gone::Removed
+    }
 }
 
 /// A `wsfan serve-connections` child process.

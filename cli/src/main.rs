@@ -153,6 +153,8 @@ struct DevArgs {
     /// The functions' DynamoDB calls too: 'ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms'
     /// cancels that share of transactions with TransactionConflict, throttles that share of
     /// writes, and adds latency; 'ddb-lost=F' applies a write and answers 500 instead.
+    /// 'upgrade-delay=300ms' holds every upgrade that long after $connect returns, answering 410
+    /// to posts to that connection meanwhile, as API Gateway does before the handshake is done.
     #[arg(long, value_name = "SPEC")]
     inject: Option<wsfan_local::faults::Faults>,
     /// The seed of the fault draws (default: a random one, printed), to repeat a run's faults.

@@ -1273,6 +1273,59 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// Seed 002's connect form (`?type=chat&booking_id=…`, no `history`) with every upgrade held
+/// after `$connect` (`--inject upgrade-delay=…`): the history push reaches `@connections` while
+/// the connection is still connecting and is answered 410, as on API Gateway. It is posted again
+/// until the socket is open, so every connect gets its history, once, including those that send
+/// at once.
+#[tokio::test]
+async fn with_upgrades_held_every_seed_002_connect_still_gets_its_history_once() {
+    let stack = Stack::start(&["--inject", "upgrade-delay=400ms"]);
+    let query = "type=chat&booking_id=22";
+    let mut host = stack.client_with("host", &["booking:22"], query).await;
+    host.expect("the host's history", |f| f["type"] == "history").await;
+    let ack = host.ask(json!({"body": "Is the room free?"}), "ack").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    for i in 0..6 {
+        let mut guest = stack.client_with("guest", &["booking:22"], query).await;
+        let sends_at_once = i % 2 == 1;
+        if sends_at_once {
+            guest.send(json!({"body": format!("hello {i}")})).await;
+        }
+        let history = guest
+            .expect(&format!("connect {i}'s history"), |f| f["type"] == "history")
+            .await;
+        let messages = history["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["body"], "Is the room free?", "connect {i}: {history}");
+        if sends_at_once {
+            // Its own message comes after its membership in the channel's stream, so after
+            // the history: by then a second history push would have come too.
+            guest
+                .expect(&format!("connect {i}'s own message"), |f| {
+                    f["type"] == "message" && f["body"] == format!("hello {i}")
+                })
+                .await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            while let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout(Duration::from_millis(50), guest.socket.next()).await
+            {
+                guest.inbox.push(serde_json::from_str(t.as_str()).unwrap());
+            }
+        }
+        assert!(
+            of_type(&guest.inbox, "history").is_empty(),
+            "connect {i}: a second history frame: {:?}",
+            guest.inbox
+        );
+    }
+    // The window happened: history pushes were answered 410 while their upgrade was held.
+    let refused = log_lines(&stack, "injected upgrade-410 POST");
+    assert!(!refused.is_empty(), "no post reached a held upgrade");
+    eprintln!("{} posts answered 410 during held upgrades", refused.len());
+}
+
 /// A fanout under 429, 500 and 410 drawn per request: every live client gets every message,
 /// and each injected 410 removes exactly that connection, its socket and its items.
 #[tokio::test]

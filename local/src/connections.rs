@@ -44,6 +44,12 @@ pub trait Sink: Send + Sync + 'static {
     fn drop_gone(&self, connection_id: &str) {
         self.close(connection_id);
     }
+    /// Whether the connection's upgrade is being held (`upgrade-delay`): `$connect` accepted it
+    /// and its socket is not open yet, so every request for it is answered 410, as API Gateway
+    /// answers for a connection whose handshake has not finished.
+    fn upgrading(&self, _connection_id: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,8 +123,9 @@ struct Inner {
     stats: Stats,
     sink: Option<Arc<dyn Sink>>,
     signing_secret: std::sync::RwLock<SigningSecret>,
-    /// Faults injected by [`ConnectionsServer::inject`], by status.
-    injected: Mutex<BTreeMap<u16, u64>>,
+    /// Faults injected by [`ConnectionsServer::inject`], by status, and `upgrade-410`: the
+    /// requests answered 410 because `upgrade-delay` held that connection's upgrade.
+    injected: Mutex<BTreeMap<String, u64>>,
     /// The same counts by wall-clock second: the fanouts' budget is per second.
     per_second: PerSecond,
 }
@@ -299,8 +306,9 @@ impl ConnectionsServer {
         self.inner.behaviour.lock().unwrap().injection.is_some()
     }
 
-    /// How many faults of each status [`ConnectionsServer::inject`] injected so far.
-    pub fn injected(&self) -> BTreeMap<u16, u64> {
+    /// How many faults of each status [`ConnectionsServer::inject`] injected so far, and how
+    /// many requests a held upgrade answered 410 (`upgrade-410`).
+    pub fn injected(&self) -> BTreeMap<String, u64> {
         self.inner.injected.lock().unwrap().clone()
     }
 
@@ -489,6 +497,9 @@ impl Inner {
                 return Some(error(StatusCode::FORBIDDEN, "InvalidSignatureException", &why));
             }
         }
+        if self.sink.as_ref().is_some_and(|s| s.upgrading(connection_id)) {
+            return Some(self.still_upgrading(request, connection_id));
+        }
         let (latency, injected) = {
             let mut b = self.behaviour.lock().unwrap();
             let mut injected = None;
@@ -524,7 +535,7 @@ impl Inner {
                 if injected.is_none() && open {
                     let drawn = injection.faults.draw(injection.rng.f64());
                     if let Some(status) = drawn {
-                        *self.injected.lock().unwrap().entry(status).or_default() += 1;
+                        *self.injected.lock().unwrap().entry(status.to_string()).or_default() += 1;
                         if let Some(logs) = &injection.logs {
                             logs.injected(status, request.method.as_str(), connection_id);
                         }
@@ -562,6 +573,29 @@ impl Inner {
         Some(status_response(status))
     }
 }
+
+impl Inner {
+    /// The 410 for a request to a connection whose upgrade `upgrade-delay` holds: counted and
+    /// logged as an injected fault, and the connection stays (it is about to open).
+    fn still_upgrading(&self, request: &RequestHead, connection_id: &str) -> Response {
+        *self.injected.lock().unwrap().entry(UPGRADE_410.to_owned()).or_default() += 1;
+        if let Some(logs) = self
+            .behaviour
+            .lock()
+            .unwrap()
+            .injection
+            .as_ref()
+            .and_then(|i| i.logs.as_ref())
+        {
+            logs.injected_upgrading(request.method.as_str(), connection_id);
+        }
+        self.stats.gone.fetch_add(1, Ordering::Relaxed);
+        status_response(410)
+    }
+}
+
+/// The name [`ConnectionsServer::injected`] counts a held upgrade's 410s under.
+pub const UPGRADE_410: &str = "upgrade-410";
 
 async fn post_data(
     State(inner): State<Arc<Inner>>,

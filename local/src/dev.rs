@@ -380,6 +380,10 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
         stage: config.stage.clone(),
         domain: addr.to_string(),
         logs: logs.clone(),
+        upgrade_delay: config
+            .inject
+            .as_ref()
+            .map_or(Duration::ZERO, |(f, _)| f.upgrade_delay()),
     });
     let connections = ConnectionsServer::new(addr, Some(sockets));
     connections.keep_nothing();

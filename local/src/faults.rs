@@ -8,6 +8,11 @@
 //!
 //! The same list may ask the functions' DynamoDB calls for what DynamoDB does under load and
 //! moto never does (see [`DynamoFaults`]): `ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms`.
+//!
+//! `upgrade-delay=DURATION` holds every WebSocket upgrade that long after `$connect` returns,
+//! and `@connections` answers 410 to that connection meanwhile, as API Gateway does while a
+//! handshake is unfinished: the window in which a fanout reads a membership `$connect` wrote and
+//! posts too early. It is not drawn: every upgrade is held.
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,6 +29,8 @@ pub struct Faults {
     /// (status, fraction of requests), in the order given; each status at most once.
     rates: Vec<(u16, f64)>,
     latency: Duration,
+    /// `upgrade-delay`: how long each upgrade is held after `$connect` returns.
+    upgrade_delay: Duration,
     dynamo: DynamoFaults,
 }
 
@@ -91,7 +98,7 @@ impl DynamoFaults {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FaultsError {
-    #[error("{0:?} is not STATUS=FRACTION or latency=DURATION")]
+    #[error("{0:?} is not STATUS=FRACTION, latency=DURATION or upgrade-delay=DURATION")]
     Shape(String),
     #[error("{0} is not a status that can be injected; use one of 410, 429, 500, 502, 503, 504")]
     Status(String),
@@ -101,7 +108,7 @@ pub enum FaultsError {
     Twice(String),
     #[error("the fractions add up to {0}, more than 1")]
     Sum(f64),
-    #[error("latency {0:?} is not a duration from 0ms to 10s (like 20ms or 1s)")]
+    #[error("{0:?} is not a duration from 0ms to 10s (like 20ms or 1s)")]
     Latency(String),
     #[error("{0} is not a DynamoDB fault; use ddb-conflict, ddb-throttle, ddb-lost or ddb-latency")]
     Dynamo(String),
@@ -126,6 +133,10 @@ impl Faults {
 
     pub fn latency(&self) -> Duration {
         self.latency
+    }
+
+    pub fn upgrade_delay(&self) -> Duration {
+        self.upgrade_delay
     }
 
     pub fn dynamo(&self) -> &DynamoFaults {
@@ -161,18 +172,23 @@ impl FromStr for Faults {
 
     fn from_str(spec: &str) -> Result<Faults, FaultsError> {
         let mut faults = Faults::default();
-        let mut latency = None;
+        let (mut latency, mut upgrade_delay) = (None, None);
         let mut seen = std::collections::HashSet::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
                 .map(|(n, v)| (n.trim(), v.trim()))
                 .ok_or_else(|| FaultsError::Shape(part.to_owned()))?;
-            if name == "latency" {
-                if latency.is_some() {
-                    return Err(FaultsError::Twice("latency".into()));
+            if name == "latency" || name == "upgrade-delay" {
+                let slot = if name == "latency" {
+                    &mut latency
+                } else {
+                    &mut upgrade_delay
+                };
+                if slot.is_some() {
+                    return Err(FaultsError::Twice(name.to_owned()));
                 }
-                latency = Some(parse_latency(value).ok_or_else(|| FaultsError::Latency(value.to_owned()))?);
+                *slot = Some(parse_latency(value).ok_or_else(|| FaultsError::Latency(value.to_owned()))?);
                 continue;
             }
             if let Some(fault) = name.strip_prefix("ddb-") {
@@ -229,6 +245,7 @@ impl FromStr for Faults {
             return Err(FaultsError::Sum(sum));
         }
         faults.latency = latency.unwrap_or_default();
+        faults.upgrade_delay = upgrade_delay.unwrap_or_default();
         Ok(faults)
     }
 }
@@ -238,6 +255,9 @@ impl fmt::Display for Faults {
         let mut parts: Vec<String> = self.rates.iter().map(|(s, r)| format!("{s}={r}")).collect();
         if !self.latency.is_zero() {
             parts.push(format!("latency={}ms", self.latency.as_millis()));
+        }
+        if !self.upgrade_delay.is_zero() {
+            parts.push(format!("upgrade-delay={}ms", self.upgrade_delay.as_millis()));
         }
         let d = &self.dynamo;
         for (name, share) in [("conflict", d.conflict), ("throttle", d.throttle), ("lost", d.lost)] {
@@ -312,6 +332,29 @@ mod tests {
             "ddb-conflict=0.6,ddb-lost=0.5".parse::<Faults>(),
             Err(FaultsError::Sum(_))
         ));
+    }
+
+    #[test]
+    fn parses_an_upgrade_delay_beside_the_other_faults() {
+        let f: Faults = "upgrade-delay=300ms".parse().unwrap();
+        assert_eq!(f.upgrade_delay(), Duration::from_millis(300));
+        assert_eq!((f.rates(), f.latency()), (&[][..], Duration::ZERO));
+        assert_eq!(f.to_string(), "upgrade-delay=300ms");
+        let f: Faults = "429=0.1,latency=5ms,upgrade-delay=1s".parse().unwrap();
+        assert_eq!(f.upgrade_delay(), Duration::from_secs(1));
+        assert_eq!(f.to_string(), "429=0.1,latency=5ms,upgrade-delay=1000ms");
+        assert_eq!(f.to_string().parse::<Faults>().unwrap(), f);
+        assert_eq!(Faults::default().upgrade_delay(), Duration::ZERO);
+        for (spec, error) in [
+            ("upgrade-delay=300", FaultsError::Latency("300".into())),
+            ("upgrade-delay=11s", FaultsError::Latency("11s".into())),
+            (
+                "upgrade-delay=1ms,upgrade-delay=2ms",
+                FaultsError::Twice("upgrade-delay".into()),
+            ),
+        ] {
+            assert_eq!(spec.parse::<Faults>(), Err(error), "{spec}");
+        }
     }
 
     #[test]

@@ -57,6 +57,8 @@ enum Outgoing {
 #[derive(Default)]
 pub struct Sockets {
     open: Mutex<HashMap<String, mpsc::UnboundedSender<Outgoing>>>,
+    /// Connections `$connect` accepted whose upgrade `upgrade-delay` holds.
+    upgrading: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Sink for Sockets {
@@ -86,6 +88,10 @@ impl Sink for Sockets {
             let _ = tx.send(Outgoing::Close(1001, "Going away: @connections answered 410".into()));
         }
     }
+
+    fn upgrading(&self, connection_id: &str) -> bool {
+        self.upgrading.lock().unwrap().contains(connection_id)
+    }
 }
 
 pub struct Gateway {
@@ -95,6 +101,8 @@ pub struct Gateway {
     pub stage: String,
     pub domain: String,
     pub logs: Logs,
+    /// How long each upgrade is held after `$connect` returns (`--inject upgrade-delay=…`).
+    pub upgrade_delay: Duration,
 }
 
 /// What API Gateway knows about one connection.
@@ -229,6 +237,9 @@ impl Gateway {
         let gateway = self.clone();
         tokio::spawn(async move {
             let outcome = gateway.handshake(query, headers, peer).await;
+            if let Ok(connection) = &outcome {
+                gateway.hold_upgrade(&connection.id).await;
+            }
             // Unclaimed, not a bare Connection: hyper may drop this request's future after the
             // answer is sent and before it is read, and the answer's drop must still disconnect.
             let _ = answer.send(outcome.map(|connection| Unclaimed(Some((gateway.clone(), connection)))));
@@ -255,6 +266,18 @@ impl Gateway {
                 .insert(axum::http::header::SEC_WEBSOCKET_PROTOCOL, value);
         }
         response
+    }
+
+    /// Holds the upgrade of a connection `$connect` accepted for `upgrade_delay`, during which
+    /// `@connections` answers 410 for it, as API Gateway does until the handshake is finished.
+    async fn hold_upgrade(&self, connection_id: &str) {
+        if self.upgrade_delay.is_zero() {
+            return;
+        }
+        self.sockets.upgrading.lock().unwrap().insert(connection_id.to_owned());
+        self.logs.upgrade_held(connection_id, self.upgrade_delay);
+        tokio::time::sleep(self.upgrade_delay).await;
+        self.sockets.upgrading.lock().unwrap().remove(connection_id);
     }
 
     /// `$disconnect` for a connection that `$connect` accepted but that never opened.

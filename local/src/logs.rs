@@ -96,6 +96,26 @@ impl Logs {
         );
     }
 
+    /// A request answered 410 because `upgrade-delay` holds the connection's upgrade.
+    pub fn injected_upgrading(&self, method: &str, connection_id: &str) {
+        eprintln!(
+            "{} injected {} {method} @connections/{connection_id}{}",
+            self.paint(YELLOW, "⚡"),
+            crate::connections::UPGRADE_410,
+            self.paint(DIM, " (its upgrade is held: still connecting; the socket stays)")
+        );
+    }
+
+    /// An upgrade `upgrade-delay` holds after `$connect` returned.
+    pub fn upgrade_held(&self, connection_id: &str, delay: Duration) {
+        eprintln!(
+            "{} injected upgrade-delay {}ms {connection_id}{}",
+            self.paint(YELLOW, "⚡"),
+            delay.as_millis(),
+            self.paint(DIM, " ($connect returned; the socket opens after it)")
+        );
+    }
+
     /// One DynamoDB fault `wsfan dev --inject 'ddb-…'` injected into a function's call.
     pub fn dynamo_injected(&self, fault: &str, operation: &str) {
         eprintln!("{} injected ddb-{fault} DynamoDB {operation}", self.paint(YELLOW, "⚡"));
@@ -117,7 +137,7 @@ impl Logs {
     }
 
     /// The faults injected so far, by status, out of `requests` answered by @connections.
-    pub fn injected_summary(&self, injected: &std::collections::BTreeMap<u16, u64>, requests: u64) {
+    pub fn injected_summary(&self, injected: &std::collections::BTreeMap<String, u64>, requests: u64) {
         let counts: Vec<String> = injected.iter().map(|(s, n)| format!("{s}={n}")).collect();
         let total: u64 = injected.values().sum();
         eprintln!(

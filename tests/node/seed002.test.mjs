@@ -1,7 +1,10 @@
 // Seed 002's chat page, unchanged, against `wsfan dev`: it connects with
 // `?type=chat&booking_id=…&token=…`, never asks for history, and loads it from the `history`
 // frame it is sent. 100 connects in a row, every other one sending at once on open; each must
-// get its booking's history, once, in order.
+// get its booking's history, once, in order. Every upgrade is held 300 ms after `$connect`
+// returns (`--inject upgrade-delay=300ms`), during which posts to the connection are answered
+// 410, as on API Gateway before the handshake is done: the history push races the upgrade on
+// every connect, and must still arrive.
 //
 // Needs: `cargo build --workspace --bins` and `npm ci` (ws). Run: node --test tests/node/*.test.mjs
 
@@ -12,6 +15,7 @@ import WebSocket from 'ws';
 import { startStack, tail, WSFAN, REPO } from '../support/stack.mjs';
 
 const CONNECTS = 100;
+const UPGRADE_DELAY = '300ms';
 const DEV_SECRET = 'wsfan-local-dev-secret'; // wsfan_local::dev::DEV_SECRET
 const BOOKING = `b-${Date.now().toString(36)}`;
 const SEEDED = ['Hi, is the room still free?', 'Yes, from the 3rd.', 'Great, booking now.'];
@@ -39,7 +43,7 @@ function seedPage(WS_URL, bookingId, token, show, { sendAtOnce = false } = {}) {
 
 describe('seed 002: the chat page gets its booking history on connect', { timeout: 600_000 }, () => {
   let stack = null;
-  before(async () => { stack = await startStack(); }, { timeout: 150_000 });
+  before(async () => { stack = await startStack(['--inject', `upgrade-delay=${UPGRADE_DELAY}`]); }, { timeout: 150_000 });
   after(async () => { if (stack) await stack.stop(); });
 
   it(`${CONNECTS} of ${CONNECTS} connects in a row get the history, including those that send at once`, async () => {
@@ -70,7 +74,13 @@ describe('seed 002: the chat page gets its booking history on connect', { timeou
       const seqs = messages.map((m) => m.seq);
       assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b), `connect ${i}: in order`);
     }
-    console.log(`seed 002: ${CONNECTS - missed.length} of ${CONNECTS} connects got their history`);
+    // The window happened: posts reached connections whose upgrade was held (the summary of
+    // injected faults, printed every 5 s, counts them).
+    const counts = [...stack.log().matchAll(/upgrade-410=(\d+)/g)].map((m) => Number(m[1]));
+    const refused = counts.length ? counts[counts.length - 1] : 0;
+    console.log(`seed 002: ${CONNECTS - missed.length} of ${CONNECTS} connects got their history ` +
+      `(upgrades held ${UPGRADE_DELAY}; ${refused} posts answered 410 meanwhile)`);
     assert.deepEqual(missed, [], `stack log:\n${tail(stack.log())}`);
+    assert.ok(refused > 0, 'no post reached a held upgrade: the test did not make the race happen');
   });
 });

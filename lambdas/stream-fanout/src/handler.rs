@@ -15,7 +15,10 @@
 //! pass is reported in `batchItemFailures` by its sequence number, and so is every later record
 //! of the same channel, so that the retry (which starts from the failed record) replays them in
 //! order. A membership written with `history` (asked for at connect) sends that page of the
-//! channel's history to that one connection, in its place among the channel's frames.
+//! channel's history to that one connection, in its place among the channel's frames. `$connect`
+//! writes that membership before the connection is open, so the page can reach API Gateway
+//! first and be answered 410: while the broadcaster says the connection is still connecting, its
+//! frames are posted again after each of [`UPGRADE_BACKOFF`] (see [`deliver_once_open`]).
 //!
 //! The invocation keeps a hand-off time [`HANDOFF_RESERVE`] before its timeout. No post starts
 //! after it: a recipient's frames not yet delivered go to the delivery queue, in order, for
@@ -58,7 +61,7 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 use futures::StreamExt;
 use serde_dynamo::AttributeValue;
 use wsfan_shared::batch::by_key;
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Parcel, MAX_PAYLOAD_BYTES};
+use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Parcel, ParcelReport, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
@@ -69,6 +72,18 @@ use wsfan_shared::store::{Member, Store, StoreError};
 /// Time kept at the end of an invocation: posts stop this long before the timeout, and what is
 /// left goes to the delivery queue (a few sends) or back to Lambda.
 pub const HANDOFF_RESERVE: Duration = Duration::from_secs(5);
+
+/// The waits before each new post of a history page to a connection that answered 410 while
+/// still connecting: about 3 s in all, far longer than API Gateway takes to finish an upgrade
+/// once `$connect` has returned, and short enough not to hold the channel up for long.
+pub const UPGRADE_BACKOFF: [Duration; 6] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1500),
+];
 
 /// When an invocation that must end by `deadline_ms` (milliseconds since the epoch, as the
 /// Runtime API gives it) hands what is left on: [`HANDOFF_RESERVE`] before, or half-way for a
@@ -362,6 +377,62 @@ fn parcels(members: &[Member], planned: &[Planned]) -> Vec<Parcel> {
     parcels
 }
 
+/// The connections a history page is planned for: they asked for it at connect, so its push may
+/// reach API Gateway before their upgrade is done.
+fn awaiting_upgrade(planned: &[Planned]) -> Vec<&str> {
+    planned
+        .iter()
+        .filter_map(|p| match &p.to {
+            Audience::Connection(id) => Some(id.as_str()),
+            Audience::Members { .. } => None,
+        })
+        .collect()
+}
+
+/// Delivers `parcels`, and does not let a history page race its connection's upgrade: a
+/// recipient in `awaiting` that answers 410 while still connecting is posted the frames it did
+/// not get again after each of [`UPGRADE_BACKOFF`], until it takes them. The counters add up
+/// over the rounds. A wait that would pass `stop_at` is not waited: those frames are handed on
+/// (in the report's `undelivered`), for the delivery queue. Other recipients still connecting
+/// lose the frame, as any client not connected yet would; they asked for nothing at connect.
+async fn deliver_once_open<D: Deliver>(
+    deliver: &D,
+    parcels: Vec<Parcel>,
+    awaiting: &[&str],
+    stop_at: Option<Instant>,
+) -> ParcelReport {
+    let mut report = deliver.deliver_parcels(parcels, stop_at).await;
+    let mut waits = UPGRADE_BACKOFF.iter();
+    loop {
+        let again: Vec<Parcel> = std::mem::take(&mut report.connecting)
+            .into_iter()
+            .filter(|p| awaiting.contains(&p.connection_id.as_str()))
+            .collect();
+        if again.is_empty() {
+            return report;
+        }
+        let Some(wait) = waits.next() else {
+            tracing::warn!(
+                recipients = again.len(),
+                "still connecting after every retry; their history was not delivered"
+            );
+            return report;
+        };
+        if stop_at.is_some_and(|at| Instant::now() + *wait >= at) {
+            report.handed_on += again.len() as u64;
+            report.undelivered.extend(again);
+            return report;
+        }
+        tokio::time::sleep(*wait).await;
+        report.counters.retried += again.len() as u64;
+        let next = deliver.deliver_parcels(again, stop_at).await;
+        report.counters.add(&next.counters);
+        report.undelivered.extend(next.undelivered);
+        report.handed_on += next.handed_on;
+        report.connecting = next.connecting;
+    }
+}
+
 /// The frames of recipients not reached (by their deadline, or by the hand-off) go to the delivery
 /// queue, each recipient's in order: one frame after another, so each group's shards keep it.
 async fn hand_on<Q: ShardQueue>(
@@ -450,7 +521,13 @@ async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueu
     let Some(members) = members else {
         return sharded(deliver, shards, &channel, &planned, &origins, outcomes, stop_at).await;
     };
-    let report = deliver.deliver_parcels(parcels(&members, &planned), stop_at).await;
+    let report = deliver_once_open(
+        deliver,
+        parcels(&members, &planned),
+        &awaiting_upgrade(&planned),
+        stop_at,
+    )
+    .await;
     outcomes[planned[0].record] = Ok(report.counters);
     if report.undelivered.is_empty() {
         return outcomes;
@@ -494,7 +571,7 @@ async fn sharded<D: Deliver, Q: ShardQueue>(
                     frames: vec![p.frame.clone()],
                     batch: false,
                 };
-                let report = deliver.deliver_parcels(vec![parcel], stop_at).await;
+                let report = deliver_once_open(deliver, vec![parcel], &[id.as_str()], stop_at).await;
                 match report.undelivered.is_empty() {
                     true => Ok(report.counters),
                     false => hand_on(shards, channel, planned, origins, report.undelivered)

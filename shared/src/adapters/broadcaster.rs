@@ -115,6 +115,9 @@ pub enum Delivery {
     Delivered,
     /// 410: the connection is gone and has been cleaned up.
     Gone,
+    /// 410 from a connection stored less than [`ESTABLISHING_MILLIS`] ago: most likely still in
+    /// `$connect` or its handshake, so it is kept, and a post after it opens will land.
+    Connecting,
     /// Not delivered: retries ran out, or the error is not worth retrying.
     Failed(String),
 }
@@ -257,6 +260,10 @@ pub struct ParcelReport {
     pub undelivered: Vec<Parcel>,
     /// Of the undelivered recipients, those stopped by `stop_at` rather than by failing.
     pub handed_on: u64,
+    /// Recipients that answered 410 while still connecting ([`Delivery::Connecting`]), with
+    /// their frames from the one refused on: a caller that knows the connection is about to open
+    /// (it asked for these frames at connect) may post them again.
+    pub connecting: Vec<Parcel>,
 }
 
 /// The start of a batch frame; its frames follow, comma-separated, then [`BATCH_CLOSE`].
@@ -303,7 +310,17 @@ pub fn pack(frames: &[std::sync::Arc<str>], batch: bool) -> Vec<(Vec<u8>, usize)
 
 /// Cleans up after a recipient that answered 410 Gone.
 pub trait GoneCleanup: Send + Sync {
-    fn connection_gone(&self, connection_id: &str) -> impl Future<Output = ()> + Send;
+    /// What the 410 meant: the connection is gone (cleaned up), or it is still connecting (kept).
+    fn connection_gone(&self, connection_id: &str) -> impl Future<Output = Gone> + Send;
+}
+
+/// What [`GoneCleanup`] made of a 410.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// The connection is gone; its items are removed (or left to its TTL).
+    Removed,
+    /// The connection is younger than [`ESTABLISHING_MILLIS`]: still connecting, kept.
+    Connecting,
 }
 
 /// How long after `$connect` stored a connection a 410 for it may mean "not established yet"
@@ -315,7 +332,7 @@ pub trait GoneCleanup: Send + Sync {
 pub const ESTABLISHING_MILLIS: i64 = 30_000;
 
 impl<S: Store> GoneCleanup for S {
-    async fn connection_gone(&self, connection_id: &str) {
+    async fn connection_gone(&self, connection_id: &str) -> Gone {
         if let Ok(Some(connection)) = self.connection(connection_id).await {
             let age = crate::clock::now_millis() - connection.connected_at;
             if age < ESTABLISHING_MILLIS {
@@ -324,7 +341,7 @@ impl<S: Store> GoneCleanup for S {
                     age_ms = age,
                     "410 from a connection that may still be connecting; kept (its $disconnect or TTL removes it if gone)"
                 );
-                return;
+                return Gone::Connecting;
             }
         }
         match self.disconnect(connection_id).await {
@@ -337,6 +354,7 @@ impl<S: Store> GoneCleanup for S {
                 tracing::warn!(connection = connection_id, error = %e, "could not remove gone connection; TTL will")
             }
         }
+        Gone::Removed
     }
 }
 
@@ -618,8 +636,10 @@ impl<G: GoneCleanup> Broadcaster<G> {
             let mut throttled = false;
             let why = match self.attempt(connection_id, payload).await {
                 Attempt::Done(Delivery::Gone) => {
-                    self.gone.connection_gone(connection_id).await;
-                    posted.delivery = Delivery::Gone;
+                    posted.delivery = match self.gone.connection_gone(connection_id).await {
+                        Gone::Removed => Delivery::Gone,
+                        Gone::Connecting => Delivery::Connecting,
+                    };
                     return posted;
                 }
                 Attempt::Done(d) => {
@@ -747,9 +767,14 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
         let mut report = ParcelReport::default();
         while let Some((counters, rest)) = done.next().await {
             report.counters.add(&counters);
-            if let Some((rest, handed_on)) = rest {
-                report.handed_on += u64::from(handed_on);
-                report.undelivered.push(rest);
+            match rest {
+                None => {}
+                Some(Unsent::Failed(rest)) => report.undelivered.push(rest),
+                Some(Unsent::HandedOn(rest)) => {
+                    report.handed_on += 1;
+                    report.undelivered.push(rest);
+                }
+                Some(Unsent::Connecting(rest)) => report.connecting.push(rest),
             }
         }
         report.counters.backoffs = self.backoffs().saturating_sub(backoffs_before);
@@ -757,10 +782,20 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
     }
 }
 
+/// A recipient's frames left when [`Broadcaster::post_parcel`] stopped, and why.
+enum Unsent {
+    /// A post failed (retries ran out, or not worth retrying).
+    Failed(Parcel),
+    /// `stop_at` came first.
+    HandedOn(Parcel),
+    /// 410 from a connection still connecting.
+    Connecting(Parcel),
+}
+
 impl<G: GoneCleanup> Broadcaster<G> {
-    /// Posts one recipient its frames in order; what is left when a post fails or `stop_at`
-    /// comes (and whether `stop_at` stopped it).
-    async fn post_parcel(&self, parcel: Parcel, stop_at: Option<Instant>) -> (Counters, Option<(Parcel, bool)>) {
+    /// Posts one recipient its frames in order; what is left when a post fails, the recipient
+    /// is still connecting, or `stop_at` comes.
+    async fn post_parcel(&self, parcel: Parcel, stop_at: Option<Instant>) -> (Counters, Option<Unsent>) {
         let mut counters = Counters::default();
         let mut sent = 0;
         for (body, count) in pack(&parcel.frames, parcel.batch) {
@@ -769,7 +804,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return (counters, Some((parcel.rest(sent), true)));
+                        return (counters, Some(Unsent::HandedOn(parcel.rest(sent))));
                     }
                     left.min(self.config.deadline)
                 }
@@ -788,14 +823,18 @@ impl<G: GoneCleanup> Broadcaster<G> {
                     counters.gone += 1;
                     return (counters, None);
                 }
+                Delivery::Connecting => {
+                    counters.gone += 1;
+                    return (counters, Some(Unsent::Connecting(parcel.rest(sent))));
+                }
                 Delivery::Failed(why) => {
                     // Stopped by the hand-off rather than failing: handed on, not failed.
-                    let stopped = stop_at.is_some_and(|at| Instant::now() >= at);
-                    if !stopped {
-                        counters.failed += 1;
-                        tracing::warn!(connection = %parcel.connection_id, reason = %why, frames = parcel.frames.len() - sent, "not delivered");
+                    if stop_at.is_some_and(|at| Instant::now() >= at) {
+                        return (counters, Some(Unsent::HandedOn(parcel.rest(sent))));
                     }
-                    return (counters, Some((parcel.rest(sent), stopped)));
+                    counters.failed += 1;
+                    tracing::warn!(connection = %parcel.connection_id, reason = %why, frames = parcel.frames.len() - sent, "not delivered");
+                    return (counters, Some(Unsent::Failed(parcel.rest(sent))));
                 }
             }
         }
@@ -847,7 +886,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
             report.counters.paced_ms += paced.as_millis() as u64;
             match &delivery {
                 Delivery::Delivered => report.counters.delivered += 1,
-                Delivery::Gone => report.counters.gone += 1,
+                Delivery::Gone | Delivery::Connecting => report.counters.gone += 1,
                 Delivery::Failed(why) => {
                     report.counters.failed += 1;
                     tracing::warn!(connection = %id, reason = %why, "not delivered");
@@ -973,7 +1012,9 @@ mod tests {
     struct NoCleanup;
 
     impl GoneCleanup for NoCleanup {
-        async fn connection_gone(&self, _connection_id: &str) {}
+        async fn connection_gone(&self, _connection_id: &str) -> Gone {
+            Gone::Removed
+        }
     }
 
     #[tokio::test]
