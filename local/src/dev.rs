@@ -750,16 +750,19 @@ async fn stream_poller(
             })
             .collect();
     loop {
-        let records = match reader.poll(1000).await {
+        let polled = tokio::time::Instant::now();
+        let records = match reader.poll(STREAM_READ_LIMIT).await {
             Ok(records) => records,
             Err(e) => {
                 logs.warn(&format!("reading the stream: {e}"));
                 Vec::new()
             }
         };
-        if records.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // A full read leaves more behind: read on at once, as Lambda catches up on a backlog.
+        let next_poll = match records.len() < STREAM_READ_LIMIT as usize {
+            true => Some(polled + STREAM_POLL_INTERVAL),
+            false => None,
+        };
         for record in records {
             if !matches_any(&source.filters, &record_json(&record, &arn, LOCAL_REGION)) {
                 continue;
@@ -782,8 +785,20 @@ async fn stream_poller(
                 return;
             }
         }
+        if let Some(at) = next_poll {
+            tokio::time::sleep_until(at).await;
+        }
     }
 }
+
+/// Lambda polls each stream shard "at a base rate of 4 times per second" (AWS Lambda Developer
+/// Guide, "Polling and batching streams"), so a batch holds what arrived since the last poll: a
+/// busy channel's records reach stream-fanout several at a time, as on AWS. Polling as fast as
+/// moto answers made batches of one that AWS would not, and overstated posts per frame.
+const STREAM_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Records one poll reads (GetRecords' own limit).
+const STREAM_READ_LIMIT: i32 = 1000;
 
 /// One lane of a stream shard: its records in order, a batch at a time, retried from the first
 /// failed record, then sent to the on-failure destination when the retries run out.
