@@ -89,7 +89,18 @@ async fn connect_event(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> Api
 
 async fn message(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
     let unlimited = DynamoLimiter::new(&t.store, RateLimit::OFF);
-    ws_message::handle(&t.store, &unlimited, &Retention::default(), e).await
+    let verifier = revocation_checked(t);
+    ws_message::handle(&t.store, &unlimited, &verifier, &Retention::default(), e).await
+}
+
+/// The verifier ws-message's `auth` uses: the dev secret and this table's revocations.
+fn revocation_checked(t: &TestTable) -> ws_authorizer::RevocationChecked<'static, DynamoStore> {
+    let verifier: &'static JwtVerifier = Box::leak(Box::new(dev_verifier(None)));
+    let store: &'static DynamoStore = Box::leak(Box::new(t.store.clone()));
+    ws_authorizer::RevocationChecked {
+        verifier,
+        revocations: store,
+    }
 }
 
 async fn run(t: &TestTable, path: &str) -> ApiGatewayProxyResponse {
@@ -617,6 +628,7 @@ async fn connect_with_a_bad_user_id_is_refused_and_writes_nothing() {
             joined: vec![],
             history: None,
             batch: false,
+            token_exp: None,
         };
         assert!(
             matches!(
@@ -981,7 +993,7 @@ async fn history_pages_back_through_messages_only() {
 async fn ask(t: &TestTable, retention: &Retention, frame: Value) -> Value {
     let e = event("ws-message/send-message", |v| v["body"] = json!(frame.to_string()));
     let unlimited = DynamoLimiter::new(&t.store, RateLimit::OFF);
-    body(&ws_message::handle(&t.store, &unlimited, retention, e).await)
+    body(&ws_message::handle(&t.store, &unlimited, &revocation_checked(t), retention, e).await)
 }
 
 async fn say(t: &TestTable, text: &str) -> Value {
@@ -1248,14 +1260,14 @@ async fn a_frame_over_the_limit_gets_rate_limited_and_changes_nothing() {
         })
     };
     for i in 0..2 {
-        let r = ws_message::handle(&t.store, &limiter, &Retention::default(), join()).await;
+        let r = ws_message::handle(&t.store, &limiter, &revocation_checked(&t), &Retention::default(), join()).await;
         assert_eq!(body(&r)["type"], "joined", "{i}");
     }
     let before = t.items().await;
     let leave = event("ws-message/send-message", |v| {
         v["body"] = json!(json!({"action": "leave", "channel": "workspace:42"}).to_string());
     });
-    let r = ws_message::handle(&t.store, &limiter, &Retention::default(), leave).await;
+    let r = ws_message::handle(&t.store, &limiter, &revocation_checked(&t), &Retention::default(), leave).await;
     assert_eq!(error_code(&r), "rate_limited");
     let retry = body(&r)["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!((1..=1000).contains(&retry), "{retry}");
