@@ -654,12 +654,21 @@ async fn websocket(
     page_or_socket(app, stage_ok, peer, query, request).await
 }
 
-/// A dev token for the demo page: any name, the demo's channels.
+/// A dev token for the demo page: any name, the demo's channels; `ttl` (seconds, default 12 h)
+/// for a short-lived one, to see refresh and expiry.
 async fn token(State(app): State<Arc<App>>, Query(query): Query<HashMap<String, String>>) -> Response {
     let sub = query.get("sub").map(String::as_str).unwrap_or("");
+    let ttl = match query.get("ttl").map(|t| t.parse::<i64>()) {
+        None => 12 * 3600,
+        Some(Ok(t)) if (1..=12 * 3600).contains(&t) => t,
+        Some(_) => {
+            let message = "ttl must be whole seconds from 1 to 43200";
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response();
+        }
+    };
     let claims = Claims {
         sub: sub.to_owned(),
-        exp: wsfan_shared::clock::now_secs() + 12 * 3600,
+        exp: wsfan_shared::clock::now_secs() + ttl,
         nbf: None,
         channels: vec!["workspace:*".into(), "doc:*".into(), "session:*".into()],
         role: None,
