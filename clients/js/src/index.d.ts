@@ -11,6 +11,8 @@ export interface ClientOptions {
   token?: string | (() => string | Promise<string>);
   /** Refresh the token this long before its `exp` (default 60 s; a short-lived one at half its life). */
   refreshAheadMs?: number;
+  /** false: never refresh; the connection ends at the token's exp and reconnects (default true). */
+  refresh?: boolean;
   /**
    * Where the token travels: 'protocol' (default) sends `Sec-WebSocket-Protocol: wsfan.v1,
    * bearer.<token>`, out of the URL; 'query' sends `?token=` (stacks older than wsfan.v1).

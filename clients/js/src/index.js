@@ -281,7 +281,7 @@ export class WsfanClient {
    */
   scheduleRefresh() {
     clearTimeout(this.timers.refresh);
-    if (typeof this.options.token !== 'function' || !this.tokenExpiresAt) return;
+    if (this.options.refresh === false || typeof this.options.token !== 'function' || !this.tokenExpiresAt) return;
     const left = this.tokenExpiresAt - Date.now();
     const ahead = Math.min(this.options.refreshAheadMs, Math.max(0, left / 2));
     this.timers.refresh = setTimeout(() => this.refresh(), Math.max(0, left - ahead));
