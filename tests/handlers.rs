@@ -1260,14 +1260,28 @@ async fn a_frame_over_the_limit_gets_rate_limited_and_changes_nothing() {
         })
     };
     for i in 0..2 {
-        let r = ws_message::handle(&t.store, &limiter, &revocation_checked(&t), &Retention::default(), join()).await;
+        let r = ws_message::handle(
+            &t.store,
+            &limiter,
+            &revocation_checked(&t),
+            &Retention::default(),
+            join(),
+        )
+        .await;
         assert_eq!(body(&r)["type"], "joined", "{i}");
     }
     let before = t.items().await;
     let leave = event("ws-message/send-message", |v| {
         v["body"] = json!(json!({"action": "leave", "channel": "workspace:42"}).to_string());
     });
-    let r = ws_message::handle(&t.store, &limiter, &revocation_checked(&t), &Retention::default(), leave).await;
+    let r = ws_message::handle(
+        &t.store,
+        &limiter,
+        &revocation_checked(&t),
+        &Retention::default(),
+        leave,
+    )
+    .await;
     assert_eq!(error_code(&r), "rate_limited");
     let retry = body(&r)["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!((1..=1000).contains(&retry), "{retry}");

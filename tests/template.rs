@@ -1224,7 +1224,7 @@ fn check_expiry(t: &Template, out: &mut Vec<String>) {
         .filter(|(_, e)| get(e, &["Type"]).and_then(Value::as_str) == Some("Schedule"))
         .filter_map(|(_, e)| get(e, &["Properties", "Schedule"]).and_then(Value::as_str))
         .collect();
-    if !schedules.iter().any(|s| *s == "rate(1 minute)") {
+    if !schedules.contains(&"rate(1 minute)") {
         out.push(format!(
             "{id}: needs a Schedule event rate(1 minute), or expired connections stay open longer than a minute (has {schedules:?})"
         ));
@@ -1245,10 +1245,13 @@ fn check_expiry(t: &Template, out: &mut Vec<String>) {
             }
             if action == "execute-api:ManageConnections" {
                 for r in strings(statement.get("Resource")) {
-                    let tail_ok = sub_of(r)
-                        .is_some_and(|arn| arn.ends_with("/POST/@connections/*") || arn.ends_with("/DELETE/@connections/*"));
+                    let tail_ok = sub_of(r).is_some_and(|arn| {
+                        arn.ends_with("/POST/@connections/*") || arn.ends_with("/DELETE/@connections/*")
+                    });
                     if !tail_ok {
-                        out.push(format!("{id}: ManageConnections on {r:?}; only POST and DELETE @connections/*"));
+                        out.push(format!(
+                            "{id}: ManageConnections on {r:?}; only POST and DELETE @connections/*"
+                        ));
                     }
                 }
             }
@@ -1258,7 +1261,13 @@ fn check_expiry(t: &Template, out: &mut Vec<String>) {
         return;
     };
     let (a, m) = (t.environment(&authorizer), t.environment(&message));
-    for name in ["JWT_SECRET", "JWKS_URL", "JWT_AUDIENCE", "JWT_ISSUER", "JWT_LEEWAY_SECONDS"] {
+    for name in [
+        "JWT_SECRET",
+        "JWKS_URL",
+        "JWT_AUDIENCE",
+        "JWT_ISSUER",
+        "JWT_LEEWAY_SECONDS",
+    ] {
         if a.get(name) != m.get(name) {
             out.push(format!(
                 "{} ({MESSAGE}): {name} differs from the authorizer's; `auth` must verify tokens as $connect does",
@@ -1805,14 +1814,29 @@ fn a_sweep_slower_than_a_minute_or_with_more_rights_or_a_different_verifier_is_r
     let problems = problems_after(|doc| {
         set(
             doc,
-            &["Resources", "ExpirySweepFunction", "Properties", "Events", "EveryMinute", "Properties", "Schedule"],
+            &[
+                "Resources",
+                "ExpirySweepFunction",
+                "Properties",
+                "Events",
+                "EveryMinute",
+                "Properties",
+                "Schedule",
+            ],
             Value::from("rate(5 minutes)"),
         );
         let statements = statements_of(doc, "ExpirySweepFunction");
         statements.push(yaml("{Effect: Allow, Action: dynamodb:Scan, Resource: '*'}"));
         set(
             doc,
-            &["Resources", "WsMessageFunction", "Properties", "Environment", "Variables", "JWT_LEEWAY_SECONDS"],
+            &[
+                "Resources",
+                "WsMessageFunction",
+                "Properties",
+                "Environment",
+                "Variables",
+                "JWT_LEEWAY_SECONDS",
+            ],
             Value::from("600"),
         );
     });

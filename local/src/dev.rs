@@ -491,7 +491,10 @@ fn spawn_schedules(
 ) -> Result<(), DevError> {
     for schedule in &environment.template.schedules {
         let function = functions.get(&schedule.binary).cloned().ok_or_else(|| {
-            DevError::Setup(format!("the template schedules {}, which is not a function", schedule.binary))
+            DevError::Setup(format!(
+                "the template schedules {}, which is not a function",
+                schedule.binary
+            ))
         })?;
         let every = config.schedule_every.unwrap_or(schedule.every);
         tokio::spawn(scheduler(function, every, logs.clone()));

@@ -217,7 +217,9 @@ impl Template {
             {
                 let expression = string(get(event, &["Properties", "Schedule"])).unwrap_or_default();
                 let every = parse_rate(&expression).ok_or_else(|| {
-                    TemplateError::Shape(format!("{id}: schedule {expression:?} is not rate(N minutes|hours|days)"))
+                    TemplateError::Shape(format!(
+                        "{id}: schedule {expression:?} is not rate(N minutes|hours|days)"
+                    ))
                 })?;
                 schedules.push(Schedule {
                     binary: binary.clone(),

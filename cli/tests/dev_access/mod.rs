@@ -317,7 +317,11 @@ async fn a_refreshed_token_narrows_the_connection_and_leaves_what_it_no_longer_a
     assert_eq!(authed["type"], "authed", "{authed}");
     assert_eq!(authed["exp"], exp);
     assert_eq!(authed["channels"], json!(["doc:*"]));
-    assert_eq!(authed["left"], json!(["workspace:1"]), "only what the new token no longer allows");
+    assert_eq!(
+        authed["left"],
+        json!(["workspace:1"]),
+        "only what the new token no longer allows"
+    );
     let leave = bob
         .expect("alice's leave", |f| {
             f["type"] == "presence" && f["userId"] == "alice" && f["state"] == "leave"
@@ -335,10 +339,15 @@ async fn a_refreshed_token_narrows_the_connection_and_leaves_what_it_no_longer_a
         )
         .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let refused = alice.ask(json!({"action": "join", "channel": "workspace:2"}), "joined").await;
+    let refused = alice
+        .ask(json!({"action": "join", "channel": "workspace:2"}), "joined")
+        .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
     let ack = alice
-        .ask(json!({"action": "sendMessage", "channel": "doc:plan", "body": "ok"}), "ack")
+        .ask(
+            json!({"action": "sendMessage", "channel": "doc:plan", "body": "ok"}),
+            "ack",
+        )
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
 
@@ -348,11 +357,17 @@ async fn a_refreshed_token_narrows_the_connection_and_leaves_what_it_no_longer_a
     let revoked = stack.token_until("alice", &["workspace:*"], exp);
     let answer = stack.revoke(&["--token", &revoked]);
     assert!(answer["revokedJti"].is_string(), "{answer}");
-    for (what, token) in [("another user's", other_user), ("a forged", forged), ("a revoked", revoked)] {
+    for (what, token) in [
+        ("another user's", other_user),
+        ("a forged", forged),
+        ("a revoked", revoked),
+    ] {
         let refused = alice.ask(json!({"action": "auth", "token": token}), "authed").await;
         assert_eq!(refused["code"], "unauthorized", "{what} token: {refused}");
     }
-    let refused = alice.ask(json!({"action": "join", "channel": "workspace:1"}), "joined").await;
+    let refused = alice
+        .ask(json!({"action": "join", "channel": "workspace:1"}), "joined")
+        .await;
     assert_eq!(refused["code"], "forbidden", "a refused auth widens nothing: {refused}");
     stack.check_contract(&[&alice, &bob]);
 }
@@ -363,13 +378,21 @@ async fn a_token_that_expires_without_a_refresh_is_told_token_expired_and_closed
     let stack = Stack::start(&["--schedule-every-ms", "500"]);
     let soon = wsfan_shared::clock::now_secs() + 3;
     let channels = ["workspace:*"];
-    let mut stale = super::Client::connect(&format!("{}?token={}", stack.ws, stack.token_until("carol", &channels, soon)))
-        .await
-        .expect("connecting");
+    let mut stale = super::Client::connect(&format!(
+        "{}?token={}",
+        stack.ws,
+        stack.token_until("carol", &channels, soon)
+    ))
+    .await
+    .expect("connecting");
     stale.join("workspace:exp").await;
-    let mut kept = super::Client::connect(&format!("{}?token={}", stack.ws, stack.token_until("dave", &channels, soon)))
-        .await
-        .expect("connecting");
+    let mut kept = super::Client::connect(&format!(
+        "{}?token={}",
+        stack.ws,
+        stack.token_until("dave", &channels, soon)
+    ))
+    .await
+    .expect("connecting");
     kept.join("workspace:exp").await;
     let later = wsfan_shared::clock::now_secs() + 600;
     let authed = kept

@@ -5,7 +5,7 @@
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS", "CONNECTIONS_ENDPOINT"];
 
-use wsfan_shared::expiry::{Swept, Sweeper};
+use wsfan_shared::expiry::{Sweeper, Swept};
 
 /// One sweep. An error fails the invocation: the schedule runs the next one a minute later, and
 /// the cursor still points at the minutes not swept (the `Errors` alarm counts it).

@@ -301,7 +301,11 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
                     "the token could not be checked right now; send it again",
                 ));
             }
-            Err(e) => return Err(unauthorized(format!("the token is refused ({e}); this connection keeps its current one"))),
+            Err(e) => {
+                return Err(unauthorized(format!(
+                    "the token is refused ({e}); this connection keeps its current one"
+                )))
+            }
         };
         if fresh.user_id.as_deref() != Some(user) {
             return Err(unauthorized(format!(
@@ -317,9 +321,7 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
             .await
             .map_err(|e| match e {
                 StoreError::NotConnected => not_connected(),
-                StoreError::TokenClaimed => {
-                    ServerFrame::token_expired(current.expires.unwrap_or(exp)).into_error()
-                }
+                StoreError::TokenClaimed => ServerFrame::token_expired(current.expires.unwrap_or(exp)).into_error(),
                 other => {
                     tracing::error!(error = %other, "auth: storing the identity");
                     ProtocolError::new(ErrorCode::Internal, "the token could not be stored; send it again")
@@ -328,7 +330,10 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
         // What the new token no longer allows is left, as a `leave` would (members see it).
         let memberships = self.store.memberships(connection_id).await.map_err(|e| {
             tracing::error!(error = %e, "auth: reading the memberships");
-            ProtocolError::new(ErrorCode::Internal, "the memberships could not be read; send the token again")
+            ProtocolError::new(
+                ErrorCode::Internal,
+                "the memberships could not be read; send the token again",
+            )
         })?;
         let mut left = Vec::new();
         for channel in fresh.no_longer_allowed(memberships.iter().map(|m| &m.channel)) {

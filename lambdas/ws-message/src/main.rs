@@ -11,7 +11,10 @@ async fn main() -> Result<(), Error> {
     let store = DynamoStore::from_env().await?;
     let limiter = DynamoLimiter::new(&store, wsfan_shared::config::rate_limit_from_env()?);
     let jwt = JwtVerifier::new(AuthConfig::from_env()?);
-    let verifier = RevocationChecked { verifier: &jwt, revocations: &store };
+    let verifier = RevocationChecked {
+        verifier: &jwt,
+        revocations: &store,
+    };
     let (store, limiter, verifier) = (&store, &limiter, &verifier);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         Ok::<_, Error>(ws_message::handle(store, limiter, verifier, store.retention(), event.payload).await)

@@ -177,7 +177,11 @@ impl FrameLimiter for DynamoLimiter {
         self.limit
     }
 
-    async fn admit_reading(&self, connection_id: &str, now_us: i64) -> Result<(Verdict, Option<Refreshed>), StoreError> {
+    async fn admit_reading(
+        &self,
+        connection_id: &str,
+        now_us: i64,
+    ) -> Result<(Verdict, Option<Refreshed>), StoreError> {
         if self.limit.is_off() {
             // No write to ride on: the stored identity costs a read.
             let get = self

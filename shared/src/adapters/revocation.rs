@@ -16,8 +16,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
 use crate::access::Identity;
 use crate::auth::{AuthError, JwtVerifier, TokenFacts};
-use crate::channel::ChannelPattern;
 use crate::channel::ChannelId;
+use crate::channel::ChannelPattern;
 use crate::model::{keys, PK, SK, TTL_ATTRIBUTE};
 use crate::store::{DynamoStore, Store, StoreError};
 
@@ -265,7 +265,12 @@ impl Revoker {
 /// `DELETE @connections/{id}`; a connection already gone (410) is what was wanted. Revocation and
 /// the expiry sweep (adapters/expiry.rs) close connections this way.
 pub async fn close(connections: &aws_sdk_apigatewaymanagement::Client, connection_id: &str) -> Result<(), RevokeError> {
-    match connections.delete_connection().connection_id(connection_id).send().await {
+    match connections
+        .delete_connection()
+        .connection_id(connection_id)
+        .send()
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => Ok(()),
         Err(e) => Err(RevokeError::Close {

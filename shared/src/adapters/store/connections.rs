@@ -201,10 +201,13 @@ pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Resu
     )));
     retried("DeleteItem", store.deadline(), |_| bucket.clone().send()).await?;
     // And its expiry bucket item, so the sweep has nothing to close.
-    let token_exp = deleted
-        .attributes
-        .as_ref()
-        .and_then(|a| a.get(crate::access::TOKEN_EXP_CONTEXT)?.as_n().ok()?.parse::<i64>().ok());
+    let token_exp = deleted.attributes.as_ref().and_then(|a| {
+        a.get(crate::access::TOKEN_EXP_CONTEXT)?
+            .as_n()
+            .ok()?
+            .parse::<i64>()
+            .ok()
+    });
     if let Some(exp) = token_exp {
         store.forget_expiry(connection_id, exp).await?;
     }
