@@ -1407,3 +1407,112 @@ async fn authorization_matrix() {
         }
     }
 }
+
+// ---------- refresh and expiry (the store's side) ----------
+
+fn expiring(id: &str, user: &str, exp: i64) -> Connection {
+    let now = wsfan_shared::clock::now_secs();
+    Connection {
+        connection_id: id.into(),
+        user_id: Some(user.into()),
+        role: wsfan_shared::access::Role::Member,
+        channels: vec!["workspace:*".into()],
+        connected_at: now * 1000,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now + 3600,
+        joined: Vec::new(),
+        history: None,
+        batch: false,
+        token_exp: Some(exp),
+    }
+}
+
+/// The sweep finds what expired and nothing else; a refresh moves a connection out of its reach;
+/// a claim is taken once; `$disconnect` leaves no bucket behind; the cursor never moves back.
+#[tokio::test]
+async fn expiry_buckets_are_claimed_once_moved_by_a_refresh_and_removed_with_the_connection() {
+    use wsfan_shared::access::{parse_patterns, Identity, Role};
+    let t = TestTable::new().await;
+    let now = wsfan_shared::clock::now_secs();
+    t.store
+        .connect(&expiring("gone-1", "ann", now - 90), &[])
+        .await
+        .unwrap();
+    t.store.connect(&expiring("gone-2", "ben", now - 5), &[]).await.unwrap();
+    t.store
+        .connect(&expiring("later", "cat", now + 600), &[])
+        .await
+        .unwrap();
+    t.store
+        .connect(&expiring("refreshed", "dan", now - 5), &[])
+        .await
+        .unwrap();
+    t.store.connect(&expiring("closed", "eve", now - 5), &[]).await.unwrap();
+
+    // dan refreshes (before the sweep gets to him); eve's connection closes.
+    let fresh = Identity {
+        user_id: Some("dan".into()),
+        role: Role::Member,
+        channels: parse_patterns("doc:*").unwrap(),
+        expires: Some(now + 3600),
+    };
+    t.store
+        .refresh("refreshed", &fresh, now + 3600, Some(now - 5))
+        .await
+        .unwrap();
+    t.store.disconnect("closed").await.unwrap();
+
+    let due = t.store.due_expiries(now).await.unwrap();
+    let mut ids: Vec<&str> = due.expired.iter().map(|e| e.connection_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["gone-1", "gone-2"], "{due:?}");
+    for e in &due.expired {
+        assert!(
+            t.store.claim_expiry(e).await.unwrap(),
+            "first claim of {}",
+            e.connection_id
+        );
+        assert!(
+            !t.store.claim_expiry(e).await.unwrap(),
+            "a second sweep skips {}",
+            e.connection_id
+        );
+    }
+    // A refresh whose old bucket the sweep took is told so, and changes nothing.
+    let late = Identity {
+        user_id: Some("ann".into()),
+        ..fresh.clone()
+    };
+    assert!(matches!(
+        t.store.refresh("gone-1", &late, now + 3600, Some(now - 90)).await,
+        Err(StoreError::TokenClaimed)
+    ));
+    let ann = t.store.connection("gone-1").await.unwrap().unwrap();
+    assert_eq!(ann.token_exp, Some(now - 90), "a refused refresh writes nothing");
+
+    // The refreshed identity is on the connection, and what remains to sweep is only later.
+    let dan = t.store.connection("refreshed").await.unwrap().unwrap();
+    assert_eq!(
+        (dan.token_exp, dan.channels.clone()),
+        (Some(now + 3600), vec!["doc:*".to_owned()])
+    );
+    t.store.advance_sweep(due.next_minute).await.unwrap();
+    t.store.advance_sweep(due.next_minute - 5).await.unwrap();
+    assert!(t.store.due_expiries(now).await.unwrap().expired.is_empty());
+    let due = t.store.due_expiries(now + 3600).await.unwrap();
+    let mut ids: Vec<&str> = due.expired.iter().map(|e| e.connection_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["later", "refreshed"]);
+    let buckets = t
+        .items()
+        .await
+        .into_iter()
+        .filter(|i| s(i, "pk").starts_with("EXP#"))
+        .count();
+    assert_eq!(
+        buckets, 2,
+        "eve's went with her connection, the claimed ones with the claims"
+    );
+}

@@ -302,6 +302,15 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// A client whose token expires at `exp`.
+    async fn client_until(&self, sub: &str, channels: &[&str], exp: i64) -> super::Client {
+        super::Client::connect(&format!("{}?token={}", self.ws, self.token_until(sub, channels, exp)))
+            .await
+            .expect("connecting")
+    }
+}
+
 #[tokio::test]
 async fn a_refreshed_token_narrows_the_connection_and_leaves_what_it_no_longer_allows() {
     let stack = Stack::start(&[]);
@@ -378,21 +387,9 @@ async fn a_token_that_expires_without_a_refresh_is_told_token_expired_and_closed
     let stack = Stack::start(&["--schedule-every-ms", "500"]);
     let soon = wsfan_shared::clock::now_secs() + 3;
     let channels = ["workspace:*"];
-    let mut stale = super::Client::connect(&format!(
-        "{}?token={}",
-        stack.ws,
-        stack.token_until("carol", &channels, soon)
-    ))
-    .await
-    .expect("connecting");
+    let mut stale = stack.client_until("carol", &channels, soon).await;
     stale.join("workspace:exp").await;
-    let mut kept = super::Client::connect(&format!(
-        "{}?token={}",
-        stack.ws,
-        stack.token_until("dave", &channels, soon)
-    ))
-    .await
-    .expect("connecting");
+    let mut kept = stack.client_until("dave", &channels, soon).await;
     kept.join("workspace:exp").await;
     let later = wsfan_shared::clock::now_secs() + 600;
     let authed = kept

@@ -162,8 +162,9 @@ impl Identity {
         ctx.insert("role".to_owned(), Value::String(self.role.as_str().to_owned()));
         let channels: Vec<String> = self.channels.iter().map(ToString::to_string).collect();
         ctx.insert("channels".to_owned(), Value::String(channels.join(",")));
+        // A string, like every value of the context: what API Gateway passes on for certain.
         if let Some(exp) = self.expires {
-            ctx.insert(TOKEN_EXP_CONTEXT.to_owned(), Value::from(exp));
+            ctx.insert(TOKEN_EXP_CONTEXT.to_owned(), Value::String(exp.to_string()));
         }
         ctx
     }
