@@ -168,6 +168,18 @@ impl Stack {
 }
 
 impl Client {
+    /// Waits for `user`'s presence leave of `channel`, and checks that no membership of theirs
+    /// is left in it.
+    async fn sees_leave(&mut self, stack: &Stack, user: &str, channel: &str) {
+        let leave = self
+            .expect("a leave", |f| {
+                f["type"] == "presence" && f["userId"] == user && f["state"] == "leave"
+            })
+            .await;
+        assert_eq!(leave["channel"], channel);
+        assert!(!stack.memberships_of(channel).await.contains(&user.to_owned()));
+    }
+
     /// Waits for the server to close this socket; its close code and reason.
     async fn closed(&mut self) -> (u16, String) {
         use futures::StreamExt;
@@ -227,13 +239,7 @@ async fn revoking_a_user_closes_every_device_and_refuses_their_old_tokens() {
         "revoke closed 3 connections in {:?} (to the last close seen)",
         started.elapsed()
     );
-    let leave = bob
-        .expect("alice's leave", |f| {
-            f["type"] == "presence" && f["userId"] == "alice" && f["state"] == "leave"
-        })
-        .await;
-    assert_eq!(leave["channel"], "workspace:1");
-    assert!(!stack.memberships_of("workspace:1").await.contains(&"alice".to_owned()));
+    bob.sees_leave(&stack, "alice", "workspace:1").await;
 
     // The old token is refused, by header and by URL.
     let refused = Client::connect_offering(&stack.ws, &offer)
@@ -331,13 +337,7 @@ async fn a_refreshed_token_narrows_the_connection_and_leaves_what_it_no_longer_a
         json!(["workspace:1"]),
         "only what the new token no longer allows"
     );
-    let leave = bob
-        .expect("alice's leave", |f| {
-            f["type"] == "presence" && f["userId"] == "alice" && f["state"] == "leave"
-        })
-        .await;
-    assert_eq!(leave["channel"], "workspace:1");
-    assert!(!stack.memberships_of("workspace:1").await.contains(&"alice".to_owned()));
+    bob.sees_leave(&stack, "alice", "workspace:1").await;
     assert!(stack.memberships_of("doc:plan").await.contains(&"alice".to_owned()));
 
     // Every later frame acts with the new identity, not the one API Gateway fixed at $connect.
