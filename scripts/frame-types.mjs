@@ -30,6 +30,7 @@ const FRAMES = {
   // One interface for the four progress frames: the schema they all extend.
   Progress: { schema: 'progressEvent' },
   Ack: { message: 'ackFrame' },
+  Authed: { message: 'authedFrame' },
   HistoryPage: {
     message: 'historyFrame',
     // Recovery pages (`after`, `complete`) are the client's own business: history() never asks for one.

@@ -145,6 +145,14 @@ fn every_server_frame() -> Vec<Value> {
             complete: Some(true),
         },
         ServerFrame::Pong { at: 1 },
+        // A refresh to a narrower token: what it left.
+        ServerFrame::Authed {
+            user_id: Some("alice".into()),
+            role: "member".into(),
+            channels: vec!["doc:*".into()],
+            exp: 1_900_000_000,
+            left: vec!["workspace:42".into()],
+        },
         ServerFrame::Message(event(chat(MessageKind::Message))),
         ServerFrame::Reaction(event(chat(MessageKind::Reaction))),
         ServerFrame::Typing(event(chat(MessageKind::Typing))),
@@ -165,6 +173,7 @@ fn every_server_frame() -> Vec<Value> {
             | ServerFrame::Present { .. }
             | ServerFrame::History { .. }
             | ServerFrame::Pong { .. }
+            | ServerFrame::Authed { .. }
             | ServerFrame::Message(_)
             | ServerFrame::Reaction(_)
             | ServerFrame::Typing(_)
@@ -186,6 +195,7 @@ fn every_server_frame() -> Vec<Value> {
         values.push(serde_json::from_str(&frame.to_json()).unwrap());
     }
     values.push(serde_json::from_str(&ServerFrame::rate_limited(40, 25, 50).to_json()).unwrap());
+    values.push(serde_json::from_str(&ServerFrame::token_expired(1_900_000_000).to_json()).unwrap());
     let mut recoverable = ProgressEvent::error("report-1", "SLOW", "retrying", true);
     recoverable.pages_processed = Some(4);
     for event in [

@@ -39,6 +39,7 @@ async fn connect_at(rig: &Rig, connection: &str, user: Option<&str>, connected_a
         joined: vec![],
         history: None,
         batch: false,
+        token_exp: None,
     };
     rig.table.store.connect(&c, &[]).await.unwrap();
 }
@@ -1125,6 +1126,7 @@ async fn a_membership_written_with_history_sends_it_to_that_connection_only() {
         joined: vec![],
         history: Some(2),
         batch: false,
+        token_exp: None,
     };
     rig.table
         .store

@@ -89,7 +89,18 @@ async fn connect_event(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> Api
 
 async fn message(t: &TestTable, e: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
     let unlimited = DynamoLimiter::new(&t.store, RateLimit::OFF);
-    ws_message::handle(&t.store, &unlimited, &Retention::default(), e).await
+    let verifier = revocation_checked(t);
+    ws_message::handle(&t.store, &unlimited, &verifier, &Retention::default(), e).await
+}
+
+/// The verifier ws-message's `auth` uses: the dev secret and this table's revocations.
+fn revocation_checked(t: &TestTable) -> ws_authorizer::RevocationChecked<'static, DynamoStore> {
+    let verifier: &'static JwtVerifier = Box::leak(Box::new(dev_verifier(None)));
+    let store: &'static DynamoStore = Box::leak(Box::new(t.store.clone()));
+    ws_authorizer::RevocationChecked {
+        verifier,
+        revocations: store,
+    }
 }
 
 async fn run(t: &TestTable, path: &str) -> ApiGatewayProxyResponse {
@@ -617,6 +628,7 @@ async fn connect_with_a_bad_user_id_is_refused_and_writes_nothing() {
             joined: vec![],
             history: None,
             batch: false,
+            token_exp: None,
         };
         assert!(
             matches!(
@@ -981,7 +993,7 @@ async fn history_pages_back_through_messages_only() {
 async fn ask(t: &TestTable, retention: &Retention, frame: Value) -> Value {
     let e = event("ws-message/send-message", |v| v["body"] = json!(frame.to_string()));
     let unlimited = DynamoLimiter::new(&t.store, RateLimit::OFF);
-    body(&ws_message::handle(&t.store, &unlimited, retention, e).await)
+    body(&ws_message::handle(&t.store, &unlimited, &revocation_checked(t), retention, e).await)
 }
 
 async fn say(t: &TestTable, text: &str) -> Value {
@@ -1248,14 +1260,28 @@ async fn a_frame_over_the_limit_gets_rate_limited_and_changes_nothing() {
         })
     };
     for i in 0..2 {
-        let r = ws_message::handle(&t.store, &limiter, &Retention::default(), join()).await;
+        let r = ws_message::handle(
+            &t.store,
+            &limiter,
+            &revocation_checked(&t),
+            &Retention::default(),
+            join(),
+        )
+        .await;
         assert_eq!(body(&r)["type"], "joined", "{i}");
     }
     let before = t.items().await;
     let leave = event("ws-message/send-message", |v| {
         v["body"] = json!(json!({"action": "leave", "channel": "workspace:42"}).to_string());
     });
-    let r = ws_message::handle(&t.store, &limiter, &Retention::default(), leave).await;
+    let r = ws_message::handle(
+        &t.store,
+        &limiter,
+        &revocation_checked(&t),
+        &Retention::default(),
+        leave,
+    )
+    .await;
     assert_eq!(error_code(&r), "rate_limited");
     let retry = body(&r)["retryAfterMs"].as_u64().expect("retryAfterMs");
     assert!((1..=1000).contains(&retry), "{retry}");
@@ -1380,4 +1406,113 @@ async fn authorization_matrix() {
             );
         }
     }
+}
+
+// ---------- refresh and expiry (the store's side) ----------
+
+fn expiring(id: &str, user: &str, exp: i64) -> Connection {
+    let now = wsfan_shared::clock::now_secs();
+    Connection {
+        connection_id: id.into(),
+        user_id: Some(user.into()),
+        role: wsfan_shared::access::Role::Member,
+        channels: vec!["workspace:*".into()],
+        connected_at: now * 1000,
+        source_ip: None,
+        domain_name: None,
+        stage: None,
+        expires_at: now + 3600,
+        joined: Vec::new(),
+        history: None,
+        batch: false,
+        token_exp: Some(exp),
+    }
+}
+
+/// The sweep finds what expired and nothing else; a refresh moves a connection out of its reach;
+/// a claim is taken once; `$disconnect` leaves no bucket behind; the cursor never moves back.
+#[tokio::test]
+async fn expiry_buckets_are_claimed_once_moved_by_a_refresh_and_removed_with_the_connection() {
+    use wsfan_shared::access::{parse_patterns, Identity, Role};
+    let t = TestTable::new().await;
+    let now = wsfan_shared::clock::now_secs();
+    t.store
+        .connect(&expiring("gone-1", "ann", now - 90), &[])
+        .await
+        .unwrap();
+    t.store.connect(&expiring("gone-2", "ben", now - 5), &[]).await.unwrap();
+    t.store
+        .connect(&expiring("later", "cat", now + 600), &[])
+        .await
+        .unwrap();
+    t.store
+        .connect(&expiring("refreshed", "dan", now - 5), &[])
+        .await
+        .unwrap();
+    t.store.connect(&expiring("closed", "eve", now - 5), &[]).await.unwrap();
+
+    // dan refreshes (before the sweep gets to him); eve's connection closes.
+    let fresh = Identity {
+        user_id: Some("dan".into()),
+        role: Role::Member,
+        channels: parse_patterns("doc:*").unwrap(),
+        expires: Some(now + 3600),
+    };
+    t.store
+        .refresh("refreshed", &fresh, now + 3600, Some(now - 5))
+        .await
+        .unwrap();
+    t.store.disconnect("closed").await.unwrap();
+
+    let due = t.store.due_expiries(now).await.unwrap();
+    let mut ids: Vec<&str> = due.expired.iter().map(|e| e.connection_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["gone-1", "gone-2"], "{due:?}");
+    for e in &due.expired {
+        assert!(
+            t.store.claim_expiry(e).await.unwrap(),
+            "first claim of {}",
+            e.connection_id
+        );
+        assert!(
+            !t.store.claim_expiry(e).await.unwrap(),
+            "a second sweep skips {}",
+            e.connection_id
+        );
+    }
+    // A refresh whose old bucket the sweep took is told so, and changes nothing.
+    let late = Identity {
+        user_id: Some("ann".into()),
+        ..fresh.clone()
+    };
+    assert!(matches!(
+        t.store.refresh("gone-1", &late, now + 3600, Some(now - 90)).await,
+        Err(StoreError::TokenClaimed)
+    ));
+    let ann = t.store.connection("gone-1").await.unwrap().unwrap();
+    assert_eq!(ann.token_exp, Some(now - 90), "a refused refresh writes nothing");
+
+    // The refreshed identity is on the connection, and what remains to sweep is only later.
+    let dan = t.store.connection("refreshed").await.unwrap().unwrap();
+    assert_eq!(
+        (dan.token_exp, dan.channels.clone()),
+        (Some(now + 3600), vec!["doc:*".to_owned()])
+    );
+    t.store.advance_sweep(due.next_minute).await.unwrap();
+    t.store.advance_sweep(due.next_minute - 5).await.unwrap();
+    assert!(t.store.due_expiries(now).await.unwrap().expired.is_empty());
+    let due = t.store.due_expiries(now + 3600).await.unwrap();
+    let mut ids: Vec<&str> = due.expired.iter().map(|e| e.connection_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["later", "refreshed"]);
+    let buckets = t
+        .items()
+        .await
+        .into_iter()
+        .filter(|i| s(i, "pk").starts_with("EXP#"))
+        .count();
+    assert_eq!(
+        buckets, 2,
+        "eve's went with her connection, the claimed ones with the claims"
+    );
 }

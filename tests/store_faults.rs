@@ -42,6 +42,7 @@ fn connection(id: &str, user: &str) -> Connection {
         joined: Vec::new(),
         history: None,
         batch: false,
+        token_exp: None,
     }
 }
 

@@ -27,6 +27,7 @@ const STREAM_FANOUT: &str = "stream-fanout";
 const PROGRESS_FANOUT: &str = "progress-fanout";
 const DELIVER: &str = "deliver";
 const PUBLISH: &str = "publish";
+const EXPIRY_SWEEP: &str = "expiry-sweep";
 
 const OUTPUTS: &[&str] = &[
     "WebSocketUrl",
@@ -85,6 +86,7 @@ impl Code {
             (PROGRESS_FANOUT, progress_fanout::ENV),
             (DELIVER, deliver::ENV),
             (PUBLISH, publish::ENV),
+            (EXPIRY_SWEEP, expiry_sweep::ENV),
         ]
         .into_iter()
         .map(|(binary, vars)| (binary.to_owned(), owned(vars)))
@@ -551,6 +553,7 @@ fn problems(doc: &Value, code: &Code) -> Vec<String> {
     check_progress(&t, &mut out);
     check_delivery(&t, &mut out);
     check_publish(&t, &mut out);
+    check_expiry(&t, &mut out);
     check_connections(&t, code, &mut out);
     check_events(&t, code, &mut out);
     check_outputs(&t, &mut out);
@@ -1207,6 +1210,73 @@ fn check_publish(t: &Template, out: &mut Vec<String>) {
     }
 }
 
+/// Token expiry: the sweep runs at least every minute (a connection is closed within a minute of
+/// its token's `exp`), may post to and close connections of the stage and nothing else of the
+/// API, and touches only what the sweep needs of the table. `auth` verifies tokens with the
+/// authorizer's very settings, or a refresh would accept what `$connect` refuses.
+fn check_expiry(t: &Template, out: &mut Vec<String>) {
+    let Some(f) = t.function(EXPIRY_SWEEP) else { return };
+    let id = f.id;
+    let schedules: Vec<&str> = get(f.resource, &["Properties", "Events"])
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| get(e, &["Type"]).and_then(Value::as_str) == Some("Schedule"))
+        .filter_map(|(_, e)| get(e, &["Properties", "Schedule"]).and_then(Value::as_str))
+        .collect();
+    if !schedules.contains(&"rate(1 minute)") {
+        out.push(format!(
+            "{id}: needs a Schedule event rate(1 minute), or expired connections stay open longer than a minute (has {schedules:?})"
+        ));
+    }
+    let allowed = [
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+        "execute-api:ManageConnections",
+    ];
+    for statement in t.statements(&f) {
+        for action in strings(statement.get("Action")) {
+            let Some(action) = action.as_str() else { continue };
+            if !allowed.contains(&action) {
+                out.push(format!("{id}: {action} is more than the sweep needs"));
+            }
+            if action == "execute-api:ManageConnections" {
+                for r in strings(statement.get("Resource")) {
+                    let tail_ok = sub_of(r).is_some_and(|arn| {
+                        arn.ends_with("/POST/@connections/*") || arn.ends_with("/DELETE/@connections/*")
+                    });
+                    if !tail_ok {
+                        out.push(format!(
+                            "{id}: ManageConnections on {r:?}; only POST and DELETE @connections/*"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let (Some(authorizer), Some(message)) = (t.function(AUTHORIZER), t.function(MESSAGE)) else {
+        return;
+    };
+    let (a, m) = (t.environment(&authorizer), t.environment(&message));
+    for name in [
+        "JWT_SECRET",
+        "JWKS_URL",
+        "JWT_AUDIENCE",
+        "JWT_ISSUER",
+        "JWT_LEEWAY_SECONDS",
+    ] {
+        if a.get(name) != m.get(name) {
+            out.push(format!(
+                "{} ({MESSAGE}): {name} differs from the authorizer's; `auth` must verify tokens as $connect does",
+                message.id
+            ));
+        }
+    }
+}
+
 /// A parameter's default, as a number.
 fn parameter_default(t: &Template, name: &str) -> Option<u64> {
     let v = get(t.doc, &["Parameters", name, "Default"])?;
@@ -1735,6 +1805,47 @@ fn a_limit_per_connection_unlike_the_code_or_above_the_stage_throttle_is_reporte
         &[
             "WsMessageFunction (ws-message): RATE_LIMIT_BURST is Some(5), but shared/src/domain/rate.rs defaults to 50",
             "Stage: DefaultRouteSettings.ThrottlingRateLimit 100 is under ten connections at their own limit (25 each)",
+        ],
+    );
+}
+
+#[test]
+fn a_sweep_slower_than_a_minute_or_with_more_rights_or_a_different_verifier_is_reported() {
+    let problems = problems_after(|doc| {
+        set(
+            doc,
+            &[
+                "Resources",
+                "ExpirySweepFunction",
+                "Properties",
+                "Events",
+                "EveryMinute",
+                "Properties",
+                "Schedule",
+            ],
+            Value::from("rate(5 minutes)"),
+        );
+        let statements = statements_of(doc, "ExpirySweepFunction");
+        statements.push(yaml("{Effect: Allow, Action: dynamodb:Scan, Resource: '*'}"));
+        set(
+            doc,
+            &[
+                "Resources",
+                "WsMessageFunction",
+                "Properties",
+                "Environment",
+                "Variables",
+                "JWT_LEEWAY_SECONDS",
+            ],
+            Value::from("600"),
+        );
+    });
+    assert_reported(
+        &problems,
+        &[
+            "ExpirySweepFunction: needs a Schedule event rate(1 minute), or expired connections stay open longer than a minute (has [\"rate(5 minutes)\"])",
+            "ExpirySweepFunction: dynamodb:Scan is more than the sweep needs",
+            "WsMessageFunction (ws-message): JWT_LEEWAY_SECONDS differs from the authorizer's; `auth` must verify tokens as $connect does",
         ],
     );
 }

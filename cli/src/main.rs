@@ -164,6 +164,10 @@ struct DevArgs {
     /// 'PER_SECOND:BURST' ('0:1' turns it off, as for a benchmark's soak).
     #[arg(long, value_name = "PER_SECOND:BURST", value_parser = parse_rate_limit)]
     rate_limit: Option<wsfan_shared::rate::RateLimit>,
+    /// Run the template's scheduled functions (the expiry sweep) every this many milliseconds
+    /// instead of at their rate (a minute): a test sees a token expire in seconds.
+    #[arg(long, value_name = "MS")]
+    schedule_every_ms: Option<u64>,
 }
 
 fn parse_rate_limit(s: &str) -> Result<wsfan_shared::rate::RateLimit, String> {
@@ -214,6 +218,7 @@ impl StackArgs {
             verbose: self.verbose,
             inject: None,
             rate_limit: None,
+            schedule_every: None,
         })
     }
 }
@@ -442,6 +447,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             config.limits.max_connection = std::time::Duration::from_secs(d.max_connection_secs);
             config.anonymous_channels = d.anonymous_channels;
             config.rate_limit = d.rate_limit;
+            config.schedule_every = d.schedule_every_ms.map(std::time::Duration::from_millis);
             config.inject = d
                 .inject
                 .map(|faults| (faults, d.inject_seed.unwrap_or_else(random_seed)));

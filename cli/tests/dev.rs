@@ -516,6 +516,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
                 joined: vec![],
                 history: None,
                 batch: false,
+                token_exp: None,
             },
             &[],
         )

@@ -53,6 +53,9 @@ pub struct DevConfig {
     pub inject: Option<(Faults, u64)>,
     /// The limit per connection instead of the template's (`--rate-limit`).
     pub rate_limit: Option<wsfan_shared::rate::RateLimit>,
+    /// Run the template's scheduled functions this often instead of at their rate
+    /// (`--schedule-every`): tests see a token expire in seconds, not a minute.
+    pub schedule_every: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -424,6 +427,7 @@ pub async fn start(config: DevConfig) -> Result<DevStack, DevError> {
     });
 
     spawn_pollers(&environment, &functions, &config, &logs)?;
+    spawn_schedules(&environment, &functions, &config, &logs)?;
 
     Ok(DevStack {
         http_url,
@@ -480,6 +484,68 @@ fn spawn_pollers(
     }
 
     Ok(())
+}
+
+/// Runs the template's scheduled functions (the expiry sweep), as EventBridge does.
+fn spawn_schedules(
+    environment: &Environment,
+    functions: &HashMap<String, Arc<LambdaFunction>>,
+    config: &DevConfig,
+    logs: &Logs,
+) -> Result<(), DevError> {
+    for schedule in &environment.template.schedules {
+        let function = functions.get(&schedule.binary).cloned().ok_or_else(|| {
+            DevError::Setup(format!(
+                "the template schedules {}, which is not a function",
+                schedule.binary
+            ))
+        })?;
+        let every = config.schedule_every.unwrap_or(schedule.every);
+        tokio::spawn(scheduler(function, every, logs.clone()));
+    }
+    Ok(())
+}
+
+/// Invokes a scheduled function every `every`, as EventBridge does, with a scheduled event. One
+/// run at a time: a slow run delays the next rather than overlapping it.
+async fn scheduler(function: Arc<LambdaFunction>, every: Duration, logs: Logs) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let event = json!({
+            "version": "0",
+            "id": ulid::Ulid::generate().to_string(),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": "000000000000",
+            "time": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "region": LOCAL_REGION,
+            "resources": [],
+            "detail": {},
+        });
+        let started = Instant::now();
+        match function.invoke(&event).await {
+            // Quiet when a sweep closed nothing (every minute, or every second in tests), as the
+            // pollers are when idle.
+            Ok(answer) if answer["closed"].as_array().is_some_and(Vec::is_empty) && answer["failed"] == 0 => {}
+            Ok(answer) => logs.invocation(
+                function.name(),
+                "schedule",
+                started.elapsed(),
+                Outcome::Ok(&answer.to_string()),
+            ),
+            Err(e) => logs.invocation(
+                function.name(),
+                "schedule",
+                started.elapsed(),
+                Outcome::Failed(&e.to_string()),
+            ),
+        }
+    }
 }
 
 /// The event-source half of the stack, without the gateway: moto, the functions the stream and
@@ -595,12 +661,21 @@ async fn websocket(
     page_or_socket(app, stage_ok, peer, query, request).await
 }
 
-/// A dev token for the demo page: any name, the demo's channels.
+/// A dev token for the demo page: any name, the demo's channels; `ttl` (seconds, default 12 h)
+/// for a short-lived one, to see refresh and expiry.
 async fn token(State(app): State<Arc<App>>, Query(query): Query<HashMap<String, String>>) -> Response {
     let sub = query.get("sub").map(String::as_str).unwrap_or("");
+    let ttl = match query.get("ttl").map(|t| t.parse::<i64>()) {
+        None => 12 * 3600,
+        Some(Ok(t)) if (1..=12 * 3600).contains(&t) => t,
+        Some(_) => {
+            let message = "ttl must be whole seconds from 1 to 43200";
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response();
+        }
+    };
     let claims = Claims {
         sub: sub.to_owned(),
-        exp: wsfan_shared::clock::now_secs() + 12 * 3600,
+        exp: wsfan_shared::clock::now_secs() + ttl,
         nbf: None,
         channels: vec!["workspace:*".into(), "doc:*".into(), "session:*".into()],
         role: None,

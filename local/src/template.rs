@@ -1,6 +1,6 @@
 //! Reads `sam/template.yaml`, so the local stack runs what the template deploys: its functions
 //! (binary, environment, timeout), its routes and authorizer, its stream and queue mappings
-//! (batch size, filters, retries) and its queues' redrive policy.
+//! (batch size, filters, retries), its queues' redrive policy and its schedules.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,6 +55,27 @@ pub struct EventSource {
     pub parallelization_factor: Option<usize>,
 }
 
+/// A function's `Schedule` event: invoked every `every`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub binary: String,
+    pub every: std::time::Duration,
+}
+
+/// `rate(N minute|minutes|hour|hours|day|days)`, EventBridge's rate expressions.
+pub fn parse_rate(expression: &str) -> Option<std::time::Duration> {
+    let inner = expression.trim().strip_prefix("rate(")?.strip_suffix(')')?;
+    let (n, unit) = inner.trim().split_once(' ')?;
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit.trim() {
+        "minute" | "minutes" => 60,
+        "hour" | "hours" => 3600,
+        "day" | "days" => 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(n * secs))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queue {
     pub logical_id: String,
@@ -72,6 +93,8 @@ pub struct Template {
     pub authorizer: Option<String>,
     pub event_sources: Vec<EventSource>,
     pub queues: Vec<Queue>,
+    /// Functions run on a schedule (`Events` of type `Schedule`).
+    pub schedules: Vec<Schedule>,
     /// Each parameter's `Default`, as text (what `wsfan dev` deploys with: it overrides none).
     pub parameter_defaults: BTreeMap<String, String>,
 }
@@ -182,9 +205,27 @@ impl Template {
         };
 
         let mut functions = Vec::new();
+        let mut schedules = Vec::new();
         for (id, r) in by_type("AWS::Serverless::Function") {
             let binary = string(get(r, &["Metadata", "BuildProperties", "Binary"]))
                 .ok_or_else(|| TemplateError::Shape(format!("{id} has no Metadata.BuildProperties.Binary")))?;
+            for (_, event) in get(r, &["Properties", "Events"])
+                .and_then(Value::as_mapping)
+                .into_iter()
+                .flatten()
+                .filter(|(_, e)| string(e.get("Type")).as_deref() == Some("Schedule"))
+            {
+                let expression = string(get(event, &["Properties", "Schedule"])).unwrap_or_default();
+                let every = parse_rate(&expression).ok_or_else(|| {
+                    TemplateError::Shape(format!(
+                        "{id}: schedule {expression:?} is not rate(N minutes|hours|days)"
+                    ))
+                })?;
+                schedules.push(Schedule {
+                    binary: binary.clone(),
+                    every,
+                });
+            }
             let mut env = BTreeMap::new();
             let mut env_refs = BTreeMap::new();
             for vars in [
@@ -323,6 +364,7 @@ impl Template {
             authorizer,
             event_sources,
             queues,
+            schedules,
             parameter_defaults,
         })
     }
@@ -371,6 +413,25 @@ mod tests {
         let exact: serde_json::Value = serde_json::from_str(r#"{"eventName":["INSERT","MODIFY"]}"#).unwrap();
         assert!(matches_any(std::slice::from_ref(&exact), &record("x")));
         assert!(!matches_any(&[exact], &serde_json::json!({"eventName": "REMOVE"})));
+    }
+
+    #[test]
+    fn schedules_read_eventbridge_rates() {
+        assert_eq!(parse_rate("rate(1 minute)"), Some(std::time::Duration::from_secs(60)));
+        assert_eq!(parse_rate("rate(2 hours)"), Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(parse_rate("rate(0 minutes)"), None);
+        assert_eq!(parse_rate("cron(0 * * * ? *)"), None);
+        let t = Template::parse(
+            "Resources:\n  F:\n    Type: AWS::Serverless::Function\n    Metadata: {BuildProperties: {Binary: f}}\n    Properties:\n      Events:\n        E: {Type: Schedule, Properties: {Schedule: rate(1 minute)}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.schedules,
+            vec![Schedule {
+                binary: "f".into(),
+                every: std::time::Duration::from_secs(60)
+            }]
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod adapters {
     pub mod auth;
     pub mod broadcaster;
     pub mod config;
+    pub mod expiry;
     pub mod limiter;
     pub mod publisher;
     pub mod revocation;
@@ -48,7 +49,7 @@ pub mod transport {
     pub mod sigv4;
 }
 
-pub use adapters::{auth, broadcaster, config, limiter, publisher, revocation, store, table, telemetry};
+pub use adapters::{auth, broadcaster, config, expiry, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
     access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, shard,
     subprotocol, websocket,

@@ -15,7 +15,7 @@ use wsfan_shared::table::TABLE;
 pub use moto::Moto;
 
 /// Every Lambda binary of the workspace, as named in `events/<function>/` and the template.
-pub const FUNCTIONS: [&str; 7] = [
+pub const FUNCTIONS: [&str; 8] = [
     "ws-authorizer",
     "ws-connect",
     "ws-disconnect",
@@ -23,6 +23,7 @@ pub const FUNCTIONS: [&str; 7] = [
     "stream-fanout",
     "progress-fanout",
     "deliver",
+    "expiry-sweep",
 ];
 
 /// The HS256 secret the fixtures' tokens are signed with. For local use only.

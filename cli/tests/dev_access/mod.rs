@@ -168,6 +168,18 @@ impl Stack {
 }
 
 impl Client {
+    /// Waits for `user`'s presence leave of `channel`, and checks that no membership of theirs
+    /// is left in it.
+    async fn sees_leave(&mut self, stack: &Stack, user: &str, channel: &str) {
+        let leave = self
+            .expect("a leave", |f| {
+                f["type"] == "presence" && f["userId"] == user && f["state"] == "leave"
+            })
+            .await;
+        assert_eq!(leave["channel"], channel);
+        assert!(!stack.memberships_of(channel).await.contains(&user.to_owned()));
+    }
+
     /// Waits for the server to close this socket; its close code and reason.
     async fn closed(&mut self) -> (u16, String) {
         use futures::StreamExt;
@@ -227,13 +239,7 @@ async fn revoking_a_user_closes_every_device_and_refuses_their_old_tokens() {
         "revoke closed 3 connections in {:?} (to the last close seen)",
         started.elapsed()
     );
-    let leave = bob
-        .expect("alice's leave", |f| {
-            f["type"] == "presence" && f["userId"] == "alice" && f["state"] == "leave"
-        })
-        .await;
-    assert_eq!(leave["channel"], "workspace:1");
-    assert!(!stack.memberships_of("workspace:1").await.contains(&"alice".to_owned()));
+    bob.sees_leave(&stack, "alice", "workspace:1").await;
 
     // The old token is refused, by header and by URL.
     let refused = Client::connect_offering(&stack.ws, &offer)
@@ -282,4 +288,134 @@ async fn a_revoked_token_is_refused_and_another_of_the_same_user_is_not() {
         .expect("another token of carol's");
     let pong = fine.ask(json!({"action": "ping"}), "pong").await;
     assert_eq!(pong["type"], "pong");
+}
+
+impl Stack {
+    /// A token for `sub` that expires at `exp` (epoch seconds).
+    fn token_until(&self, sub: &str, channels: &[&str], exp: i64) -> String {
+        wsfan_shared::auth::mint_hs256(
+            super::DEV_SECRET,
+            &wsfan_shared::auth::Claims {
+                sub: sub.into(),
+                exp,
+                nbf: None,
+                channels: channels.iter().map(|c| c.to_string()).collect(),
+                role: None,
+                aud: None,
+                iss: None,
+            },
+        )
+    }
+}
+
+impl Stack {
+    /// A client whose token expires at `exp`.
+    async fn client_until(&self, sub: &str, channels: &[&str], exp: i64) -> super::Client {
+        super::Client::connect(&format!("{}?token={}", self.ws, self.token_until(sub, channels, exp)))
+            .await
+            .expect("connecting")
+    }
+}
+
+#[tokio::test]
+async fn a_refreshed_token_narrows_the_connection_and_leaves_what_it_no_longer_allows() {
+    let stack = Stack::start(&[]);
+    let mut alice = stack.client("alice").await;
+    alice.join("workspace:1").await;
+    alice.join("doc:plan").await;
+    let mut bob = stack.client("bob").await;
+    bob.join("workspace:1").await;
+
+    let exp = wsfan_shared::clock::now_secs() + 900;
+    let narrow = stack.token_until("alice", &["doc:*"], exp);
+    let authed = alice.ask(json!({"action": "auth", "token": narrow}), "authed").await;
+    assert_eq!(authed["type"], "authed", "{authed}");
+    assert_eq!(authed["exp"], exp);
+    assert_eq!(authed["channels"], json!(["doc:*"]));
+    assert_eq!(
+        authed["left"],
+        json!(["workspace:1"]),
+        "only what the new token no longer allows"
+    );
+    bob.sees_leave(&stack, "alice", "workspace:1").await;
+    assert!(stack.memberships_of("doc:plan").await.contains(&"alice".to_owned()));
+
+    // Every later frame acts with the new identity, not the one API Gateway fixed at $connect.
+    let refused = alice
+        .ask(
+            json!({"action": "sendMessage", "channel": "workspace:1", "body": "still here?"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let refused = alice
+        .ask(json!({"action": "join", "channel": "workspace:2"}), "joined")
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let ack = alice
+        .ask(
+            json!({"action": "sendMessage", "channel": "doc:plan", "body": "ok"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+
+    // Refused like at $connect, and the connection keeps the identity it has.
+    let other_user = stack.token_until("bob", &["workspace:*"], exp);
+    let forged = format!("{}x", stack.token_until("alice", &["workspace:*"], exp));
+    let revoked = stack.token_until("alice", &["workspace:*"], exp);
+    let answer = stack.revoke(&["--token", &revoked]);
+    assert!(answer["revokedJti"].is_string(), "{answer}");
+    for (what, token) in [
+        ("another user's", other_user),
+        ("a forged", forged),
+        ("a revoked", revoked),
+    ] {
+        let refused = alice.ask(json!({"action": "auth", "token": token}), "authed").await;
+        assert_eq!(refused["code"], "unauthorized", "{what} token: {refused}");
+    }
+    let refused = alice
+        .ask(json!({"action": "join", "channel": "workspace:1"}), "joined")
+        .await;
+    assert_eq!(refused["code"], "forbidden", "a refused auth widens nothing: {refused}");
+    stack.check_contract(&[&alice, &bob]);
+}
+
+#[tokio::test]
+async fn a_token_that_expires_without_a_refresh_is_told_token_expired_and_closed_and_a_refreshed_one_is_not() {
+    // The sweep every half second instead of every minute: the same sweep, sooner.
+    let stack = Stack::start(&["--schedule-every-ms", "500"]);
+    let soon = wsfan_shared::clock::now_secs() + 3;
+    let channels = ["workspace:*"];
+    let mut stale = stack.client_until("carol", &channels, soon).await;
+    stale.join("workspace:exp").await;
+    let mut kept = stack.client_until("dave", &channels, soon).await;
+    kept.join("workspace:exp").await;
+    let later = wsfan_shared::clock::now_secs() + 600;
+    let authed = kept
+        .ask(
+            json!({"action": "auth", "token": stack.token_until("dave", &channels, later)}),
+            "authed",
+        )
+        .await;
+    assert_eq!(authed["exp"], later, "{authed}");
+
+    let (code, _) = stale.closed().await;
+    let closed_at = wsfan_shared::clock::now_secs();
+    let told = stale.seen.iter().find(|f| f["code"] == "token_expired");
+    assert!(
+        told.is_some(),
+        "the client is told why before the close ({code}): {:?}",
+        stale.seen
+    );
+    eprintln!("closed {} s after exp (sweep every 0.5 s)", closed_at - soon);
+    // Its memberships went with it: the others see carol leave.
+    let leave = kept
+        .expect("carol's leave", |f| f["type"] == "presence" && f["userId"] == "carol")
+        .await;
+    assert_eq!(leave["state"], "leave");
+    // The refreshed connection outlives its first token's exp.
+    let pong = kept.ask(json!({"action": "ping"}), "pong").await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    stack.check_contract(&[&stale, &kept]);
 }

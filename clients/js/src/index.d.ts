@@ -4,8 +4,15 @@
 export type ConnectionState = 'connecting' | 'recovering' | 'connected' | 'offline';
 
 export interface ClientOptions {
-  /** The JWT, or a function returning it (or a promise of it), called before every (re)connect. */
+  /**
+   * The JWT, or a function returning it (or a promise of it), called before every (re)connect
+   * and, ahead of the token's `exp`, to refresh the open connection (`auth`).
+   */
   token?: string | (() => string | Promise<string>);
+  /** Refresh the token this long before its `exp` (default 60 s; a short-lived one at half its life). */
+  refreshAheadMs?: number;
+  /** false: never refresh; the connection ends at the token's exp and reconnects (default true). */
+  refresh?: boolean;
   /**
    * Where the token travels: 'protocol' (default) sends `Sec-WebSocket-Protocol: wsfan.v1,
    * bearer.<token>`, out of the URL; 'query' sends `?token=` (stacks older than wsfan.v1).
@@ -110,6 +117,19 @@ export interface Ack {
   duplicate: boolean;
 }
 
+/** The answer to `auth` (`refresh()`): the connection's identity from now on. */
+export interface Authed {
+  type: 'authed';
+  userId?: string;
+  role: 'member' | 'listener' | 'admin';
+  /** The channel patterns the new token allows. */
+  channels: string[];
+  /** The new token's expiry, epoch seconds. */
+  exp: number;
+  /** Channels left because the new token does not allow them. */
+  left: string[];
+}
+
 export interface HistoryPage {
   type: 'history';
   channel: string;
@@ -162,6 +182,8 @@ export interface Events {
   /** Why: the close code and reason (1006: the connection dropped without a close frame). */
   offline: { closed?: boolean; code?: number; reason?: string };
   reconnecting: { attempt: number; delay: number };
+  /** A channel left because a refreshed token no longer allows it. */
+  left: { channel: string; reason: 'token' };
 }
 
 export class WsfanClient {
@@ -171,6 +193,8 @@ export class WsfanClient {
   off<E extends keyof Events>(event: E, listener: (value: Events[E]) => void): void;
   open(): Promise<void>;
   close(): void;
+  /** Sends a fresh token from the token function now (`auth`); null when it was refused. */
+  refresh(): Promise<Authed | null>;
   /** Drops the connection and reconnects (recovering what it misses meanwhile). */
   reconnect(reason?: string): void;
   /** Joins and keeps rejoining. `after`: a `seq` saved earlier, to recover from there. */
@@ -201,3 +225,6 @@ export function handshake(
   tokenIn?: 'protocol' | 'query',
 ): { url: string; protocols: string[] | undefined };
 export const SUBPROTOCOL: 'wsfan.v1';
+
+/** A JWT's `exp` in epoch milliseconds, read without verifying it; null for anything else. */
+export function tokenExpiry(token: string): number | null;

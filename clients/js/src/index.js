@@ -25,6 +25,8 @@ const DEFAULTS = {
   // loses what it had not processed, so a small window keeps the resend after a reconnect small.
   maxInFlight: 20,
   historyPageSize: 100,
+  // Refresh the token (`auth`) this long before it expires; a short-lived token at half its life.
+  refreshAheadMs: 60_000,
 };
 
 const CHAT_TYPES = new Set(['message', 'reaction', 'receipt']);
@@ -68,6 +70,25 @@ export function handshake(base, token, tokenIn = 'protocol') {
     return { url: base, protocols: [SUBPROTOCOL, `bearer.${token}`] };
   }
   return { url: `${base}${base.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`, protocols: undefined };
+}
+
+/**
+ * A JWT's `exp` in epoch milliseconds, read without checking it (the server checks); null when
+ * the token is no JWT or has no `exp`.
+ */
+export function tokenExpiry(token) {
+  try {
+    const payload = String(token).split('.')[1];
+    if (!payload) return null;
+    const b64 = payload.replace(/-/g, '+').replace(/_/g, '/');
+    const json = typeof atob === 'function'
+      ? atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4))
+      : Buffer.from(b64, 'base64').toString('binary');
+    const exp = JSON.parse(json).exp;
+    return typeof exp === 'number' ? exp * 1000 : null;
+  } catch (_) {
+    return null;
+  }
 }
 
 class Timeout extends Error {
@@ -150,6 +171,7 @@ export class WsfanClient {
     let protocols;
     try {
       const token = typeof this.options.token === 'function' ? await this.options.token() : this.options.token;
+      this.tokenExpiresAt = token ? tokenExpiry(token) : null;
       ({ url, protocols } = handshake(this.url, token, this.options.tokenIn));
     } catch (e) {
       this.emit('error', { code: 'token', message: String(e && e.message || e) });
@@ -192,7 +214,8 @@ export class WsfanClient {
     if (!ws) return;
     this.detach();
     try { ws.close(1000, reason); } catch (_) { /* already closed */ }
-    this.afterClose(reason === 'planned' ? 0 : null, { reason });
+    // A planned reconnect, or one for a fresh token, is not a failure to back off from.
+    this.afterClose(reason === 'planned' || reason === 'token_expired' ? 0 : null, { reason });
   }
 
   detach() {
@@ -214,6 +237,7 @@ export class WsfanClient {
     this.timers.resend = setInterval(() => this.resendStale(), Math.max(1000, Math.floor(o.resendAfterMs / 2)));
     this.lastAckAt = Date.now();
     this.connectionNo += 1;
+    this.scheduleRefresh();
     for (const ch of this.channels.values()) this.rejoin(ch);
     for (const [docId, doc] of this.docs) if (!doc.done) this.transmit({ action: 'subscribe', docId });
     this.updateState();
@@ -226,7 +250,7 @@ export class WsfanClient {
   }
 
   afterClose(delay, why = {}) {
-    for (const t of ['keepalive', 'pong', 'planned', 'resend', 'limited']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
+    for (const t of ['keepalive', 'pong', 'planned', 'resend', 'limited', 'refresh']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
     for (const ch of this.channels.values()) { ch.joined = false; ch.recovering = false; }
     for (const [key, list] of this.waiters) {
       this.waiters.delete(key);
@@ -246,6 +270,62 @@ export class WsfanClient {
     clearTimeout(this.timers.reconnect);
     this.emit('reconnecting', { attempt: this.attempt, delay: wait });
     this.timers.reconnect = setTimeout(() => this.open(), wait);
+  }
+
+  // ---------- token refresh ----------
+
+  /**
+   * Before the token expires, a fresh one from the token function goes to the server (`auth`),
+   * so the connection stays open; without a function there is nothing to refresh with, and the
+   * server's `token_expired` makes the client reconnect.
+   */
+  scheduleRefresh() {
+    clearTimeout(this.timers.refresh);
+    if (this.options.refresh === false || typeof this.options.token !== 'function' || !this.tokenExpiresAt) return;
+    const left = this.tokenExpiresAt - Date.now();
+    const ahead = Math.min(this.options.refreshAheadMs, Math.max(0, left / 2));
+    this.timers.refresh = setTimeout(() => this.refresh(), Math.max(0, left - ahead));
+  }
+
+  /** Fetches a fresh token and sends it; resolves with the `authed` answer. */
+  async refresh() {
+    const ws = this.socket;
+    let token;
+    try {
+      token = await this.options.token();
+    } catch (e) {
+      this.emit('error', { code: 'token', message: String(e && e.message || e) });
+      return null;
+    }
+    if (ws !== this.socket || !token) return null;
+    try {
+      const authed = await this.request({ action: 'auth', token }, 'authed');
+      this.tokenExpiresAt = typeof authed.exp === 'number' ? authed.exp * 1000 : tokenExpiry(token);
+      this.scheduleRefresh();
+      return authed;
+    } catch (e) {
+      // Refused or unanswered: the current token holds until its exp; try once more halfway.
+      if (ws === this.socket && this.tokenExpiresAt && this.tokenExpiresAt - Date.now() > 1000) {
+        this.timers.refresh = setTimeout(() => this.refresh(), (this.tokenExpiresAt - Date.now()) / 2);
+      }
+      return null;
+    }
+  }
+
+  /** The answer to `auth`: channels and documents the new token no longer allows were left. */
+  onAuthed(f) {
+    for (const name of Array.isArray(f.left) ? f.left : []) {
+      if (name.startsWith('doc:')) this.docs.delete(name.slice(4));
+      if (!this.channels.delete(name)) continue;
+      for (const [id, entry] of this.outbox) {
+        if (entry.channel !== name) continue;
+        this.outbox.delete(id);
+        entry.reject(new Error(`the new token does not allow ${name}; left it`));
+      }
+      this.emit('left', { channel: name, reason: 'token' });
+    }
+    this.answer('authed', f);
+    this.updateState();
   }
 
   ping() {
@@ -276,6 +356,17 @@ export class WsfanClient {
       if (!this.waiters.has(key)) this.waiters.set(key, []);
       this.waiters.get(key).push(w);
     });
+  }
+
+  fail(key, f) {
+    const list = this.waiters.get(key);
+    const w = list && list.shift();
+    if (!w) return;
+    if (list.length === 0) this.waiters.delete(key);
+    clearTimeout(w.timer);
+    const e = new Error(f.message);
+    e.code = f.code;
+    w.reject(e);
   }
 
   answer(key, value) {
@@ -331,6 +422,7 @@ export class WsfanClient {
         if (f.snapshot) this.onProgress(f.snapshot);
         break;
       case 'pong': clearTimeout(this.timers.pong); break;
+      case 'authed': this.onAuthed(f); break;
       case 'presence': this.emit('presence', f); break;
       case 'typing': this.emit('typing', f); break;
       case 'error':
@@ -338,6 +430,10 @@ export class WsfanClient {
         if (f.docId !== undefined && f.code === undefined) this.onProgress(f);
         else {
           if (f.code === 'rate_limited') this.onRateLimited(f.retryAfterMs);
+          // The server closes this connection next: reconnect now, with a fresh token.
+          if (f.code === 'token_expired') queueMicrotask(() => this.reconnect('token_expired'));
+          // A refused `auth` fails its request now rather than at the answer timeout.
+          if (f.code === 'unauthorized' && this.waiters.has('authed')) this.fail('authed', f);
           this.emit('error', { code: f.code, message: f.message, retryAfterMs: f.retryAfterMs });
         }
         break;

@@ -3,7 +3,7 @@
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, handshake } from '../src/index.js';
+import { connect, handshake, tokenExpiry } from '../src/index.js';
 
 /** A WebSocket whose far end is the test: it records what is sent and is told what arrives. */
 class ScriptedSocket {
@@ -29,6 +29,13 @@ class ScriptedSocket {
 }
 
 const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A JWT-shaped token with this `exp` (the client reads it; only the server verifies). */
+function jwt(exp) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  return `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub: 'alice', exp })}.sig`;
+}
 
 async function nextSocket(count) {
   for (let i = 0; i < 200 && ScriptedSocket.all.length < count; i++) await tick();
@@ -211,4 +218,64 @@ describe('the wsfan client', () => {
     assert.deepEqual(seen, ['progress:4', 'progress:6', 'processing_complete:10']);
     client.close();
   });
+
+  it('refreshes its token through the token function ahead of exp, on the same socket, and drops what the new token left', async () => {
+    ScriptedSocket.all = [];
+    const now = Math.floor(Date.now() / 1000);
+    const tokens = [jwt(now + 2), jwt(now + 3600)];
+    let calls = 0;
+    const client = connect('ws://test/local', {
+      WebSocket: ScriptedSocket, token: () => tokens[Math.min(calls++, 1)], backoffBaseMs: 1, backoffMaxMs: 2,
+    });
+    const socket = await nextSocket(1);
+    assert.deepEqual(socket.protocols, ['wsfan.v1', `bearer.${tokens[0]}`]);
+    socket.accept();
+    const left = [];
+    client.on('left', (l) => left.push(l));
+    client.join('workspace:1');
+    client.join('doc:plan');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    socket.push({ type: 'joined', channel: 'doc:plan', head: 0, present: [] });
+    const unsent = client.send('workspace:1', 'hold on');
+    // A 2-second token is refreshed at half its life; waiting for the exp would be too late.
+    for (let i = 0; i < 300 && !socket.sent.some((f) => f.action === 'auth'); i++) await sleep(10);
+    assert.equal(socket.take('auth').token, tokens[1], 'a fresh token from the token function');
+    socket.push({ type: 'authed', userId: 'alice', role: 'member', channels: ['doc:*'], exp: now + 3600, left: ['workspace:1'] });
+    assert.deepEqual(left, [{ channel: 'workspace:1', reason: 'token' }]);
+    await assert.rejects(unsent, /does not allow workspace:1/);
+    assert.equal(ScriptedSocket.all.length, 1, 'no reconnect: the connection goes on');
+    // After a reconnect only what the new token allows is rejoined.
+    socket.drop();
+    const again = await nextSocket(2);
+    again.accept();
+    assert.deepEqual(again.sent.filter((f) => f.action === 'join').map((f) => f.channel), ['doc:plan']);
+    client.close();
+  });
+
+  it('reconnects at once, with a fresh token, when the server says token_expired', async () => {
+    ScriptedSocket.all = [];
+    const now = Math.floor(Date.now() / 1000);
+    const tokens = [jwt(now + 3600), jwt(now + 7200)];
+    let calls = 0;
+    // A backoff this long would show: the reconnect for a fresh token does not wait for one.
+    const client = connect('ws://test/local', {
+      WebSocket: ScriptedSocket, token: () => tokens[Math.min(calls++, 1)], backoffBaseMs: 60_000, backoffMaxMs: 60_000,
+    });
+    const socket = await nextSocket(1);
+    socket.accept();
+    const errors = [];
+    client.on('error', (e) => errors.push(e.code));
+    socket.push({ type: 'error', code: 'token_expired', message: 'the token expired' });
+    const again = await nextSocket(2);
+    assert.deepEqual(again.protocols, ['wsfan.v1', `bearer.${tokens[1]}`]);
+    assert.deepEqual(errors, ['token_expired'], 'the app hears why');
+    client.close();
+  });
+
+  it('reads a token\'s exp, and nothing from what is no JWT', () => {
+    assert.equal(tokenExpiry(jwt(1_900_000_000)), 1_900_000_000_000);
+    assert.equal(tokenExpiry('tok'), null);
+    assert.equal(tokenExpiry('a.!!!.c'), null);
+  });
 });
+

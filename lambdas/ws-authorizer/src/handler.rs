@@ -15,63 +15,19 @@ pub const ENV: &[&str] = &[
     "ANONYMOUS_CHANNELS",
 ];
 
-use std::future::Future;
-
 use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerPolicy, ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
 };
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use serde_json::Value;
 use wsfan_shared::access::{Identity, MAX_CONTEXT_BYTES};
-use wsfan_shared::auth::{AuthError, JwtVerifier};
-use wsfan_shared::channel::ChannelPattern;
-use wsfan_shared::revocation::RevocationList;
 use wsfan_shared::subprotocol;
 
 pub type Response = ApiGatewayCustomAuthorizerResponse<Value>;
 
-/// What the authorizer needs from a verifier; tests and the real JWT verifier both provide it.
-pub trait TokenVerifier: Send + Sync {
-    fn verify(&self, token: &str) -> impl Future<Output = Result<Identity, AuthError>> + Send;
-    /// Channels an anonymous listener may read, when anonymous listeners are allowed at all.
-    fn anonymous_channels(&self) -> Option<&[ChannelPattern]>;
-}
-
-impl TokenVerifier for JwtVerifier {
-    fn verify(&self, token: &str) -> impl Future<Output = Result<Identity, AuthError>> + Send {
-        JwtVerifier::verify(self, token)
-    }
-
-    fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
-        self.config().anonymous_channels.as_deref()
-    }
-}
-
-/// The JWT verifier with the table's revocations (adapters/revocation.rs): a revoked token, or
-/// one issued before its user's not-before time, is denied like a forged one. A table that cannot
-/// answer denies too (the client retries with backoff): a revocation must not lapse with it.
-pub struct RevocationChecked<'a, R> {
-    pub verifier: &'a JwtVerifier,
-    pub revocations: &'a R,
-}
-
-impl<R: RevocationList> TokenVerifier for RevocationChecked<'_, R> {
-    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let (identity, facts) = self.verifier.verify_with_facts(token).await?;
-        if let Some(user) = identity.user_id.as_deref() {
-            match self.revocations.refusal(user, &facts).await {
-                Ok(None) => {}
-                Ok(Some(why)) => return Err(AuthError::Invalid(why)),
-                Err(e) => return Err(AuthError::Keys(format!("the revocation list cannot be read: {e}"))),
-            }
-        }
-        Ok(identity)
-    }
-
-    fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
-        self.verifier.config().anonymous_channels.as_deref()
-    }
-}
+// The verifier, and the one that also asks the revocation list, are shared with ws-message's
+// `auth` action, which must refuse a token exactly as `$connect` does.
+pub use wsfan_shared::revocation::{RevocationChecked, TokenVerifier};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

@@ -123,6 +123,8 @@ pub async fn handle<S: Store>(
         joined: Vec::new(),
         history: params.history,
         batch: request.batch,
+        // The expiry sweep closes the connection after this, unless `auth` moves it.
+        token_exp: identity.expires,
     };
     match store.connect(&connection, &params.channels).await {
         Ok(()) => {

@@ -6,6 +6,13 @@
 //!
 //! Every frame first passes the connection's limit (adapters/limiter.rs): one over it is answered
 //! `rate_limited` with `retryAfterMs`, and nothing else is read or written for it.
+//!
+//! The identity a frame acts with is the authorizer's, unless an `auth` frame refreshed it: then
+//! the one stored on the connection, which the limiter's write returns. A connection whose token
+//! has expired gets `token_expired` for every frame until the expiry sweep closes it.
+//! `{"action":"auth","token":…}` verifies the token as `$connect` does (signature, claims,
+//! revocation), for the same user only, stores the new identity, and leaves the channels the new
+//! token no longer allows: the answer `authed` lists them, and their members see a leave.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -17,10 +24,17 @@ pub const ENV: &[&str] = &[
     "DEDUPE_TTL_SECONDS",
     "RATE_LIMIT_PER_SECOND",
     "RATE_LIMIT_BURST",
+    // `auth` verifies tokens as the authorizer does.
+    "JWT_SECRET",
+    "JWKS_URL",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "JWT_LEEWAY_SECONDS",
 ];
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
-use wsfan_shared::access::{Identity, Role};
+use wsfan_shared::access::{Identity, IdentityError, Role};
+use wsfan_shared::auth::AuthError;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::clock;
 use wsfan_shared::config::Retention;
@@ -28,12 +42,14 @@ use wsfan_shared::limiter::FrameLimiter;
 use wsfan_shared::model::{Membership, Message, MessageKind};
 use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
 use wsfan_shared::rate::Verdict;
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::revocation::TokenVerifier;
+use wsfan_shared::store::{IdentityStore, Store, StoreError};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
-pub async fn handle<S: Store, L: FrameLimiter>(
+pub async fn handle<S: Store + IdentityStore, L: FrameLimiter, V: TokenVerifier>(
     store: &S,
     limiter: &L,
+    verifier: &V,
     retention: &Retention,
     event: ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
@@ -44,9 +60,10 @@ pub async fn handle<S: Store, L: FrameLimiter>(
             return empty(400);
         }
     };
-    match limiter.admit(&request.connection_id, clock::now_micros()).await {
-        Ok(Verdict::Admit { .. }) => {}
-        Ok(Verdict::Limited { retry_after_ms }) => {
+    let mut refreshed = None;
+    match limiter.admit_reading(&request.connection_id, clock::now_micros()).await {
+        Ok((Verdict::Admit { .. }, stored)) => refreshed = stored,
+        Ok((Verdict::Limited { retry_after_ms }, _)) => {
             tracing::info!(connection = %request.connection_id, retry_after_ms, "rate limited");
             let limit = limiter.limit();
             return frame(&ServerFrame::rate_limited(
@@ -61,10 +78,19 @@ pub async fn handle<S: Store, L: FrameLimiter>(
             tracing::warn!(connection = %request.connection_id, error = %e, "the limit could not be checked; admitting")
         }
     }
+    let identity = request.identity.clone().map(|i| i.refreshed(refreshed));
+    if let Ok(Identity { expires: Some(exp), .. }) = identity {
+        if exp <= clock::now_secs() {
+            tracing::info!(connection = %request.connection_id, exp, "token expired; the sweep closes the connection");
+            return frame(&ServerFrame::token_expired(exp));
+        }
+    }
     let route = Route {
         store,
+        verifier,
         retention,
         request: &request,
+        identity,
     };
     match route.dispatch().await {
         Ok(Some(answer)) => frame(&answer),
@@ -76,10 +102,13 @@ pub async fn handle<S: Store, L: FrameLimiter>(
     }
 }
 
-struct Route<'a, S> {
+struct Route<'a, S, V> {
     store: &'a S,
+    verifier: &'a V,
     retention: &'a Retention,
     request: &'a RouteRequest,
+    /// The authorizer's identity, or the one the last `auth` stored.
+    identity: Result<Identity, IdentityError>,
 }
 
 fn not_connected() -> ProtocolError {
@@ -136,9 +165,9 @@ fn require_write(identity: &Identity, channel: &ChannelId) -> Result<(), Protoco
     }
 }
 
-impl<S: Store> Route<'_, S> {
+impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
     fn identity(&self) -> Result<&Identity, ProtocolError> {
-        self.request.identity.as_ref().map_err(|e| {
+        self.identity.as_ref().map_err(|e| {
             tracing::error!(error = %e, "route event without authorizer context");
             ProtocolError::new(ErrorCode::Unauthorized, "this connection has no identity; reconnect")
         })
@@ -251,6 +280,76 @@ impl<S: Store> Route<'_, S> {
             ClientFrame::Ping => Some(ServerFrame::Pong {
                 at: clock::now_millis(),
             }),
+            ClientFrame::Auth { token } => Some(self.auth(identity, &token).await?),
+        })
+    }
+
+    /// `auth`: a fresh token for the same user replaces the connection's identity.
+    async fn auth(&self, current: &Identity, token: &str) -> Result<ServerFrame, ProtocolError> {
+        let unauthorized = |why: String| ProtocolError::new(ErrorCode::Unauthorized, why);
+        let Some(user) = current.user_id.as_deref() else {
+            return Err(unauthorized(
+                "an anonymous connection cannot take a token; reconnect with it".to_owned(),
+            ));
+        };
+        let fresh = match self.verifier.verify(token).await {
+            Ok(identity) => identity,
+            Err(AuthError::Keys(why)) => {
+                tracing::error!(%why, "auth: the token could not be checked");
+                return Err(ProtocolError::new(
+                    ErrorCode::Internal,
+                    "the token could not be checked right now; send it again",
+                ));
+            }
+            Err(e) => {
+                return Err(unauthorized(format!(
+                    "the token is refused ({e}); this connection keeps its current one"
+                )))
+            }
+        };
+        if fresh.user_id.as_deref() != Some(user) {
+            return Err(unauthorized(format!(
+                "the token is for another user; this connection is {user}'s (reconnect to change users)"
+            )));
+        }
+        let Some(exp) = fresh.expires else {
+            return Err(unauthorized("the token has no exp".to_owned()));
+        };
+        let connection_id = &self.request.connection_id;
+        self.store
+            .refresh(connection_id, &fresh, exp, current.expires)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotConnected => not_connected(),
+                StoreError::TokenClaimed => ServerFrame::token_expired(current.expires.unwrap_or(exp)).into_error(),
+                other => {
+                    tracing::error!(error = %other, "auth: storing the identity");
+                    ProtocolError::new(ErrorCode::Internal, "the token could not be stored; send it again")
+                }
+            })?;
+        // What the new token no longer allows is left, as a `leave` would (members see it).
+        let memberships = self.store.memberships(connection_id).await.map_err(|e| {
+            tracing::error!(error = %e, "auth: reading the memberships");
+            ProtocolError::new(
+                ErrorCode::Internal,
+                "the memberships could not be read; send the token again",
+            )
+        })?;
+        let mut left = Vec::new();
+        for channel in fresh.no_longer_allowed(memberships.iter().map(|m| &m.channel)) {
+            self.store
+                .leave(&channel, connection_id, Some(user))
+                .await
+                .map_err(|e| store_error(&channel, e))?;
+            left.push(channel.to_string());
+        }
+        tracing::info!(connection = %connection_id, user, exp, left = left.len(), "identity refreshed");
+        Ok(ServerFrame::Authed {
+            user_id: fresh.user_id.clone(),
+            role: fresh.role.as_str().to_owned(),
+            channels: fresh.channels.iter().map(ToString::to_string).collect(),
+            exp,
+            left,
         })
     }
 

@@ -76,6 +76,7 @@ impl Claims {
             user_id: Some(self.sub.clone()),
             role,
             channels,
+            expires: Some(self.exp),
         })
     }
 }

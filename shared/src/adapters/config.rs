@@ -71,6 +71,12 @@ pub fn from_process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// The stage's `@connections` endpoint (`CONNECTIONS_ENDPOINT`), for callers that close
+/// connections rather than post to many (the expiry sweep).
+pub fn connections_endpoint_from_env() -> Result<String, ConfigError> {
+    required(&from_process_env, "CONNECTIONS_ENDPOINT")
+}
+
 /// How long items live before DynamoDB's TTL may remove them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {

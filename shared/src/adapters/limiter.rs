@@ -12,6 +12,11 @@
 //! idle bucket, a busy one) to try first, so an admitted frame is one write, rarely two.
 //! docs/DESIGN-NOTES.md ("A limit per connection") has the costs.
 //!
+//! The same item holds a connection's identity once an `auth` frame refreshed it (role, channel
+//! patterns, `tokenExp`: store/expiry.rs): API Gateway keeps handing every frame the context of
+//! `$connect`, so the refreshed one must come from the table, and the write that admits the frame
+//! returns it (`ALL_NEW`) at no extra call.
+//!
 //! The item's sort key (`RATE`) matches none of the stream mapping's filters, so these writes
 //! never invoke the fanout. Its TTL is the connection's.
 
@@ -22,6 +27,7 @@ use std::sync::Mutex;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
+use crate::access::{Refreshed, TOKEN_EXP_CONTEXT};
 use crate::model::{keys, PK, SK, TTL_ATTRIBUTE};
 use crate::rate::{RateLimit, Verdict};
 use crate::store::{DynamoStore, StoreError};
@@ -39,7 +45,31 @@ const ROUNDS: usize = 3;
 /// What the routes need: admit one frame of a connection, or say when to retry.
 pub trait FrameLimiter: Send + Sync {
     fn limit(&self) -> RateLimit;
-    fn admit(&self, connection_id: &str, now_us: i64) -> impl Future<Output = Result<Verdict, StoreError>> + Send;
+
+    /// Admits a frame, or not; with the identity an `auth` stored for the connection, if any.
+    fn admit_reading(
+        &self,
+        connection_id: &str,
+        now_us: i64,
+    ) -> impl Future<Output = Result<(Verdict, Option<Refreshed>), StoreError>> + Send;
+
+    fn admit(&self, connection_id: &str, now_us: i64) -> impl Future<Output = Result<Verdict, StoreError>> + Send {
+        async move { Ok(self.admit_reading(connection_id, now_us).await?.0) }
+    }
+}
+
+/// The refreshed identity on a `RATE` item, if an `auth` wrote one.
+pub fn refreshed_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<Refreshed> {
+    let item = item?;
+    let text = |name: &str| item.get(name)?.as_s().ok().map(String::as_str);
+    let exp = item.get(TOKEN_EXP_CONTEXT)?.as_n().ok()?.parse().ok()?;
+    match Refreshed::parse(text(crate::store::ROLE)?, text(crate::store::CHANNELS)?, exp) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "a stored identity does not parse; using the connect-time one");
+            None
+        }
+    }
 }
 
 pub struct DynamoLimiter {
@@ -75,14 +105,14 @@ impl DynamoLimiter {
         *entry = (*entry).max(tat);
     }
 
-    /// One conditional write. `Ok(Ok(tat))`: admitted with the new state; `Ok(Err(old))`: the
-    /// condition failed, with the state found (None: no item).
+    /// One conditional write. `Ok(Ok((tat, refreshed)))`: admitted with the new state;
+    /// `Ok(Err(old))`: the condition failed, with the state found (None: no item).
     async fn write(
         &self,
         connection_id: &str,
         now_us: i64,
         busy: bool,
-    ) -> Result<Result<i64, Option<i64>>, StoreError> {
+    ) -> Result<Result<(i64, Option<Refreshed>), Option<i64>>, StoreError> {
         let interval = self.limit.interval_us();
         let num = |n: i64| AttributeValue::N(n.to_string());
         let request = self
@@ -95,7 +125,7 @@ impl DynamoLimiter {
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":now", num(now_us))
             .expression_attribute_values(":ttl", num(now_us / 1_000_000 + self.ttl_secs))
-            .return_values(ReturnValue::UpdatedNew)
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let request = if busy {
             // A bucket with frames ahead of now: one more if it still has room.
@@ -115,7 +145,10 @@ impl DynamoLimiter {
         // charge the frame twice: the limit errs strict, never loose).
         let deadline = tokio::time::Instant::now() + ADMISSION_BUDGET;
         match crate::store::retry::retried("UpdateItem", deadline, |_| request.clone().send()).await {
-            Ok(out) => Ok(Ok(tat_of(out.attributes()).unwrap_or(now_us + interval))),
+            Ok(out) => Ok(Ok((
+                tat_of(out.attributes()).unwrap_or(now_us + interval),
+                refreshed_of(out.attributes()),
+            ))),
             Err(failure) => match failure.error.as_service_error() {
                 Some(service) if service.is_conditional_check_failed_exception() => {
                     let found = match service {
@@ -144,28 +177,42 @@ impl FrameLimiter for DynamoLimiter {
         self.limit
     }
 
-    async fn admit(&self, connection_id: &str, now_us: i64) -> Result<Verdict, StoreError> {
+    async fn admit_reading(
+        &self,
+        connection_id: &str,
+        now_us: i64,
+    ) -> Result<(Verdict, Option<Refreshed>), StoreError> {
         if self.limit.is_off() {
-            return Ok(Verdict::Admit { tat: now_us });
+            // No write to ride on: the stored identity costs a read.
+            let get = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key(PK, AttributeValue::S(keys::connection(connection_id)))
+                .key(SK, AttributeValue::S(RATE_SK.to_owned()))
+                .consistent_read(true);
+            let deadline = tokio::time::Instant::now() + ADMISSION_BUDGET;
+            let out = crate::store::retry::retried("GetItem", deadline, |_| get.clone().send()).await?;
+            return Ok((Verdict::Admit { tat: now_us }, refreshed_of(out.item())));
         }
         let known = self.remembered(connection_id);
         if let Some(Verdict::Limited { retry_after_ms }) = known.map(|tat| self.limit.check(Some(tat), now_us)) {
-            return Ok(Verdict::Limited { retry_after_ms });
+            return Ok((Verdict::Limited { retry_after_ms }, None));
         }
         let mut busy = known.is_some_and(|tat| tat > now_us);
         let mut found = known;
         for _ in 0..ROUNDS {
             match self.write(connection_id, now_us, busy).await? {
-                Ok(tat) => {
+                Ok((tat, refreshed)) => {
                     self.remember(connection_id, tat);
-                    return Ok(Verdict::Admit { tat });
+                    return Ok((Verdict::Admit { tat }, refreshed));
                 }
                 Err(state) => {
                     found = state.or(found);
                     if let Some(tat) = state {
                         self.remember(connection_id, tat);
                         if let verdict @ Verdict::Limited { .. } = self.limit.check(Some(tat), now_us) {
-                            return Ok(verdict);
+                            return Ok((verdict, None));
                         }
                     }
                     // The bucket changed between the guess and the write: try the other form.
@@ -174,6 +221,6 @@ impl FrameLimiter for DynamoLimiter {
             }
         }
         let retry_after_ms = found.map_or(1, |tat| self.limit.retry_after_ms(tat, now_us).max(1));
-        Ok(Verdict::Limited { retry_after_ms })
+        Ok((Verdict::Limited { retry_after_ms }, None))
     }
 }

@@ -14,8 +14,10 @@ use std::future::Future;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 
-use crate::auth::TokenFacts;
+use crate::access::Identity;
+use crate::auth::{AuthError, JwtVerifier, TokenFacts};
 use crate::channel::ChannelId;
+use crate::channel::ChannelPattern;
 use crate::model::{keys, PK, SK, TTL_ATTRIBUTE};
 use crate::store::{DynamoStore, Store, StoreError};
 
@@ -94,6 +96,49 @@ impl RevocationList for DynamoStore {
             }
         }
         Ok(None)
+    }
+}
+
+/// What the authorizer needs from a verifier; tests and the real JWT verifier both provide it.
+pub trait TokenVerifier: Send + Sync {
+    fn verify(&self, token: &str) -> impl Future<Output = Result<Identity, AuthError>> + Send;
+    /// Channels an anonymous listener may read, when anonymous listeners are allowed at all.
+    fn anonymous_channels(&self) -> Option<&[ChannelPattern]>;
+}
+
+impl TokenVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> impl Future<Output = Result<Identity, AuthError>> + Send {
+        crate::auth::JwtVerifier::verify(self, token)
+    }
+
+    fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
+        self.config().anonymous_channels.as_deref()
+    }
+}
+
+/// The JWT verifier with the table's revocations (adapters/revocation.rs): a revoked token, or
+/// one issued before its user's not-before time, is denied like a forged one. A table that cannot
+/// answer denies too (the client retries with backoff): a revocation must not lapse with it.
+pub struct RevocationChecked<'a, R> {
+    pub verifier: &'a JwtVerifier,
+    pub revocations: &'a R,
+}
+
+impl<R: RevocationList> TokenVerifier for RevocationChecked<'_, R> {
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let (identity, facts) = self.verifier.verify_with_facts(token).await?;
+        if let Some(user) = identity.user_id.as_deref() {
+            match self.revocations.refusal(user, &facts).await {
+                Ok(None) => {}
+                Ok(Some(why)) => return Err(AuthError::Invalid(why)),
+                Err(e) => return Err(AuthError::Keys(format!("the revocation list cannot be read: {e}"))),
+            }
+        }
+        Ok(identity)
+    }
+
+    fn anonymous_channels(&self) -> Option<&[ChannelPattern]> {
+        self.verifier.config().anonymous_channels.as_deref()
     }
 }
 
@@ -212,21 +257,25 @@ impl Revoker {
         Ok(revoked)
     }
 
-    /// `DELETE @connections/{id}`; a connection already gone (410) is what was wanted.
     async fn close(&self, connection_id: &str) -> Result<(), RevokeError> {
-        match self
-            .connections
-            .delete_connection()
-            .connection_id(connection_id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => Ok(()),
-            Err(e) => Err(RevokeError::Close {
-                connection: connection_id.to_owned(),
-                message: aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&e).to_string(),
-            }),
-        }
+        close(&self.connections, connection_id).await
+    }
+}
+
+/// `DELETE @connections/{id}`; a connection already gone (410) is what was wanted. Revocation and
+/// the expiry sweep (adapters/expiry.rs) close connections this way.
+pub async fn close(connections: &aws_sdk_apigatewaymanagement::Client, connection_id: &str) -> Result<(), RevokeError> {
+    match connections
+        .delete_connection()
+        .connection_id(connection_id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => Ok(()),
+        Err(e) => Err(RevokeError::Close {
+            connection: connection_id.to_owned(),
+            message: aws_sdk_apigatewaymanagement::error::DisplayErrorContext(&e).to_string(),
+        }),
     }
 }

@@ -60,7 +60,33 @@ pub struct Identity {
     pub user_id: Option<String>,
     pub role: Role,
     pub channels: Vec<ChannelPattern>,
+    /// The token's `exp` (epoch seconds), after which the connection is closed unless an `auth`
+    /// frame refreshed it; `None` for an anonymous listener, which has no token to expire.
+    pub expires: Option<i64>,
 }
+
+/// What an `auth` frame stored for a connection: from then on it stands in for the authorizer's
+/// context, which API Gateway fixes for the connection's life. The user stays the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refreshed {
+    pub role: Role,
+    pub channels: Vec<ChannelPattern>,
+    pub expires: i64,
+}
+
+impl Refreshed {
+    /// Reads the stored attributes back (`role`, `channels` comma-joined, `tokenExp`).
+    pub fn parse(role: &str, channels: &str, expires: i64) -> Result<Self, IdentityError> {
+        Ok(Refreshed {
+            role: role.parse().map_err(IdentityError::Malformed)?,
+            channels: parse_patterns(channels).map_err(IdentityError::Malformed)?,
+            expires,
+        })
+    }
+}
+
+/// The authorizer context key for [`Identity::expires`].
+pub const TOKEN_EXP_CONTEXT: &str = "tokenExp";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -76,7 +102,28 @@ impl Identity {
             user_id: None,
             role: Role::Listener,
             channels,
+            expires: None,
         }
+    }
+
+    /// This identity as a refresh left it.
+    pub fn refreshed(mut self, refreshed: Option<Refreshed>) -> Identity {
+        if let Some(r) = refreshed {
+            self.role = r.role;
+            self.channels = r.channels;
+            self.expires = Some(r.expires);
+        }
+        self
+    }
+
+    /// Has the token expired at `now_secs`? Never for an identity without a token.
+    pub fn expired(&self, now_secs: i64) -> bool {
+        self.expires.is_some_and(|exp| exp <= now_secs)
+    }
+
+    /// The channels of `memberships` this identity may no longer read (after a narrower token).
+    pub fn no_longer_allowed<'a>(&self, memberships: impl IntoIterator<Item = &'a ChannelId>) -> Vec<ChannelId> {
+        memberships.into_iter().filter(|c| !self.may_read(c)).cloned().collect()
     }
 
     /// The personal channel every authenticated connection joins on `$connect`.
@@ -115,6 +162,10 @@ impl Identity {
         ctx.insert("role".to_owned(), Value::String(self.role.as_str().to_owned()));
         let channels: Vec<String> = self.channels.iter().map(ToString::to_string).collect();
         ctx.insert("channels".to_owned(), Value::String(channels.join(",")));
+        // A string, like every value of the context: what API Gateway passes on for certain.
+        if let Some(exp) = self.expires {
+            ctx.insert(TOKEN_EXP_CONTEXT.to_owned(), Value::String(exp.to_string()));
+        }
         ctx
     }
 
@@ -138,10 +189,18 @@ impl Identity {
             None | Some(Value::Null) => Vec::new(),
             Some(_) => return Err(IdentityError::Malformed("channels is not a string".into())),
         };
+        // A number from our authorizer; API Gateway may hand context values on as strings.
+        let expires = match ctx.get(TOKEN_EXP_CONTEXT) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            Some(_) => None,
+        };
         Ok(Identity {
             user_id,
             role,
             channels,
+            expires,
         })
     }
 }
@@ -179,6 +238,7 @@ mod tests {
             user_id: Some("alice".into()),
             role: Role::Member,
             channels: parse_patterns(channels).unwrap(),
+            expires: Some(2_000_000_000),
         }
     }
 
@@ -223,6 +283,25 @@ mod tests {
         assert_eq!(
             Identity::from_context(&serde_json::Map::new()),
             Err(IdentityError::Missing)
+        );
+    }
+
+    #[test]
+    fn the_expiry_travels_in_the_context_and_a_narrower_token_names_what_it_leaves() {
+        let mut ctx: serde_json::Map<String, Value> = member("").to_context().into_iter().collect();
+        assert_eq!(Identity::from_context(&ctx).unwrap().expires, Some(2_000_000_000));
+        ctx.insert(TOKEN_EXP_CONTEXT.into(), Value::String("123".into()));
+        let id = Identity::from_context(&ctx).unwrap();
+        assert!(id.expired(123) && !id.expired(122));
+        assert!(!Identity::anonymous(vec![]).expired(i64::MAX));
+        let narrow = member("doc:*");
+        let joined: Vec<ChannelId> = ["workspace:1", "doc:1", "user:alice"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(
+            narrow.no_longer_allowed(&joined),
+            vec!["workspace:1".parse::<ChannelId>().unwrap()]
         );
     }
 

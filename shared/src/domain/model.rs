@@ -10,6 +10,8 @@
 //! | event      | `CHAN#<channel>`  | `EVT#<ulid>` (typing: short-lived, never recovered) |
 //! | dedupe     | `CHAN#<channel>`  | `DEDUPE#<sender>#<clientMsgId>` |
 //! | progress   | `DOC#<docId>`     | `PROGRESS`                |
+//! | expiry     | `EXP#<minute>`    | `CONN#<id>` (`tokenExp`: a connection whose token expires in that minute) |
+//! | sweep      | `SWEEP`           | `CURSOR` (`minute`: the first minute the next sweep reads) |
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +66,16 @@ pub mod keys {
     pub fn doc(doc_id: &str) -> String {
         format!("{DOC_PREFIX}{doc_id}")
     }
+
+    pub const EXP_PREFIX: &str = "EXP#";
+    /// The minute of an epoch second: what expiry buckets are keyed by.
+    pub fn minute(epoch_secs: i64) -> i64 {
+        epoch_secs.div_euclid(60)
+    }
+    /// The bucket of the connections whose tokens expire in `minute` (see [`minute`]).
+    pub fn expiry(minute: i64) -> String {
+        format!("{EXP_PREFIX}{minute}")
+    }
 }
 
 /// One open WebSocket connection, written on `$connect`.
@@ -97,6 +109,10 @@ pub struct Connection {
     /// The connection takes several frames in one post (`?batch=1`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub batch: bool,
+    /// When its token expires (epoch seconds), moved by each `auth`; the expiry sweep closes the
+    /// connection after it. `None`: an anonymous listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exp: Option<i64>,
 }
 
 /// A connection's membership of a channel. `connectionId` + `channel` key the `byConnection` GSI.

@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "progress",
     "history",
     "ping",
+    "auth",
     // The names other backends used: `message` is `sendMessage`; `presence` lists who is there.
     "message",
     "presence",
@@ -87,6 +88,11 @@ pub enum ClientFrame {
         limit: u32,
     },
     Ping,
+    /// A fresh token for this connection, before its current one expires: same `sub`; what the
+    /// new token no longer allows is left.
+    Auth {
+        token: String,
+    },
     /// Legacy `{"type":"register","sessionID":…}`: joins `session:<sessionID>`.
     Register {
         channel: ChannelId,
@@ -117,6 +123,7 @@ impl ClientFrame {
             ClientFrame::Subscribe { .. } => "subscribe",
             ClientFrame::History { .. } => "history",
             ClientFrame::Ping => "ping",
+            ClientFrame::Auth { .. } => "auth",
             ClientFrame::Presence { .. } => "presence",
             ClientFrame::Register { .. } => "register",
         }
@@ -199,6 +206,15 @@ impl ClientFrame {
                 ClientFrame::History { channel, cursor, limit }
             }
             "ping" => ClientFrame::Ping,
+            "auth" => {
+                let token = fields.required_str("token")?.trim();
+                if token.is_empty() {
+                    return Err(ProtocolError::invalid("token", "must not be empty"));
+                }
+                ClientFrame::Auth {
+                    token: token.to_owned(),
+                }
+            }
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownAction,
@@ -423,11 +439,14 @@ pub enum ErrorCode {
     NoDefaultChannel,
     /// The connection is over its limit of frames per second; `retryAfterMs` says when to resend.
     RateLimited,
+    /// The connection's token expired without a refresh (`auth`): the server closes the
+    /// connection next; fetch a new token and reconnect.
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// Every code; `docs/asyncapi.yaml` documents each (checked in tests).
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownAction,
         ErrorCode::MissingField,
@@ -443,6 +462,7 @@ impl ErrorCode {
         ErrorCode::Ambiguous,
         ErrorCode::NoDefaultChannel,
         ErrorCode::RateLimited,
+        ErrorCode::TokenExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -462,6 +482,7 @@ impl ErrorCode {
             ErrorCode::Ambiguous => "ambiguous",
             ErrorCode::NoDefaultChannel => "no_default_channel",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -571,6 +592,19 @@ pub enum ServerFrame {
     Pong {
         at: i64,
     },
+    /// The answer to `auth`: the connection's identity from now on, and the channels it left
+    /// because the new token no longer allows them (their members see a presence leave).
+    #[serde(rename_all = "camelCase")]
+    Authed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+        role: String,
+        /// The channel patterns the new token allows.
+        channels: Vec<String>,
+        /// The new token's `exp` (epoch seconds): refresh before it, or the connection is closed.
+        exp: i64,
+        left: Vec<String>,
+    },
     Message(ChatEvent),
     Reaction(ChatEvent),
     Typing(ChatEvent),
@@ -619,6 +653,27 @@ impl ServerFrame {
         }
     }
 
+    /// Pushed before the expiry sweep closes a connection whose token expired without `auth`.
+    pub fn token_expired(exp: i64) -> Self {
+        ServerFrame::Error {
+            code: ErrorCode::TokenExpired,
+            message: format!(
+                "the connection's token expired at {exp} (epoch seconds) without a refresh; the connection \
+                 is closed now: fetch a new token and reconnect (send {{\"action\":\"auth\",\"token\":…}} \
+                 before exp to stay connected)"
+            ),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The error this frame carries, for a route that answers with it.
+    pub fn into_error(self) -> ProtocolError {
+        match self {
+            ServerFrame::Error { code, message, .. } => ProtocolError { code, message },
+            other => ProtocolError::new(ErrorCode::Internal, format!("not an error frame: {}", other.to_json())),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialise")
     }
@@ -655,6 +710,7 @@ mod tests {
             (r#"{"action":"progress","docId":"d1"}"#, "subscribe"),
             (r#"{"action":"history","channel":"workspace:1","limit":10}"#, "history"),
             (r#"{"action":"ping"}"#, "ping"),
+            (r#"{"action":"auth","token":"a.b.c"}"#, "auth"),
             (r#"{"type":"register","sessionID":"s-1"}"#, "register"),
         ];
         for (text, action) in cases {
@@ -697,6 +753,9 @@ mod tests {
             ErrorCode::InvalidField
         );
         assert_eq!(code(r#"{"action":"subscribe","docId":"a b"}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"action":"auth"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"action":"auth","token":" "}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"action":"auth","token":7}"#), ErrorCode::InvalidField);
         let big = format!(
             r#"{{"action":"sendMessage","channel":"doc:1","body":"{}"}}"#,
             "x".repeat(MAX_BODY_BYTES + 1)

@@ -125,6 +125,9 @@ pub(super) async fn connect(
         item.insert(JOINED.to_owned(), AttributeValue::Ss(joined));
     }
     let mut actions = vec![store.put(item, None)];
+    if let Some(exp) = connection.token_exp {
+        actions.push(store.expiry_put(&connection.connection_id, exp));
+    }
     let membership = |channel: ChannelId, history: Option<u32>| Membership {
         channel,
         connection_id: connection.connection_id.clone(),
@@ -197,6 +200,17 @@ pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Resu
         crate::limiter::RATE_SK.to_owned(),
     )));
     retried("DeleteItem", store.deadline(), |_| bucket.clone().send()).await?;
+    // And its expiry bucket item, so the sweep has nothing to close.
+    let token_exp = deleted.attributes.as_ref().and_then(|a| {
+        a.get(crate::access::TOKEN_EXP_CONTEXT)?
+            .as_n()
+            .ok()?
+            .parse::<i64>()
+            .ok()
+    });
+    if let Some(exp) = token_exp {
+        store.forget_expiry(connection_id, exp).await?;
+    }
     Ok(Cleanup {
         connection_existed: deleted.attributes.is_some(),
         memberships_removed: removed,

@@ -27,6 +27,7 @@ use crate::protocol::HistoryCursor;
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub use budget::{BudgetLedger, BUDGET_PK};
+pub use expiry::{Due, Expired, IdentityStore, CHANNELS, FIRST_SWEEP_LOOKBACK_MINUTES, ROLE};
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -66,6 +67,9 @@ pub enum StoreError {
     /// Other sends to the channel kept taking the next sequence number; the caller may retry.
     #[error("the channel is too busy right now")]
     Contended,
+    /// The expiry sweep took the connection (its token expired) before a refresh could move it.
+    #[error("the token expired and the connection is being closed")]
+    TokenClaimed,
     /// A connection's user id cannot name its `user:<sub>` channel (the authorizer admits none such).
     #[error("user id cannot name a user channel: {0}")]
     InvalidUserId(String),
@@ -334,6 +338,7 @@ fn cancellation_items(failure: &Failure<TransactWriteItemsError>) -> Vec<Option<
 
 mod budget;
 mod connections;
+mod expiry;
 mod members;
 mod messages;
 mod progress;
