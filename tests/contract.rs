@@ -87,6 +87,19 @@ fn chat(kind: MessageKind) -> Message {
     }
 }
 
+/// A message's reaction summary: two users with one emoji, one with another.
+fn summary_item() -> wsfan_shared::reactions::SummaryItem {
+    use wsfan_shared::reactions::entry;
+    wsfan_shared::reactions::SummaryItem {
+        target_id: "01JD0000000000000000000001".into(),
+        reactions: vec![entry("alice", "❤️"), entry("bob", "❤️"), entry("bob", "👍")],
+        message_id: "01JD0000000000000000000002".into(),
+        sender_id: "bob".into(),
+        emoji: "👍".into(),
+        sent_at: 1_795_305_605_000,
+    }
+}
+
 /// One of every frame the server sends, as the code serialises it.
 fn every_server_frame() -> Vec<Value> {
     let event = |m: Message| -> ChatEvent { m.to_event() };
@@ -132,6 +145,17 @@ fn every_server_frame() -> Vec<Value> {
             after: None,
             complete: None,
         },
+        // A page whose message has reactions.
+        ServerFrame::History {
+            channel: "booking:1".into(),
+            messages: vec![ServerFrame::Message(ChatEvent {
+                reactions: Some(summary_item().summary()),
+                ..event(chat(MessageKind::Message))
+            })],
+            before: None,
+            after: None,
+            complete: None,
+        },
         // A recovery page: everything after a point, whether complete, the next cursor.
         ServerFrame::History {
             channel: "booking:1".into(),
@@ -147,6 +171,8 @@ fn every_server_frame() -> Vec<Value> {
         ServerFrame::Pong { at: 1 },
         ServerFrame::Message(event(chat(MessageKind::Message))),
         ServerFrame::Reaction(event(chat(MessageKind::Reaction))),
+        // A reaction as pushed now: off the sequence, with the reacted message's summary.
+        ServerFrame::Reaction(summary_item().to_event(&"booking:1".parse().unwrap())),
         ServerFrame::Typing(event(chat(MessageKind::Typing))),
         ServerFrame::Receipt(event(chat(MessageKind::Receipt))),
         ServerFrame::Presence {

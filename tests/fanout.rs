@@ -524,7 +524,7 @@ async fn stream_fixtures_push_what_they_describe() {
     member(&rig, "C4rolConn000AA=", "carol", "workspace:42").await;
     rig.run_stream_fanout().await;
 
-    let cases: [(&str, Option<Value>); 7] = [
+    let cases: [(&str, Option<Value>); 8] = [
         (
             "message-insert",
             Some(
@@ -537,6 +537,15 @@ async fn stream_fixtures_push_what_they_describe() {
             Some(
                 json!({"type": "reaction", "channel": "workspace:42", "messageId": "01JDB2X6A1B2C3D4E5F6G7H8J9",
                 "senderId": "alice", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "emoji": "👍", "sentAt": 1795305605000_i64}),
+            ),
+        ),
+        // A second user's reaction: the latest reaction, with the message's whole summary.
+        (
+            "reaction-summary-modify",
+            Some(
+                json!({"type": "reaction", "channel": "workspace:42", "messageId": "01JDB2X8B1C2D3E4F5G6H7J8K9",
+                "senderId": "bob", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "emoji": "👍", "sentAt": 1795305606000_i64,
+                "reactions": {"👍": {"count": 2, "users": ["alice", "bob"]}}}),
             ),
         ),
         (
@@ -1259,6 +1268,13 @@ impl Store for CountingMemberReads<'_> {
     }
     async fn head(&self, c: &ChannelId) -> Result<u64, wsfan_shared::store::StoreError> {
         self.store.head(c).await
+    }
+    async fn react(
+        &self,
+        r: &wsfan_shared::reactions::Reaction,
+        member: &str,
+    ) -> Result<wsfan_shared::store::PostOutcome, wsfan_shared::store::StoreError> {
+        self.store.react(r, member).await
     }
     async fn progress(&self, doc: &str) -> Result<Option<Value>, wsfan_shared::store::StoreError> {
         self.store.progress(doc).await

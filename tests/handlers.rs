@@ -856,14 +856,29 @@ async fn react_typing_and_read_write_their_items() {
 
     let react = body(&run(&t, "ws-message/react").await);
     assert_eq!(react["action"], "react");
-    let id = react["messageId"].as_str().unwrap();
-    let item = t.message("CHAN#workspace:42", id).await.expect("reaction item");
-    assert_eq!(s(&item, "kind"), "reaction");
-    assert_eq!(s(&item, "emoji"), "👍");
+    assert_eq!(react["duplicate"], false);
+    // A reaction changes its message's summary: no item of its own, no sequence number.
+    assert!(react.get("seq").is_none(), "{react}");
+    let item = t
+        .item("CHAN#workspace:42", "REACT#01JDB2X5Q0E7M3V9K4T8N6R2WA")
+        .await
+        .expect("the message's reaction summary");
+    assert_eq!(string_set(&item, "reactions"), vec!["alice 👍"]);
+    assert_eq!(s(&item, "messageId"), react["messageId"].as_str().unwrap());
     assert_eq!(s(&item, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
-
-    assert_eq!(react["seq"], 1);
-    assert_eq!(n(&item, "seq"), 1);
+    assert!(n(&item, "expiresAt") > wsfan_shared::clock::now_secs() + Retention::default().event_secs);
+    assert!(
+        t.item("CHAN#workspace:42", "HEAD").await.is_none(),
+        "the head never moved"
+    );
+    // The same reaction again (a retry, a double click) counts once and says so.
+    let again = body(&run(&t, "ws-message/react").await);
+    assert_eq!(again["duplicate"], true, "{again}");
+    let item = t
+        .item("CHAN#workspace:42", "REACT#01JDB2X5Q0E7M3V9K4T8N6R2WA")
+        .await
+        .unwrap();
+    assert_eq!(string_set(&item, "reactions"), vec!["alice 👍"]);
 
     let typing = run(&t, "ws-message/typing").await;
     assert_eq!(typing.status_code, 200);
@@ -871,7 +886,7 @@ async fn react_typing_and_read_write_their_items() {
     let read = body(&run(&t, "ws-message/read").await);
     assert_eq!(read["action"], "read");
     // A receipt is history: numbered, kept, recovered after a reconnect.
-    assert_eq!(read["seq"], 2);
+    assert_eq!(read["seq"], 1);
     let receipt = t
         .message("CHAN#workspace:42", read["messageId"].as_str().unwrap())
         .await
@@ -1010,14 +1025,17 @@ async fn recovery_returns_everything_after_a_point_oldest_first_paged_and_typed(
     let joined = body(&run(&t, "ws-message/join").await);
     assert_eq!(joined["head"], 0, "an empty channel's head");
     let mut ids = Vec::new();
-    for i in 1..=5 {
+    for i in 1..=6 {
         let ack = say(&t, &format!("m{i}")).await;
         assert_eq!(ack["seq"], i, "{ack}");
         ids.push(ack["messageId"].as_str().unwrap().to_owned());
     }
     run(&t, "ws-message/typing").await; // not history: takes no number, never recovered
-    let react = body(&run(&t, "ws-message/react").await);
-    assert_eq!(react["seq"], 6);
+                                        // A reaction takes no number either: it comes back as its message's summary.
+    let react = json!({"action": "react", "channel": "workspace:42", "messageId": ids[3], "emoji": "👍"});
+    let react = ask(&t, &Retention::default(), react).await;
+    assert_eq!(react["action"], "react", "{react}");
+    assert!(react.get("seq").is_none(), "{react}");
     let read = body(&run(&t, "ws-message/read").await);
     assert_eq!(read["seq"], 7);
     let again = body(&run(&t, "ws-message/join").await);
@@ -1031,6 +1049,12 @@ async fn recovery_returns_everything_after_a_point_oldest_first_paged_and_typed(
     assert_eq!(first["after"], 4, "the cursor for the next page");
     assert_eq!(first["messages"][0]["messageId"], ids[2].as_str());
     assert_eq!(first["messages"][0]["body"], "m3");
+    assert!(first["messages"][0].get("reactions").is_none(), "{first}");
+    assert_eq!(
+        first["messages"][1]["reactions"],
+        json!({"👍": {"count": 1, "users": ["alice"]}}),
+        "m4 comes back with its reactions"
+    );
     let second = recover(&t, 4, 2).await;
     assert_eq!(seqs(&second), vec![5, 6]);
     let last = recover(&t, 6, 2).await;
@@ -1045,8 +1069,7 @@ async fn recovery_returns_everything_after_a_point_oldest_first_paged_and_typed(
         .flat_map(|p| p["messages"].as_array().unwrap().iter())
         .map(|m| m["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, vec!["message", "message", "message", "reaction", "receipt"]);
-    assert_eq!(second["messages"][1]["emoji"], "👍");
+    assert_eq!(types, vec!["message", "message", "message", "message", "receipt"]);
     assert_eq!(last["messages"][0]["targetId"], "01JDB2X5Q0E7M3V9K4T8N6R2WA");
 
     // Up to date: nothing to recover, and that is complete.

@@ -13,7 +13,9 @@ use wsfan_shared::access::Role;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
 use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
-use wsfan_shared::store::{client_with_timeout, DynamoStore, Store};
+use wsfan_shared::protocol::HistoryCursor;
+use wsfan_shared::reactions::Reaction;
+use wsfan_shared::store::{client_with_timeout, DynamoStore, Store, StoreError};
 
 /// The same table as `t`, reached through a fault proxy.
 async fn through_faults(t: &TestTable, faults: DynamoFaults, seed: u64) -> (DynamoStore, DynamoProxy) {
@@ -245,4 +247,74 @@ async fn a_send_is_one_round_trip_when_the_remembered_head_is_current() {
     let (again, n) = calls(&proxy, send(store.clone(), "m5")).await;
     assert!(again.duplicate);
     assert_eq!((again.message_id, again.seq, n), (sent.message_id, Some(7), 1));
+}
+
+/// `count` members of `channel`, connected through `t`'s own store (not counted by any proxy).
+async fn members(t: &TestTable, channel: &ChannelId, count: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let (id, user) = (format!("c{i:03}"), format!("u{i:03}"));
+        t.store
+            .connect(&connection(&id, &user), std::slice::from_ref(channel))
+            .await
+            .unwrap();
+        out.push((id, user));
+    }
+    out
+}
+
+fn reaction(channel: &ChannelId, target: &str, user: &str, emoji: &str) -> Reaction {
+    let now = wsfan_shared::clock::now_millis();
+    Reaction {
+        channel: channel.clone(),
+        target_id: target.into(),
+        message_id: ulid::Ulid::generate().to_string(),
+        sender_id: user.into(),
+        emoji: emoji.into(),
+        sent_at: now,
+        expires_at: now / 1000 + 3600,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_members_reacting_to_one_message_take_no_head_transaction() {
+    let t = TestTable::new().await;
+    let channel: ChannelId = "workspace:42".parse().unwrap();
+    let members = members(&t, &channel, 100).await;
+    let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
+    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+
+    let reactions = futures::future::join_all(members.iter().map(|(id, user)| {
+        let (store, r) = (store.clone(), reaction(&channel, &posted.message_id, user, "👍"));
+        async move { store.react(&r, id).await.unwrap() }
+    }))
+    .await;
+    assert!(reactions.iter().all(|r| !r.duplicate && r.seq.is_none()));
+    // Per reaction: a read of the membership and one update of the message's summary. Nothing
+    // is a transaction, nothing touches the head, and nothing was retried for contention.
+    let calls = proxy.operations();
+    assert_eq!(calls.get("TransactWriteItems"), None, "{calls:?}");
+    assert_eq!(calls.get("UpdateItem"), Some(&100), "{calls:?}");
+    assert_eq!(calls.get("GetItem"), Some(&100), "{calls:?}");
+    assert_eq!(t.store.head(&channel).await.unwrap(), 1, "no sequence number was taken");
+
+    // A retried reaction counts once; another emoji is another tally.
+    let again = store
+        .react(&reaction(&channel, &posted.message_id, "u007", "👍"), "c007")
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    store
+        .react(&reaction(&channel, &posted.message_id, "u007", "🎉"), "c007")
+        .await
+        .unwrap();
+    let page = t.store.history(&channel, HistoryCursor::Latest, 10).await.unwrap();
+    let summary = &page.reactions[&posted.message_id];
+    assert_eq!(summary["👍"].count, 100);
+    assert_eq!(summary["🎉"].users, vec!["u007".to_owned()]);
+    // A connection outside the channel cannot react.
+    let outsider = store
+        .react(&reaction(&channel, &posted.message_id, "eve", "👍"), "nobody")
+        .await;
+    assert!(matches!(outsider, Err(StoreError::NotMember)), "{outsider:?}");
 }

@@ -628,6 +628,28 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
     assert_eq!(reaction["emoji"], "❤️");
     assert_eq!(reaction["targetId"], welcome["messageId"]);
     assert_eq!(reaction["senderId"], "guest");
+    assert_eq!(reaction["reactions"], json!({"❤️": {"count": 1, "users": ["guest"]}}));
+    assert!(reaction.get("seq").is_none(), "a reaction takes no number: {reaction}");
+    // The host answers in kind: the guest sees the summary grow; a newcomer's history has it.
+    host.send(json!({"type": "reaction", "emoji": "❤️", "message_id": welcome["messageId"]}))
+        .await;
+    let second = guest
+        .expect("the host's reaction", |f| {
+            f["type"] == "reaction" && f["senderId"] == "host"
+        })
+        .await;
+    let both = json!({"❤️": {"count": 2, "users": ["guest", "host"]}});
+    assert_eq!(second["reactions"], both);
+    let mut newcomer = stack.client_with("cleaner", &["booking:1"], url).await;
+    let history = newcomer.expect("history on connect", |f| f["type"] == "history").await;
+    let welcomed = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["messageId"] == welcome["messageId"])
+        .cloned()
+        .unwrap_or_else(|| panic!("the host's message is in the history: {history}"));
+    assert_eq!(welcomed["reactions"], both, "{history}");
 
     // The old clients' numeric ids cannot name a message: a clear error, and the socket stays.
     guest
@@ -636,7 +658,7 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
     let error = guest.expect("error", |f| f["type"] == "error").await;
     assert_eq!(error["code"], "invalid_field");
     assert!(error["message"].as_str().unwrap().contains("messageId"), "{error}");
-    stack.check_contract(&[&guest, &host]);
+    stack.check_contract(&[&guest, &host, &newcomer]);
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ pub mod domain {
     pub mod protocol;
     pub mod publish;
     pub mod rate;
+    pub mod reactions;
     pub mod shard;
     pub mod subprotocol;
     pub mod websocket;
@@ -50,8 +51,8 @@ pub mod transport {
 
 pub use adapters::{auth, broadcaster, config, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
-    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, shard,
-    subprotocol, websocket,
+    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, reactions,
+    shard, subprotocol, websocket,
 };
 pub use transport::{http1, sigv4};
 

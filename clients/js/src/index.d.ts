@@ -50,16 +50,27 @@ interface ChatBase {
   sentAt: number;
 }
 
+/** A message's reactions per emoji: how many users (exact), and who (sorted, at most 100 listed). */
+export type ReactionSummary = Record<string, { count: number; users: string[] }>;
+
 export interface ChatMessage extends ChatBase {
   type: 'message';
   body: string;
   clientMsgId?: string;
+  /** In `history` pages: the message's reactions, when it has any. */
+  reactions?: ReactionSummary;
 }
 
+/**
+ * One user's reaction. `messageId` is the reaction's own id, `targetId` the message's. Reactions
+ * take no `seq` (only those stored before they left the sequence have one): each is delivered
+ * as it comes, with the message's whole summary after it in `reactions`.
+ */
 export interface Reaction extends ChatBase {
   type: 'reaction';
   targetId: string;
   emoji: string;
+  reactions?: ReactionSummary;
 }
 
 export interface Receipt extends ChatBase {

@@ -1,5 +1,5 @@
-//! The DynamoDB stream fanout: pushes messages, reactions, typing, receipts and presence to every
-//! member of a channel.
+//! The DynamoDB stream fanout: pushes messages, reactions (a message's summary changed), typing,
+//! receipts and presence to every member of a channel.
 //!
 //! A batch's records are taken a channel at a time (different channels concurrently). For a
 //! channel, every frame its records ask for is worked out first, in stream order, and then each
@@ -41,7 +41,12 @@ pub const ENV: &[&str] = &[
 ];
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
-pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[keys::MSG_PREFIX, keys::EVT_PREFIX, keys::USER_PREFIX];
+pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[
+    keys::MSG_PREFIX,
+    keys::EVT_PREFIX,
+    keys::USER_PREFIX,
+    keys::REACT_PREFIX,
+];
 
 /// Memberships (`CONN#`) matter only when inserted with this attribute; the stream filter lets
 /// exactly those through.
@@ -63,6 +68,7 @@ use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
+use wsfan_shared::reactions::SummaryItem;
 use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
 
@@ -105,6 +111,9 @@ pub struct Push {
 }
 
 /// What one record asks for.
+// One per stream record, made once and read in place: boxing the frame would only add an
+// allocation per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
     Push(Push),
@@ -185,6 +194,9 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
             frame,
         })));
     }
+    if sk.starts_with(keys::REACT_PREFIX) {
+        return reaction(record);
+    }
     if let Some(connection_id) = sk.strip_prefix(keys::CONN_PREFIX) {
         if record.event_name != "INSERT" {
             return Ok(None);
@@ -228,12 +240,28 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
     Ok(None)
 }
 
+/// A message's reaction summary changed: push the latest reaction with the whole summary. Only a
+/// new reaction (a new `messageId` on the item) is news; the TTL's removal is not.
+fn reaction(record: &EventRecord) -> Result<Option<Work>, RecordError> {
+    let new_id = record.change.new_image.get("messageId");
+    if record.event_name == "REMOVE" || new_id.is_none() || new_id == record.change.old_image.get("messageId") {
+        return Ok(None);
+    }
+    let channel = channel_of(record)?;
+    let summary: SummaryItem = serde_dynamo::from_item(record.change.new_image.clone())
+        .map_err(|e| RecordError::Malformed(format!("reaction summary: {e}")))?;
+    Ok(Some(Work::Push(Push {
+        frame: ServerFrame::Reaction(summary.to_event(&channel)),
+        channel,
+    })))
+}
+
 /// The history page a connection asked for at connect, as the frame it gets.
 async fn history_frame<S: Store>(store: &S, channel: &ChannelId, limit: u32) -> Result<String, RecordError> {
     let page = store.history(channel, HistoryCursor::Latest, limit).await?;
     let frame = ServerFrame::History {
         channel: channel.to_string(),
-        messages: page.messages.iter().map(Message::to_frame).collect(),
+        messages: page.frames(),
         before: page.before,
         after: None,
         complete: None,

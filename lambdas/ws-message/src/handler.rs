@@ -28,7 +28,8 @@ use wsfan_shared::limiter::FrameLimiter;
 use wsfan_shared::model::{Membership, Message, MessageKind};
 use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
 use wsfan_shared::rate::Verdict;
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::reactions::Reaction;
+use wsfan_shared::store::{PostOutcome, Store, StoreError};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
 pub async fn handle<S: Store, L: FrameLimiter>(
@@ -191,10 +192,23 @@ impl<S: Store> Route<'_, S> {
                 emoji,
             } => {
                 let channel = self.channel_or_default(channel).await?;
-                let mut message = self.message(identity, MessageKind::Reaction, &channel)?;
-                message.target_id = Some(message_id);
-                message.emoji = Some(emoji);
-                Some(self.post("react", message).await?)
+                // Not a message of its own: the reacted message's summary changes.
+                let shape = self.message(identity, MessageKind::Reaction, &channel)?;
+                let reaction = Reaction {
+                    channel,
+                    target_id: message_id,
+                    message_id: shape.message_id,
+                    sender_id: shape.sender_id,
+                    emoji,
+                    sent_at: shape.sent_at,
+                    expires_at: shape.expires_at,
+                };
+                let outcome = self
+                    .store
+                    .react(&reaction, &self.request.connection_id)
+                    .await
+                    .map_err(|e| store_error(&reaction.channel, e))?;
+                Some(ack("react", &reaction.channel, outcome, None))
             }
             ClientFrame::Read { channel, message_id } => {
                 let channel = self.channel_or_default(channel).await?;
@@ -229,7 +243,7 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::History {
                     channel: channel.to_string(),
-                    messages: page.messages.iter().map(Message::to_frame).collect(),
+                    messages: page.frames(),
                     before: page.before,
                     after: page.after,
                     complete: page.complete,
@@ -321,13 +335,17 @@ impl<S: Store> Route<'_, S> {
             .post(&message, Some(&self.request.connection_id))
             .await
             .map_err(|e| store_error(&message.channel, e))?;
-        Ok(ServerFrame::Ack {
-            action: action.to_owned(),
-            channel: message.channel.to_string(),
-            message_id: outcome.message_id,
-            client_msg_id: message.client_msg_id,
-            seq: outcome.seq,
-            duplicate: outcome.duplicate,
-        })
+        Ok(ack(action, &message.channel, outcome, message.client_msg_id))
+    }
+}
+
+fn ack(action: &str, channel: &ChannelId, outcome: PostOutcome, client_msg_id: Option<String>) -> ServerFrame {
+    ServerFrame::Ack {
+        action: action.to_owned(),
+        channel: channel.to_string(),
+        message_id: outcome.message_id,
+        client_msg_id,
+        seq: outcome.seq,
+        duplicate: outcome.duplicate,
     }
 }

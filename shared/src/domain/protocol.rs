@@ -492,8 +492,9 @@ impl ProtocolError {
 pub struct ChatEvent {
     pub channel: String,
     pub message_id: String,
-    /// The channel's sequence number (messages, reactions, receipts): gapless and in commit
-    /// order, so a client that sees n+2 after n knows it missed n+1.
+    /// The channel's sequence number (messages): gapless and in commit order, so a client that
+    /// sees n+2 after n knows it missed n+1. Reactions and read receipts are not in the sequence
+    /// (only those stored before they left it carry one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     pub sender_id: String,
@@ -506,6 +507,9 @@ pub struct ChatEvent {
     pub target_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emoji: Option<String>,
+    /// A message's reactions (in `history`), or the reacted message's (a pushed `reaction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<crate::reactions::Summary>,
     pub sent_at: i64,
 }
 

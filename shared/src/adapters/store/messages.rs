@@ -261,6 +261,7 @@ pub(super) async fn history(
             before: None,
             after: None,
             complete: matches!(cursor, HistoryCursor::After(_)).then_some(false),
+            reactions: HashMap::new(),
         });
     }
     let deadline = store.deadline();
@@ -298,6 +299,12 @@ pub(super) async fn history(
         }
         messages.push(message);
     }
+    let ids: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.kind == crate::model::MessageKind::Message)
+        .map(|m| m.message_id.as_str())
+        .collect();
+    let reactions = reactions::summaries(store, deadline, channel, &ids).await?;
     if !forward {
         messages.reverse();
         let before = more.then(|| messages.first().and_then(|m| m.seq)).flatten();
@@ -306,6 +313,7 @@ pub(super) async fn history(
             before,
             after: None,
             complete: None,
+            reactions,
         });
     }
     let HistoryCursor::After(after) = cursor else {
@@ -323,6 +331,7 @@ pub(super) async fn history(
         messages,
         before: None,
         complete: Some(complete),
+        reactions,
     })
 }
 

@@ -24,6 +24,7 @@ use crate::config::Retention;
 use crate::model::{keys, Connection, Membership, Message, PK, SK};
 use crate::progress::ProgressEvent;
 use crate::protocol::HistoryCursor;
+use crate::reactions::Reaction;
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub use budget::{BudgetLedger, BUDGET_PK};
@@ -112,6 +113,24 @@ pub struct HistoryPage {
     /// Recovery: whether the page starts right after the requested point (nothing expired or
     /// unknown in between).
     pub complete: Option<bool>,
+    /// The reaction summaries of the page's messages, by message id (those with reactions).
+    pub reactions: HashMap<String, crate::reactions::Summary>,
+}
+
+impl HistoryPage {
+    /// The page's entries as frames, each message with its reactions.
+    pub fn frames(&self) -> Vec<crate::protocol::ServerFrame> {
+        self.messages
+            .iter()
+            .map(|m| {
+                let mut frame = m.to_frame();
+                if let crate::protocol::ServerFrame::Message(event) = &mut frame {
+                    event.reactions = self.reactions.get(&m.message_id).cloned();
+                }
+                frame
+            })
+            .collect()
+    }
 }
 
 /// One connection in a channel, as the fanout needs it.
@@ -177,6 +196,10 @@ pub trait Store: Send + Sync {
         cursor: HistoryCursor,
         limit: u32,
     ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// Records `reaction` in its message's summary, if the member's connection is in the channel
+    /// (`NotMember` if not). A reaction the user already made answers `duplicate`.
+    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
 
     /// The channel's last sequence number; 0 before its first message.
     fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -337,6 +360,7 @@ mod connections;
 mod members;
 mod messages;
 mod progress;
+mod reactions;
 pub(crate) mod retry;
 
 use retry::{retried, Failure};
@@ -515,6 +539,10 @@ impl Store for DynamoStore {
 
     fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send {
         messages::head(self, channel)
+    }
+
+    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        reactions::react(self, reaction, member)
     }
 
     fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
