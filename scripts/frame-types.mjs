@@ -32,8 +32,8 @@ const FRAMES = {
   Ack: { message: 'ackFrame' },
   HistoryPage: {
     message: 'historyFrame',
-    // Recovery pages (`after`, `complete`) are the client's own business: history() never asks for one.
-    omitted: ['after', 'complete'],
+    // Recovery pages (`after`, `complete`, `reads`) are the client's own business: history() never asks for one.
+    omitted: ['after', 'complete', 'reads'],
   },
 };
 

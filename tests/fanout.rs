@@ -524,7 +524,7 @@ async fn stream_fixtures_push_what_they_describe() {
     member(&rig, "C4rolConn000AA=", "carol", "workspace:42").await;
     rig.run_stream_fanout().await;
 
-    let cases: [(&str, Option<Value>); 8] = [
+    let cases: [(&str, Option<Value>); 9] = [
         (
             "message-insert",
             Some(
@@ -546,6 +546,14 @@ async fn stream_fixtures_push_what_they_describe() {
                 json!({"type": "reaction", "channel": "workspace:42", "messageId": "01JDB2X8B1C2D3E4F5G6H7J8K9",
                 "senderId": "bob", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "emoji": "👍", "sentAt": 1795305606000_i64,
                 "reactions": {"👍": {"count": 2, "users": ["alice", "bob"]}}}),
+            ),
+        ),
+        // Bob's read cursor moved from 9 to 12: a receipt, without seq, with the cursor.
+        (
+            "read-cursor-modify",
+            Some(
+                json!({"type": "receipt", "channel": "workspace:42", "messageId": "01JDB2X9C1D2E3F4G5H6J7K8M9",
+                "senderId": "bob", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "readSeq": 12, "sentAt": 1795305607000_i64}),
             ),
         ),
         (
@@ -1275,6 +1283,23 @@ impl Store for CountingMemberReads<'_> {
         member: &str,
     ) -> Result<wsfan_shared::store::PostOutcome, wsfan_shared::store::StoreError> {
         self.store.react(r, member).await
+    }
+    async fn read(
+        &self,
+        c: &wsfan_shared::reads::ReadCursor,
+        member: &str,
+    ) -> Result<wsfan_shared::store::PostOutcome, wsfan_shared::store::StoreError> {
+        self.store.read(c, member).await
+    }
+    async fn reads(
+        &self,
+        c: &ChannelId,
+        limit: usize,
+    ) -> Result<wsfan_shared::reads::Reads, wsfan_shared::store::StoreError> {
+        self.store.reads(c, limit).await
+    }
+    async fn seq_of(&self, c: &ChannelId, id: &str) -> Result<Option<u64>, wsfan_shared::store::StoreError> {
+        self.store.seq_of(c, id).await
     }
     async fn progress(&self, doc: &str) -> Result<Option<Value>, wsfan_shared::store::StoreError> {
         self.store.progress(doc).await

@@ -15,6 +15,7 @@ use wsfan_shared::config::Retention;
 use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
 use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::reactions::Reaction;
+use wsfan_shared::reads::ReadCursor;
 use wsfan_shared::store::{client_with_timeout, DynamoStore, Store, StoreError};
 
 /// The same table as `t`, reached through a fault proxy.
@@ -316,5 +317,63 @@ async fn a_hundred_members_reacting_to_one_message_take_no_head_transaction() {
     let outsider = store
         .react(&reaction(&channel, &posted.message_id, "eve", "👍"), "nobody")
         .await;
+    assert!(matches!(outsider, Err(StoreError::NotMember)), "{outsider:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_members_reading_one_message_write_a_cursor_each_and_never_the_head() {
+    let t = TestTable::new().await;
+    let channel: ChannelId = "workspace:42".parse().unwrap();
+    let members = members(&t, &channel, 100).await;
+    let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
+    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+    let cursor = |user: &str, seq: u64| {
+        let now = wsfan_shared::clock::now_millis();
+        ReadCursor {
+            channel: channel.clone(),
+            user_id: user.into(),
+            seq,
+            target_id: posted.message_id.clone(),
+            message_id: ulid::Ulid::generate().to_string(),
+            sent_at: now,
+            expires_at: now / 1000 + 3600,
+        }
+    };
+
+    let acks = futures::future::join_all(members.iter().map(|(id, user)| {
+        let (store, c) = (store.clone(), cursor(user, 1));
+        async move { store.read(&c, id).await.unwrap() }
+    }))
+    .await;
+    assert!(acks.iter().all(|a| !a.duplicate && a.seq == Some(1)));
+    // Per receipt: a read of the membership and one put of the user's own cursor. No
+    // transaction, no head, no retry for contention.
+    let calls = proxy.operations();
+    assert_eq!(calls.get("TransactWriteItems"), None, "{calls:?}");
+    assert_eq!(calls.get("PutItem"), Some(&100), "{calls:?}");
+    assert_eq!(calls.get("GetItem"), Some(&100), "{calls:?}");
+    assert_eq!(t.store.head(&channel).await.unwrap(), 1, "no sequence number was taken");
+
+    // Many receipts of one user coalesce into one item that only moves forward.
+    for seq in [3, 2, 3, 5, 4] {
+        store.read(&cursor("u007", seq), "c007").await.unwrap();
+    }
+    let reads = t.store.reads(&channel, 500).await.unwrap();
+    assert_eq!(reads.len(), 100);
+    assert_eq!(reads["u007"], 5);
+    assert_eq!(reads["u008"], 1);
+    assert_eq!(
+        t.store.reads(&channel, 10).await.unwrap().len(),
+        10,
+        "at most the limit"
+    );
+    let cursors = t
+        .items()
+        .await
+        .into_iter()
+        .filter(|i| s(i, "sk").starts_with("READ#"))
+        .count();
+    assert_eq!(cursors, 100, "one item per user");
+    let outsider = store.read(&cursor("eve", 1), "nobody").await;
     assert!(matches!(outsider, Err(StoreError::NotMember)), "{outsider:?}");
 }

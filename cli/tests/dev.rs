@@ -640,6 +640,24 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
         .await;
     let both = json!({"❤️": {"count": 2, "users": ["guest", "host"]}});
     assert_eq!(second["reactions"], both);
+    // The guest reads the host's message: the host sees the guest's cursor move, and the cursor
+    // comes with a join.
+    let read = json!({"action": "read", "messageId": welcome["messageId"], "seq": welcome["seq"]});
+    guest.send(read).await;
+    let ack = guest
+        .expect("the read's ack", |f| f["action"] == "read" || f["type"] == "error")
+        .await;
+    assert_eq!(
+        (ack["action"].as_str(), ack["seq"].as_u64()),
+        (Some("read"), welcome["seq"].as_u64()),
+        "{ack}"
+    );
+    let receipt = host.expect("the guest's receipt", |f| f["type"] == "receipt").await;
+    assert_eq!(
+        (receipt["senderId"].as_str(), &receipt["targetId"], &receipt["readSeq"]),
+        (Some("guest"), &welcome["messageId"], &welcome["seq"])
+    );
+    assert!(receipt.get("seq").is_none(), "a receipt takes no number: {receipt}");
     let mut newcomer = stack.client_with("cleaner", &["booking:1"], url).await;
     let history = newcomer.expect("history on connect", |f| f["type"] == "history").await;
     let welcomed = history["messages"]
@@ -650,6 +668,10 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
         .cloned()
         .unwrap_or_else(|| panic!("the host's message is in the history: {history}"));
     assert_eq!(welcomed["reactions"], both, "{history}");
+    let joined = newcomer
+        .ask(json!({"action": "join", "channel": "booking:1"}), "joined")
+        .await;
+    assert_eq!(joined["reads"], json!({"guest": welcome["seq"]}), "{joined}");
 
     // The old clients' numeric ids cannot name a message: a clear error, and the socket stays.
     guest

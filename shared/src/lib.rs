@@ -27,6 +27,7 @@ pub mod domain {
     pub mod publish;
     pub mod rate;
     pub mod reactions;
+    pub mod reads;
     pub mod shard;
     pub mod subprotocol;
     pub mod websocket;
@@ -52,7 +53,7 @@ pub mod transport {
 pub use adapters::{auth, broadcaster, config, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
     access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, reactions,
-    shard, subprotocol, websocket,
+    reads, shard, subprotocol, websocket,
 };
 pub use transport::{http1, sigv4};
 

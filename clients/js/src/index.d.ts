@@ -73,9 +73,11 @@ export interface Reaction extends ChatBase {
   reactions?: ReactionSummary;
 }
 
+/** Someone's read cursor moved: they have read up to `readSeq` (the message `targetId`). No `seq`. */
 export interface Receipt extends ChatBase {
   type: 'receipt';
   targetId: string;
+  readSeq?: number;
 }
 
 export interface Typing {
@@ -99,6 +101,8 @@ export interface Joined {
   present: string[];
   /** The channel's last sequence number when the join committed. */
   head: number;
+  /** Each user's read cursor: user id to the `seq` they have read up to; `receipt` events move them. */
+  reads: Record<string, number>;
 }
 
 export interface Progress {
@@ -194,7 +198,8 @@ export class WsfanClient {
   /** Sends not acknowledged yet. */
   pending(): Array<{ action: 'sendMessage'; channel: string; body: string; clientMsgId: string }>;
   react(channel: string, messageId: string, emoji: string): Promise<Ack>;
-  read(channel: string, messageId: string): Promise<Ack>;
+  /** Moves your read cursor to this message; pass its `seq` (from the message frame). */
+  read(channel: string, messageId: string, seq?: number): Promise<Ack>;
   typing(channel: string): boolean;
   history(channel: string, options?: { before?: number; limit?: number }): Promise<HistoryPage>;
   /** Sends one raw protocol frame now; false when not connected. Answers arrive as events. */

@@ -1,5 +1,5 @@
 //! The DynamoDB stream fanout: pushes messages, reactions (a message's summary changed), typing,
-//! receipts and presence to every member of a channel.
+//! receipts (a user's read cursor moved) and presence to every member of a channel.
 //!
 //! A batch's records are taken a channel at a time (different channels concurrently). For a
 //! channel, every frame its records ask for is worked out first, in stream order, and then each
@@ -46,6 +46,7 @@ pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[
     keys::EVT_PREFIX,
     keys::USER_PREFIX,
     keys::REACT_PREFIX,
+    keys::READ_PREFIX,
 ];
 
 /// Memberships (`CONN#`) matter only when inserted with this attribute; the stream filter lets
@@ -69,6 +70,7 @@ use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
 use wsfan_shared::reactions::SummaryItem;
+use wsfan_shared::reads::ReadCursor;
 use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
 
@@ -194,8 +196,8 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
             frame,
         })));
     }
-    if sk.starts_with(keys::REACT_PREFIX) {
-        return reaction(record);
+    if sk.starts_with(keys::REACT_PREFIX) || sk.starts_with(keys::READ_PREFIX) {
+        return moved(record);
     }
     if let Some(connection_id) = sk.strip_prefix(keys::CONN_PREFIX) {
         if record.event_name != "INSERT" {
@@ -240,20 +242,26 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
     Ok(None)
 }
 
-/// A message's reaction summary changed: push the latest reaction with the whole summary. Only a
-/// new reaction (a new `messageId` on the item) is news; the TTL's removal is not.
-fn reaction(record: &EventRecord) -> Result<Option<Work>, RecordError> {
+/// A message's reaction summary or a user's read cursor changed: push the latest reaction with
+/// the whole summary, or the receipt with the cursor. Only a new reaction or receipt (a new
+/// `messageId` on the item) is news; the TTL's removal is not.
+fn moved(record: &EventRecord) -> Result<Option<Work>, RecordError> {
     let new_id = record.change.new_image.get("messageId");
     if record.event_name == "REMOVE" || new_id.is_none() || new_id == record.change.old_image.get("messageId") {
         return Ok(None);
     }
     let channel = channel_of(record)?;
-    let summary: SummaryItem = serde_dynamo::from_item(record.change.new_image.clone())
-        .map_err(|e| RecordError::Malformed(format!("reaction summary: {e}")))?;
-    Ok(Some(Work::Push(Push {
-        frame: ServerFrame::Reaction(summary.to_event(&channel)),
-        channel,
-    })))
+    let image = record.change.new_image.clone();
+    let frame = if string_key(record, "sk")?.starts_with(keys::REACT_PREFIX) {
+        let summary: SummaryItem =
+            serde_dynamo::from_item(image).map_err(|e| RecordError::Malformed(format!("reaction summary: {e}")))?;
+        ServerFrame::Reaction(summary.to_event(&channel))
+    } else {
+        let cursor: ReadCursor =
+            serde_dynamo::from_item(image).map_err(|e| RecordError::Malformed(format!("read cursor: {e}")))?;
+        ServerFrame::Receipt(cursor.to_event())
+    };
+    Ok(Some(Work::Push(Push { channel, frame })))
 }
 
 /// The history page a connection asked for at connect, as the frame it gets.
@@ -265,6 +273,7 @@ async fn history_frame<S: Store>(store: &S, channel: &ChannelId, limit: u32) -> 
         before: page.before,
         after: None,
         complete: None,
+        reads: None,
     };
     Ok(frame.to_json())
 }

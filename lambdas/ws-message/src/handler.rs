@@ -26,10 +26,11 @@ use wsfan_shared::clock;
 use wsfan_shared::config::Retention;
 use wsfan_shared::limiter::FrameLimiter;
 use wsfan_shared::model::{Membership, Message, MessageKind};
-use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
+use wsfan_shared::protocol::{ClientFrame, ErrorCode, HistoryCursor, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
 use wsfan_shared::rate::Verdict;
 use wsfan_shared::reactions::Reaction;
-use wsfan_shared::store::{PostOutcome, Store, StoreError};
+use wsfan_shared::reads::{ReadCursor, MAX_LISTED_READS};
+use wsfan_shared::store::{PostOutcome, Store, StoreError, SEQ_LOOKUP_DEPTH};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
 pub async fn handle<S: Store, L: FrameLimiter>(
@@ -158,10 +159,16 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&channel, e))?;
                 // Read after the membership committed: everything after it is pushed to us.
                 let head = self.store.head(&channel).await.map_err(|e| store_error(&channel, e))?;
+                let reads = self
+                    .store
+                    .reads(&channel, MAX_LISTED_READS)
+                    .await
+                    .map_err(|e| store_error(&channel, e))?;
                 Some(ServerFrame::Joined {
                     channel: channel.to_string(),
                     head,
                     present,
+                    reads,
                 })
             }
             ClientFrame::Leave { channel } => {
@@ -210,11 +217,46 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&reaction.channel, e))?;
                 Some(ack("react", &reaction.channel, outcome, None))
             }
-            ClientFrame::Read { channel, message_id } => {
+            ClientFrame::Read {
+                channel,
+                message_id,
+                seq,
+            } => {
                 let channel = self.channel_or_default(channel).await?;
-                let mut message = self.message(identity, MessageKind::Receipt, &channel)?;
-                message.target_id = Some(message_id);
-                Some(self.post("read", message).await?)
+                // Not a message of its own: the user's read cursor moves forward.
+                let shape = self.message(identity, MessageKind::Receipt, &channel)?;
+                let seq = match seq {
+                    Some(seq) => seq,
+                    None => self
+                        .store
+                        .seq_of(&channel, &message_id)
+                        .await
+                        .map_err(|e| store_error(&channel, e))?
+                        .ok_or_else(|| {
+                            ProtocolError::new(
+                                ErrorCode::InvalidField,
+                                format!(
+                                    "messageId is not among the last {SEQ_LOOKUP_DEPTH} messages of {channel}; \
+                                     send the message's \"seq\" with it"
+                                ),
+                            )
+                        })?,
+                };
+                let cursor = ReadCursor {
+                    channel,
+                    user_id: shape.sender_id,
+                    seq,
+                    target_id: message_id,
+                    message_id: shape.message_id,
+                    sent_at: shape.sent_at,
+                    expires_at: clock::now_secs() + self.retention.message_secs,
+                };
+                let outcome = self
+                    .store
+                    .read(&cursor, &self.request.connection_id)
+                    .await
+                    .map_err(|e| store_error(&cursor.channel, e))?;
+                Some(ack("read", &cursor.channel, outcome, None))
             }
             ClientFrame::Typing { channel } => {
                 let channel = self.channel_or_default(channel).await?;
@@ -241,12 +283,23 @@ impl<S: Store> Route<'_, S> {
                     .history(&channel, cursor, limit)
                     .await
                     .map_err(|e| store_error(&channel, e))?;
+                // Recovery brings the read cursors up to date too.
+                let reads = match cursor {
+                    HistoryCursor::After(_) => Some(
+                        self.store
+                            .reads(&channel, MAX_LISTED_READS)
+                            .await
+                            .map_err(|e| store_error(&channel, e))?,
+                    ),
+                    _ => None,
+                };
                 Some(ServerFrame::History {
                     channel: channel.to_string(),
                     messages: page.frames(),
                     before: page.before,
                     after: page.after,
                     complete: page.complete,
+                    reads,
                 })
             }
             ClientFrame::Presence { channel } => {

@@ -105,6 +105,7 @@ impl SummaryItem {
             target_id: Some(self.target_id.clone()),
             emoji: Some(self.emoji.clone()),
             reactions: Some(self.summary()),
+            read_seq: None,
             sent_at: self.sent_at,
         }
     }

@@ -25,9 +25,11 @@ use crate::model::{keys, Connection, Membership, Message, PK, SK};
 use crate::progress::ProgressEvent;
 use crate::protocol::HistoryCursor;
 use crate::reactions::Reaction;
+use crate::reads::{ReadCursor, Reads};
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub use budget::{BudgetLedger, BUDGET_PK};
+pub use reads::SEQ_LOOKUP_DEPTH;
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -201,6 +203,21 @@ pub trait Store: Send + Sync {
     /// (`NotMember` if not). A reaction the user already made answers `duplicate`.
     fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
 
+    /// Moves the user's read cursor forward to `cursor`, if the member's connection is in the
+    /// channel (`NotMember` if not). The outcome's `seq` is where the cursor is; `duplicate`: it
+    /// was there or further already, and nothing changed.
+    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// Up to `limit` users' read cursors in the channel.
+    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send;
+
+    /// The `seq` of a message among the channel's latest [`SEQ_LOOKUP_DEPTH`] history items.
+    fn seq_of(
+        &self,
+        channel: &ChannelId,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
     /// The channel's last sequence number; 0 before its first message.
     fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -331,6 +348,14 @@ fn member_of(item: &Item) -> Option<Member> {
     })
 }
 
+/// The sequence number an item holds in `seq` (a head, a dedupe item, a read cursor; 0 without).
+fn seq_in(item: &Item) -> u64 {
+    item.get(SEQ)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Which actions of a cancelled transaction failed their condition.
 fn failed_conditions(failure: &Failure<TransactWriteItemsError>) -> Option<Vec<bool>> {
     match failure.service_error()? {
@@ -361,6 +386,7 @@ mod members;
 mod messages;
 mod progress;
 mod reactions;
+mod reads;
 pub(crate) mod retry;
 
 use retry::{retried, Failure};
@@ -543,6 +569,22 @@ impl Store for DynamoStore {
 
     fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
         reactions::react(self, reaction, member)
+    }
+
+    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        reads::read(self, cursor, member)
+    }
+
+    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send {
+        reads::reads(self, channel, limit)
+    }
+
+    fn seq_of(
+        &self,
+        channel: &ChannelId,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        reads::seq_of(self, channel, message_id)
     }
 
     fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
