@@ -377,3 +377,100 @@ async fn a_hundred_members_reading_one_message_write_a_cursor_each_and_never_the
     let outsider = store.read(&cursor("eve", 1), "nobody").await;
     assert!(matches!(outsider, Err(StoreError::NotMember)), "{outsider:?}");
 }
+
+/// A frame from member `user` on connection `id`, as API Gateway hands it to ws-message.
+fn route_event(
+    id: &str,
+    user: &str,
+    body: serde_json::Value,
+) -> aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest {
+    let mut event: serde_json::Value = harness::fixture("ws-message/read");
+    event["requestContext"]["connectionId"] = serde_json::json!(id);
+    event["requestContext"]["authorizer"]["principalId"] = serde_json::json!(user);
+    event["requestContext"]["authorizer"]["userId"] = serde_json::json!(user);
+    event["requestContext"]["authorizer"]["channels"] = serde_json::json!("workspace:*");
+    event["body"] = serde_json::json!(body.to_string());
+    serde_json::from_value(event).unwrap()
+}
+
+/// Every member at once, each sending the frame `frame(user)` through ws-message: the answers,
+/// and the DynamoDB calls by operation.
+async fn all_at_once(
+    store: &DynamoStore,
+    proxy: &DynamoProxy,
+    members: &[(String, String)],
+    frame: impl Fn(&str) -> serde_json::Value,
+) -> (Vec<serde_json::Value>, std::collections::BTreeMap<String, u64>) {
+    let before = proxy.operations();
+    let limiter = wsfan_shared::limiter::DynamoLimiter::new(store, wsfan_shared::rate::RateLimit::OFF);
+    let answers = futures::future::join_all(members.iter().map(|(id, user)| {
+        let (limiter, event) = (&limiter, route_event(id, user, frame(user)));
+        async move {
+            let response = ws_message::handle(store, limiter, &Retention::default(), event).await;
+            match response.body {
+                Some(aws_lambda_events::encodings::Body::Text(t)) => serde_json::from_str(&t).unwrap(),
+                other => panic!("expected an answer, got {other:?}"),
+            }
+        }
+    }))
+    .await;
+    let mut calls = proxy.operations();
+    for (operation, n) in before {
+        *calls.get_mut(&operation).unwrap() -= n;
+    }
+    calls.retain(|_, n| *n > 0);
+    (answers, calls)
+}
+
+/// The figure in BENCHMARKS.md ("Receipts and reactions of a big channel"): what 100 members
+/// reading and reacting to one message at once cost, by DynamoDB operation, through ws-message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_members_reading_and_reacting_through_ws_message_write_no_sequenced_item() {
+    let t = TestTable::new().await;
+    let channel: ChannelId = "workspace:42".parse().unwrap();
+    let members = members(&t, &channel, 100).await;
+    let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
+    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+
+    let (acks, reads) = all_at_once(
+        &store,
+        &proxy,
+        &members,
+        |_| serde_json::json!({"action": "read", "channel": "workspace:42", "messageId": posted.message_id, "seq": 1}),
+    )
+    .await;
+    let (reacted, reactions) = all_at_once(&store, &proxy, &members, |_| {
+        serde_json::json!({"type": "reaction", "emoji": "❤️", "message_id": posted.message_id, "channel": "workspace:42"})
+    })
+    .await;
+    println!("FIGURE 100 receipts: {reads:?}; 100 reactions: {reactions:?}");
+    for ack in acks.iter().chain(&reacted) {
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    // Neither takes a sequence number or a transaction: the channel's sequenced writes do not grow
+    // with its members.
+    assert_eq!(
+        t.store.head(&channel).await.unwrap(),
+        1,
+        "the head stays at the message"
+    );
+    assert_eq!(reads.get("TransactWriteItems"), None, "{reads:?}");
+    assert_eq!(reactions.get("TransactWriteItems"), None, "{reactions:?}");
+    assert_eq!(
+        reads.get("PutItem"),
+        Some(&100),
+        "one cursor write per receipt: {reads:?}"
+    );
+    assert_eq!(
+        reactions.get("UpdateItem"),
+        Some(&100),
+        "one summary update per reaction: {reactions:?}"
+    );
+    let summary = &t
+        .store
+        .history(&channel, HistoryCursor::Latest, 1)
+        .await
+        .unwrap()
+        .reactions[&posted.message_id];
+    assert_eq!(summary["❤️"].count, 100);
+}
