@@ -264,6 +264,36 @@ async fn members(t: &TestTable, channel: &ChannelId, count: usize) -> Vec<(Strin
     out
 }
 
+/// A channel of members with one message, and a store that counts its calls (the members' own
+/// writes are not counted).
+struct Crowd {
+    t: TestTable,
+    channel: ChannelId,
+    /// (connection id, user id)
+    members: Vec<(String, String)>,
+    posted: wsfan_shared::store::PostOutcome,
+    store: DynamoStore,
+    proxy: DynamoProxy,
+}
+
+impl Crowd {
+    async fn new(count: usize) -> Crowd {
+        let t = TestTable::new().await;
+        let channel: ChannelId = "workspace:42".parse().unwrap();
+        let members = members(&t, &channel, count).await;
+        let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
+        let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+        Crowd {
+            t,
+            channel,
+            members,
+            posted,
+            store,
+            proxy,
+        }
+    }
+}
+
 fn reaction(channel: &ChannelId, target: &str, user: &str, emoji: &str) -> Reaction {
     let now = wsfan_shared::clock::now_millis();
     Reaction {
@@ -279,11 +309,14 @@ fn reaction(channel: &ChannelId, target: &str, user: &str, emoji: &str) -> React
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_members_reacting_to_one_message_take_no_head_transaction() {
-    let t = TestTable::new().await;
-    let channel: ChannelId = "workspace:42".parse().unwrap();
-    let members = members(&t, &channel, 100).await;
-    let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
-    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        store,
+        proxy,
+    } = Crowd::new(100).await;
 
     let reactions = futures::future::join_all(members.iter().map(|(id, user)| {
         let (store, r) = (store.clone(), reaction(&channel, &posted.message_id, user, "👍"));
@@ -322,11 +355,14 @@ async fn a_hundred_members_reacting_to_one_message_take_no_head_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_members_reading_one_message_write_a_cursor_each_and_never_the_head() {
-    let t = TestTable::new().await;
-    let channel: ChannelId = "workspace:42".parse().unwrap();
-    let members = members(&t, &channel, 100).await;
-    let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
-    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        store,
+        proxy,
+    } = Crowd::new(100).await;
     let cursor = |user: &str, seq: u64| {
         let now = wsfan_shared::clock::now_millis();
         ReadCursor {
@@ -426,11 +462,14 @@ async fn all_at_once(
 /// reading and reacting to one message at once cost, by DynamoDB operation, through ws-message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_members_reading_and_reacting_through_ws_message_write_no_sequenced_item() {
-    let t = TestTable::new().await;
-    let channel: ChannelId = "workspace:42".parse().unwrap();
-    let members = members(&t, &channel, 100).await;
-    let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
-    let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        store,
+        proxy,
+    } = Crowd::new(100).await;
 
     let (acks, reads) = all_at_once(
         &store,

@@ -29,7 +29,7 @@ use wsfan_shared::model::{Membership, Message, MessageKind};
 use wsfan_shared::protocol::{ClientFrame, ErrorCode, HistoryCursor, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
 use wsfan_shared::rate::Verdict;
 use wsfan_shared::reactions::Reaction;
-use wsfan_shared::reads::{ReadCursor, MAX_LISTED_READS};
+use wsfan_shared::reads::{ReadCursor, Reads, MAX_LISTED_READS};
 use wsfan_shared::store::{PostOutcome, Store, StoreError, SEQ_LOOKUP_DEPTH};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
@@ -159,11 +159,7 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&channel, e))?;
                 // Read after the membership committed: everything after it is pushed to us.
                 let head = self.store.head(&channel).await.map_err(|e| store_error(&channel, e))?;
-                let reads = self
-                    .store
-                    .reads(&channel, MAX_LISTED_READS)
-                    .await
-                    .map_err(|e| store_error(&channel, e))?;
+                let reads = self.reads(&channel).await?;
                 Some(ServerFrame::Joined {
                     channel: channel.to_string(),
                     head,
@@ -285,12 +281,7 @@ impl<S: Store> Route<'_, S> {
                     .map_err(|e| store_error(&channel, e))?;
                 // Recovery brings the read cursors up to date too.
                 let reads = match cursor {
-                    HistoryCursor::After(_) => Some(
-                        self.store
-                            .reads(&channel, MAX_LISTED_READS)
-                            .await
-                            .map_err(|e| store_error(&channel, e))?,
-                    ),
+                    HistoryCursor::After(_) => Some(self.reads(&channel).await?),
                     _ => None,
                 };
                 Some(ServerFrame::History {
@@ -319,6 +310,14 @@ impl<S: Store> Route<'_, S> {
                 at: clock::now_millis(),
             }),
         })
+    }
+
+    /// The users' read cursors in a channel, as `joined` and recovery carry them.
+    async fn reads(&self, channel: &ChannelId) -> Result<Reads, ProtocolError> {
+        self.store
+            .reads(channel, MAX_LISTED_READS)
+            .await
+            .map_err(|e| store_error(channel, e))
     }
 
     /// The channel a frame named, or else the connection's default channel (one read).

@@ -483,6 +483,33 @@ impl DynamoStore {
             .build()
     }
 
+    /// Up to `limit` items `query` finds, read a page of `limit` at a time: a full 1 MB page read
+    /// every item of a large channel to answer with the first few (a join storm read N² items).
+    async fn first_items(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let deadline = self.deadline();
+        let query = query.limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1));
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = query.clone().set_exclusive_start_key(start);
+            let out = retried("Query", deadline, |_| page.clone().send()).await?;
+            for item in out.items.unwrap_or_default() {
+                items.push(item);
+                if items.len() >= limit {
+                    return Ok(items);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Commits a transaction, retried for conflicts, throttles and 5xx until `deadline`. After
     /// a try whose outcome is unknown, the next one replays its `ClientRequestToken`, so that
     /// DynamoDB answers it as the commit it may have been instead of applying it twice.

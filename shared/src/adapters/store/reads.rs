@@ -56,7 +56,6 @@ pub(super) async fn read(store: &DynamoStore, cursor: &ReadCursor, member: &str)
 
 /// Up to `limit` users' read cursors in the channel.
 pub(super) async fn reads(store: &DynamoStore, channel: &ChannelId, limit: usize) -> Result<Reads, StoreError> {
-    let deadline = store.deadline();
     let query = store
         .client
         .query()
@@ -66,26 +65,12 @@ pub(super) async fn reads(store: &DynamoStore, channel: &ChannelId, limit: usize
         .expression_attribute_values(":read", s(keys::READ_PREFIX))
         .projection_expression("userId, #seq")
         .expression_attribute_names("#seq", SEQ)
-        .consistent_read(true)
-        .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1));
-    let mut reads = Reads::new();
-    let mut start = None;
-    loop {
-        let page = query.clone().set_exclusive_start_key(start);
-        let out = retried("Query", deadline, |_| page.clone().send()).await?;
-        for item in out.items.unwrap_or_default() {
-            if let Some(user) = item.get("userId").and_then(|v| v.as_s().ok()) {
-                reads.insert(user.clone(), seq_in(&item));
-            }
-            if reads.len() >= limit {
-                return Ok(reads);
-            }
-        }
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            return Ok(reads);
-        }
-    }
+        .consistent_read(true);
+    let items = store.first_items(query, limit).await?;
+    Ok(items
+        .iter()
+        .filter_map(|item| Some((item.get("userId")?.as_s().ok()?.clone(), seq_in(item))))
+        .collect())
 }
 
 /// The `seq` of message `message_id`, if it is among the channel's latest [`SEQ_LOOKUP_DEPTH`]
