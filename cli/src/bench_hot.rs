@@ -265,7 +265,7 @@ async fn connections_stats(http_url: &str) -> Result<Value, String> {
 }
 
 /// DynamoDB request units the stack's moto counted so far (scripts/moto_server.py).
-async fn dynamodb_units(moto: &str) -> Result<Value, String> {
+pub(crate) async fn dynamodb_units(moto: &str) -> Result<Value, String> {
     get_json(moto, "/_wsfan/dynamodb-units").await
 }
 
@@ -484,7 +484,7 @@ async fn connect_members(
 
 /// Waits until @connections delivered nothing for 2 s (the joins' presence frames), at most
 /// `limit`.
-async fn settle(stack: &DevProcess, limit: Duration) -> Result<(), String> {
+pub(crate) async fn settle(stack: &DevProcess, limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     let mut quiet_since = Instant::now();
     let mut last = u64::MAX;
@@ -878,7 +878,7 @@ fn report_posts(all: &[(usize, Member)], failures: &mut Vec<String>) -> Value {
 }
 
 /// The calls by operation that moto counted (under `key`) between two reads.
-fn calls_between(before: &Value, after: &Value, key: &str) -> BTreeMap<String, u64> {
+pub(crate) fn calls_between(before: &Value, after: &Value, key: &str) -> BTreeMap<String, u64> {
     after[key]
         .as_object()
         .into_iter()
