@@ -38,6 +38,10 @@ pub struct ReceiptsBench {
     /// How long a member waits for its ack.
     #[arg(long, default_value_t = 60)]
     pub ack_secs: u64,
+    /// Passed to `wsfan dev --concurrency`: execution environments per function. Lambda scales
+    /// ws-message out far beyond `wsfan dev`'s default of 4; with 4, the acks queue for them.
+    #[arg(long)]
+    pub concurrency: Option<u16>,
 }
 
 /// Sends `frame` and reads until the answer that `is_answer` picks (or an error frame).
@@ -80,7 +84,11 @@ pub async fn run(bench: ReceiptsBench) -> Result<String, String> {
     if bench.members == 0 {
         return Err("--members must be at least 1".into());
     }
-    let stack = DevProcess::start(&bench.repo, "receipts", &[])?;
+    let extra: Vec<String> = match bench.concurrency {
+        Some(n) => vec!["--concurrency".into(), n.to_string()],
+        None => Vec::new(),
+    };
+    let stack = DevProcess::start(&bench.repo, "receipts", &extra)?;
     let result = measure(&bench, &stack).await;
     stack.stop();
     let (report, failures) = result?;
@@ -194,6 +202,7 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
     }
     let report = json!({
         "build": build_profile(),
+        "concurrency": bench.concurrency,
         "members": bench.members,
         "acked": acked,
         "errors": errors.len(),
