@@ -513,3 +513,56 @@ async fn a_hundred_members_reading_and_reacting_through_ws_message_write_no_sequ
         .reactions[&posted.message_id];
     assert_eq!(summary["❤️"].count, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reactions_and_receipts_ride_out_throttles_and_lost_answers_and_count_once() {
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        ..
+    } = Crowd::new(20).await;
+    let faults = DynamoFaults {
+        throttle: 0.2,
+        lost: 0.3,
+        ..DynamoFaults::default()
+    };
+    let (store, proxy) = through_faults(&t, faults, 7).await;
+    let now = wsfan_shared::clock::now_millis();
+    let outcomes = futures::future::join_all(members.iter().map(|(id, user)| {
+        let store = store.clone();
+        let reacted = reaction(&channel, &posted.message_id, user, "👍");
+        let read = ReadCursor {
+            channel: channel.clone(),
+            user_id: user.clone(),
+            seq: 1,
+            target_id: posted.message_id.clone(),
+            message_id: ulid::Ulid::generate().to_string(),
+            sent_at: now,
+            expires_at: now / 1000 + 3600,
+        };
+        async move {
+            let r = store.react(&reacted, id).await.unwrap();
+            let c = store.read(&read, id).await.unwrap();
+            (r, c)
+        }
+    }))
+    .await;
+    let injected = proxy.injected();
+    assert!(injected.get(&DynamoFault::Lost).is_some_and(|n| *n > 0), "{injected:?}");
+    // A write applied whose answer was lost is retried, finds itself, and is no duplicate.
+    for (reacted, read) in &outcomes {
+        assert!(!reacted.duplicate && !read.duplicate, "{reacted:?} {read:?}");
+        assert_eq!(read.seq, Some(1));
+    }
+    let summary = &t
+        .store
+        .history(&channel, HistoryCursor::Latest, 1)
+        .await
+        .unwrap()
+        .reactions[&posted.message_id];
+    assert_eq!(summary["👍"].count, 20);
+    assert_eq!(t.store.reads(&channel, 100).await.unwrap().len(), 20);
+    assert_eq!(t.store.head(&channel).await.unwrap(), 1);
+}

@@ -52,14 +52,16 @@ pub(super) async fn react(store: &DynamoStore, reaction: &Reaction, member: &str
     match retried("UpdateItem", store.deadline(), |_| update.clone().send()).await {
         Ok(_) => Ok(outcome(false)),
         Err(e) => match e.service_error() {
-            // The user had reacted so already; unless the item names this very reaction as the
-            // latest (a try whose answer was lost committed it), that is a duplicate.
+            // The user had reacted so already: a duplicate, unless a try of this reaction whose
+            // answer was lost may have added the entry. The item names only the latest reaction,
+            // which another user's may have replaced since, so the lost answer is what tells.
             Some(UpdateItemError::ConditionalCheckFailedException(found)) => {
-                let ours = found
-                    .item()
-                    .and_then(|i| i.get("messageId"))
-                    .and_then(|v| v.as_s().ok())
-                    .is_some_and(|id| *id == reaction.message_id);
+                let ours = e.uncertain
+                    || found
+                        .item()
+                        .and_then(|i| i.get("messageId"))
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|id| *id == reaction.message_id);
                 Ok(outcome(!ours))
             }
             _ => Err(e.into()),

@@ -43,10 +43,11 @@ pub(super) async fn read(store: &DynamoStore, cursor: &ReadCursor, member: &str)
             Some(PutItemError::ConditionalCheckFailedException(found)) => {
                 let found = found.item();
                 let at = found.map_or(cursor.seq, seq_in);
-                let ours = found
-                    .and_then(|i| i.get("messageId"))
-                    .and_then(|v| v.as_s().ok())
-                    .is_some_and(|id| *id == cursor.message_id);
+                let ours = e.uncertain
+                    || found
+                        .and_then(|i| i.get("messageId"))
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|id| *id == cursor.message_id);
                 Ok(outcome(at, !ours))
             }
             _ => Err(e.into()),
