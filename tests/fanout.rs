@@ -593,6 +593,48 @@ async fn stream_fixtures_push_what_they_describe() {
 }
 
 #[tokio::test]
+async fn a_burst_of_one_users_receipts_in_a_batch_is_pushed_once() {
+    let mut rig = Rig::new().await;
+    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    // Bob's cursor moves 9 -> 12 -> 15 and carol's to 4, all in one batch.
+    let mut event: Value = fixture("stream-fanout/read-cursor-modify");
+    let first = event["Records"][0].clone();
+    let moved = |from: &Value, user: &str, seq: u64, id: &str, n: u64| {
+        let mut r = from.clone();
+        r["eventID"] = json!(format!("cursor-{n}"));
+        r["dynamodb"]["SequenceNumber"] = json!(format!("{}", 200 + n));
+        r["dynamodb"]["Keys"]["sk"]["S"] = json!(format!("READ#{user}"));
+        r["dynamodb"]["OldImage"] = r["dynamodb"]["NewImage"].clone();
+        let image = &mut r["dynamodb"]["NewImage"];
+        image["sk"]["S"] = json!(format!("READ#{user}"));
+        image["userId"]["S"] = json!(user);
+        image["seq"]["N"] = json!(seq.to_string());
+        image["messageId"]["S"] = json!(id);
+        r
+    };
+    event["Records"] = json!([
+        first.clone(),
+        moved(&first, "carol", 4, "01JDB2XA000000000000000001", 1),
+        moved(&first, "bob", 15, "01JDB2XA000000000000000002", 2),
+    ]);
+    let response = rig.stream_fanout(serde_json::from_value(event).unwrap()).await;
+    assert!(response.batch_item_failures.is_empty());
+    let receipts: Vec<(String, u64)> = rig
+        .frames("A1iceConn000AA=")
+        .iter()
+        .map(|f| {
+            (
+                f["senderId"].as_str().unwrap().to_owned(),
+                f["readSeq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(receipts, vec![("carol".to_owned(), 4), ("bob".to_owned(), 15)]);
+}
+
+#[tokio::test]
 async fn every_fanout_fixture_is_run_by_a_test_here() {
     harness::assert_every_fixture_named_in(
         "tests/fanout.rs",

@@ -9,6 +9,9 @@
 //! `{"type":"batch","frames":[...]}` (API Gateway bills a post per 32 KB, so this costs no more
 //! and draws far fewer posts from the budget); every other member gets one frame a post.
 //!
+//! Of one user's read-cursor moves in a channel's batch, only the last is pushed: it says all the
+//! earlier ones would (a burst of receipts coalesces into one frame per member).
+//!
 //! A record that can never be used (a message item that breaks the contract, say one a backend
 //! wrote without a body) is not retried: it goes to the stream's failure destination at once,
 //! with the reason, and the records behind it go on. A record that fails for a reason that may
@@ -309,6 +312,11 @@ fn fail_from(outcomes: &mut ChannelOutcomes, first: usize, error: RecordError) {
     }
 }
 
+/// Whether `work` is a move of `user`'s read cursor.
+fn moves_cursor_of(work: &Result<Work, RecordError>, user: &str) -> bool {
+    matches!(work, Ok(Work::Push(Push { frame: ServerFrame::Receipt(r), .. })) if r.read_seq.is_some() && r.sender_id == user)
+}
+
 /// Works out every frame a channel's records ask for, in stream order. A record that can never be
 /// used goes to the failure destination; one that fails here (its history read, or the failure
 /// destination) stops the plan, and it and the records after it are retried.
@@ -320,6 +328,18 @@ async fn plan<S: Store, F: FailureDestination>(
     let mut planned = Vec::new();
     for (index, (record, work)) in records.iter().enumerate() {
         let step = match work {
+            // A later move of the same user's read cursor in this batch says all this one would:
+            // a burst of one user's receipts is pushed once.
+            Ok(Work::Push(Push {
+                frame: ServerFrame::Receipt(receipt),
+                ..
+            })) if receipt.read_seq.is_some()
+                && records[index + 1..]
+                    .iter()
+                    .any(|(_, later)| moves_cursor_of(later, &receipt.sender_id)) =>
+            {
+                Ok(None)
+            }
             Ok(Work::Push(Push { frame, .. })) => {
                 let except_user = match frame {
                     ServerFrame::Presence { user_id, .. } => Some(user_id.clone()),
