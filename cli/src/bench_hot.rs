@@ -404,16 +404,21 @@ pub async fn run(bench: HotBench) -> Result<String, String> {
     }
     report["invocations"] = json!({"total": invocations, "failed": failed, "timedOut": timed_out});
     report["failures"] = json!(failures);
-    for f in &failures {
+    verdict("hot", &report, &failures)
+}
+
+/// A bench's last line, `RESULT {report}`: its answer when nothing failed; otherwise printed (the
+/// figures say what went wrong) before the error that names the failures.
+pub(crate) fn verdict(bench: &str, report: &Value, failures: &[String]) -> Result<String, String> {
+    for f in failures {
         eprintln!("FAILED: {f}");
     }
     let line = format!("RESULT {report}");
     if failures.is_empty() {
         Ok(line)
     } else {
-        // The figures and the RESULT line still go out: they say what went wrong.
         println!("{line}");
-        Err(format!("bench hot failed: {}", failures.join("; ")))
+        Err(format!("bench {bench} failed: {}", failures.join("; ")))
     }
 }
 

@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench_hot::{calls_between, dynamodb_units, settle};
+use crate::bench_hot::{calls_between, dynamodb_units, settle, verdict};
 use crate::bench_local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
 
 const CHANNEL: &str = "workspace:receipts";
@@ -92,16 +92,7 @@ pub async fn run(bench: ReceiptsBench) -> Result<String, String> {
     let result = measure(&bench, &stack).await;
     stack.stop();
     let (report, failures) = result?;
-    for f in &failures {
-        eprintln!("FAILED: {f}");
-    }
-    let line = format!("RESULT {report}");
-    if failures.is_empty() {
-        Ok(line)
-    } else {
-        println!("{line}");
-        Err(format!("bench receipts failed: {}", failures.join("; ")))
-    }
+    verdict("receipts", &report, &failures)
 }
 
 async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Vec<String>), String> {
