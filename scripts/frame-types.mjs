@@ -33,8 +33,8 @@ const FRAMES = {
   Authed: { message: 'authedFrame' },
   HistoryPage: {
     message: 'historyFrame',
-    // Recovery pages (`after`, `complete`) are the client's own business: history() never asks for one.
-    omitted: ['after', 'complete'],
+    // Recovery pages (`after`, `complete`, `reads`) are the client's own business: history() never asks for one.
+    omitted: ['after', 'complete', 'reads'],
   },
 };
 

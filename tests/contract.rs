@@ -87,6 +87,19 @@ fn chat(kind: MessageKind) -> Message {
     }
 }
 
+/// A message's reaction summary: two users with one emoji, one with another.
+fn summary_item() -> wsfan_shared::reactions::SummaryItem {
+    use wsfan_shared::reactions::entry;
+    wsfan_shared::reactions::SummaryItem {
+        target_id: "01JD0000000000000000000001".into(),
+        reactions: vec![entry("alice", "❤️"), entry("bob", "❤️"), entry("bob", "👍")],
+        message_id: "01JD0000000000000000000002".into(),
+        sender_id: "bob".into(),
+        emoji: "👍".into(),
+        sent_at: 1_795_305_605_000,
+    }
+}
+
 /// One of every frame the server sends, as the code serialises it.
 fn every_server_frame() -> Vec<Value> {
     let event = |m: Message| -> ChatEvent { m.to_event() };
@@ -95,6 +108,7 @@ fn every_server_frame() -> Vec<Value> {
             channel: "workspace:42".into(),
             head: 17,
             present: vec!["alice".into()],
+            reads: [("alice".to_owned(), 17), ("bob".to_owned(), 12)].into(),
         },
         ServerFrame::Left {
             channel: "workspace:42".into(),
@@ -131,6 +145,19 @@ fn every_server_frame() -> Vec<Value> {
             before: Some(2),
             after: None,
             complete: None,
+            reads: None,
+        },
+        // A page whose message has reactions.
+        ServerFrame::History {
+            channel: "booking:1".into(),
+            messages: vec![ServerFrame::Message(ChatEvent {
+                reactions: Some(summary_item().summary()),
+                ..event(chat(MessageKind::Message))
+            })],
+            before: None,
+            after: None,
+            complete: None,
+            reads: None,
         },
         // A recovery page: everything after a point, whether complete, the next cursor.
         ServerFrame::History {
@@ -143,6 +170,7 @@ fn every_server_frame() -> Vec<Value> {
             before: None,
             after: Some(7),
             complete: Some(true),
+            reads: Some([("alice".to_owned(), 7)].into()),
         },
         ServerFrame::Pong { at: 1 },
         // A refresh to a narrower token: what it left.
@@ -155,8 +183,23 @@ fn every_server_frame() -> Vec<Value> {
         },
         ServerFrame::Message(event(chat(MessageKind::Message))),
         ServerFrame::Reaction(event(chat(MessageKind::Reaction))),
+        // A reaction as pushed now: off the sequence, with the reacted message's summary.
+        ServerFrame::Reaction(summary_item().to_event(&"booking:1".parse().unwrap())),
         ServerFrame::Typing(event(chat(MessageKind::Typing))),
         ServerFrame::Receipt(event(chat(MessageKind::Receipt))),
+        // A receipt as pushed now: the user's read cursor moved, off the sequence.
+        ServerFrame::Receipt(
+            wsfan_shared::reads::ReadCursor {
+                channel: "booking:1".parse().unwrap(),
+                user_id: "bob".into(),
+                seq: 7,
+                target_id: "01JD0000000000000000000001".into(),
+                message_id: "01JD0000000000000000000003".into(),
+                sent_at: 1_795_305_605_000,
+                expires_at: 0,
+            }
+            .to_event(),
+        ),
         ServerFrame::Presence {
             channel: "workspace:42".into(),
             user_id: "bob".into(),

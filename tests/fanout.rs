@@ -525,7 +525,7 @@ async fn stream_fixtures_push_what_they_describe() {
     member(&rig, "C4rolConn000AA=", "carol", "workspace:42").await;
     rig.run_stream_fanout().await;
 
-    let cases: [(&str, Option<Value>); 7] = [
+    let cases: [(&str, Option<Value>); 9] = [
         (
             "message-insert",
             Some(
@@ -538,6 +538,23 @@ async fn stream_fixtures_push_what_they_describe() {
             Some(
                 json!({"type": "reaction", "channel": "workspace:42", "messageId": "01JDB2X6A1B2C3D4E5F6G7H8J9",
                 "senderId": "alice", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "emoji": "👍", "sentAt": 1795305605000_i64}),
+            ),
+        ),
+        // A second user's reaction: the latest reaction, with the message's whole summary.
+        (
+            "reaction-summary-modify",
+            Some(
+                json!({"type": "reaction", "channel": "workspace:42", "messageId": "01JDB2X8B1C2D3E4F5G6H7J8K9",
+                "senderId": "bob", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "emoji": "👍", "sentAt": 1795305606000_i64,
+                "reactions": {"👍": {"count": 2, "users": ["alice", "bob"]}}}),
+            ),
+        ),
+        // Bob's read cursor moved from 9 to 12: a receipt, without seq, with the cursor.
+        (
+            "read-cursor-modify",
+            Some(
+                json!({"type": "receipt", "channel": "workspace:42", "messageId": "01JDB2X9C1D2E3F4G5H6J7K8M9",
+                "senderId": "bob", "targetId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "readSeq": 12, "sentAt": 1795305607000_i64}),
             ),
         ),
         (
@@ -574,6 +591,48 @@ async fn stream_fixtures_push_what_they_describe() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_burst_of_one_users_receipts_in_a_batch_is_pushed_once() {
+    let mut rig = Rig::new().await;
+    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    // Bob's cursor moves 9 -> 12 -> 15 and carol's to 4, all in one batch.
+    let mut event: Value = fixture("stream-fanout/read-cursor-modify");
+    let first = event["Records"][0].clone();
+    let moved = |from: &Value, user: &str, seq: u64, id: &str, n: u64| {
+        let mut r = from.clone();
+        r["eventID"] = json!(format!("cursor-{n}"));
+        r["dynamodb"]["SequenceNumber"] = json!(format!("{}", 200 + n));
+        r["dynamodb"]["Keys"]["sk"]["S"] = json!(format!("READ#{user}"));
+        r["dynamodb"]["OldImage"] = r["dynamodb"]["NewImage"].clone();
+        let image = &mut r["dynamodb"]["NewImage"];
+        image["sk"]["S"] = json!(format!("READ#{user}"));
+        image["userId"]["S"] = json!(user);
+        image["seq"]["N"] = json!(seq.to_string());
+        image["messageId"]["S"] = json!(id);
+        r
+    };
+    event["Records"] = json!([
+        first.clone(),
+        moved(&first, "carol", 4, "01JDB2XA000000000000000001", 1),
+        moved(&first, "bob", 15, "01JDB2XA000000000000000002", 2),
+    ]);
+    let response = rig.stream_fanout(serde_json::from_value(event).unwrap()).await;
+    assert!(response.batch_item_failures.is_empty());
+    let receipts: Vec<(String, u64)> = rig
+        .frames("A1iceConn000AA=")
+        .iter()
+        .map(|f| {
+            (
+                f["senderId"].as_str().unwrap().to_owned(),
+                f["readSeq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(receipts, vec![("carol".to_owned(), 4), ("bob".to_owned(), 15)]);
 }
 
 #[tokio::test]
@@ -1182,6 +1241,7 @@ async fn bob_connecting_to(rig: &mut Rig, channel: &str, bodies: &[&str]) {
         joined: vec![],
         history: Some(5),
         batch: false,
+        token_exp: None,
     };
     rig.table
         .store
@@ -1379,6 +1439,30 @@ impl Store for CountingMemberReads<'_> {
     }
     async fn head(&self, c: &ChannelId) -> Result<u64, wsfan_shared::store::StoreError> {
         self.store.head(c).await
+    }
+    async fn react(
+        &self,
+        r: &wsfan_shared::reactions::Reaction,
+        member: &str,
+    ) -> Result<wsfan_shared::store::PostOutcome, wsfan_shared::store::StoreError> {
+        self.store.react(r, member).await
+    }
+    async fn read(
+        &self,
+        c: &wsfan_shared::reads::ReadCursor,
+        member: &str,
+    ) -> Result<wsfan_shared::store::PostOutcome, wsfan_shared::store::StoreError> {
+        self.store.read(c, member).await
+    }
+    async fn reads(
+        &self,
+        c: &ChannelId,
+        limit: usize,
+    ) -> Result<wsfan_shared::reads::Reads, wsfan_shared::store::StoreError> {
+        self.store.reads(c, limit).await
+    }
+    async fn seq_of(&self, c: &ChannelId, id: &str) -> Result<Option<u64>, wsfan_shared::store::StoreError> {
+        self.store.seq_of(c, id).await
     }
     async fn progress(&self, doc: &str) -> Result<Option<Value>, wsfan_shared::store::StoreError> {
         self.store.progress(doc).await

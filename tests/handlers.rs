@@ -776,7 +776,7 @@ async fn join_and_leave_write_and_delete_the_membership() {
     let r = body(&run(&t, "ws-message/join").await);
     assert_eq!(
         r,
-        json!({"type": "joined", "channel": "workspace:42", "head": 0, "present": ["alice"]})
+        json!({"type": "joined", "channel": "workspace:42", "head": 0, "present": ["alice"], "reads": {}})
     );
     let m = t
         .item("CHAN#workspace:42", &format!("CONN#{CONN}"))
@@ -868,28 +868,81 @@ async fn react_typing_and_read_write_their_items() {
 
     let react = body(&run(&t, "ws-message/react").await);
     assert_eq!(react["action"], "react");
-    let id = react["messageId"].as_str().unwrap();
-    let item = t.message("CHAN#workspace:42", id).await.expect("reaction item");
-    assert_eq!(s(&item, "kind"), "reaction");
-    assert_eq!(s(&item, "emoji"), "👍");
+    assert_eq!(react["duplicate"], false);
+    // A reaction changes its message's summary: no item of its own, no sequence number.
+    assert!(react.get("seq").is_none(), "{react}");
+    let item = t
+        .item("CHAN#workspace:42", "REACT#01JDB2X5Q0E7M3V9K4T8N6R2WA")
+        .await
+        .expect("the message's reaction summary");
+    assert_eq!(string_set(&item, "reactions"), vec!["alice 👍"]);
+    assert_eq!(s(&item, "messageId"), react["messageId"].as_str().unwrap());
     assert_eq!(s(&item, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
-
-    assert_eq!(react["seq"], 1);
-    assert_eq!(n(&item, "seq"), 1);
+    assert!(n(&item, "expiresAt") > wsfan_shared::clock::now_secs() + Retention::default().event_secs);
+    assert!(
+        t.item("CHAN#workspace:42", "HEAD").await.is_none(),
+        "the head never moved"
+    );
+    // The same reaction again (a retry, a double click) counts once and says so.
+    let again = body(&run(&t, "ws-message/react").await);
+    assert_eq!(again["duplicate"], true, "{again}");
+    let item = t
+        .item("CHAN#workspace:42", "REACT#01JDB2X5Q0E7M3V9K4T8N6R2WA")
+        .await
+        .unwrap();
+    assert_eq!(string_set(&item, "reactions"), vec!["alice 👍"]);
 
     let typing = run(&t, "ws-message/typing").await;
     assert_eq!(typing.status_code, 200);
     assert!(typing.body.is_none(), "typing is not acknowledged");
     let read = body(&run(&t, "ws-message/read").await);
     assert_eq!(read["action"], "read");
-    // A receipt is history: numbered, kept, recovered after a reconnect.
-    assert_eq!(read["seq"], 2);
-    let receipt = t
-        .message("CHAN#workspace:42", read["messageId"].as_str().unwrap())
+    // A receipt moves the user's read cursor: one item per user, no sequence number of its own.
+    assert_eq!(
+        (read["seq"].as_u64(), read["duplicate"].as_bool()),
+        (Some(1), Some(false)),
+        "{read}"
+    );
+    let cursor = t
+        .item("CHAN#workspace:42", "READ#alice")
         .await
-        .expect("receipt item");
-    assert_eq!(s(&receipt, "kind"), "receipt");
-    assert_eq!(s(&receipt, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
+        .expect("alice's read cursor");
+    assert_eq!(n(&cursor, "seq"), 1);
+    assert_eq!(s(&cursor, "targetId"), "01JDB2X5Q0E7M3V9K4T8N6R2WA");
+    assert_eq!(s(&cursor, "messageId"), read["messageId"].as_str().unwrap());
+    assert!(
+        t.item("CHAN#workspace:42", "HEAD").await.is_none(),
+        "the head never moved"
+    );
+    // The same receipt again, or one for an earlier message, leaves the cursor where it is.
+    let again = body(&run(&t, "ws-message/read").await);
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(1), Some(true)),
+        "{again}"
+    );
+    let on = json!({"action": "read", "channel": "workspace:42", "messageId": "01JDB2X5Q0E7M3V9K4T8N6R2WB", "seq": 4});
+    assert_eq!(ask(&t, &Retention::default(), on).await["seq"], 4);
+    let back =
+        json!({"action": "read", "channel": "workspace:42", "messageId": "01JDB2X5Q0E7M3V9K4T8N6R2WA", "seq": 2});
+    let back = ask(&t, &Retention::default(), back).await;
+    assert_eq!(
+        (back["seq"].as_u64(), back["duplicate"].as_bool()),
+        (Some(4), Some(true)),
+        "{back}"
+    );
+    let cursor = t.item("CHAN#workspace:42", "READ#alice").await.unwrap();
+    assert_eq!(n(&cursor, "seq"), 4);
+    // Without seq, a message the channel does not have among its latest cannot be placed.
+    let unknown = json!({"action": "read", "channel": "workspace:42", "messageId": "01JDB2X5Q0E7M3V9K4T8N6R2WA"});
+    let unknown = ask(&t, &Retention::default(), unknown).await;
+    assert_eq!(unknown["code"], "invalid_field", "{unknown}");
+    assert!(unknown["message"].as_str().unwrap().contains("\"seq\""), "{unknown}");
+    assert!(t
+        .partition("CHAN#workspace:42")
+        .await
+        .iter()
+        .all(|(sk, _)| !sk.starts_with("MSG#")));
 
     let events: Vec<_> = t
         .partition("CHAN#workspace:42")
@@ -1022,56 +1075,79 @@ async fn recovery_returns_everything_after_a_point_oldest_first_paged_and_typed(
     let joined = body(&run(&t, "ws-message/join").await);
     assert_eq!(joined["head"], 0, "an empty channel's head");
     let mut ids = Vec::new();
-    for i in 1..=5 {
+    for i in 1..=6 {
         let ack = say(&t, &format!("m{i}")).await;
         assert_eq!(ack["seq"], i, "{ack}");
         ids.push(ack["messageId"].as_str().unwrap().to_owned());
     }
-    run(&t, "ws-message/typing").await; // not history: takes no number, never recovered
-    let react = body(&run(&t, "ws-message/react").await);
-    assert_eq!(react["seq"], 6);
-    let read = body(&run(&t, "ws-message/read").await);
-    assert_eq!(read["seq"], 7);
+    // Typing is not history: it takes no number and is never recovered.
+    run(&t, "ws-message/typing").await;
+    // A reaction takes no number either: it comes back as its message's summary.
+    let react = json!({"action": "react", "channel": "workspace:42", "messageId": ids[3], "emoji": "👍"});
+    let react = ask(&t, &Retention::default(), react).await;
+    assert_eq!(react["action"], "react", "{react}");
+    assert!(react.get("seq").is_none(), "{react}");
+    // Nor does a receipt: it moves alice's cursor, which joined and recovery carry. Without seq
+    // the message is found among the latest.
+    let read = json!({"action": "read", "channel": "workspace:42", "messageId": ids[4]});
+    let read = ask(&t, &Retention::default(), read).await;
+    assert_eq!(
+        (read["seq"].as_u64(), read["duplicate"].as_bool()),
+        (Some(5), Some(false)),
+        "{read}"
+    );
     let again = body(&run(&t, "ws-message/join").await);
-    assert_eq!(again["head"], 7, "a rejoin learns where the channel is");
+    assert_eq!(again["head"], 6, "a rejoin learns where the channel is");
+    assert_eq!(again["reads"], json!({"alice": 5}));
 
-    // The client saw up to m2: pages of 2 bring back 3..7, oldest first, each typed.
+    // The client saw up to m2: pages of 2 bring back 3..6, oldest first, each typed.
     let first = recover(&t, 2, 2).await;
     assert_eq!(first["type"], "history");
     assert_eq!(seqs(&first), vec![3, 4]);
     assert_eq!(first["complete"], true);
     assert_eq!(first["after"], 4, "the cursor for the next page");
+    assert_eq!(first["reads"], json!({"alice": 5}), "recovery carries the read cursors");
     assert_eq!(first["messages"][0]["messageId"], ids[2].as_str());
     assert_eq!(first["messages"][0]["body"], "m3");
-    let second = recover(&t, 4, 2).await;
-    assert_eq!(seqs(&second), vec![5, 6]);
-    let last = recover(&t, 6, 2).await;
-    assert_eq!(seqs(&last), vec![7]);
+    assert!(first["messages"][0].get("reactions").is_none(), "{first}");
+    assert_eq!(
+        first["messages"][1]["reactions"],
+        json!({"👍": {"count": 1, "users": ["alice"]}}),
+        "m4 comes back with its reactions"
+    );
+    let last = recover(&t, 4, 2).await;
+    assert_eq!(seqs(&last), vec![5, 6]);
     assert!(
         last.get("after").is_none(),
         "the newest page has no next cursor: {last}"
     );
     assert_eq!(last["complete"], true);
-    let types: Vec<&str> = [&first, &second, &last]
+    let types: Vec<&str> = [&first, &last]
         .iter()
         .flat_map(|p| p["messages"].as_array().unwrap().iter())
         .map(|m| m["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, vec!["message", "message", "message", "reaction", "receipt"]);
-    assert_eq!(second["messages"][1]["emoji"], "👍");
-    assert_eq!(last["messages"][0]["targetId"], "01JDB2X5Q0E7M3V9K4T8N6R2WA");
+    assert_eq!(types, vec!["message"; 4]);
+    // A page that is not recovery has no cursors.
+    let latest = ask(
+        &t,
+        &Retention::default(),
+        json!({"action": "history", "channel": "workspace:42"}),
+    )
+    .await;
+    assert!(latest.get("reads").is_none(), "{latest}");
 
     // Up to date: nothing to recover, and that is complete.
-    let none = recover(&t, 7, 50).await;
+    let none = recover(&t, 6, 50).await;
     assert_eq!(seqs(&none), Vec::<u64>::new());
     assert_eq!(none["complete"], true);
     // A retried send takes no new number and answers with the first one's.
     let frame = json!({"action": "sendMessage", "channel": "workspace:42", "body": "x", "clientMsgId": "once"});
     let sent = ask(&t, &Retention::default(), frame.clone()).await;
     let retried = ask(&t, &Retention::default(), frame).await;
-    assert_eq!((sent["seq"].as_u64(), retried["seq"].as_u64()), (Some(8), Some(8)));
+    assert_eq!((sent["seq"].as_u64(), retried["seq"].as_u64()), (Some(7), Some(7)));
     assert_eq!(retried["duplicate"], true);
-    assert_eq!(seqs(&recover(&t, 7, 50).await), vec![8]);
+    assert_eq!(seqs(&recover(&t, 6, 50).await), vec![7]);
 }
 
 #[tokio::test]
@@ -1159,7 +1235,7 @@ async fn ping_answers_pong_and_legacy_register_joins_the_session() {
     let r = body(&run(&t, "ws-message/legacy-register").await);
     assert_eq!(
         r,
-        json!({"type": "joined", "channel": "session:s-2026-abc", "head": 0, "present": ["alice"]})
+        json!({"type": "joined", "channel": "session:s-2026-abc", "head": 0, "present": ["alice"], "reads": {}})
     );
     assert!(t
         .item("CHAN#session:s-2026-abc", &format!("CONN#{CONN}"))
@@ -1515,4 +1591,29 @@ async fn expiry_buckets_are_claimed_once_moved_by_a_refresh_and_removed_with_the
         buckets, 2,
         "eve's went with her connection, the claimed ones with the claims"
     );
+}
+
+/// The `auth` fixture: a token of the same user that allows only `doc:*` replaces the
+/// connection's identity, and the channel it no longer allows (`workspace:42`, joined) is left
+/// and named in the answer. On a table without the connection, the token verifies and the
+/// connection is unknown.
+#[tokio::test]
+async fn auth_narrows_a_connection_to_its_new_token_and_leaves_what_it_no_longer_allows() {
+    let t = TestTable::new().await;
+    let unknown = body(&run(&t, "ws-message/auth").await);
+    assert_eq!(unknown["code"], "not_connected", "{unknown}");
+
+    connect(&t, "ws-connect/connect").await;
+    assert_eq!(body(&run(&t, "ws-message/join").await)["type"], "joined");
+    let authed = body(&run(&t, "ws-message/auth").await);
+    assert_eq!(authed["type"], "authed", "{authed}");
+    assert_eq!(authed["channels"], json!(["doc:*"]), "{authed}");
+    let left: Vec<&str> = authed["left"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(left.contains(&"workspace:42"), "{authed}");
+    assert!(left.iter().all(|c| !c.starts_with("doc:")), "{authed}");
 }

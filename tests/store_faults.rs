@@ -13,7 +13,10 @@ use wsfan_shared::access::Role;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
 use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
-use wsfan_shared::store::{client_with_timeout, DynamoStore, Store};
+use wsfan_shared::protocol::HistoryCursor;
+use wsfan_shared::reactions::Reaction;
+use wsfan_shared::reads::ReadCursor;
+use wsfan_shared::store::{client_with_timeout, DynamoStore, Store, StoreError};
 
 /// The same table as `t`, reached through a fault proxy.
 async fn through_faults(t: &TestTable, faults: DynamoFaults, seed: u64) -> (DynamoStore, DynamoProxy) {
@@ -246,4 +249,329 @@ async fn a_send_is_one_round_trip_when_the_remembered_head_is_current() {
     let (again, n) = calls(&proxy, send(store.clone(), "m5")).await;
     assert!(again.duplicate);
     assert_eq!((again.message_id, again.seq, n), (sent.message_id, Some(7), 1));
+}
+
+/// `count` members of `channel`, connected through `t`'s own store (not counted by any proxy).
+async fn members(t: &TestTable, channel: &ChannelId, count: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let (id, user) = (format!("c{i:03}"), format!("u{i:03}"));
+        t.store
+            .connect(&connection(&id, &user), std::slice::from_ref(channel))
+            .await
+            .unwrap();
+        out.push((id, user));
+    }
+    out
+}
+
+/// A channel of members with one message, and a store that counts its calls (the members' own
+/// writes are not counted).
+struct Crowd {
+    t: TestTable,
+    channel: ChannelId,
+    /// (connection id, user id)
+    members: Vec<(String, String)>,
+    posted: wsfan_shared::store::PostOutcome,
+    store: DynamoStore,
+    proxy: DynamoProxy,
+}
+
+impl Crowd {
+    async fn new(count: usize) -> Crowd {
+        let t = TestTable::new().await;
+        let channel: ChannelId = "workspace:42".parse().unwrap();
+        let members = members(&t, &channel, count).await;
+        let posted = t.store.post(&chat(&channel, "u000", None), Some("c000")).await.unwrap();
+        let (store, proxy) = through_faults(&t, DynamoFaults::default(), 0).await;
+        Crowd {
+            t,
+            channel,
+            members,
+            posted,
+            store,
+            proxy,
+        }
+    }
+}
+
+fn reaction(channel: &ChannelId, target: &str, user: &str, emoji: &str) -> Reaction {
+    let now = wsfan_shared::clock::now_millis();
+    Reaction {
+        channel: channel.clone(),
+        target_id: target.into(),
+        message_id: ulid::Ulid::generate().to_string(),
+        sender_id: user.into(),
+        emoji: emoji.into(),
+        sent_at: now,
+        expires_at: now / 1000 + 3600,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_members_reacting_to_one_message_take_no_head_transaction() {
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        store,
+        proxy,
+    } = Crowd::new(100).await;
+
+    let reactions = futures::future::join_all(members.iter().map(|(id, user)| {
+        let (store, r) = (store.clone(), reaction(&channel, &posted.message_id, user, "👍"));
+        async move { store.react(&r, id).await.unwrap() }
+    }))
+    .await;
+    assert!(reactions.iter().all(|r| !r.duplicate && r.seq.is_none()));
+    // Per reaction: a read of the membership and one update of the message's summary. Nothing
+    // is a transaction, nothing touches the head, and nothing was retried for contention.
+    let calls = proxy.operations();
+    assert_eq!(calls.get("TransactWriteItems"), None, "{calls:?}");
+    assert_eq!(calls.get("UpdateItem"), Some(&100), "{calls:?}");
+    assert_eq!(calls.get("GetItem"), Some(&100), "{calls:?}");
+    assert_eq!(t.store.head(&channel).await.unwrap(), 1, "no sequence number was taken");
+
+    // A retried reaction counts once; another emoji is another tally.
+    let again = store
+        .react(&reaction(&channel, &posted.message_id, "u007", "👍"), "c007")
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    store
+        .react(&reaction(&channel, &posted.message_id, "u007", "🎉"), "c007")
+        .await
+        .unwrap();
+    let page = t.store.history(&channel, HistoryCursor::Latest, 10).await.unwrap();
+    let summary = &page.reactions[&posted.message_id];
+    assert_eq!(summary["👍"].count, 100);
+    assert_eq!(summary["🎉"].users, vec!["u007".to_owned()]);
+    // A connection outside the channel cannot react.
+    let outsider = store
+        .react(&reaction(&channel, &posted.message_id, "eve", "👍"), "nobody")
+        .await;
+    assert!(matches!(outsider, Err(StoreError::NotMember)), "{outsider:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_members_reading_one_message_write_a_cursor_each_and_never_the_head() {
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        store,
+        proxy,
+    } = Crowd::new(100).await;
+    let cursor = |user: &str, seq: u64| {
+        let now = wsfan_shared::clock::now_millis();
+        ReadCursor {
+            channel: channel.clone(),
+            user_id: user.into(),
+            seq,
+            target_id: posted.message_id.clone(),
+            message_id: ulid::Ulid::generate().to_string(),
+            sent_at: now,
+            expires_at: now / 1000 + 3600,
+        }
+    };
+
+    let acks = futures::future::join_all(members.iter().map(|(id, user)| {
+        let (store, c) = (store.clone(), cursor(user, 1));
+        async move { store.read(&c, id).await.unwrap() }
+    }))
+    .await;
+    assert!(acks.iter().all(|a| !a.duplicate && a.seq == Some(1)));
+    // Per receipt: a read of the membership and one put of the user's own cursor. No
+    // transaction, no head, no retry for contention.
+    let calls = proxy.operations();
+    assert_eq!(calls.get("TransactWriteItems"), None, "{calls:?}");
+    assert_eq!(calls.get("PutItem"), Some(&100), "{calls:?}");
+    assert_eq!(calls.get("GetItem"), Some(&100), "{calls:?}");
+    assert_eq!(t.store.head(&channel).await.unwrap(), 1, "no sequence number was taken");
+
+    // Many receipts of one user coalesce into one item that only moves forward.
+    for seq in [3, 2, 3, 5, 4] {
+        store.read(&cursor("u007", seq), "c007").await.unwrap();
+    }
+    let reads = t.store.reads(&channel, 500).await.unwrap();
+    assert_eq!(reads.len(), 100);
+    assert_eq!(reads["u007"], 5);
+    assert_eq!(reads["u008"], 1);
+    assert_eq!(
+        t.store.reads(&channel, 10).await.unwrap().len(),
+        10,
+        "at most the limit"
+    );
+    let cursors = t
+        .items()
+        .await
+        .into_iter()
+        .filter(|i| s(i, "sk").starts_with("READ#"))
+        .count();
+    assert_eq!(cursors, 100, "one item per user");
+    let outsider = store.read(&cursor("eve", 1), "nobody").await;
+    assert!(matches!(outsider, Err(StoreError::NotMember)), "{outsider:?}");
+}
+
+/// A frame from member `user` on connection `id`, as API Gateway hands it to ws-message.
+fn route_event(
+    id: &str,
+    user: &str,
+    body: serde_json::Value,
+) -> aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest {
+    let mut event: serde_json::Value = harness::fixture("ws-message/read");
+    event["requestContext"]["connectionId"] = serde_json::json!(id);
+    event["requestContext"]["authorizer"]["principalId"] = serde_json::json!(user);
+    event["requestContext"]["authorizer"]["userId"] = serde_json::json!(user);
+    event["requestContext"]["authorizer"]["channels"] = serde_json::json!("workspace:*");
+    event["body"] = serde_json::json!(body.to_string());
+    serde_json::from_value(event).unwrap()
+}
+
+/// Every member at once, each sending the frame `frame(user)` through ws-message: the answers,
+/// and the DynamoDB calls by operation.
+async fn all_at_once(
+    store: &DynamoStore,
+    proxy: &DynamoProxy,
+    members: &[(String, String)],
+    frame: impl Fn(&str) -> serde_json::Value,
+) -> (Vec<serde_json::Value>, std::collections::BTreeMap<String, u64>) {
+    let before = proxy.operations();
+    let limiter = wsfan_shared::limiter::DynamoLimiter::new(store, wsfan_shared::rate::RateLimit::OFF);
+    // These frames carry no token: the verifier (for `auth`) is never asked.
+    let verifier = wsfan_shared::auth::JwtVerifier::new(wsfan_shared::config::AuthConfig {
+        keys: wsfan_shared::config::KeySource::Secret(harness::DEV_SECRET.into()),
+        audience: None,
+        issuer: None,
+        anonymous_channels: None,
+        leeway_secs: 0,
+    });
+    let answers = futures::future::join_all(members.iter().map(|(id, user)| {
+        let (limiter, verifier, event) = (&limiter, &verifier, route_event(id, user, frame(user)));
+        async move {
+            let response = ws_message::handle(store, limiter, verifier, &Retention::default(), event).await;
+            match response.body {
+                Some(aws_lambda_events::encodings::Body::Text(t)) => serde_json::from_str(&t).unwrap(),
+                other => panic!("expected an answer, got {other:?}"),
+            }
+        }
+    }))
+    .await;
+    let mut calls = proxy.operations();
+    for (operation, n) in before {
+        *calls.get_mut(&operation).unwrap() -= n;
+    }
+    calls.retain(|_, n| *n > 0);
+    (answers, calls)
+}
+
+/// The figure in BENCHMARKS.md ("Receipts and reactions of a big channel"): what 100 members
+/// reading and reacting to one message at once cost, by DynamoDB operation, through ws-message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_members_reading_and_reacting_through_ws_message_write_no_sequenced_item() {
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        store,
+        proxy,
+    } = Crowd::new(100).await;
+
+    let (acks, reads) = all_at_once(
+        &store,
+        &proxy,
+        &members,
+        |_| serde_json::json!({"action": "read", "channel": "workspace:42", "messageId": posted.message_id, "seq": 1}),
+    )
+    .await;
+    let (reacted, reactions) = all_at_once(&store, &proxy, &members, |_| {
+        serde_json::json!({"type": "reaction", "emoji": "❤️", "message_id": posted.message_id, "channel": "workspace:42"})
+    })
+    .await;
+    println!("FIGURE 100 receipts: {reads:?}; 100 reactions: {reactions:?}");
+    for ack in acks.iter().chain(&reacted) {
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    // Neither takes a sequence number or a transaction: the channel's sequenced writes do not grow
+    // with its members.
+    assert_eq!(
+        t.store.head(&channel).await.unwrap(),
+        1,
+        "the head stays at the message"
+    );
+    assert_eq!(reads.get("TransactWriteItems"), None, "{reads:?}");
+    assert_eq!(reactions.get("TransactWriteItems"), None, "{reactions:?}");
+    assert_eq!(
+        reads.get("PutItem"),
+        Some(&100),
+        "one cursor write per receipt: {reads:?}"
+    );
+    assert_eq!(
+        reactions.get("UpdateItem"),
+        Some(&100),
+        "one summary update per reaction: {reactions:?}"
+    );
+    let summary = &t
+        .store
+        .history(&channel, HistoryCursor::Latest, 1)
+        .await
+        .unwrap()
+        .reactions[&posted.message_id];
+    assert_eq!(summary["❤️"].count, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reactions_and_receipts_ride_out_throttles_and_lost_answers_and_count_once() {
+    let Crowd {
+        t,
+        channel,
+        members,
+        posted,
+        ..
+    } = Crowd::new(20).await;
+    let faults = DynamoFaults {
+        throttle: 0.2,
+        lost: 0.3,
+        ..DynamoFaults::default()
+    };
+    let (store, proxy) = through_faults(&t, faults, 7).await;
+    let now = wsfan_shared::clock::now_millis();
+    let outcomes = futures::future::join_all(members.iter().map(|(id, user)| {
+        let store = store.clone();
+        let reacted = reaction(&channel, &posted.message_id, user, "👍");
+        let read = ReadCursor {
+            channel: channel.clone(),
+            user_id: user.clone(),
+            seq: 1,
+            target_id: posted.message_id.clone(),
+            message_id: ulid::Ulid::generate().to_string(),
+            sent_at: now,
+            expires_at: now / 1000 + 3600,
+        };
+        async move {
+            let r = store.react(&reacted, id).await.unwrap();
+            let c = store.read(&read, id).await.unwrap();
+            (r, c)
+        }
+    }))
+    .await;
+    let injected = proxy.injected();
+    assert!(injected.get(&DynamoFault::Lost).is_some_and(|n| *n > 0), "{injected:?}");
+    // A write applied whose answer was lost is retried, finds itself, and is no duplicate.
+    for (reacted, read) in &outcomes {
+        assert!(!reacted.duplicate && !read.duplicate, "{reacted:?} {read:?}");
+        assert_eq!(read.seq, Some(1));
+    }
+    let summary = &t
+        .store
+        .history(&channel, HistoryCursor::Latest, 1)
+        .await
+        .unwrap()
+        .reactions[&posted.message_id];
+    assert_eq!(summary["👍"].count, 20);
+    assert_eq!(t.store.reads(&channel, 100).await.unwrap().len(), 20);
+    assert_eq!(t.store.head(&channel).await.unwrap(), 1);
 }

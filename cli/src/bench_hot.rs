@@ -265,7 +265,7 @@ async fn connections_stats(http_url: &str) -> Result<Value, String> {
 }
 
 /// DynamoDB request units the stack's moto counted so far (scripts/moto_server.py).
-async fn dynamodb_units(moto: &str) -> Result<Value, String> {
+pub(crate) async fn dynamodb_units(moto: &str) -> Result<Value, String> {
     get_json(moto, "/_wsfan/dynamodb-units").await
 }
 
@@ -404,16 +404,21 @@ pub async fn run(bench: HotBench) -> Result<String, String> {
     }
     report["invocations"] = json!({"total": invocations, "failed": failed, "timedOut": timed_out});
     report["failures"] = json!(failures);
-    for f in &failures {
+    verdict("hot", &report, &failures)
+}
+
+/// A bench's last line, `RESULT {report}`: its answer when nothing failed; otherwise printed (the
+/// figures say what went wrong) before the error that names the failures.
+pub(crate) fn verdict(bench: &str, report: &Value, failures: &[String]) -> Result<String, String> {
+    for f in failures {
         eprintln!("FAILED: {f}");
     }
     let line = format!("RESULT {report}");
     if failures.is_empty() {
         Ok(line)
     } else {
-        // The figures and the RESULT line still go out: they say what went wrong.
         println!("{line}");
-        Err(format!("bench hot failed: {}", failures.join("; ")))
+        Err(format!("bench {bench} failed: {}", failures.join("; ")))
     }
 }
 
@@ -484,7 +489,7 @@ async fn connect_members(
 
 /// Waits until @connections delivered nothing for 2 s (the joins' presence frames), at most
 /// `limit`.
-async fn settle(stack: &DevProcess, limit: Duration) -> Result<(), String> {
+pub(crate) async fn settle(stack: &DevProcess, limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     let mut quiet_since = Instant::now();
     let mut last = u64::MAX;
@@ -878,7 +883,7 @@ fn report_posts(all: &[(usize, Member)], failures: &mut Vec<String>) -> Value {
 }
 
 /// The calls by operation that moto counted (under `key`) between two reads.
-fn calls_between(before: &Value, after: &Value, key: &str) -> BTreeMap<String, u64> {
+pub(crate) fn calls_between(before: &Value, after: &Value, key: &str) -> BTreeMap<String, u64> {
     after[key]
         .as_object()
         .into_iter()

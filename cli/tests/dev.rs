@@ -629,6 +629,50 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
     assert_eq!(reaction["emoji"], "❤️");
     assert_eq!(reaction["targetId"], welcome["messageId"]);
     assert_eq!(reaction["senderId"], "guest");
+    assert_eq!(reaction["reactions"], json!({"❤️": {"count": 1, "users": ["guest"]}}));
+    assert!(reaction.get("seq").is_none(), "a reaction takes no number: {reaction}");
+    // The host answers in kind: the guest sees the summary grow; a newcomer's history has it.
+    host.send(json!({"type": "reaction", "emoji": "❤️", "message_id": welcome["messageId"]}))
+        .await;
+    let second = guest
+        .expect("the host's reaction", |f| {
+            f["type"] == "reaction" && f["senderId"] == "host"
+        })
+        .await;
+    let both = json!({"❤️": {"count": 2, "users": ["guest", "host"]}});
+    assert_eq!(second["reactions"], both);
+    // The guest reads the host's message: the host sees the guest's cursor move, and the cursor
+    // comes with a join.
+    let read = json!({"action": "read", "messageId": welcome["messageId"], "seq": welcome["seq"]});
+    guest.send(read).await;
+    let ack = guest
+        .expect("the read's ack", |f| f["action"] == "read" || f["type"] == "error")
+        .await;
+    assert_eq!(
+        (ack["action"].as_str(), ack["seq"].as_u64()),
+        (Some("read"), welcome["seq"].as_u64()),
+        "{ack}"
+    );
+    let receipt = host.expect("the guest's receipt", |f| f["type"] == "receipt").await;
+    assert_eq!(
+        (receipt["senderId"].as_str(), &receipt["targetId"], &receipt["readSeq"]),
+        (Some("guest"), &welcome["messageId"], &welcome["seq"])
+    );
+    assert!(receipt.get("seq").is_none(), "a receipt takes no number: {receipt}");
+    let mut newcomer = stack.client_with("cleaner", &["booking:1"], url).await;
+    let history = newcomer.expect("history on connect", |f| f["type"] == "history").await;
+    let welcomed = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["messageId"] == welcome["messageId"])
+        .cloned()
+        .unwrap_or_else(|| panic!("the host's message is in the history: {history}"));
+    assert_eq!(welcomed["reactions"], both, "{history}");
+    let joined = newcomer
+        .ask(json!({"action": "join", "channel": "booking:1"}), "joined")
+        .await;
+    assert_eq!(joined["reads"], json!({"guest": welcome["seq"]}), "{joined}");
 
     // The old clients' numeric ids cannot name a message: a clear error, and the socket stays.
     guest
@@ -637,7 +681,7 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
     let error = guest.expect("error", |f| f["type"] == "error").await;
     assert_eq!(error["code"], "invalid_field");
     assert!(error["message"].as_str().unwrap().contains("messageId"), "{error}");
-    stack.check_contract(&[&guest, &host]);
+    stack.check_contract(&[&guest, &host, &newcomer]);
 }
 
 #[tokio::test]

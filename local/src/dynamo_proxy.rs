@@ -49,6 +49,8 @@ struct Inner {
     logs: Option<Logs>,
     injected: Mutex<BTreeMap<DynamoFault, u64>>,
     requests: AtomicU64,
+    /// The calls by operation (`TransactWriteItems`, `UpdateItem`, ...).
+    operations: Mutex<BTreeMap<String, u64>>,
 }
 
 impl DynamoProxy {
@@ -71,6 +73,7 @@ impl DynamoProxy {
             logs,
             injected: Mutex::default(),
             requests: AtomicU64::new(0),
+            operations: Mutex::default(),
         });
         let router = Router::new().fallback(proxy).with_state(inner.clone());
         tokio::spawn(async move {
@@ -92,6 +95,11 @@ impl DynamoProxy {
     /// How many DynamoDB calls came through.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// How many calls of each DynamoDB operation came through.
+    pub fn operations(&self) -> BTreeMap<String, u64> {
+        self.inner.operations.lock().unwrap().clone()
     }
 }
 
@@ -162,6 +170,7 @@ async fn proxy(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, header
         .to_owned();
     if !operation.is_empty() {
         inner.requests.fetch_add(1, Ordering::Relaxed);
+        *inner.operations.lock().unwrap().entry(operation.clone()).or_default() += 1;
     }
     let transaction = operation == "TransactWriteItems";
     let (fault, provisioned, conflicted) = {

@@ -26,6 +26,8 @@ pub mod domain {
     pub mod protocol;
     pub mod publish;
     pub mod rate;
+    pub mod reactions;
+    pub mod reads;
     pub mod shard;
     pub mod subprotocol;
     pub mod websocket;
@@ -51,8 +53,8 @@ pub mod transport {
 
 pub use adapters::{auth, broadcaster, config, expiry, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
-    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, shard,
-    subprotocol, websocket,
+    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, reactions,
+    reads, shard, subprotocol, websocket,
 };
 pub use transport::{http1, sigv4};
 

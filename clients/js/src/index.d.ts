@@ -57,21 +57,34 @@ interface ChatBase {
   sentAt: number;
 }
 
+/** A message's reactions per emoji: how many users (exact), and who (sorted, at most 100 listed). */
+export type ReactionSummary = Record<string, { count: number; users: string[] }>;
+
 export interface ChatMessage extends ChatBase {
   type: 'message';
   body: string;
   clientMsgId?: string;
+  /** In `history` pages: the message's reactions, when it has any. */
+  reactions?: ReactionSummary;
 }
 
+/**
+ * One user's reaction. `messageId` is the reaction's own id, `targetId` the message's. Reactions
+ * take no `seq` (only those stored before they left the sequence have one): each is delivered
+ * as it comes, with the message's whole summary after it in `reactions`.
+ */
 export interface Reaction extends ChatBase {
   type: 'reaction';
   targetId: string;
   emoji: string;
+  reactions?: ReactionSummary;
 }
 
+/** Someone's read cursor moved: they have read up to `readSeq` (the message `targetId`). No `seq`. */
 export interface Receipt extends ChatBase {
   type: 'receipt';
   targetId: string;
+  readSeq?: number;
 }
 
 export interface Typing {
@@ -95,6 +108,8 @@ export interface Joined {
   present: string[];
   /** The channel's last sequence number when the join committed. */
   head: number;
+  /** Each user's read cursor: user id to the `seq` they have read up to; `receipt` events move them. */
+  reads: Record<string, number>;
 }
 
 export interface Progress {
@@ -207,7 +222,8 @@ export class WsfanClient {
   /** Sends not acknowledged yet. */
   pending(): Array<{ action: 'sendMessage'; channel: string; body: string; clientMsgId: string }>;
   react(channel: string, messageId: string, emoji: string): Promise<Ack>;
-  read(channel: string, messageId: string): Promise<Ack>;
+  /** Moves your read cursor to this message; pass its `seq` (from the message frame). */
+  read(channel: string, messageId: string, seq?: number): Promise<Ack>;
   typing(channel: string): boolean;
   history(channel: string, options?: { before?: number; limit?: number }): Promise<HistoryPage>;
   /** Sends one raw protocol frame now; false when not connected. Answers arrive as events. */

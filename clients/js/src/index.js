@@ -491,7 +491,7 @@ export class WsfanClient {
     if (!ch) return;
     ch.joined = true;
     const head = typeof f.head === 'number' ? f.head : 0;
-    this.emit('joined', { channel: f.channel, present: f.present || [], head });
+    this.emit('joined', { channel: f.channel, present: f.present || [], head, reads: f.reads || {} });
     if (ch.resolveFirstJoin) { ch.resolveFirstJoin(f); ch.resolveFirstJoin = null; }
     if (ch.lastSeq === null) {
       // A first join starts from now; what came before is the app's to page through history.
@@ -664,8 +664,11 @@ export class WsfanClient {
     return this.request({ action: 'react', channel, messageId, emoji }, `ack:react:${channel}`);
   }
 
-  read(channel, messageId) {
-    return this.request({ action: 'read', channel, messageId }, `ack:read:${channel}`);
+  /** Moves your read cursor to this message; pass its `seq` (from the message frame). */
+  read(channel, messageId, seq) {
+    const frame = { action: 'read', channel, messageId };
+    if (typeof seq === 'number') frame.seq = seq;
+    return this.request(frame, `ack:read:${channel}`);
   }
 
   /** Typing is fire-and-forget: dropped when not connected. */

@@ -97,6 +97,36 @@ describe('the wsfan client', () => {
     client.close();
   });
 
+  it('passes on the read cursors, sends a receipt with its seq, and delivers receipts and reactions as they come', async () => {
+    const { client, socket, delivered } = await started();
+    const joins = [];
+    const receipts = [];
+    const reactions = [];
+    client.on('joined', (j) => joins.push(j));
+    client.on('receipt', (r) => receipts.push(r.readSeq));
+    client.on('reaction', (r) => reactions.push(r.reactions));
+    const joined = client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 5, present: ['alice'], reads: { alice: 5, bob: 3 } });
+    await joined;
+    assert.deepEqual(joins[0].reads, { alice: 5, bob: 3 });
+    socket.push(chat(6));
+    const read = client.read('workspace:1', 'm6', 6);
+    assert.deepEqual(socket.take('read'), { action: 'read', channel: 'workspace:1', messageId: 'm6', seq: 6 });
+    socket.push({ type: 'ack', action: 'read', channel: 'workspace:1', messageId: 'r1', seq: 6, duplicate: false });
+    assert.equal((await read).seq, 6);
+    // Neither takes a seq: each is delivered at once, and the channel's sequence goes on.
+    socket.push({ type: 'receipt', channel: 'workspace:1', messageId: 'r2', senderId: 'bob', targetId: 'm6', readSeq: 6, sentAt: 1 });
+    const summary = { '👍': { count: 1, users: ['bob'] } };
+    socket.push({ type: 'reaction', channel: 'workspace:1', messageId: 'x1', senderId: 'bob', targetId: 'm6', emoji: '👍', reactions: summary, sentAt: 1 });
+    socket.push(chat(7));
+    assert.deepEqual(receipts, [6]);
+    assert.deepEqual(reactions, [summary]);
+    assert.deepEqual(delivered, [6, 7]);
+    assert.equal(client.state, 'connected');
+    client.close();
+  });
+
   it('unpacks a batch frame in order, as if its frames had come one by one', async () => {
     const { client, socket, delivered } = await started();
     const presence = [];

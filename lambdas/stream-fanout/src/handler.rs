@@ -1,5 +1,5 @@
-//! The DynamoDB stream fanout: pushes messages, reactions, typing, receipts and presence to every
-//! member of a channel.
+//! The DynamoDB stream fanout: pushes messages, reactions (a message's summary changed), typing,
+//! receipts (a user's read cursor moved) and presence to every member of a channel.
 //!
 //! A batch's records are taken a channel at a time (different channels concurrently). For a
 //! channel, every frame its records ask for is worked out first, in stream order, and then each
@@ -8,6 +8,9 @@
 //! connected with `?batch=1` gets its frames coalesced, as many as fit in one post, as
 //! `{"type":"batch","frames":[...]}` (API Gateway bills a post per 32 KB, so this costs no more
 //! and draws far fewer posts from the budget); every other member gets one frame a post.
+//!
+//! Of one user's read-cursor moves in a channel's batch, only the last is pushed: it says all the
+//! earlier ones would (a burst of receipts coalesces into one frame per member).
 //!
 //! A record that can never be used (a message item that breaks the contract, say one a backend
 //! wrote without a body) is not retried: it goes to the stream's failure destination at once,
@@ -44,7 +47,13 @@ pub const ENV: &[&str] = &[
 ];
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
-pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[keys::MSG_PREFIX, keys::EVT_PREFIX, keys::USER_PREFIX];
+pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[
+    keys::MSG_PREFIX,
+    keys::EVT_PREFIX,
+    keys::USER_PREFIX,
+    keys::REACT_PREFIX,
+    keys::READ_PREFIX,
+];
 
 /// Memberships (`CONN#`) matter only when inserted with this attribute; the stream filter lets
 /// exactly those through.
@@ -66,6 +75,8 @@ use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
+use wsfan_shared::reactions::SummaryItem;
+use wsfan_shared::reads::ReadCursor;
 use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Store, StoreError};
 
@@ -120,6 +131,9 @@ pub struct Push {
 }
 
 /// What one record asks for.
+// One per stream record, made once and read in place: boxing the frame would only add an
+// allocation per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
     Push(Push),
@@ -200,6 +214,9 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
             frame,
         })));
     }
+    if sk.starts_with(keys::REACT_PREFIX) || sk.starts_with(keys::READ_PREFIX) {
+        return moved(record);
+    }
     if let Some(connection_id) = sk.strip_prefix(keys::CONN_PREFIX) {
         if record.event_name != "INSERT" {
             return Ok(None);
@@ -243,15 +260,38 @@ pub fn classify(record: &EventRecord) -> Result<Option<Work>, RecordError> {
     Ok(None)
 }
 
+/// A message's reaction summary or a user's read cursor changed: push the latest reaction with
+/// the whole summary, or the receipt with the cursor. Only a new reaction or receipt (a new
+/// `messageId` on the item) is news; the TTL's removal is not.
+fn moved(record: &EventRecord) -> Result<Option<Work>, RecordError> {
+    let new_id = record.change.new_image.get("messageId");
+    if record.event_name == "REMOVE" || new_id.is_none() || new_id == record.change.old_image.get("messageId") {
+        return Ok(None);
+    }
+    let channel = channel_of(record)?;
+    let image = record.change.new_image.clone();
+    let frame = if string_key(record, "sk")?.starts_with(keys::REACT_PREFIX) {
+        let summary: SummaryItem =
+            serde_dynamo::from_item(image).map_err(|e| RecordError::Malformed(format!("reaction summary: {e}")))?;
+        ServerFrame::Reaction(summary.to_event(&channel))
+    } else {
+        let cursor: ReadCursor =
+            serde_dynamo::from_item(image).map_err(|e| RecordError::Malformed(format!("read cursor: {e}")))?;
+        ServerFrame::Receipt(cursor.to_event())
+    };
+    Ok(Some(Work::Push(Push { channel, frame })))
+}
+
 /// The history page a connection asked for at connect, as the frame it gets.
 async fn history_frame<S: Store>(store: &S, channel: &ChannelId, limit: u32) -> Result<String, RecordError> {
     let page = store.history(channel, HistoryCursor::Latest, limit).await?;
     let frame = ServerFrame::History {
         channel: channel.to_string(),
-        messages: page.messages.iter().map(Message::to_frame).collect(),
+        messages: page.frames(),
         before: page.before,
         after: None,
         complete: None,
+        reads: None,
     };
     Ok(frame.to_json())
 }
@@ -287,6 +327,11 @@ fn fail_from(outcomes: &mut ChannelOutcomes, first: usize, error: RecordError) {
     }
 }
 
+/// Whether `work` is a move of `user`'s read cursor.
+fn moves_cursor_of(work: &Result<Work, RecordError>, user: &str) -> bool {
+    matches!(work, Ok(Work::Push(Push { frame: ServerFrame::Receipt(r), .. })) if r.read_seq.is_some() && r.sender_id == user)
+}
+
 /// Works out every frame a channel's records ask for, in stream order. A record that can never be
 /// used goes to the failure destination; one that fails here (its history read, or the failure
 /// destination) stops the plan, and it and the records after it are retried.
@@ -298,6 +343,18 @@ async fn plan<S: Store, F: FailureDestination>(
     let mut planned = Vec::new();
     for (index, (record, work)) in records.iter().enumerate() {
         let step = match work {
+            // A later move of the same user's read cursor in this batch says all this one would:
+            // a burst of one user's receipts is pushed once.
+            Ok(Work::Push(Push {
+                frame: ServerFrame::Receipt(receipt),
+                ..
+            })) if receipt.read_seq.is_some()
+                && records[index + 1..]
+                    .iter()
+                    .any(|(_, later)| moves_cursor_of(later, &receipt.sender_id)) =>
+            {
+                Ok(None)
+            }
             Ok(Work::Push(Push { frame, .. })) => {
                 let except_user = match frame {
                     ServerFrame::Presence { user_id, .. } => Some(user_id.clone()),

@@ -40,10 +40,12 @@ use wsfan_shared::clock;
 use wsfan_shared::config::Retention;
 use wsfan_shared::limiter::FrameLimiter;
 use wsfan_shared::model::{Membership, Message, MessageKind};
-use wsfan_shared::protocol::{ClientFrame, ErrorCode, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
+use wsfan_shared::protocol::{ClientFrame, ErrorCode, HistoryCursor, ProtocolError, ServerFrame, MAX_PRESENT_USERS};
 use wsfan_shared::rate::Verdict;
+use wsfan_shared::reactions::Reaction;
+use wsfan_shared::reads::{ReadCursor, Reads, MAX_LISTED_READS};
 use wsfan_shared::revocation::TokenVerifier;
-use wsfan_shared::store::{IdentityStore, Store, StoreError};
+use wsfan_shared::store::{IdentityStore, PostOutcome, Store, StoreError, SEQ_LOOKUP_DEPTH};
 use wsfan_shared::websocket::{empty, frame, RouteRequest};
 
 pub async fn handle<S: Store + IdentityStore, L: FrameLimiter, V: TokenVerifier>(
@@ -186,10 +188,12 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
                     .map_err(|e| store_error(&channel, e))?;
                 // Read after the membership committed: everything after it is pushed to us.
                 let head = self.store.head(&channel).await.map_err(|e| store_error(&channel, e))?;
+                let reads = self.reads(&channel).await?;
                 Some(ServerFrame::Joined {
                     channel: channel.to_string(),
                     head,
                     present,
+                    reads,
                 })
             }
             ClientFrame::Leave { channel } => {
@@ -220,16 +224,64 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
                 emoji,
             } => {
                 let channel = self.channel_or_default(channel).await?;
-                let mut message = self.message(identity, MessageKind::Reaction, &channel)?;
-                message.target_id = Some(message_id);
-                message.emoji = Some(emoji);
-                Some(self.post("react", message).await?)
+                // Not a message of its own: the reacted message's summary changes.
+                let shape = self.message(identity, MessageKind::Reaction, &channel)?;
+                let reaction = Reaction {
+                    channel,
+                    target_id: message_id,
+                    message_id: shape.message_id,
+                    sender_id: shape.sender_id,
+                    emoji,
+                    sent_at: shape.sent_at,
+                    expires_at: shape.expires_at,
+                };
+                let outcome = self
+                    .store
+                    .react(&reaction, &self.request.connection_id)
+                    .await
+                    .map_err(|e| store_error(&reaction.channel, e))?;
+                Some(ack("react", &reaction.channel, outcome, None))
             }
-            ClientFrame::Read { channel, message_id } => {
+            ClientFrame::Read {
+                channel,
+                message_id,
+                seq,
+            } => {
                 let channel = self.channel_or_default(channel).await?;
-                let mut message = self.message(identity, MessageKind::Receipt, &channel)?;
-                message.target_id = Some(message_id);
-                Some(self.post("read", message).await?)
+                // Not a message of its own: the user's read cursor moves forward.
+                let shape = self.message(identity, MessageKind::Receipt, &channel)?;
+                let seq = match seq {
+                    Some(seq) => seq,
+                    None => self
+                        .store
+                        .seq_of(&channel, &message_id)
+                        .await
+                        .map_err(|e| store_error(&channel, e))?
+                        .ok_or_else(|| {
+                            ProtocolError::new(
+                                ErrorCode::InvalidField,
+                                format!(
+                                    "messageId is not among the last {SEQ_LOOKUP_DEPTH} messages of {channel}; \
+                                     send the message's \"seq\" with it"
+                                ),
+                            )
+                        })?,
+                };
+                let cursor = ReadCursor {
+                    channel,
+                    user_id: shape.sender_id,
+                    seq,
+                    target_id: message_id,
+                    message_id: shape.message_id,
+                    sent_at: shape.sent_at,
+                    expires_at: clock::now_secs() + self.retention.message_secs,
+                };
+                let outcome = self
+                    .store
+                    .read(&cursor, &self.request.connection_id)
+                    .await
+                    .map_err(|e| store_error(&cursor.channel, e))?;
+                Some(ack("read", &cursor.channel, outcome, None))
             }
             ClientFrame::Typing { channel } => {
                 let channel = self.channel_or_default(channel).await?;
@@ -256,12 +308,18 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
                     .history(&channel, cursor, limit)
                     .await
                     .map_err(|e| store_error(&channel, e))?;
+                // Recovery brings the read cursors up to date too.
+                let reads = match cursor {
+                    HistoryCursor::After(_) => Some(self.reads(&channel).await?),
+                    _ => None,
+                };
                 Some(ServerFrame::History {
                     channel: channel.to_string(),
-                    messages: page.messages.iter().map(Message::to_frame).collect(),
+                    messages: page.frames(),
                     before: page.before,
                     after: page.after,
                     complete: page.complete,
+                    reads,
                 })
             }
             ClientFrame::Presence { channel } => {
@@ -353,6 +411,14 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
         })
     }
 
+    /// The users' read cursors in a channel, as `joined` and recovery carry them.
+    async fn reads(&self, channel: &ChannelId) -> Result<Reads, ProtocolError> {
+        self.store
+            .reads(channel, MAX_LISTED_READS)
+            .await
+            .map_err(|e| store_error(channel, e))
+    }
+
     /// The channel a frame named, or else the connection's default channel (one read).
     async fn channel_or_default(&self, named: Option<ChannelId>) -> Result<ChannelId, ProtocolError> {
         if let Some(channel) = named {
@@ -420,13 +486,17 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
             .post(&message, Some(&self.request.connection_id))
             .await
             .map_err(|e| store_error(&message.channel, e))?;
-        Ok(ServerFrame::Ack {
-            action: action.to_owned(),
-            channel: message.channel.to_string(),
-            message_id: outcome.message_id,
-            client_msg_id: message.client_msg_id,
-            seq: outcome.seq,
-            duplicate: outcome.duplicate,
-        })
+        Ok(ack(action, &message.channel, outcome, message.client_msg_id))
+    }
+}
+
+fn ack(action: &str, channel: &ChannelId, outcome: PostOutcome, client_msg_id: Option<String>) -> ServerFrame {
+    ServerFrame::Ack {
+        action: action.to_owned(),
+        channel: channel.to_string(),
+        message_id: outcome.message_id,
+        client_msg_id,
+        seq: outcome.seq,
+        duplicate: outcome.duplicate,
     }
 }

@@ -83,7 +83,7 @@ pub struct Retention {
     /// Connections and memberships: past API Gateway's 2-hour connection limit, because
     /// `$disconnect` is best effort.
     pub connection_secs: i64,
-    /// Messages, reactions and read receipts: history, and how far back recovery reaches.
+    /// Messages (history, and how far back recovery reaches), reaction summaries and read cursors.
     pub message_secs: i64,
     /// Typing notices.
     pub event_secs: i64,

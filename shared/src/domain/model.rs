@@ -6,7 +6,9 @@
 //! | membership | `CHAN#<channel>`  | `CONN#<id>`               |
 //! | presence   | `CHAN#<channel>`  | `USER#<userId>`           |
 //! | head       | `CHAN#<channel>`  | `HEAD` (`seq`: the channel's last sequence number) |
-//! | message    | `CHAN#<channel>`  | `MSG#<seq, 20 digits>` (message, reaction, read receipt: kept, recovered) |
+//! | message    | `CHAN#<channel>`  | `MSG#<seq, 20 digits>` (a message: kept, recovered; reactions and receipts stored before they left the sequence too) |
+//! | reactions  | `CHAN#<channel>`  | `REACT#<messageId>` (one message's reaction summary: `domain/reactions.rs`) |
+//! | read cursor | `CHAN#<channel>` | `READ#<userId>` (how far a user has read: `domain/reads.rs`) |
 //! | event      | `CHAN#<channel>`  | `EVT#<ulid>` (typing: short-lived, never recovered) |
 //! | dedupe     | `CHAN#<channel>`  | `DEDUPE#<sender>#<clientMsgId>` |
 //! | progress   | `DOC#<docId>`     | `PROGRESS`                |
@@ -39,6 +41,10 @@ pub mod keys {
     pub const USER_PREFIX: &str = "USER#";
     pub const DEDUPE_PREFIX: &str = "DEDUPE#";
     pub const DOC_PREFIX: &str = "DOC#";
+    /// A message's reaction summary (`domain/reactions.rs`), keyed by the message's id.
+    pub const REACT_PREFIX: &str = "REACT#";
+    /// A user's read cursor in a channel (`domain/reads.rs`).
+    pub const READ_PREFIX: &str = "READ#";
 
     pub fn connection(connection_id: &str) -> String {
         format!("{CONN_PREFIX}{connection_id}")
@@ -53,6 +59,12 @@ pub mod keys {
     /// The sequence number back from a message sort key.
     pub fn message_seq(sk: &str) -> Option<u64> {
         sk.strip_prefix(MSG_PREFIX)?.parse().ok()
+    }
+    pub fn read_cursor(user_id: &str) -> String {
+        format!("{READ_PREFIX}{user_id}")
+    }
+    pub fn reactions(message_id: &str) -> String {
+        format!("{REACT_PREFIX}{message_id}")
     }
     pub fn event(event_id: &str) -> String {
         format!("{EVT_PREFIX}{event_id}")
@@ -201,6 +213,8 @@ impl Message {
             client_msg_id: self.client_msg_id.clone(),
             target_id: self.target_id.clone(),
             emoji: self.emoji.clone(),
+            reactions: None,
+            read_seq: None,
             sent_at: self.sent_at,
         }
     }

@@ -69,9 +69,12 @@ pub enum ClientFrame {
     Typing {
         channel: Option<ChannelId>,
     },
+    /// The user has read up to this message: `seq` is its number (clients have it from the
+    /// message frame); without it, the store looks the number up among the latest messages.
     Read {
         channel: Option<ChannelId>,
         message_id: String,
+        seq: Option<u64>,
     },
     /// Who is present in a channel.
     Presence {
@@ -166,6 +169,15 @@ impl ClientFrame {
             "read" => ClientFrame::Read {
                 channel: fields.optional_channel()?,
                 message_id: fields.message_id("messageId")?,
+                seq: match fields.seq("seq")? {
+                    Some(0) => {
+                        return Err(ProtocolError::invalid(
+                            "seq",
+                            "must be the seq of a message (1 or more)",
+                        ))
+                    }
+                    seq => seq,
+                },
             },
             "subscribe" | "progress" => {
                 let doc_id = fields.required_str("docId")?;
@@ -513,8 +525,9 @@ impl ProtocolError {
 pub struct ChatEvent {
     pub channel: String,
     pub message_id: String,
-    /// The channel's sequence number (messages, reactions, receipts): gapless and in commit
-    /// order, so a client that sees n+2 after n knows it missed n+1.
+    /// The channel's sequence number (messages): gapless and in commit order, so a client that
+    /// sees n+2 after n knows it missed n+1. Reactions and read receipts are not in the sequence
+    /// (only those stored before they left it carry one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     pub sender_id: String,
@@ -527,6 +540,12 @@ pub struct ChatEvent {
     pub target_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emoji: Option<String>,
+    /// A message's reactions (in `history`), or the reacted message's (a pushed `reaction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactions: Option<crate::reactions::Summary>,
+    /// A receipt: the `seq` of the message the sender has now read up to (its read cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<u64>,
     pub sent_at: i64,
 }
 
@@ -543,6 +562,10 @@ pub enum ServerFrame {
         /// a newcomer starts from a full list; presence frames keep it current. At most
         /// MAX_PRESENT_USERS.
         present: Vec<String>,
+        /// Each user's read cursor in the channel: the `seq` they have read up to (at most
+        /// MAX_LISTED_READS users); `receipt` frames keep it current.
+        #[serde(default)]
+        reads: crate::reads::Reads,
     },
     #[serde(rename_all = "camelCase")]
     Left {
@@ -573,8 +596,8 @@ pub enum ServerFrame {
     },
     History {
         channel: String,
-        /// Oldest first, each a `message`, `reaction` or `receipt` frame exactly as pushed (with
-        /// `type`, `seq` and `messageId`).
+        /// Oldest first, each a `message` frame as pushed (with `type`, `seq` and `messageId`) and
+        /// its reactions; a `reaction` or `receipt` stored in the sequence before they left it too.
         messages: Vec<ServerFrame>,
         /// Pass as `before` to get the page before this one; absent on the oldest page.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -588,6 +611,9 @@ pub enum ServerFrame {
         /// recover exactly and should reload from the latest page.
         #[serde(skip_serializing_if = "Option::is_none")]
         complete: Option<bool>,
+        /// Recovery only: each user's read cursor now, as in `joined`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads: Option<crate::reads::Reads>,
     },
     Pong {
         at: i64,
@@ -836,6 +862,24 @@ mod tests {
         assert_eq!(e.code, ErrorCode::UnknownAction);
         assert!(e.message.contains("{\"body\":…}"), "{}", e.message);
         assert_eq!(code(r#"{"type":"message"}"#), ErrorCode::MissingField);
+    }
+
+    #[test]
+    fn a_read_receipt_may_carry_the_seq_it_reads_up_to() {
+        let ulid = "01JD0000000000000000000000";
+        let read = |extra: &str| {
+            ClientFrame::parse(&format!(
+                r#"{{"action":"read","channel":"workspace:1","messageId":"{ulid}"{extra}}}"#
+            ))
+        };
+        let seq_of = |frame: ClientFrame| match frame {
+            ClientFrame::Read { seq, .. } => seq,
+            other => panic!("not a read: {other:?}"),
+        };
+        assert_eq!(seq_of(read(r#","seq":12"#).unwrap()), Some(12));
+        assert_eq!(seq_of(read("").unwrap()), None);
+        assert_eq!(read(r#","seq":0"#).unwrap_err().code, ErrorCode::InvalidField);
+        assert_eq!(read(r#","seq":"12""#).unwrap_err().code, ErrorCode::InvalidField);
     }
 
     #[test]

@@ -97,7 +97,6 @@ pub(super) async fn members(store: &DynamoStore, channel: &ChannelId) -> Result<
 }
 
 pub(super) async fn present(store: &DynamoStore, channel: &ChannelId, limit: usize) -> Result<Vec<String>, StoreError> {
-    let deadline = store.deadline();
     let query = store
         .client
         .query()
@@ -107,26 +106,10 @@ pub(super) async fn present(store: &DynamoStore, channel: &ChannelId, limit: usi
         .expression_attribute_values(":pk", s(keys::channel(channel)))
         .expression_attribute_values(":user", s(keys::USER_PREFIX))
         .projection_expression("userId")
-        .consistent_read(true)
-        // Pages of `limit`: a full 1 MB page read every presence item of a large channel
-        // for each join, to answer with the first 200 (a join storm read N² items).
-        .limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1));
-    let mut users = Vec::new();
-    let mut start = None;
-    loop {
-        let page = query.clone().set_exclusive_start_key(start);
-        let out = retried("Query", deadline, |_| page.clone().send()).await?;
-        for item in out.items.unwrap_or_default() {
-            if let Some(user) = item.get("userId").and_then(|v| v.as_s().ok()) {
-                users.push(user.clone());
-            }
-            if users.len() >= limit {
-                return Ok(users);
-            }
-        }
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            return Ok(users);
-        }
-    }
+        .consistent_read(true);
+    let items = store.first_items(query, limit).await?;
+    Ok(items
+        .iter()
+        .filter_map(|item| item.get("userId").and_then(|v| v.as_s().ok()).cloned())
+        .collect())
 }

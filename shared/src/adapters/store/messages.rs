@@ -84,7 +84,7 @@ impl DynamoStore {
             .set_key(Some(key_of(keys::channel(channel), keys::HEAD.to_owned())))
             .consistent_read(true);
         let out = retried("GetItem", deadline, |_| get.clone().send()).await?;
-        let head = out.item.as_ref().map_or(0, head_of);
+        let head = out.item.as_ref().map_or(0, seq_in);
         self.remember_head(channel, head);
         Ok(head)
     }
@@ -96,14 +96,6 @@ fn dedupe_of(item: &Item) -> Option<(String, Option<u64>)> {
     item.get("messageId")
         .and_then(|v| v.as_s().ok())
         .map(|id| (id.clone(), seq))
-}
-
-/// The sequence number a head item holds (0 without one).
-fn head_of(item: &Item) -> u64 {
-    item.get(SEQ)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 pub(super) async fn post(
@@ -232,7 +224,7 @@ pub(super) async fn post(
         // Another send took this number. The cancellation says which head it left (none: the
         // head is gone or never was, so read it). A first loss is most likely a remembered head
         // gone stale; later ones are a race, so racing senders spread out with a short pause.
-        known = found.get(head_index).cloned().flatten().map(|head| head_of(&head));
+        known = found.get(head_index).cloned().flatten().map(|head| seq_in(&head));
         if let Some(head) = known {
             store.remember_head(&message.channel, head);
         }
@@ -261,6 +253,7 @@ pub(super) async fn history(
             before: None,
             after: None,
             complete: matches!(cursor, HistoryCursor::After(_)).then_some(false),
+            reactions: HashMap::new(),
         });
     }
     let deadline = store.deadline();
@@ -298,6 +291,12 @@ pub(super) async fn history(
         }
         messages.push(message);
     }
+    let ids: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.kind == crate::model::MessageKind::Message)
+        .map(|m| m.message_id.as_str())
+        .collect();
+    let reactions = reactions::summaries(store, deadline, channel, &ids).await?;
     if !forward {
         messages.reverse();
         let before = more.then(|| messages.first().and_then(|m| m.seq)).flatten();
@@ -306,6 +305,7 @@ pub(super) async fn history(
             before,
             after: None,
             complete: None,
+            reactions,
         });
     }
     let HistoryCursor::After(after) = cursor else {
@@ -323,6 +323,7 @@ pub(super) async fn history(
         messages,
         before: None,
         complete: Some(complete),
+        reactions,
     })
 }
 

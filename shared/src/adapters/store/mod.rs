@@ -24,10 +24,13 @@ use crate::config::Retention;
 use crate::model::{keys, Connection, Membership, Message, PK, SK};
 use crate::progress::ProgressEvent;
 use crate::protocol::HistoryCursor;
+use crate::reactions::Reaction;
+use crate::reads::{ReadCursor, Reads};
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub use budget::{BudgetLedger, BUDGET_PK};
 pub use expiry::{Due, Expired, IdentityStore, CHANNELS, FIRST_SWEEP_LOOKBACK_MINUTES, ROLE};
+pub use reads::SEQ_LOOKUP_DEPTH;
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -116,6 +119,24 @@ pub struct HistoryPage {
     /// Recovery: whether the page starts right after the requested point (nothing expired or
     /// unknown in between).
     pub complete: Option<bool>,
+    /// The reaction summaries of the page's messages, by message id (those with reactions).
+    pub reactions: HashMap<String, crate::reactions::Summary>,
+}
+
+impl HistoryPage {
+    /// The page's entries as frames, each message with its reactions.
+    pub fn frames(&self) -> Vec<crate::protocol::ServerFrame> {
+        self.messages
+            .iter()
+            .map(|m| {
+                let mut frame = m.to_frame();
+                if let crate::protocol::ServerFrame::Message(event) = &mut frame {
+                    event.reactions = self.reactions.get(&m.message_id).cloned();
+                }
+                frame
+            })
+            .collect()
+    }
 }
 
 /// One connection in a channel, as the fanout needs it.
@@ -181,6 +202,25 @@ pub trait Store: Send + Sync {
         cursor: HistoryCursor,
         limit: u32,
     ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// Records `reaction` in its message's summary, if the member's connection is in the channel
+    /// (`NotMember` if not). A reaction the user already made answers `duplicate`.
+    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// Moves the user's read cursor forward to `cursor`, if the member's connection is in the
+    /// channel (`NotMember` if not). The outcome's `seq` is where the cursor is; `duplicate`: it
+    /// was there or further already, and nothing changed.
+    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// Up to `limit` users' read cursors in the channel.
+    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send;
+
+    /// The `seq` of a message among the channel's latest [`SEQ_LOOKUP_DEPTH`] history items.
+    fn seq_of(
+        &self,
+        channel: &ChannelId,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// The channel's last sequence number; 0 before its first message.
     fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -312,6 +352,14 @@ fn member_of(item: &Item) -> Option<Member> {
     })
 }
 
+/// The sequence number an item holds in `seq` (a head, a dedupe item, a read cursor; 0 without).
+fn seq_in(item: &Item) -> u64 {
+    item.get(SEQ)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Which actions of a cancelled transaction failed their condition.
 fn failed_conditions(failure: &Failure<TransactWriteItemsError>) -> Option<Vec<bool>> {
     match failure.service_error()? {
@@ -342,6 +390,8 @@ mod expiry;
 mod members;
 mod messages;
 mod progress;
+mod reactions;
+mod reads;
 pub(crate) mod retry;
 
 use retry::{retried, Failure};
@@ -438,6 +488,33 @@ impl DynamoStore {
             .build()
     }
 
+    /// Up to `limit` items `query` finds, read a page of `limit` at a time: a full 1 MB page read
+    /// every item of a large channel to answer with the first few (a join storm read N² items).
+    async fn first_items(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let deadline = self.deadline();
+        let query = query.limit(i32::try_from(limit).unwrap_or(i32::MAX).max(1));
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = query.clone().set_exclusive_start_key(start);
+            let out = retried("Query", deadline, |_| page.clone().send()).await?;
+            for item in out.items.unwrap_or_default() {
+                items.push(item);
+                if items.len() >= limit {
+                    return Ok(items);
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Commits a transaction, retried for conflicts, throttles and 5xx until `deadline`. After
     /// a try whose outcome is unknown, the next one replays its `ClientRequestToken`, so that
     /// DynamoDB answers it as the commit it may have been instead of applying it twice.
@@ -520,6 +597,26 @@ impl Store for DynamoStore {
 
     fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send {
         messages::head(self, channel)
+    }
+
+    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        reactions::react(self, reaction, member)
+    }
+
+    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        reads::read(self, cursor, member)
+    }
+
+    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send {
+        reads::reads(self, channel, limit)
+    }
+
+    fn seq_of(
+        &self,
+        channel: &ChannelId,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        reads::seq_of(self, channel, message_id)
     }
 
     fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
