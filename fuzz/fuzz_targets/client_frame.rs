@@ -22,9 +22,11 @@ fn encode(frame: &ClientFrame) -> Value {
             emoji,
         } => json!({"action": "react", "channel": channel, "messageId": message_id, "emoji": emoji}),
         ClientFrame::Typing { channel } => json!({"action": "typing", "channel": channel}),
-        ClientFrame::Read { channel, message_id } => {
-            json!({"action": "read", "channel": channel, "messageId": message_id})
-        }
+        ClientFrame::Read {
+            channel,
+            message_id,
+            seq,
+        } => json!({"action": "read", "channel": channel, "messageId": message_id, "seq": seq}),
         ClientFrame::Subscribe { doc_id } => json!({"action": "subscribe", "docId": doc_id}),
         ClientFrame::Presence { channel } => json!({"action": "presence", "channel": channel}),
         ClientFrame::History { channel, cursor, limit } => {
@@ -36,6 +38,7 @@ fn encode(frame: &ClientFrame) -> Value {
             json!({"action": "history", "channel": channel, "before": before, "after": after, "limit": limit})
         }
         ClientFrame::Ping => json!({"action": "ping"}),
+        ClientFrame::Auth { token } => json!({"action": "auth", "token": token}),
         ClientFrame::Register { channel } => json!({"type": "register", "sessionID": channel.id()}),
     }
 }
