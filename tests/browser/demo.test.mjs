@@ -201,8 +201,9 @@ describe('wsfan dev demo page', { timeout: 180_000 }, () => {
   });
 
   it('"Load older" pages back through history', async () => {
-    // 21 more messages: with alice's, bob's and the reaction, the channel holds 24 history items,
-    // so a newcomer's first page (20) leaves alice's message and its reaction to the older page.
+    // 21 more messages: with alice's and bob's, the channel holds 23 (a reaction is its
+    // message's summary, not an item of history), so a newcomer's first page (20) leaves alice's
+    // message, with its reaction, to the older page.
     const dave = await openAs('dave');
     await dave.evaluate(() => {
       for (let i = 1; i <= 21; i++) {
