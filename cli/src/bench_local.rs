@@ -525,12 +525,20 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     report["posts"] = json!(seen.posts.load(Ordering::Relaxed));
 
     // Close the fanout clients before the soak, as clients leave.
+    let closing_from = crate::dev_log::log_len(&stack.log);
+    let closed = outboxes.len();
     drop(outboxes);
     settle(&seen, Duration::from_secs(1), Duration::from_secs(60)).await;
-    // Once they have gone, nothing of theirs may stay (their `$disconnect`s may still be running).
-    let left_behind = wait_for_no_leftovers(stack, Duration::from_secs(60)).await?;
-    println!("left behind once the clients had gone: {left_behind}");
+    // Once they have gone, nothing of theirs may stay: when every `$disconnect` has run (read
+    // from the stack's log, which costs moto nothing), one scan of the table.
+    let disconnects = wait_for_disconnects(stack, closing_from, closed, Duration::from_secs(300)).await;
+    let left_behind = left_behind(stack).await?;
+    println!(
+        "left behind once the clients had gone: {left_behind} ({} $disconnects ran, {} of them FAILED)",
+        disconnects.0, disconnects.1
+    );
     report["leftBehind"] = left_behind;
+    report["disconnects"] = json!({"ran": disconnects.0, "failed": disconnects.1});
 
     if bench.soak > 0 {
         report["soak"] = soak(&stack.ws_url, bench.soak).await?;
@@ -544,48 +552,61 @@ async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String
     Ok(report)
 }
 
-/// What the clients left in the table, by kind, once every `$disconnect` had time to run: what a
-/// connection writes that must go with it (its connection item and limiter item under `CONN#`,
-/// its memberships, its place in a presence item). Messages, heads, dedupe and budget items are
-/// the channel's, and an emptied presence item stays until its TTL (docs/DESIGN-NOTES.md).
-async fn wait_for_no_leftovers(stack: &DevProcess, within: Duration) -> Result<Value, String> {
-    let sdk = wsfan_local::moto::sdk_config(&stack.moto).await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
+/// Waits until `count` `$disconnect` invocations are in the stack's log after byte `from`, or
+/// `within` passes: (ran, failed).
+async fn wait_for_disconnects(stack: &DevProcess, from: usize, count: usize, within: Duration) -> (usize, usize) {
     let deadline = Instant::now() + within;
     loop {
-        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
-        let mut pages = client.scan().table_name(&stack.table).into_paginator().items().send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| format!("scanning for leftovers: {e}"))?;
-            let text = |name: &str| {
-                item.get(name)
-                    .and_then(|v| v.as_s().ok())
-                    .map(String::as_str)
-                    .unwrap_or("")
-            };
-            let kind = if text("pk").starts_with(keys::CONN_PREFIX) {
-                "connection items"
-            } else if text("sk").starts_with(keys::CONN_PREFIX) {
-                "memberships"
-            } else if text("sk").starts_with(keys::USER_PREFIX) && item.contains_key("connections") {
-                "presence items still naming a connection"
-            } else {
-                continue;
-            };
-            *counts.entry(kind).or_default() += 1;
+        let log = crate::dev_log::log_between(&stack.log, from, None);
+        let disconnects: Vec<_> = log
+            .lines()
+            .filter(|line| line.contains("$disconnect"))
+            .filter_map(crate::dev_log::invocation)
+            .filter(|i| i.function == "ws-disconnect")
+            .collect();
+        let failed = disconnects.iter().filter(|i| i.failed).count();
+        if disconnects.len() >= count || Instant::now() >= deadline {
+            return (disconnects.len(), failed);
         }
-        let total: u64 = counts.values().sum();
-        if total == 0 || Instant::now() >= deadline {
-            if total > 0 {
-                return Err(format!(
-                    "bench local failed: {total} items left behind {:.0} s after the clients left: {counts:?}",
-                    within.as_secs_f64()
-                ));
-            }
-            return Ok(json!(0));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// What the clients left in the table, by kind: what a connection writes that must go with it
+/// (its connection item and limiter item under `CONN#`, its memberships, its place in a presence
+/// item). Messages, heads, dedupe and budget items are the channel's, and an emptied presence
+/// item stays until its TTL (docs/DESIGN-NOTES.md). 0, or the run fails with the counts.
+async fn left_behind(stack: &DevProcess) -> Result<Value, String> {
+    let sdk = wsfan_local::moto::sdk_config(&stack.moto).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut pages = client.scan().table_name(&stack.table).into_paginator().items().send();
+    while let Some(item) = pages.next().await {
+        let item = item.map_err(|e| format!("scanning for leftovers: {e}"))?;
+        let text = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                .unwrap_or("")
+        };
+        let kind = if text("pk").starts_with(keys::CONN_PREFIX) {
+            "connection items"
+        } else if text("sk").starts_with(keys::CONN_PREFIX) {
+            "memberships"
+        } else if text("sk").starts_with(keys::USER_PREFIX) && item.contains_key("connections") {
+            "presence items still naming a connection"
+        } else {
+            continue;
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let total: u64 = counts.values().sum();
+    if total > 0 {
+        return Err(format!(
+            "bench local failed: {total} items left behind once every client's $disconnect had run: {counts:?}"
+        ));
+    }
+    Ok(json!(0))
 }
 
 /// A quiet client's ack latency (a message every 50 ms) for `length`, with or without a flooding
