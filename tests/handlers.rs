@@ -11,11 +11,11 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::iam::IamPolicyEffect;
 use aws_sdk_dynamodb::types::AttributeValue;
-use harness::{fixture, n, s, TestTable, DEV_SECRET};
+use harness::{auth_config, dev_verifier, fixture, n, s, TestTable, DEV_SECRET};
 use serde_json::{json, Value};
 use ws_authorizer::Decision;
 use wsfan_shared::auth::{Claims, JwtVerifier};
-use wsfan_shared::config::{AuthConfig, KeySource, Retention};
+use wsfan_shared::config::{KeySource, Retention};
 use wsfan_shared::limiter::DynamoLimiter;
 use wsfan_shared::model::Connection;
 use wsfan_shared::rate::RateLimit;
@@ -24,20 +24,6 @@ use wsfan_shared::store::{DynamoStore, Store, StoreError};
 const CONN: &str = "L0SM9cOFvHcCIhw=";
 
 // ---------- helpers ----------
-
-fn auth_config(keys: KeySource, anonymous: Option<&str>) -> AuthConfig {
-    AuthConfig {
-        keys,
-        audience: None,
-        issuer: None,
-        anonymous_channels: anonymous.map(|a| wsfan_shared::access::parse_patterns(a).unwrap()),
-        leeway_secs: 0,
-    }
-}
-
-fn dev_verifier(anonymous: Option<&str>) -> JwtVerifier {
-    JwtVerifier::new(auth_config(KeySource::Secret(DEV_SECRET.into()), anonymous))
-}
 
 /// A fixture as JSON, edited, then read as the event type.
 fn event(path: &str, edit: impl FnOnce(&mut Value)) -> ApiGatewayWebsocketProxyRequest {

@@ -441,13 +441,7 @@ async fn all_at_once(
     let before = proxy.operations();
     let limiter = wsfan_shared::limiter::DynamoLimiter::new(store, wsfan_shared::rate::RateLimit::OFF);
     // These frames carry no token: the verifier (for `auth`) is never asked.
-    let verifier = wsfan_shared::auth::JwtVerifier::new(wsfan_shared::config::AuthConfig {
-        keys: wsfan_shared::config::KeySource::Secret(harness::DEV_SECRET.into()),
-        audience: None,
-        issuer: None,
-        anonymous_channels: None,
-        leeway_secs: 0,
-    });
+    let verifier = harness::dev_verifier(None);
     let answers = futures::future::join_all(members.iter().map(|(id, user)| {
         let (limiter, verifier, event) = (&limiter, &verifier, route_event(id, user, frame(user)));
         async move {

@@ -29,6 +29,26 @@ pub const FUNCTIONS: [&str; 8] = [
 /// The HS256 secret the fixtures' tokens are signed with. For local use only.
 pub const DEV_SECRET: &str = "wsfan-local-dev-secret";
 
+/// The authorizer's settings for tests: these keys, no audience or issuer, no leeway, and
+/// anonymous listeners on these patterns if any.
+pub fn auth_config(keys: wsfan_shared::config::KeySource, anonymous: Option<&str>) -> wsfan_shared::config::AuthConfig {
+    wsfan_shared::config::AuthConfig {
+        keys,
+        audience: None,
+        issuer: None,
+        anonymous_channels: anonymous.map(|a| wsfan_shared::access::parse_patterns(a).unwrap()),
+        leeway_secs: 0,
+    }
+}
+
+/// A verifier of tokens signed with [`DEV_SECRET`], as `wsfan dev` signs them.
+pub fn dev_verifier(anonymous: Option<&str>) -> wsfan_shared::auth::JwtVerifier {
+    wsfan_shared::auth::JwtVerifier::new(auth_config(
+        wsfan_shared::config::KeySource::Secret(DEV_SECRET.into()),
+        anonymous,
+    ))
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
