@@ -427,6 +427,7 @@ impl Gateway {
         });
 
         let deadline = tokio::time::Instant::now() + self.limits.max_connection;
+        let mut in_flight = tokio::task::JoinSet::new();
         let (status, reason) = loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(self.limits.idle_timeout, stream.next()) => next,
@@ -439,10 +440,19 @@ impl Gateway {
                 Ok(Some(Ok(m))) => m,
             };
             match message {
+                // API Gateway invokes the integration for each frame as it arrives, without waiting
+                // for the last one's answer, so a connection's frames run at once and may finish
+                // out of order. Running them one after another would hide a flood from the rate
+                // limit (one frame in flight) and give order promises API Gateway does not.
                 Message::Text(text) => {
-                    if let Some(answer) = self.route(&connection, text.as_str()).await {
-                        let _ = tx.send(Outgoing::Text(answer));
-                    }
+                    let (gateway, connection, tx) = (self.clone(), connection.clone(), tx.clone());
+                    in_flight.spawn(async move {
+                        if let Some(answer) = gateway.route(&connection, text.as_str()).await {
+                            let _ = tx.send(Outgoing::Text(answer));
+                        }
+                    });
+                    // Reap what has finished, so a long connection does not hold every task.
+                    while in_flight.try_join_next().is_some() {}
                 }
                 Message::Binary(_) => {
                     let _ = tx.send(Outgoing::Text(
@@ -465,6 +475,9 @@ impl Gateway {
             let _ = tx.send(Outgoing::Close(status, reason.clone()));
         }
         self.sockets.open.lock().unwrap().remove(&connection.id);
+        // The frames still running finish before $disconnect, as their invocations would; their
+        // answers have no socket to go to.
+        while in_flight.join_next().await.is_some() {}
         drop(tx);
         let _ = writer.await;
         self.disconnect(&connection, status, &reason).await;

@@ -128,6 +128,43 @@ async fn a_flooding_connection_gets_rate_limited_with_a_retry_hint_and_others_do
     stack.check_contract(&[&flooder, &other]);
 }
 
+#[tokio::test]
+async fn a_connection_s_frames_run_at_once_as_api_gateway_runs_them_so_a_flood_meets_the_default_limit() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // The template's limit (25 a second, bursts of 50). Every DynamoDB call takes 100 ms, so a
+    // gateway that ran a connection's frames one after another would pass at most 10 a second,
+    // under the limit, and no flood would ever be refused. API Gateway invokes the integration for
+    // each frame as it arrives; with room to scale out, 100 frames at once are over the burst.
+    let stack = Stack::start(&["--inject", "ddb-latency=100ms", "--concurrency", "32"]);
+    let mut flooder = stack.client("mallory").await;
+    const FLOOD: usize = 100;
+    for i in 0..FLOOD {
+        let frame = json!({"action": "ping", "n": i}).to_string();
+        flooder.socket.send(Message::Text(frame.into())).await.unwrap();
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < FLOOD {
+        let f = flooder
+            .expect("an answer to each flood frame", |f| {
+                f["type"] == "pong" || f["type"] == "error"
+            })
+            .await;
+        if f["type"] == "pong" {
+            pongs += 1;
+        } else {
+            assert_eq!(f["code"], "rate_limited", "{f}");
+            limited += 1;
+        }
+    }
+    assert!(
+        limited > 0,
+        "{pongs} pongs and no refusal: the frames ran one after another"
+    );
+    stack.check_contract(&[&flooder]);
+}
+
 impl Stack {
     /// `wsfan revoke` against this stack; its JSON answer.
     fn revoke(&self, args: &[&str]) -> serde_json::Value {

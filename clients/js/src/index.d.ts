@@ -33,7 +33,10 @@ export interface ClientOptions {
   answerTimeoutMs?: number;
   /** Resend an unacknowledged message (same clientMsgId) after this long (default 10 s). */
   resendAfterMs?: number;
-  /** Sends awaiting an ack at once; later ones wait in the outbox (default 20). */
+  /**
+   * Sends awaiting an ack at once, across channels (default 20); later ones wait in the outbox. A
+   * channel has one at a time, so that its messages are stored in the order they were sent.
+   */
   maxInFlight?: number;
   /** Messages per recovery page (1-100, default 100). */
   historyPageSize?: number;

@@ -611,15 +611,28 @@ export class WsfanClient {
     }, wait);
   }
 
-  /** Sends from the outbox, oldest first, up to maxInFlight awaiting an ack on this connection. */
+  /**
+   * Sends from the outbox, oldest first: one send per channel awaiting an ack on this connection,
+   * and up to maxInFlight across channels. API Gateway runs a connection's frames at once and does
+   * not keep their order, so a second send to the same channel waits for the first one's ack:
+   * that is what makes a channel store someone's messages in the order they were sent.
+   */
   pump() {
     if (!this.socket || this.socket.readyState !== 1) return;
     if (Date.now() < (this.holdUntil || 0)) return;
     let inFlight = 0;
-    for (const entry of this.outbox.values()) if (entry.sentOn === this.connectionNo) inFlight += 1;
+    // Channels with an older send in flight or held back: their later sends wait behind it.
+    const waiting = new Set();
+    for (const entry of this.outbox.values()) {
+      if (entry.sentOn !== this.connectionNo) continue;
+      inFlight += 1;
+      waiting.add(entry.channel);
+    }
     for (const entry of this.outbox.values()) {
       if (inFlight >= this.options.maxInFlight) break;
-      if (entry.sentOn === this.connectionNo || !this.channels.get(entry.channel)?.joined) continue;
+      if (waiting.has(entry.channel)) continue;
+      waiting.add(entry.channel);
+      if (!this.channels.get(entry.channel)?.joined) continue;
       if (!this.transmit(entry.frame)) break;
       entry.sentOn = this.connectionNo;
       entry.sentAt = Date.now();

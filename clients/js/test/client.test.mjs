@@ -207,25 +207,35 @@ describe('the wsfan client', () => {
     await tick();
     assert.equal(socket.sent.filter((f) => f.action === 'sendMessage').length, 0, 'nothing goes out during the wait');
     await new Promise((resolve) => setTimeout(resolve, 60));
-    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1', 'c-2']);
+    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1'], 'the limited send again, and the next behind it');
     socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'c-1', seq: 1, duplicate: false });
+    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1', 'c-2']);
     socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm2', clientMsgId: 'c-2', seq: 2, duplicate: false });
     assert.deepEqual([(await first).messageId, (await second).messageId], ['m1', 'm2']);
     client.close();
   });
 
-  it('sends a window of the outbox at a time', async () => {
+  it('sends one message per channel at a time, in order, and a window across channels', async () => {
     const { client, socket } = await started({ maxInFlight: 2 });
-    client.join('workspace:1');
-    socket.take('join');
-    const acks = ['a', 'b', 'c'].map((id) => client.send('workspace:1', id, { clientMsgId: id }));
-    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
-    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'b']);
+    const channels = ['workspace:1', 'workspace:2', 'workspace:3'];
+    for (const c of channels) client.join(c);
+    for (const c of channels) assert.equal(socket.take('join').channel, c);
+    const acks = [
+      client.send('workspace:1', 'a', { clientMsgId: 'a' }),
+      client.send('workspace:1', 'b', { clientMsgId: 'b' }),
+      client.send('workspace:2', 'c', { clientMsgId: 'c' }),
+      client.send('workspace:3', 'd', { clientMsgId: 'd' }),
+    ];
+    for (const c of channels) socket.push({ type: 'joined', channel: c, head: 0, present: [] });
+    // b waits for a's ack (API Gateway does not keep a connection's frames in order); c fills the window.
+    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'c']);
     socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'a', seq: 1, duplicate: false });
-    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'b', 'c']);
+    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'c', 'b']);
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:2', messageId: 'm2', clientMsgId: 'c', seq: 1, duplicate: false });
+    assert.deepEqual(socket.sent.map((f) => f.clientMsgId), ['a', 'c', 'b', 'd']);
     client.close();
     const outcomes = await Promise.allSettled(acks);
-    assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'rejected'], 'close rejects what is unacknowledged');
+    assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'fulfilled', 'rejected'], 'close rejects what is unacknowledged');
   });
 
   it('moves a progress bar only forward, through snapshots and replays', async () => {
