@@ -49,6 +49,11 @@ pub fn dev_verifier(anonymous: Option<&str>) -> wsfan_shared::auth::JwtVerifier 
     ))
 }
 
+/// When a handler invoked now must stop: ten seconds, well past any test's DynamoDB calls.
+pub fn invocation_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(10)
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -100,8 +100,7 @@ pub const UPGRADE_BACKOFF: [Duration; 6] = [
 /// Runtime API gives it) hands what is left on: [`HANDOFF_RESERVE`] before, or half-way for a
 /// timeout too short for that.
 pub fn stop_at(deadline_ms: u64) -> Instant {
-    let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap_or(0);
-    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let left = wsfan_shared::clock::time_left(deadline_ms);
     Instant::now() + left.saturating_sub(HANDOFF_RESERVE).max(left / 2)
 }
 
