@@ -231,11 +231,18 @@ async fn a_disconnect_whose_dynamodb_calls_go_unanswered_still_leaves_nothing_be
         .iter()
         .map(|c| c.parse().unwrap())
         .collect();
-    t.store
-        .connect(&connection(conn, "alice"), &channels)
+    // With a token, so that it also has an expiry bucket item (`EXP#<minute>` / `CONN#<id>`).
+    let alice = Connection {
+        token_exp: Some(wsfan_shared::clock::now_secs() + 3600),
+        ..connection(conn, "alice")
+    };
+    t.store.connect(&alice, &channels).await.expect("connect");
+    let mine = |i: &wsfan_shared::store::Item| harness::s(i, "pk").contains(conn) || harness::s(i, "sk").contains(conn);
+    assert!(t
+        .items()
         .await
-        .expect("connect");
-    assert!(t.items().await.iter().any(|i| harness::s(i, "pk").contains(conn)));
+        .iter()
+        .any(|i| harness::s(i, "pk").starts_with("EXP#") && mine(i)));
     // A quarter of the calls get no answer; each operation gives up after 300 ms.
     let stalls = DynamoFaults {
         stall: 0.25,
@@ -249,12 +256,7 @@ async fn a_disconnect_whose_dynamodb_calls_go_unanswered_still_leaves_nothing_be
     let stalled = proxy.injected().get(&DynamoFault::Stall).copied().unwrap_or(0);
     assert!(stalled > 0, "no call stalled: {:?}", proxy.operations());
     assert_eq!(answer.status_code, 200, "after {stalled} stalled calls");
-    let left: Vec<_> = t
-        .items()
-        .await
-        .into_iter()
-        .filter(|i| harness::s(i, "pk").contains(conn) || harness::s(i, "sk").contains(conn))
-        .collect();
+    let left: Vec<_> = t.items().await.into_iter().filter(mine).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
