@@ -45,6 +45,11 @@ async fn connect_at(rig: &Rig, connection: &str, user: Option<&str>, connected_a
 }
 
 async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
+    join_taking_batches(rig, connection, user, channel, false).await;
+}
+
+/// [`join`], for a connection that takes batch frames (`?batch=1`) or not.
+async fn join_taking_batches(rig: &Rig, connection: &str, user: Option<&str>, channel: &str, batch: bool) {
     let m = Membership {
         channel: channel.parse().unwrap(),
         connection_id: connection.into(),
@@ -53,7 +58,7 @@ async fn join(rig: &Rig, connection: &str, user: Option<&str>, channel: &str) {
         joined_at: wsfan_shared::clock::now_millis(),
         expires_at: wsfan_shared::clock::now_secs() + 3600,
         history: None,
-        batch: false,
+        batch,
     };
     rig.table.store.join(&m).await.unwrap();
 }
@@ -453,6 +458,52 @@ async fn records_of_one_channel_keep_their_order() {
     };
     assert_eq!(got("a1"), (0..20).step_by(2).collect::<Vec<_>>());
     assert_eq!(got("b1"), (1..20).step_by(2).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_small_channel_with_more_work_than_fits_before_the_hand_off_goes_to_deliver_in_order() {
+    // 50 members that take one frame a post, 100 messages waiting: 5,000 posts. Before a hand-off
+    // 300 ms away, one environment makes at most 4,200 (shard::ENVIRONMENT_POSTS_PER_SECOND), so
+    // the batch goes to deliver's parallel groups at once, though the channel is small.
+    let mut rig = Rig::new().await;
+    let channel = "workspace:busy";
+    // Ids over four groups of the delivery queue, as API Gateway's spread over all of them.
+    let members: Vec<String> = (0..50)
+        .map(|i| format!("{}{i:03}", ["A", "K", "U", "f"][i % 4]))
+        .collect();
+    for id in &members {
+        member(&rig, id, &format!("user-{id}"), channel).await;
+    }
+    // One member takes batch frames: a post or two for all of it, so it stays on this path.
+    connect(&rig, "zbatch", Some("zed")).await;
+    join_taking_batches(&rig, "zbatch", Some("zed"), channel, true).await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    for i in 0..100 {
+        rig.table
+            .store
+            .post(&chat(channel, "x", &format!("{i}")), None)
+            .await
+            .unwrap();
+    }
+    let batch = rig.stream_batch().await;
+    let stop_at = std::time::Instant::now() + Duration::from_millis(300);
+    let response = rig.stream_fanout_until(batch, Some(stop_at)).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    // stream-fanout posted none of the one-frame members' 5,000 frames itself...
+    let posted: usize = members.iter().map(|id| rig.server.received(id).len()).sum();
+    assert_eq!(posted, 0, "stream-fanout posted {posted} frames itself");
+    // ...and the batching member's 100 frames in one post.
+    let zed = rig.frames("zbatch");
+    assert_eq!(zed.len(), 1, "{zed:?}");
+    assert_eq!(zed[0]["frames"].as_array().map(Vec::len), Some(100));
+    // deliver posts the rest, each member's in stream order, nobody twice.
+    rig.drain_deliveries(&rig.broadcaster).await;
+    let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    for id in &members {
+        assert_eq!(bodies(&rig, id), expected, "{id}");
+    }
+    assert_eq!(rig.frames("zbatch").len(), 1, "the batching member got nothing again");
 }
 
 #[tokio::test]
@@ -1315,15 +1366,7 @@ async fn a_history_page_still_refused_at_the_hand_off_goes_to_the_delivery_queue
     rig.server.gone("b1");
     let batch = rig.stream_batch().await;
     let stop_at = std::time::Instant::now() + Duration::from_millis(400);
-    let response = stream_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        &rig.failures,
-        &rig.shards,
-        batch,
-        Some(stop_at),
-    )
-    .await;
+    let response = rig.stream_fanout_until(batch, Some(stop_at)).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert!(
         std::time::Instant::now() < stop_at + Duration::from_millis(500),
@@ -2004,15 +2047,7 @@ async fn past_the_hand_off_no_post_starts_and_the_rest_goes_to_the_delivery_queu
     rig.server.fail("slow1", 500, None);
     let batch = rig.stream_batch().await;
     let stop_at = std::time::Instant::now() + Duration::from_millis(300);
-    let response = stream_fanout::handle(
-        &rig.table.store,
-        &rig.broadcaster,
-        &rig.failures,
-        &rig.shards,
-        batch,
-        Some(stop_at),
-    )
-    .await;
+    let response = rig.stream_fanout_until(batch, Some(stop_at)).await;
     // Nothing to replay: what was delivered is not sent again, and the rest was handed on.
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert!(

@@ -11,7 +11,7 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::iam::IamPolicyEffect;
 use aws_sdk_dynamodb::types::AttributeValue;
-use harness::{auth_config, dev_verifier, fixture, n, s, TestTable, DEV_SECRET};
+use harness::{auth_config, dev_verifier, fixture, invocation_deadline, n, s, TestTable, DEV_SECRET};
 use serde_json::{json, Value};
 use ws_authorizer::Decision;
 use wsfan_shared::auth::{Claims, JwtVerifier};
@@ -728,7 +728,7 @@ async fn disconnect_removes_the_connection_and_every_membership_idempotently() {
     assert_eq!(t.store.memberships_of(CONN).await.unwrap().len(), 3);
 
     for _ in 0..2 {
-        let r = ws_disconnect::handle(&t.store, ws("ws-disconnect/disconnect")).await;
+        let r = ws_disconnect::handle(&t.store, ws("ws-disconnect/disconnect"), invocation_deadline()).await;
         assert_eq!(r.status_code, 200);
     }
     let items = t.items().await;
@@ -748,7 +748,7 @@ async fn disconnect_removes_the_connection_and_every_membership_idempotently() {
 #[tokio::test]
 async fn disconnect_of_an_unknown_connection_succeeds_quietly() {
     let t = TestTable::new().await;
-    let r = ws_disconnect::handle(&t.store, ws("ws-disconnect/disconnect")).await;
+    let r = ws_disconnect::handle(&t.store, ws("ws-disconnect/disconnect"), invocation_deadline()).await;
     assert_eq!(r.status_code, 200);
     assert!(t.items().await.is_empty());
 }

@@ -20,13 +20,23 @@ use wsfan_shared::store::{client_with_timeout, DynamoStore, Store, StoreError};
 
 /// The same table as `t`, reached through a fault proxy.
 async fn through_faults(t: &TestTable, faults: DynamoFaults, seed: u64) -> (DynamoStore, DynamoProxy) {
+    through_faults_within(t, faults, seed, Duration::from_secs(5)).await
+}
+
+/// [`through_faults`] with each operation (all its calls and retries) ending within `budget`.
+async fn through_faults_within(
+    t: &TestTable,
+    faults: DynamoFaults,
+    seed: u64,
+    budget: Duration,
+) -> (DynamoStore, DynamoProxy) {
     let moto = harness::moto::shared();
     let proxy = DynamoProxy::start(&moto.endpoint, faults, seed, None)
         .await
         .expect("starting the DynamoDB fault proxy");
     let sdk = wsfan_local::moto::sdk_config(&proxy.endpoint).await;
-    let client = client_with_timeout(&sdk, Duration::from_secs(5));
-    let store = DynamoStore::new(client, &t.name, Retention::default()).with_budget(Duration::from_secs(5));
+    let client = client_with_timeout(&sdk, budget);
+    let store = DynamoStore::new(client, &t.name, Retention::default()).with_budget(budget);
     (store, proxy)
 }
 
@@ -77,6 +87,7 @@ async fn connects_joins_sends_leaves_and_disconnects_ride_out_conflicts_throttle
         throttle: 0.1,
         lost: 0.1,
         latency: Duration::from_millis(1),
+        ..DynamoFaults::default()
     };
     let (store, proxy) = through_faults(&t, faults, 20).await;
     let workspace: ChannelId = "workspace:42".parse().unwrap();
@@ -207,6 +218,46 @@ async fn a_store_that_keeps_failing_gives_up_within_its_budget() {
         "{tries} tries"
     );
     assert!(t.items().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_disconnect_whose_dynamodb_calls_go_unanswered_still_leaves_nothing_behind() {
+    // API Gateway invokes $disconnect once and never retries a failed one: a cleanup cut off by
+    // one operation's timeout (as on a saturated table during a mass leave) must try again
+    // within the invocation, or the connection's items stay until TTL.
+    let t = TestTable::new().await;
+    let conn = "L0SM9cOFvHcCIhw="; // the fixture's
+    let channels: Vec<ChannelId> = ["workspace:1", "workspace:2", "workspace:3"]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    // With a token, so that it also has an expiry bucket item (`EXP#<minute>` / `CONN#<id>`).
+    let alice = Connection {
+        token_exp: Some(wsfan_shared::clock::now_secs() + 3600),
+        ..connection(conn, "alice")
+    };
+    t.store.connect(&alice, &channels).await.expect("connect");
+    let mine = |i: &wsfan_shared::store::Item| harness::s(i, "pk").contains(conn) || harness::s(i, "sk").contains(conn);
+    assert!(t
+        .items()
+        .await
+        .iter()
+        .any(|i| harness::s(i, "pk").starts_with("EXP#") && mine(i)));
+    // A quarter of the calls get no answer; each operation gives up after 300 ms.
+    let stalls = DynamoFaults {
+        stall: 0.25,
+        ..DynamoFaults::default()
+    };
+    let (store, proxy) = through_faults_within(&t, stalls, 5, Duration::from_millis(300)).await;
+    let stop_at = tokio::time::Instant::now() + Duration::from_secs(15);
+    let answer = ws_disconnect::handle(&store, harness::fixture("ws-disconnect/disconnect"), stop_at).await;
+    // A stall always costs its operation, and with it the round: a cleanup that succeeds after
+    // one is one that tried again.
+    let stalled = proxy.injected().get(&DynamoFault::Stall).copied().unwrap_or(0);
+    assert!(stalled > 0, "no call stalled: {:?}", proxy.operations());
+    assert_eq!(answer.status_code, 200, "after {stalled} stalled calls");
+    let left: Vec<_> = t.items().await.into_iter().filter(mine).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// How many DynamoDB calls `what` made through `proxy`.

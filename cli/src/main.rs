@@ -156,7 +156,8 @@ struct DevArgs {
     /// fractions add up to at most 1. A 410 also closes that connection, as it is gone.
     /// The functions' DynamoDB calls too: 'ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms'
     /// cancels that share of transactions with TransactionConflict, throttles that share of
-    /// writes, and adds latency; 'ddb-lost=F' applies a write and answers 500 instead.
+    /// writes, and adds latency; 'ddb-lost=F' applies a write and answers 500 instead;
+    /// 'ddb-stall=F' leaves that share of all calls unanswered past any operation timeout.
     /// 'upgrade-delay=300ms' holds every upgrade that long after $connect returns, answering 410
     /// to posts to that connection meanwhile, as API Gateway does before the handshake is done.
     #[arg(long, value_name = "SPEC")]

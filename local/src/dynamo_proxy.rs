@@ -1,7 +1,7 @@
 //! A loopback proxy in front of moto for the functions' DynamoDB calls, answering some of them
 //! as DynamoDB does under load and moto never does (`wsfan dev --inject 'ddb-…'`): a
 //! transaction cancelled with `TransactionConflict`, a throttled write, a write applied whose
-//! answer is lost, and latency. Everything else is moto's own answer, passed through.
+//! answer is lost, a call that gets no answer in time (a stall), and latency. Everything else is moto's own answer, passed through.
 //!
 //! Only the functions point at it (`AWS_ENDPOINT_URL_DYNAMODB`); the stream pollers and the
 //! stack's own setup talk to moto directly, so a fault lands where a handler must ride it out.
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::faults::{DynamoFault, DynamoFaults};
+use crate::faults::{DynamoFault, DynamoFaults, STALL};
 use crate::logs::Logs;
 
 /// The awsJson1.0 target prefix of DynamoDB's operations.
@@ -198,6 +198,15 @@ async fn proxy(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, header
             return transaction_conflict(actions, conflicted % actions.max(1));
         }
         Some(DynamoFault::Throttle) => return throttled(provisioned),
+        Some(DynamoFault::Stall) => {
+            // The caller's timeout ends it long before: nothing reaches moto.
+            tokio::time::sleep(STALL).await;
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                json!({"message": "stalled by wsfan dev --inject ddb-stall"}),
+            );
+        }
         Some(DynamoFault::Lost) | None => {}
     }
     let mut request = inner

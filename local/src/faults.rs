@@ -7,7 +7,8 @@
 //! add up to at most 1.
 //!
 //! The same list may ask the functions' DynamoDB calls for what DynamoDB does under load and
-//! moto never does (see [`DynamoFaults`]): `ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms`.
+//! moto never does (see [`DynamoFaults`]): `ddb-conflict=0.05,ddb-throttle=0.02,ddb-latency=10ms`,
+//! and `ddb-stall=0.1` for calls that get no answer at all, as on a saturated table.
 //!
 //! `upgrade-delay=DURATION` holds every WebSocket upgrade that long after `$connect` returns,
 //! and `@connections` answers 410 to that connection meanwhile, as API Gateway does while a
@@ -43,9 +44,16 @@ pub struct DynamoFaults {
     pub throttle: f64,
     /// `ddb-lost`: the fraction of writes applied whose answer is lost (a 500 in its place).
     pub lost: f64,
+    /// `ddb-stall`: the fraction of calls, reads too, that get no answer until the caller has
+    /// given up on them (held [`STALL`], then refused unapplied): what a saturated DynamoDB (or
+    /// moto) does, and what only a caller's own timeout and retries ride out.
+    pub stall: f64,
     /// `ddb-latency`: added to every call.
     pub latency: Duration,
 }
+
+/// How long a stalled call is held: longer than any operation budget (`DYNAMODB_TIMEOUT_MS`).
+pub const STALL: Duration = Duration::from_secs(60);
 
 /// What one DynamoDB call drew.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,6 +64,8 @@ pub enum DynamoFault {
     Throttle,
     /// Written, and answered 500 as if the answer were lost.
     Lost,
+    /// No answer within any caller's timeout; nothing written.
+    Stall,
 }
 
 impl DynamoFault {
@@ -64,6 +74,7 @@ impl DynamoFault {
             DynamoFault::Conflict => "conflict",
             DynamoFault::Throttle => "throttle",
             DynamoFault::Lost => "lost",
+            DynamoFault::Stall => "stall",
         }
     }
 }
@@ -75,15 +86,18 @@ impl DynamoFaults {
 
     /// The fault for a call that drew `u` (uniform in [0, 1)); `None`: serve it. Throttles and
     /// lost answers fall on writes; conflicts on transactions only. The shares are taken in the
-    /// order throttle, lost, conflict, each an exact rate of the calls it applies to.
+    /// order throttle, lost, conflict, each an exact rate of the calls it applies to. Stalls
+    /// fall on every call, after the writes' shares (so adding them leaves the others' draws).
     pub fn draw(&self, u: f64, write: bool, transaction: bool) -> Option<DynamoFault> {
-        if !write {
-            return None;
-        }
+        let share = |s: f64| if write { s } else { 0.0 };
         let shares = [
-            (DynamoFault::Throttle, self.throttle),
-            (DynamoFault::Lost, self.lost),
-            (DynamoFault::Conflict, if transaction { self.conflict } else { 0.0 }),
+            (DynamoFault::Throttle, share(self.throttle)),
+            (DynamoFault::Lost, share(self.lost)),
+            (
+                DynamoFault::Conflict,
+                share(if transaction { self.conflict } else { 0.0 }),
+            ),
+            (DynamoFault::Stall, self.stall),
         ];
         let mut upper = 0.0;
         for (fault, share) in shares {
@@ -110,7 +124,7 @@ pub enum FaultsError {
     Sum(f64),
     #[error("{0:?} is not a duration from 0ms to 10s (like 20ms or 1s)")]
     Latency(String),
-    #[error("{0} is not a DynamoDB fault; use ddb-conflict, ddb-throttle, ddb-lost or ddb-latency")]
+    #[error("{0} is not a DynamoDB fault; use ddb-conflict, ddb-throttle, ddb-lost, ddb-stall or ddb-latency")]
     Dynamo(String),
     #[error("{fault}'s fraction {fraction:?} is not a number from 0 to 1")]
     DynamoFraction { fault: String, fraction: String },
@@ -204,6 +218,7 @@ impl FromStr for Faults {
                     "conflict" => &mut d.conflict,
                     "throttle" => &mut d.throttle,
                     "lost" => &mut d.lost,
+                    "stall" => &mut d.stall,
                     _ => return Err(FaultsError::Dynamo(name.to_owned())),
                 };
                 *slot = value
@@ -240,7 +255,7 @@ impl FromStr for Faults {
             return Err(FaultsError::Sum(sum));
         }
         let d = &faults.dynamo;
-        let sum = d.conflict + d.throttle + d.lost;
+        let sum = d.conflict + d.throttle + d.lost + d.stall;
         if sum > 1.0 + 1e-9 {
             return Err(FaultsError::Sum(sum));
         }
@@ -260,7 +275,12 @@ impl fmt::Display for Faults {
             parts.push(format!("upgrade-delay={}ms", self.upgrade_delay.as_millis()));
         }
         let d = &self.dynamo;
-        for (name, share) in [("conflict", d.conflict), ("throttle", d.throttle), ("lost", d.lost)] {
+        for (name, share) in [
+            ("conflict", d.conflict),
+            ("throttle", d.throttle),
+            ("lost", d.lost),
+            ("stall", d.stall),
+        ] {
             if share > 0.0 {
                 parts.push(format!("ddb-{name}={share}"));
             }
@@ -300,6 +320,7 @@ mod tests {
                 conflict: 0.05,
                 throttle: 0.02,
                 lost: 0.0,
+                stall: 0.0,
                 latency: Duration::from_millis(10)
             }
         );
@@ -363,6 +384,7 @@ mod tests {
             conflict: 0.05,
             throttle: 0.02,
             lost: 0.01,
+            stall: 0.0,
             latency: Duration::ZERO,
         };
         assert_eq!(d.draw(0.0, false, false), None);
@@ -373,6 +395,26 @@ mod tests {
         assert_eq!(d.draw(0.079, true, true), Some(DynamoFault::Conflict));
         assert_eq!(d.draw(0.03, true, false), None);
         assert_eq!(d.draw(0.08, true, true), None);
+    }
+
+    #[test]
+    fn stalls_fall_on_reads_and_writes_after_the_writes_own_shares() {
+        let d: DynamoFaults = *"ddb-throttle=0.1,ddb-stall=0.2".parse::<Faults>().unwrap().dynamo();
+        assert_eq!(d.stall, 0.2);
+        // A write: throttles first, then stalls; a read: stalls only, from 0.
+        assert_eq!(d.draw(0.05, true, false), Some(DynamoFault::Throttle));
+        assert_eq!(d.draw(0.15, true, false), Some(DynamoFault::Stall));
+        assert_eq!(d.draw(0.31, true, false), None);
+        assert_eq!(d.draw(0.05, false, false), Some(DynamoFault::Stall));
+        assert_eq!(d.draw(0.21, false, false), None);
+        assert_eq!(
+            "ddb-throttle=0.1,ddb-stall=0.2".parse::<Faults>().unwrap().to_string(),
+            "ddb-throttle=0.1,ddb-stall=0.2"
+        );
+        assert!(matches!(
+            "ddb-lost=0.5,ddb-stall=0.6".parse::<Faults>(),
+            Err(FaultsError::Sum(_))
+        ));
     }
 
     #[test]

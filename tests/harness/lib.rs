@@ -49,6 +49,11 @@ pub fn dev_verifier(anonymous: Option<&str>) -> wsfan_shared::auth::JwtVerifier 
     ))
 }
 
+/// When a handler invoked now must stop: ten seconds, well past any test's DynamoDB calls.
+pub fn invocation_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(10)
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -315,13 +320,22 @@ impl Rig {
         &self,
         batch: aws_lambda_events::dynamodb::Event,
     ) -> aws_lambda_events::streams::DynamoDbEventResponse {
+        self.stream_fanout_until(batch, None).await
+    }
+
+    /// [`Rig::stream_fanout`] for an invocation whose hand-off time is `stop_at`.
+    pub async fn stream_fanout_until(
+        &self,
+        batch: aws_lambda_events::dynamodb::Event,
+        stop_at: Option<std::time::Instant>,
+    ) -> aws_lambda_events::streams::DynamoDbEventResponse {
         stream_fanout::handle(
             &self.table.store,
             &self.broadcaster,
             &self.failures,
             &self.shards,
             batch,
-            None,
+            stop_at,
         )
         .await
     }

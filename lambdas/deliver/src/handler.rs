@@ -75,8 +75,7 @@ impl ReadBudget {
     /// Runtime API gives it). A function configured with less than twice [`FINISH_RESERVE`]
     /// still reads for half its time: otherwise every shard would find no time left, forever.
     pub fn from_deadline_ms(deadline_ms: u64) -> Self {
-        let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap_or(0);
-        let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+        let left = wsfan_shared::clock::time_left(deadline_ms);
         ReadBudget {
             until: Instant::now() + left.saturating_sub(FINISH_RESERVE).max(left / 2),
             max_pages: usize::MAX,

@@ -31,8 +31,11 @@
 //! A channel of up to [`DIRECT_MAX_MEMBERS`] members is posted to from here. A larger one is
 //! handed to the delivery queue as one shard per group of its members (wsfan_shared::shard), and
 //! the `deliver` function reads each group's part of the member list and posts it, the groups in
-//! parallel. A recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue too,
-//! for another attempt: nobody is dropped silently.
+//! parallel. A small channel with more pending work (members × records, for members that take one
+//! frame a post) than this invocation can post before its hand-off goes there too, its members
+//! listed in the shards ([`shard::goes_parallel`]): the path follows the work, not the size. A
+//! recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue too, for another
+//! attempt: nobody is dropped silently.
 
 /// The environment variables this function reads (the SAM template is checked against it).
 pub const ENV: &[&str] = &[
@@ -100,8 +103,7 @@ pub const UPGRADE_BACKOFF: [Duration; 6] = [
 /// Runtime API gives it) hands what is left on: [`HANDOFF_RESERVE`] before, or half-way for a
 /// timeout too short for that.
 pub fn stop_at(deadline_ms: u64) -> Instant {
-    let now_ms = u64::try_from(wsfan_shared::clock::now_millis()).unwrap_or(0);
-    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let left = wsfan_shared::clock::time_left(deadline_ms);
     Instant::now() + left.saturating_sub(HANDOFF_RESERVE).max(left / 2)
 }
 
@@ -490,6 +492,10 @@ async fn deliver_once_open<D: Deliver>(
     }
 }
 
+/// How recipients' frames become shards: [`shard::retry_direct`] for those a post missed, the
+/// second attempt; [`shard::listed`] for those handed to `deliver` before any post, the first.
+type ToShards = fn(ChannelId, String, String, Vec<String>) -> Vec<shard::Shard>;
+
 /// The frames of recipients not reached (by their deadline, or by the hand-off) go to the delivery
 /// queue, each recipient's in order: one frame after another, so each group's shards keep it.
 async fn hand_on<Q: ShardQueue>(
@@ -498,6 +504,7 @@ async fn hand_on<Q: ShardQueue>(
     planned: &[Planned],
     origins: &[String],
     undelivered: Vec<Parcel>,
+    to_shards: ToShards,
 ) -> Result<(), String> {
     // Recipients with the same frames left go together: usually every one of them has all, or
     // the same last few.
@@ -517,7 +524,7 @@ async fn hand_on<Q: ShardQueue>(
                 .iter()
                 .find(|p| Arc::ptr_eq(&p.frame, &frame))
                 .map_or("?", |p| origins[p.record].as_str());
-            out.extend(shard::retry_direct(
+            out.extend(to_shards(
                 channel.clone(),
                 frame.to_string(),
                 origin.to_owned(),
@@ -526,6 +533,31 @@ async fn hand_on<Q: ShardQueue>(
         }
     }
     shards.enqueue(out).await
+}
+
+/// Takes out of `parcels` what goes to `deliver` instead ([`shard::goes_parallel`]): the parcels
+/// of members that take one frame a post, when the posts of all of them would not be made before
+/// the hand-off. Members that take batches stay: theirs are a post or two each here, and would be
+/// a post per frame from `deliver`; so do connections awaiting their history page, which only
+/// this invocation posts again while their upgrade finishes. Each recipient's frames all go one
+/// way, in order.
+fn parallel_part<D: Deliver>(
+    deliver: &D,
+    parcels: &mut Vec<Parcel>,
+    awaiting: &[&str],
+    stop_at: Option<Instant>,
+) -> Option<Vec<Parcel>> {
+    let time_left = stop_at?.saturating_duration_since(Instant::now());
+    let movable = |p: &Parcel| !p.batch && !awaiting.contains(&p.connection_id.as_str());
+    // A batching member's frames are about one post (a post holds 128 KB of them).
+    let posts = |p: &Parcel| if p.batch { 1 } else { p.frames.len() };
+    let pending: usize = parcels.iter().map(posts).sum();
+    if !parcels.iter().any(movable) || !shard::goes_parallel(pending as u64, deliver.posts_per_second(), time_left) {
+        return None;
+    }
+    let (parallel, direct): (Vec<Parcel>, Vec<Parcel>) = std::mem::take(parcels).into_iter().partition(movable);
+    *parcels = direct;
+    Some(parallel)
 }
 
 /// Delivers one channel's records of a batch: every frame they ask for, each member's in stream
@@ -578,20 +610,42 @@ async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueu
     let Some(members) = members else {
         return sharded(deliver, shards, &channel, &planned, &origins, outcomes, stop_at).await;
     };
-    let report = deliver_once_open(
-        deliver,
-        parcels(&members, &planned),
-        &awaiting_upgrade(&planned),
-        stop_at,
-    )
-    .await;
+    let awaiting = awaiting_upgrade(&planned);
+    let mut parcels = parcels(&members, &planned);
+    let parallel = parallel_part(deliver, &mut parcels, &awaiting, stop_at).unwrap_or_default();
+    let (recipients, posts) = (parallel.len(), parallel.iter().map(|p| p.frames.len()).sum::<usize>());
+    // The two parts have no recipient in common: the posts here need not wait for the enqueueing.
+    let (report, enqueued) = tokio::join!(deliver_once_open(deliver, parcels, &awaiting, stop_at), async {
+        match parallel.is_empty() {
+            true => Ok(()),
+            false => hand_on(shards, &channel, &planned, &origins, parallel, shard::listed).await,
+        }
+    });
+    if let Err(why) = enqueued {
+        // The records are retried: members who got them here may get them again, and drop them
+        // by messageId/seq.
+        fail_from(&mut outcomes, planned[0].record, RecordError::Enqueue(why));
+        return outcomes;
+    }
+    if recipients > 0 {
+        tracing::info!(%channel, recipients, posts, "too much to post before the hand-off; sent to the delivery queue");
+    }
     outcomes[planned[0].record] = Ok(report.counters);
     if report.undelivered.is_empty() {
         return outcomes;
     }
     let (count, handed_on) = (report.undelivered.len(), report.handed_on);
     // No silent loss: those not reached get the next attempt from deliver.
-    if let Err(why) = hand_on(shards, &channel, &planned, &origins, report.undelivered).await {
+    if let Err(why) = hand_on(
+        shards,
+        &channel,
+        &planned,
+        &origins,
+        report.undelivered,
+        shard::retry_direct,
+    )
+    .await
+    {
         // Then the records are retried from the first: members who got them may get them again,
         // and drop them by messageId/seq.
         fail_from(&mut outcomes, planned[0].record, RecordError::Enqueue(why));
@@ -631,10 +685,17 @@ async fn sharded<D: Deliver, Q: ShardQueue>(
                 let report = deliver_once_open(deliver, vec![parcel], &[id.as_str()], stop_at).await;
                 match report.undelivered.is_empty() {
                     true => Ok(report.counters),
-                    false => hand_on(shards, channel, planned, origins, report.undelivered)
-                        .await
-                        .map(|()| report.counters)
-                        .map_err(RecordError::Enqueue),
+                    false => hand_on(
+                        shards,
+                        channel,
+                        planned,
+                        origins,
+                        report.undelivered,
+                        shard::retry_direct,
+                    )
+                    .await
+                    .map(|()| report.counters)
+                    .map_err(RecordError::Enqueue),
                 }
             }
         };

@@ -7,7 +7,8 @@ async fn main() -> Result<(), Error> {
     let store = DynamoStore::from_env().await?;
     let store = &store;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, Error>(ws_disconnect::handle(store, event.payload).await)
+        let stop_at = ws_disconnect::stop_at(event.context.deadline);
+        Ok::<_, Error>(ws_disconnect::handle(store, event.payload, stop_at).await)
     }))
     .await
 }

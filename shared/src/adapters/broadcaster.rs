@@ -239,6 +239,11 @@ pub trait Deliver: Send + Sync {
         parcels: Vec<Parcel>,
         stop_at: Option<Instant>,
     ) -> impl Future<Output = ParcelReport> + Send;
+
+    /// The posts per second this deliverer may make at most (`FANOUT_MAX_RPS`), if it is bounded.
+    fn posts_per_second(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The frames one recipient is due, in the order it must get them.
@@ -757,6 +762,10 @@ impl<G: GoneCleanup> Deliver for Broadcaster<G> {
         payload: &[u8],
     ) -> Result<Report, BroadcastError> {
         self.post_all(pages.flat_map(stream::iter), payload, false).await
+    }
+
+    fn posts_per_second(&self) -> Option<u64> {
+        self.config.max_rps
     }
 
     async fn deliver_parcels(&self, parcels: Vec<Parcel>, stop_at: Option<Instant>) -> ParcelReport {

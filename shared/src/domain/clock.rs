@@ -20,3 +20,10 @@ pub fn now_micros() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
 }
+
+/// What is left until `deadline_ms` (milliseconds since the epoch, as Lambda's Runtime API gives
+/// an invocation's deadline); zero once it has passed.
+pub fn time_left(deadline_ms: u64) -> std::time::Duration {
+    let now_ms = u64::try_from(now_millis()).unwrap_or(0);
+    std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}

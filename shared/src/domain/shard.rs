@@ -29,6 +29,26 @@ use crate::channel::ChannelId;
 /// longer held by one channel's posts.
 pub const DIRECT_MAX_MEMBERS: usize = 1000;
 
+/// Posts one stream-fanout environment makes in a second when nothing else limits it: about 40 µs
+/// of CPU a post (BENCHMARKS.md, `bench channel`) at the 0.58 vCPU of its 1024 MB.
+pub const ENVIRONMENT_POSTS_PER_SECOND: u64 = 14_000;
+
+/// Whether a small channel's batch goes to `deliver` rather than being posted from stream-fanout:
+/// when the posts it needs (`pending_posts`: its members times the records each is due, for
+/// members that take one frame a post) would not all be made before the invocation's hand-off,
+/// `time_left` away, at `posts_per_second` (the budget, `FANOUT_MAX_RPS`, or one environment's
+/// CPU, whichever is less). Such a batch would hand its rest on at the hand-off anyway; handed on
+/// now, `deliver`'s environments post it in parallel from the start, and this one goes on to the
+/// next channel. The size of the channel alone says nothing of this: 100 members with 100
+/// records waiting are 10,000 posts, ten times a quiet channel of 1,000.
+pub fn goes_parallel(pending_posts: u64, posts_per_second: Option<u64>, time_left: std::time::Duration) -> bool {
+    let rate = posts_per_second
+        .unwrap_or(ENVIRONMENT_POSTS_PER_SECOND)
+        .min(ENVIRONMENT_POSTS_PER_SECOND);
+    let fits = (rate as f64 * time_left.as_secs_f64()) as u64;
+    pending_posts > fits
+}
+
 /// Message groups per channel: the most `deliver` invocations one channel's delivery can use at
 /// once. Fixed, because a recipient must stay in one group for its frames to stay in order.
 pub const GROUPS: u32 = 64;
@@ -222,9 +242,12 @@ impl Sharder {
 /// recipient's retry goes to the group its frames always take). Parts are numbered after the
 /// part they came from, so retries of different shards never share a deduplication id.
 pub fn retry(shard: &Shard, recipients: Vec<String>) -> Vec<Shard> {
-    let mut sharder = Sharder::new(shard.channel.clone(), shard.frame.clone(), shard.origin.clone());
-    let mut shards: Vec<Shard> = recipients.into_iter().filter_map(|r| sharder.add(r)).collect();
-    shards.extend(sharder.finish());
+    let mut shards = listed(
+        shard.channel.clone(),
+        shard.frame.clone(),
+        shard.origin.clone(),
+        recipients,
+    );
     for next in &mut shards {
         next.attempt = shard.attempt + 1;
         // Unique per attempt: a part's retries are numbered within it (wrapping is harmless: only
@@ -233,6 +256,16 @@ pub fn retry(shard: &Shard, recipients: Vec<String>) -> Vec<Shard> {
             .part
             .wrapping_add(shard.part.wrapping_mul(SHARD_MAX_RECIPIENTS as u64));
     }
+    shards
+}
+
+/// The first attempt for recipients of a small channel that stream-fanout hands to `deliver`
+/// with their names ([`goes_parallel`]): one shard per group, as a large channel's, but listing
+/// its recipients instead of reading them.
+pub fn listed(channel: ChannelId, frame: String, origin: String, recipients: Vec<String>) -> Vec<Shard> {
+    let mut sharder = Sharder::new(channel, frame, origin);
+    let mut shards: Vec<Shard> = recipients.into_iter().filter_map(|r| sharder.add(r)).collect();
+    shards.extend(sharder.finish());
     shards
 }
 
@@ -267,6 +300,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn the_path_follows_the_posts_waiting_against_the_rate_and_the_time_left() {
+        let s = std::time::Duration::from_secs;
+        // 100 members x 100 records at the template's 5,000/s: 2 s of posts.
+        assert!(!goes_parallel(10_000, Some(5_000), s(25)));
+        assert!(goes_parallel(10_000, Some(5_000), s(1)));
+        // A quiet channel of 1,000 members with one record: 1,000 posts, fits.
+        assert!(!goes_parallel(1_000, Some(5_000), s(1)));
+        // Unbounded or raised budgets are bounded by one environment's CPU.
+        assert!(goes_parallel(15_000, None, s(1)));
+        assert!(goes_parallel(15_000, Some(1_000_000), s(1)));
+        assert!(!goes_parallel(14_000, None, s(1)));
+        assert!(goes_parallel(1, Some(5_000), s(0)));
+        assert!(!goes_parallel(0, Some(5_000), s(0)));
+    }
 
     fn channel() -> ChannelId {
         "workspace:big".parse().unwrap()

@@ -161,9 +161,36 @@ pub(super) async fn connection(store: &DynamoStore, connection_id: &str) -> Resu
     Ok(out.item.map(serde_dynamo::from_item).transpose()?)
 }
 
+/// The connection item's `tokenExp`, where its expiry bucket item is (crate::expiry).
+fn token_exp_of(item: Option<&Item>) -> Option<i64> {
+    item?
+        .get(crate::access::TOKEN_EXP_CONTEXT)?
+        .as_n()
+        .ok()?
+        .parse::<i64>()
+        .ok()
+}
+
 pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Result<Cleanup, StoreError> {
-    // Delete the connection first: a join racing with us then fails its existence check
-    // instead of leaving an orphan membership behind.
+    // The expiry bucket item is found only by the `tokenExp` the connection item holds, so it
+    // goes first, while that is still there to read: a cleanup run again after failing
+    // part-way (ws-disconnect does) knows it on every run, not only the one that deleted the
+    // connection item.
+    let get = store
+        .client
+        .get_item()
+        .table_name(&store.table)
+        .set_key(Some(key_of(keys::connection(connection_id), keys::META.to_owned())))
+        .projection_expression("#exp")
+        .expression_attribute_names("#exp", crate::access::TOKEN_EXP_CONTEXT)
+        .consistent_read(true);
+    let read = retried("GetItem", store.deadline(), |_| get.clone().send()).await?;
+    let read_exp = token_exp_of(read.item.as_ref());
+    if let Some(exp) = read_exp {
+        store.forget_expiry(connection_id, exp).await?;
+    }
+    // Then the connection: a join racing with us then fails its existence check instead of
+    // leaving an orphan membership behind.
     let delete = store
         .client
         .delete_item()
@@ -200,15 +227,9 @@ pub(super) async fn disconnect(store: &DynamoStore, connection_id: &str) -> Resu
         crate::limiter::RATE_SK.to_owned(),
     )));
     retried("DeleteItem", store.deadline(), |_| bucket.clone().send()).await?;
-    // And its expiry bucket item, so the sweep has nothing to close.
-    let token_exp = deleted.attributes.as_ref().and_then(|a| {
-        a.get(crate::access::TOKEN_EXP_CONTEXT)?
-            .as_n()
-            .ok()?
-            .parse::<i64>()
-            .ok()
-    });
-    if let Some(exp) = token_exp {
+    // A refresh (`auth`) between the read and the delete moved the bucket item: that one too.
+    let token_exp = token_exp_of(deleted.attributes.as_ref());
+    if let Some(exp) = token_exp.filter(|exp| Some(*exp) != read_exp) {
         store.forget_expiry(connection_id, exp).await?;
     }
     Ok(Cleanup {
