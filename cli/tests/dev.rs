@@ -685,6 +685,70 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
 }
 
 #[tokio::test]
+async fn many_members_reading_one_message_at_once_get_their_cursors_in_few_frames() {
+    const READERS: usize = 12;
+    let stack = Stack::start(&[]);
+    let channel = "workspace:reads";
+    let mut listener = stack.client("listener").await;
+    listener.join(channel).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let mut reader = stack.client(&format!("reader-{i}")).await;
+        reader.join(channel).await;
+        readers.push(reader);
+    }
+    let sent = listener
+        .ask(json!({"action": "sendMessage", "channel": channel, "body": "read me"}), "ack")
+        .await;
+    let (id, seq) = (sent["messageId"].clone(), sent["seq"].clone());
+    assert!(seq.is_u64(), "{sent}");
+    // Everyone reads it at once; each is acked.
+    for reader in &mut readers {
+        reader
+            .send(json!({"action": "read", "channel": channel, "messageId": id, "seq": seq}))
+            .await;
+    }
+    for reader in &mut readers {
+        let ack = reader
+            .expect("the read's ack", |f| f["action"] == "read" || f["type"] == "error")
+            .await;
+        assert_eq!(ack["seq"], seq, "{ack}");
+    }
+    // The listener learns every reader's cursor, from far fewer frames than receipts.
+    let mut cursors = std::collections::BTreeMap::new();
+    let mut frames = Vec::new();
+    while cursors.len() < READERS {
+        let frame = listener
+            .expect("the readers' cursors", |f| f["type"] == "receipt" || f["type"] == "receipts")
+            .await;
+        let entries = match frame["type"].as_str() {
+            Some("receipts") => frame["receipts"].as_array().unwrap().clone(),
+            _ => vec![frame.clone()],
+        };
+        for r in entries {
+            assert_eq!((&r["channel"], &r["targetId"]), (&json!(channel), &id), "{frame}");
+            cursors.insert(r["senderId"].as_str().unwrap().to_owned(), r["readSeq"].clone());
+        }
+        frames.push(frame);
+    }
+    let expected: std::collections::BTreeMap<String, Value> =
+        (0..READERS).map(|i| (format!("reader-{i}"), seq.clone())).collect();
+    assert_eq!(cursors, expected);
+    assert!(
+        frames.len() < READERS && frames.iter().any(|f| f["type"] == "receipts"),
+        "{READERS} receipts written within a few stream polls came as {} frames: {frames:?}",
+        frames.len()
+    );
+    let joined = listener
+        .ask(json!({"action": "join", "channel": channel}), "joined")
+        .await;
+    for (user, read) in &expected {
+        assert_eq!(&joined["reads"][user], read, "{joined}");
+    }
+    stack.check_contract(&[&listener]);
+}
+
+#[tokio::test]
 async fn workspace_chat_clients_use_message_typing_and_presence() {
     let stack = Stack::start(&[]);
     let mut ann = stack.client_with("ann", &["workspace:*"], "workspaceId=W").await;
