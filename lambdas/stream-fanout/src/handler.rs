@@ -352,15 +352,13 @@ fn cursor_frames(channel: &ChannelId, records: &[(&EventRecord, Result<Work, Rec
         .filter(|(i, r)| !moves[i + 1..].iter().any(|later| later.sender_id == r.sender_id))
         .map(|(_, r)| (*r).clone())
         .collect();
-    if latest.len() == 1 {
-        return vec![ServerFrame::Receipt(latest[0].clone()).to_json()];
-    }
-    let frame = |receipts: Vec<ChatEvent>| {
-        ServerFrame::Receipts {
+    let frame = |mut receipts: Vec<ChatEvent>| match receipts.len() {
+        1 => ServerFrame::Receipt(receipts.remove(0)).to_json(),
+        _ => ServerFrame::Receipts {
             channel: channel.to_string(),
             receipts,
         }
-        .to_json()
+        .to_json(),
     };
     // Each entry is small (ids, a user id, numbers), so a stream batch's fit one post; a batch
     // of very long user ids is split rather than refused.
