@@ -200,6 +200,26 @@ fn every_server_frame() -> Vec<Value> {
             }
             .to_event(),
         ),
+        // Several users' cursors moved in one stream batch: one frame for them all.
+        ServerFrame::Receipts {
+            channel: "booking:1".into(),
+            receipts: ["bob", "carol"]
+                .iter()
+                .zip(1u8..)
+                .map(|(user, n)| {
+                    wsfan_shared::reads::ReadCursor {
+                        channel: "booking:1".parse().unwrap(),
+                        user_id: (*user).into(),
+                        seq: 7,
+                        target_id: "01JD0000000000000000000001".into(),
+                        message_id: format!("01JD000000000000000000000{n}"),
+                        sent_at: 1_795_305_605_000,
+                        expires_at: 0,
+                    }
+                    .to_event()
+                })
+                .collect(),
+        },
         ServerFrame::Presence {
             channel: "workspace:42".into(),
             user_id: "bob".into(),
@@ -221,6 +241,7 @@ fn every_server_frame() -> Vec<Value> {
             | ServerFrame::Reaction(_)
             | ServerFrame::Typing(_)
             | ServerFrame::Receipt(_)
+            | ServerFrame::Receipts { .. }
             | ServerFrame::Presence { .. }
             | ServerFrame::Error { .. } => {}
         }

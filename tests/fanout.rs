@@ -644,17 +644,13 @@ async fn stream_fixtures_push_what_they_describe() {
     }
 }
 
-#[tokio::test]
-async fn a_burst_of_one_users_receipts_in_a_batch_is_pushed_once() {
-    let mut rig = Rig::new().await;
-    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
-    rig.run_stream_fanout().await;
-    rig.server.reset();
-    // Bob's cursor moves 9 -> 12 -> 15 and carol's to 4, all in one batch.
+/// A batch of read-cursor moves: `moves` (user, seq, receipt id) after the fixture's own (bob to 12).
+fn cursor_moves(moves: &[(&str, u64, &str)]) -> Value {
     let mut event: Value = fixture("stream-fanout/read-cursor-modify");
     let first = event["Records"][0].clone();
-    let moved = |from: &Value, user: &str, seq: u64, id: &str, n: u64| {
-        let mut r = from.clone();
+    let mut records = vec![first.clone()];
+    for (n, (user, seq, id)) in moves.iter().enumerate() {
+        let mut r = first.clone();
         r["eventID"] = json!(format!("cursor-{n}"));
         r["dynamodb"]["SequenceNumber"] = json!(format!("{}", 200 + n));
         r["dynamodb"]["Keys"]["sk"]["S"] = json!(format!("READ#{user}"));
@@ -664,26 +660,108 @@ async fn a_burst_of_one_users_receipts_in_a_batch_is_pushed_once() {
         image["userId"]["S"] = json!(user);
         image["seq"]["N"] = json!(seq.to_string());
         image["messageId"]["S"] = json!(id);
-        r
-    };
-    event["Records"] = json!([
-        first.clone(),
-        moved(&first, "carol", 4, "01JDB2XA000000000000000001", 1),
-        moved(&first, "bob", 15, "01JDB2XA000000000000000002", 2),
+        records.push(r);
+    }
+    event["Records"] = json!(records);
+    event
+}
+
+#[tokio::test]
+async fn the_read_cursor_moves_of_a_batch_are_pushed_as_one_frame_with_each_users_last() {
+    let mut rig = Rig::new().await;
+    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    // Bob's cursor moves 9 -> 12 -> 15, carol's to 4 and dave's to 5, all in one batch.
+    let event = cursor_moves(&[
+        ("carol", 4, "01JDB2XA000000000000000001"),
+        ("bob", 15, "01JDB2XA000000000000000002"),
+        ("dave", 5, "01JDB2XA000000000000000003"),
     ]);
     let response = rig.stream_fanout(serde_json::from_value(event).unwrap()).await;
     assert!(response.batch_item_failures.is_empty());
-    let receipts: Vec<(String, u64)> = rig
-        .frames("A1iceConn000AA=")
+    let frames = rig.frames("A1iceConn000AA=");
+    assert_eq!(frames.len(), 1, "one frame for every cursor: {frames:?}");
+    assert_eq!(frames[0]["type"], "receipts");
+    assert_eq!(frames[0]["channel"], "workspace:42");
+    let receipts: Vec<(&str, u64, &str)> = frames[0]["receipts"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|f| {
+        .map(|r| {
             (
-                f["senderId"].as_str().unwrap().to_owned(),
-                f["readSeq"].as_u64().unwrap(),
+                r["senderId"].as_str().unwrap(),
+                r["readSeq"].as_u64().unwrap(),
+                r["messageId"].as_str().unwrap(),
             )
         })
         .collect();
-    assert_eq!(receipts, vec![("carol".to_owned(), 4), ("bob".to_owned(), 15)]);
+    assert_eq!(
+        receipts,
+        vec![
+            ("carol", 4, "01JDB2XA000000000000000001"),
+            ("bob", 15, "01JDB2XA000000000000000002"),
+            ("dave", 5, "01JDB2XA000000000000000003"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn cursor_moves_waiting_for_a_later_one_are_retried_when_the_batch_stops_before_it() {
+    let mut rig = Rig::new().await;
+    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    // Carol's cursor moves (200), then a record that can never be used and cannot be parked
+    // (the failure destination is a queue that does not exist), then bob's (202). Carol's move
+    // waited to go out with bob's: it must be retried with them, not counted as done.
+    let mut event = cursor_moves(&[
+        ("carol", 4, "01JDB2XA000000000000000001"),
+        ("bob", 15, "01JDB2XA000000000000000002"),
+    ]);
+    let mut poison: Value = fixture::<Value>("stream-fanout/mixed-batch-with-poison")["Records"][1].clone();
+    assert_eq!(
+        poison["dynamodb"]["SequenceNumber"], "200",
+        "the fixture's poison record"
+    );
+    poison["dynamodb"]["Keys"]["pk"]["S"] = json!("CHAN#workspace:42");
+    poison["dynamodb"]["NewImage"]["pk"]["S"] = json!("CHAN#workspace:42");
+    poison["dynamodb"]["SequenceNumber"] = json!("201");
+    let records = event["Records"].as_array_mut().unwrap();
+    records.remove(0); // only carol's and bob's moves
+    records[1]["dynamodb"]["SequenceNumber"] = json!("202");
+    records.insert(1, poison);
+    let sdk = harness::moto::shared().sdk_config().await;
+    let gone = wsfan_shared::publisher::FailureQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{}-gone", rig.failures_url),
+    );
+    let response = stream_fanout::handle(
+        &rig.table.store,
+        &rig.broadcaster,
+        &gone,
+        &rig.shards,
+        serde_json::from_value(event).unwrap(),
+        None,
+    )
+    .await;
+    assert_eq!(failures(&response), vec!["200", "201", "202"]);
+}
+
+#[tokio::test]
+async fn a_burst_of_one_users_receipts_in_a_batch_is_pushed_once_as_a_receipt() {
+    let mut rig = Rig::new().await;
+    member(&rig, "A1iceConn000AA=", "alice", "workspace:42").await;
+    rig.run_stream_fanout().await;
+    rig.server.reset();
+    // Bob's cursor moves 9 -> 12 -> 15: one user, so the frame every client knows.
+    let event = cursor_moves(&[("bob", 15, "01JDB2XA000000000000000002")]);
+    let response = rig.stream_fanout(serde_json::from_value(event).unwrap()).await;
+    assert!(response.batch_item_failures.is_empty());
+    let frames = rig.frames("A1iceConn000AA=");
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["type"], "receipt");
+    assert_eq!(frames[0]["senderId"], "bob");
+    assert_eq!(frames[0]["readSeq"], 15);
 }
 
 #[tokio::test]

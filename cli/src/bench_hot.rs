@@ -260,7 +260,7 @@ async fn get_json(base: &str, path: &str) -> Result<Value, String> {
 }
 
 /// What the stack's @connections answered, per second (`wsfan dev`'s `GET /dev/stats`).
-async fn connections_stats(http_url: &str) -> Result<Value, String> {
+pub(crate) async fn connections_stats(http_url: &str) -> Result<Value, String> {
     get_json(http_url, "/dev/stats").await
 }
 

@@ -5,8 +5,11 @@
 //! the first posts a message, and then every member sends `{"action":"read",…,"seq":…}` for it at
 //! the same moment and times its own ack. Moto's per-operation counts (`/_wsfan/dynamodb-units`)
 //! before and after say what the receipts wrote; the channel's head before and after (from
-//! `joined`) says whether they took sequence numbers. It fails when a receipt is not acked or is
-//! answered with an error, or when the head moved. The last line is `RESULT {json}`.
+//! `joined`) says whether they took sequence numbers. The `@connections` posts from the first
+//! receipt until the stack is quiet again (`GET /dev/stats`) say what pushing them cost. Members
+//! connect with `batch=1` as the JS client does (`--batch false`: as older clients, a frame a
+//! post). It fails when a receipt is not acked or is answered with an error, or when the head
+//! moved. The last line is `RESULT {json}`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench_hot::{calls_between, dynamodb_units, settle, verdict};
+use crate::bench_hot::{calls_between, connections_stats, dynamodb_units, settle, verdict};
 use crate::bench_local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
 
 const CHANNEL: &str = "workspace:receipts";
@@ -38,6 +41,10 @@ pub struct ReceiptsBench {
     /// How long a member waits for its ack.
     #[arg(long, default_value_t = 60)]
     pub ack_secs: u64,
+    /// Members connect with `batch=1` as the JS client does (`--batch false`: none asks, as older
+    /// clients, and each gets a frame a post).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub batch: bool,
     /// Passed to `wsfan dev --concurrency`: execution environments per function. Lambda scales
     /// ws-message out far beyond `wsfan dev`'s default of 4; with 4, the acks queue for them.
     #[arg(long)]
@@ -100,7 +107,8 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
     let joined: Vec<Result<(Socket, Duration), String>> = futures::stream::iter(0..bench.members)
         .map(|i| {
             let url = stack.ws_url.clone();
-            async move { connect_and_join_with(&url, &format!("reader-{i}"), CHANNEL, "").await }
+            let query = if bench.batch { "&batch=1" } else { "" };
+            async move { connect_and_join_with(&url, &format!("reader-{i}"), CHANNEL, query).await }
         })
         .buffer_unordered(bench.connect_concurrency.max(1))
         .collect()
@@ -133,6 +141,7 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
     let join = || json!({"action": "join", "channel": CHANNEL});
     let head_before = head_of(&ask(first, join(), |f| f["type"] == "joined", limit).await?);
     let units_before = dynamodb_units(&stack.moto).await?;
+    let posts_before = posts_delivered(stack).await?;
 
     // Everyone at once: each member's task is ready before the first receipt goes out.
     let go = std::sync::Arc::new(tokio::sync::Barrier::new(sockets.len()));
@@ -164,18 +173,22 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
     }
     let window = window.elapsed();
     let units_after = dynamodb_units(&stack.moto).await?;
+    // The pushes go on after the last ack: count them once the stack is quiet.
+    settle(stack, Duration::from_secs(bench.settle_secs)).await?;
+    let posts = posts_delivered(stack).await?.saturating_sub(posts_before);
     let head_after = head_of(&ask(&mut sockets[0], join(), |f| f["type"] == "joined", limit).await?);
     latencies.sort();
     let calls = calls_between(&units_before, &units_after, "calls");
     let acked = latencies.len();
     println!(
-        "{acked} of {} receipts acked in {:.2} s ({} build): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; head {head_before:?} -> {head_after:?}; DynamoDB calls {calls:?}",
+        "{acked} of {} receipts acked in {:.2} s ({} build): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; head {head_before:?} -> {head_after:?}; @connections posts {posts} (batch={}); DynamoDB calls {calls:?}",
         bench.members,
         window.as_secs_f64(),
         build_profile(),
         ms(percentile(&latencies, 50.0)),
         ms(percentile(&latencies, 99.0)),
         ms(latencies.last().copied().unwrap_or_default()),
+        bench.batch,
     );
     let mut failures = Vec::new();
     if acked != bench.members {
@@ -195,6 +208,8 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
         "build": build_profile(),
         "concurrency": bench.concurrency,
         "members": bench.members,
+        "batch": bench.batch,
+        "posts": posts,
         "acked": acked,
         "errors": errors.len(),
         "seconds": window.as_secs_f64(),
@@ -207,4 +222,11 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
         "dynamodbCalls": calls,
     });
     Ok((report, failures))
+}
+
+/// `@connections` posts delivered so far by the stack.
+async fn posts_delivered(stack: &DevProcess) -> Result<u64, String> {
+    Ok(connections_stats(&stack.http_url).await?["delivered"]
+        .as_u64()
+        .unwrap_or(0))
 }

@@ -12,6 +12,7 @@ mod bench_hot;
 mod bench_lambdas;
 mod bench_local;
 mod bench_receipts;
+mod bench_sends;
 mod dev_log;
 
 use std::path::PathBuf;
@@ -105,6 +106,9 @@ enum Bench {
     /// Every member of one channel sends a read receipt for the same message at once, through
     /// `wsfan dev`: each ack's time, and what the receipts wrote to DynamoDB by operation.
     Receipts(bench_receipts::ReceiptsBench),
+    /// Committed sends per second on one channel, closed loop, with 1, 10 and 100 concurrent
+    /// senders through `wsfan dev`: acks, errors, DynamoDB calls per send, every message delivered.
+    Sends(bench_sends::SendsBench),
     /// Each real Lambda binary's cold start (time to its first `/next`) and peak RSS then, and
     /// stream-fanout's CPU per stream record (decode, classify, build the frame).
     Lambdas(bench_lambdas::LambdasBench),
@@ -555,6 +559,7 @@ async fn run(cli: Cli) -> Result<String, String> {
         Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
         Command::Bench(Bench::Hot(bench)) => bench_hot::run(bench).await,
         Command::Bench(Bench::Receipts(bench)) => bench_receipts::run(bench).await,
+        Command::Bench(Bench::Sends(bench)) => bench_sends::run(bench).await,
         Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
         Command::Bench(Bench::Channel(bench)) => bench_channel::run(bench).await,
         Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,

@@ -685,6 +685,75 @@ async fn booking_chat_clients_get_history_on_connect_then_each_others_messages_a
 }
 
 #[tokio::test]
+async fn many_members_reading_one_message_at_once_get_their_cursors_in_few_frames() {
+    const READERS: usize = 12;
+    let stack = Stack::start(&[]);
+    let channel = "workspace:reads";
+    let mut listener = stack.client("listener").await;
+    listener.join(channel).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let mut reader = stack.client(&format!("reader-{i}")).await;
+        reader.join(channel).await;
+        readers.push(reader);
+    }
+    let sent = listener
+        .ask(
+            json!({"action": "sendMessage", "channel": channel, "body": "read me"}),
+            "ack",
+        )
+        .await;
+    let (id, seq) = (sent["messageId"].clone(), sent["seq"].clone());
+    assert!(seq.is_u64(), "{sent}");
+    // Everyone reads it at once; each is acked.
+    for reader in &mut readers {
+        reader
+            .send(json!({"action": "read", "channel": channel, "messageId": id, "seq": seq}))
+            .await;
+    }
+    for reader in &mut readers {
+        let ack = reader
+            .expect("the read's ack", |f| f["action"] == "read" || f["type"] == "error")
+            .await;
+        assert_eq!(ack["seq"], seq, "{ack}");
+    }
+    // The listener learns every reader's cursor, from far fewer frames than receipts.
+    let mut cursors = std::collections::BTreeMap::new();
+    let mut frames = Vec::new();
+    while cursors.len() < READERS {
+        let frame = listener
+            .expect("the readers' cursors", |f| {
+                f["type"] == "receipt" || f["type"] == "receipts"
+            })
+            .await;
+        let entries = match frame["type"].as_str() {
+            Some("receipts") => frame["receipts"].as_array().unwrap().clone(),
+            _ => vec![frame.clone()],
+        };
+        for r in entries {
+            assert_eq!((&r["channel"], &r["targetId"]), (&json!(channel), &id), "{frame}");
+            cursors.insert(r["senderId"].as_str().unwrap().to_owned(), r["readSeq"].clone());
+        }
+        frames.push(frame);
+    }
+    let expected: std::collections::BTreeMap<String, Value> =
+        (0..READERS).map(|i| (format!("reader-{i}"), seq.clone())).collect();
+    assert_eq!(cursors, expected);
+    assert!(
+        frames.len() < READERS && frames.iter().any(|f| f["type"] == "receipts"),
+        "{READERS} receipts written within a few stream polls came as {} frames: {frames:?}",
+        frames.len()
+    );
+    let joined = listener
+        .ask(json!({"action": "join", "channel": channel}), "joined")
+        .await;
+    for (user, read) in &expected {
+        assert_eq!(&joined["reads"][user], read, "{joined}");
+    }
+    stack.check_contract(&[&listener]);
+}
+
+#[tokio::test]
 async fn workspace_chat_clients_use_message_typing_and_presence() {
     let stack = Stack::start(&[]);
     let mut ann = stack.client_with("ann", &["workspace:*"], "workspaceId=W").await;
@@ -1141,28 +1210,48 @@ async fn a_client_that_leaves_during_connect_leaves_nothing_behind() {
     );
 }
 
-/// The short, deterministic form of `scripts/bench local`: the harness itself must count right.
-#[test]
-fn the_load_harness_counts_every_delivery() {
+/// Runs `wsfan bench <bench> --repo . <args>` against the real binaries; its `RESULT` report.
+fn bench_report(bench: &str, args: &[&str]) -> Value {
     require_lambda_binaries();
     let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
-        .args(["bench", "local", "--repo"])
+        .args(["bench", bench, "--repo"])
         .arg(repo())
-        .args(["--clients", "12", "--senders", "3", "--messages", "4", "--rate", "10"])
-        .args(["--soak", "60", "--members", "1200"])
+        .args(args)
         .output()
-        .expect("running wsfan bench local");
+        .unwrap_or_else(|e| panic!("running wsfan bench {bench}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = stdout
+    stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .map(|json| serde_json::from_str(json).expect("the report is JSON"))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"))
+}
+
+/// The short, deterministic form of `scripts/bench local`: the harness itself must count right.
+#[test]
+fn the_load_harness_counts_every_delivery() {
+    let report = bench_report(
+        "local",
+        &[
+            "--clients",
+            "12",
+            "--senders",
+            "3",
+            "--messages",
+            "4",
+            "--rate",
+            "10",
+            "--soak",
+            "60",
+            "--members",
+            "1200",
+        ],
+    );
     assert_eq!(report["joined"], 12, "{report}");
     assert_eq!(report["messages"], 12, "{report}");
     assert_eq!(
@@ -1181,6 +1270,35 @@ fn the_load_harness_counts_every_delivery() {
         .collect();
     assert!(processes.contains(&"moto"), "{processes:?}");
     assert!(processes.contains(&"ws-message"), "{processes:?}");
+}
+
+/// The short form of `scripts/bench sends`: closed-loop senders, every ack counted, the calls per
+/// send read from moto, every acked message seen by the listener.
+#[test]
+fn the_closed_loop_send_harness_counts_sends_calls_and_deliveries() {
+    let report = bench_report("sends", &["--senders", "1,3", "--secs", "2", "--settle-secs", "30"]);
+    assert_eq!(report["members"], 4, "{report}");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(
+        rounds.iter().map(|r| &r["senders"]).collect::<Vec<_>>(),
+        [1, 3],
+        "{report}"
+    );
+    for round in rounds {
+        let committed = round["committed"].as_u64().unwrap();
+        assert!(committed >= round["senders"].as_u64().unwrap(), "{round}");
+        assert_eq!(
+            (&round["errors"], &round["undelivered"]),
+            (&json!(0), &json!(0)),
+            "{round}"
+        );
+        // A send is a transaction on the channel's head (and its dedupe item): moto counted it.
+        let transactions = round["dynamodbCallsPerSendByOperation"]["TransactWriteItems"]
+            .as_f64()
+            .unwrap_or(0.0);
+        assert!(transactions >= 1.0, "{round}");
+        assert!(round["sendsPerSecond"].as_f64().unwrap() > 0.0, "{round}");
+    }
 }
 
 // ---------- chaos: injected faults, functions killed mid-batch, moto gone ----------

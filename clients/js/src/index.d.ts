@@ -83,7 +83,10 @@ export interface Reaction extends ChatBase {
   reactions?: ReactionSummary;
 }
 
-/** Someone's read cursor moved: they have read up to `readSeq` (the message `targetId`). No `seq`. */
+/**
+ * Someone's read cursor moved: they have read up to `readSeq` (the message `targetId`). No `seq`.
+ * A server `receipts` frame (several users' cursors at once) is emitted as one of these each.
+ */
 export interface Receipt extends ChatBase {
   type: 'receipt';
   targetId: string;

@@ -411,6 +411,12 @@ export class WsfanClient {
       case 'batch':
         for (const inner of Array.isArray(f.frames) ? f.frames : []) this.onParsed(inner);
         break;
+      // Several users' read cursors moved at once: each entry is a `receipt` without its type.
+      case 'receipts':
+        for (const r of Array.isArray(f.receipts) ? f.receipts : []) {
+          if (r && typeof r === 'object') this.onParsed({ ...r, type: 'receipt', channel: f.channel });
+        }
+        break;
       case 'joined': this.onJoined(f); break;
       case 'left': this.answer(`left:${f.channel}`, f); break;
       case 'ack': this.onAck(f); break;

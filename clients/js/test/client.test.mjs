@@ -144,6 +144,29 @@ describe('the wsfan client', () => {
     client.close();
   });
 
+  it('delivers each entry of a receipts frame as a receipt event, in order', async () => {
+    const { client, socket, delivered } = await started();
+    const receipts = [];
+    client.on('receipt', (r) => receipts.push([r.type, r.channel, r.senderId, r.readSeq, r.messageId]));
+    const joined = client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 5, present: [] });
+    await joined;
+    const entry = (senderId, readSeq, messageId) => ({ channel: 'workspace:1', messageId, senderId, targetId: 'm5', readSeq, sentAt: 1 });
+    socket.push({ type: 'batch', frames: [chat(6), { type: 'receipts', channel: 'workspace:1', receipts: [entry('bob', 5, 'r1'), entry('cat', 6, 'r2')] }] });
+    socket.push({ type: 'receipts', channel: 'workspace:1', receipts: [entry('dan', 6, 'r3'), entry('eve', 4, 'r4')] });
+    // A channel this client is not in: nothing.
+    socket.push({ type: 'receipts', channel: 'workspace:2', receipts: [{ ...entry('fay', 1, 'r5'), channel: 'workspace:2' }] });
+    assert.deepEqual(receipts, [
+      ['receipt', 'workspace:1', 'bob', 5, 'r1'],
+      ['receipt', 'workspace:1', 'cat', 6, 'r2'],
+      ['receipt', 'workspace:1', 'dan', 6, 'r3'],
+      ['receipt', 'workspace:1', 'eve', 4, 'r4'],
+    ]);
+    assert.deepEqual(delivered, [6]);
+    client.close();
+  });
+
   it('does not ask for batches when told not to', async () => {
     const { client } = await started({ batch: false });
     client.close();

@@ -9,8 +9,9 @@
 //! `{"type":"batch","frames":[...]}` (API Gateway bills a post per 32 KB, so this costs no more
 //! and draws far fewer posts from the budget); every other member gets one frame a post.
 //!
-//! Of one user's read-cursor moves in a channel's batch, only the last is pushed: it says all the
-//! earlier ones would (a burst of receipts coalesces into one frame per member).
+//! A channel's read-cursor moves in a batch are pushed together, at the place of the last: of each
+//! user's, only the last (it says all the earlier ones would), and several users' as one
+//! `receipts` frame. A thousand members reading one message cost each member a few frames.
 //!
 //! A record that can never be used (a message item that breaks the contract, say one a backend
 //! wrote without a body) is not retried: it goes to the stream's failure destination at once,
@@ -76,7 +77,7 @@ use wsfan_shared::batch::by_key;
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Parcel, ParcelReport, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
-use wsfan_shared::protocol::{HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
+use wsfan_shared::protocol::{ChatEvent, HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
 use wsfan_shared::publisher::FailureQueue;
 use wsfan_shared::reactions::SummaryItem;
 use wsfan_shared::reads::ReadCursor;
@@ -329,32 +330,83 @@ fn fail_from(outcomes: &mut ChannelOutcomes, first: usize, error: RecordError) {
     }
 }
 
-/// Whether `work` is a move of `user`'s read cursor.
-fn moves_cursor_of(work: &Result<Work, RecordError>, user: &str) -> bool {
-    matches!(work, Ok(Work::Push(Push { frame: ServerFrame::Receipt(r), .. })) if r.read_seq.is_some() && r.sender_id == user)
+/// The receipt, when `work` moves a user's read cursor (a receipt stored through the sequence,
+/// by an older stack or a backend, is a message of the channel and is pushed as it is).
+fn cursor_move(work: &Result<Work, RecordError>) -> Option<&ChatEvent> {
+    match work {
+        Ok(Work::Push(Push {
+            frame: ServerFrame::Receipt(r),
+            ..
+        })) if r.read_seq.is_some() => Some(r),
+        _ => None,
+    }
+}
+
+/// Every read-cursor move among a channel's records, as the frames that push them: the last move
+/// of each user (it says all that user's earlier ones would), in the order of those moves. One
+/// user's is a `receipt` frame as ever; several users' go as one `receipts` frame (more than one
+/// only when they would not fit one post).
+fn cursor_frames(channel: &ChannelId, records: &[(&EventRecord, Result<Work, RecordError>)]) -> Vec<String> {
+    let moves: Vec<&ChatEvent> = records.iter().filter_map(|(_, work)| cursor_move(work)).collect();
+    let latest: Vec<ChatEvent> = moves
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| !moves[i + 1..].iter().any(|later| later.sender_id == r.sender_id))
+        .map(|(_, r)| (*r).clone())
+        .collect();
+    let frame = |mut receipts: Vec<ChatEvent>| match receipts.len() {
+        1 => ServerFrame::Receipt(receipts.remove(0)).to_json(),
+        _ => ServerFrame::Receipts {
+            channel: channel.to_string(),
+            receipts,
+        }
+        .to_json(),
+    };
+    // Each entry is small (ids, a user id, numbers), so a stream batch's fit one post; a batch
+    // of very long user ids is split rather than refused.
+    let mut frames = Vec::new();
+    let mut part: Vec<ChatEvent> = Vec::new();
+    let mut size = 0;
+    for r in latest {
+        let entry = serde_json::to_string(&r).map_or(0, |s| s.len()) + 1;
+        if !part.is_empty() && size + entry + 128 > MAX_PAYLOAD_BYTES {
+            frames.push(frame(std::mem::take(&mut part)));
+            size = 0;
+        }
+        size += entry;
+        part.push(r);
+    }
+    frames.push(frame(part));
+    frames
 }
 
 /// Works out every frame a channel's records ask for, in stream order. A record that can never be
 /// used goes to the failure destination; one that fails here (its history read, or the failure
 /// destination) stops the plan, and it and the records after it are retried.
+///
+/// The read-cursor moves of the batch, every user's, are pushed together at the place of the last
+/// one: a thousand members reading one message in a few batches cost each member a few frames,
+/// not a thousand. The earlier moves wait for it, so when the plan stops before it, they are
+/// retried too (from the first of them).
 async fn plan<S: Store, F: FailureDestination>(
     store: &S,
     failures: &F,
     records: &[(&EventRecord, Result<Work, RecordError>)],
 ) -> (Vec<Planned>, Option<(usize, RecordError)>) {
     let mut planned = Vec::new();
+    let moves: Vec<usize> = (0..records.len())
+        .filter(|&i| cursor_move(&records[i].1).is_some())
+        .collect();
     for (index, (record, work)) in records.iter().enumerate() {
         let step = match work {
-            // A later move of the same user's read cursor in this batch says all this one would:
-            // a burst of one user's receipts is pushed once.
-            Ok(Work::Push(Push {
-                frame: ServerFrame::Receipt(receipt),
-                ..
-            })) if receipt.read_seq.is_some()
-                && records[index + 1..]
-                    .iter()
-                    .any(|(_, later)| moves_cursor_of(later, &receipt.sender_id)) =>
-            {
+            Ok(Work::Push(Push { channel, .. })) if cursor_move(work).is_some() => {
+                if moves.last() == Some(&index) {
+                    planned.extend(cursor_frames(channel, records).into_iter().map(|frame| Planned {
+                        record: index,
+                        frame: frame.into(),
+                        to: Audience::Members { except_user: None },
+                    }));
+                }
                 Ok(None)
             }
             Ok(Work::Push(Push { frame, .. })) => {
@@ -395,7 +447,10 @@ async fn plan<S: Store, F: FailureDestination>(
         match step {
             Ok(Some(p)) => planned.push(p),
             Ok(None) => {}
-            Err(e) => return (planned, Some((index, e))),
+            Err(e) => {
+                let from = moves.first().map_or(index, |&first| first.min(index));
+                return (planned, Some((from, e)));
+            }
         }
     }
     (planned, None)

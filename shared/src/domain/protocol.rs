@@ -635,6 +635,14 @@ pub enum ServerFrame {
     Reaction(ChatEvent),
     Typing(ChatEvent),
     Receipt(ChatEvent),
+    /// Several users' read cursors moved at once: each entry is what a `receipt` frame carries
+    /// (without `type`), at most one per user, in the order they moved. The fanout pushes one of
+    /// these per channel and stream batch instead of a `receipt` per user, so a thousand members
+    /// reading the same message cost each member a few frames, not a thousand.
+    Receipts {
+        channel: String,
+        receipts: Vec<ChatEvent>,
+    },
     #[serde(rename_all = "camelCase")]
     Presence {
         channel: String,
