@@ -223,7 +223,11 @@ pub(super) async fn post(
         }
         // Another send took this number. The cancellation says which head it left (none: the
         // head is gone or never was, so read it). A first loss is most likely a remembered head
-        // gone stale; later ones are a race, so racing senders spread out with a short pause.
+        // gone stale, and the next try goes at once with the head the cancellation carried.
+        // Later losses are a race, so racing senders spread out with a short pause, and the head
+        // is read again after it: the cancellation's head is stale by then, and a send that kept
+        // trying it after each pause lost every round to fresh sends, which never pause
+        // (`bench sends`, 10 closed-loop senders: `internal` "too busy" after 6 s of losses).
         known = found.get(head_index).cloned().flatten().map(|head| seq_in(&head));
         if let Some(head) = known {
             store.remember_head(&message.channel, head);
@@ -231,6 +235,7 @@ pub(super) async fn post(
         if attempt > 0 {
             let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            known = None;
         }
     }
     Err(StoreError::Contended)
