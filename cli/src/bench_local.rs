@@ -51,8 +51,9 @@ pub struct LocalBench {
     /// a run without the flood (0: none). The stack keeps the template's limit.
     #[arg(long, default_value_t = 0.0)]
     pub flood: f64,
-    /// How long each of the two flood runs lasts.
-    #[arg(long, default_value_t = 10)]
+    /// How long each of the two flood runs lasts. 30 s gives each p99 about 600 acks; runs of
+    /// 10 s (200 acks) put the same commit anywhere from 1.9x to 2.6x (BENCHMARKS.md, "flood").
+    #[arg(long, default_value_t = 30)]
     pub flood_secs: u64,
     /// Memberships of one channel to write, then read through the fanout's paged Query (0: none).
     #[arg(long, default_value_t = 0)]
