@@ -2216,3 +2216,53 @@ async fn a_broadcaster_alone_takes_nearly_all_of_the_shared_budget_and_two_toget
     }
     assert!(per_second.len() >= 3, "{per_second:?}");
 }
+
+#[tokio::test]
+async fn a_channel_still_at_work_at_the_cut_goes_back_to_lambda_before_the_timeout() {
+    let mut rig = Rig::new().await;
+    member(&rig, "c0", "ann", "workspace:stalled").await;
+    rig.run_stream_fanout().await;
+    rig.table
+        .store
+        .post(&chat("workspace:stalled", "ann", "m0"), None)
+        .await
+        .unwrap();
+    let batch = rig.stream_batch().await;
+    // The table stops answering this invocation: each of its calls holds its whole 20 s budget,
+    // as on a table saturated by a mass leave.
+    let stalls = wsfan_local::faults::DynamoFaults {
+        stall: 1.0,
+        ..Default::default()
+    };
+    let proxy = wsfan_local::dynamo_proxy::DynamoProxy::start(&harness::moto::shared().endpoint, stalls, 1, None)
+        .await
+        .unwrap();
+    let sdk = wsfan_local::moto::sdk_config(&proxy.endpoint).await;
+    let budget = Duration::from_secs(20);
+    let stalled = DynamoStore::new(
+        wsfan_shared::store::client_with_timeout(&sdk, budget),
+        &rig.table.name,
+        Retention::default(),
+    )
+    .with_budget(budget);
+    let started = std::time::Instant::now();
+    let (stop_at, cut_at) = (
+        started + Duration::from_millis(200),
+        started + Duration::from_millis(600),
+    );
+    let response = stream_fanout::handle_until(
+        &stalled,
+        &rig.broadcaster,
+        &rig.failures,
+        &rig.shards,
+        batch,
+        Some(stop_at),
+        Some(cut_at),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the invocation took {took:?}");
+    // The message's record goes back to Lambda, whose next invocation delivers it.
+    assert_eq!(failures(&response).len(), 1, "{response:?}");
+    assert!(rig.server.received("c0").is_empty());
+}

@@ -100,6 +100,17 @@ pub const UPGRADE_BACKOFF: [Duration; 6] = [
     Duration::from_millis(1500),
 ];
 
+/// Time kept at the very end of an invocation: a channel still at work then (see [`handle_until`])
+/// is cut, and its records go back to Lambda, with this long left to answer.
+pub const CUT_RESERVE: Duration = Duration::from_millis(1_500);
+
+/// When an invocation that must end by `deadline_ms` cuts a channel still at work:
+/// [`CUT_RESERVE`] before, or at three quarters of a timeout too short for that.
+pub fn cut_at(deadline_ms: u64) -> Instant {
+    let left = wsfan_shared::clock::time_left(deadline_ms);
+    Instant::now() + left.saturating_sub(CUT_RESERVE).max(left * 3 / 4)
+}
+
 /// When an invocation that must end by `deadline_ms` (milliseconds since the epoch, as the
 /// Runtime API gives it) hands what is left on: [`HANDOFF_RESERVE`] before, or half-way for a
 /// timeout too short for that.
@@ -124,6 +135,8 @@ pub enum RecordError {
     Blocked(String),
     #[error("not started before the invocation's hand-off time; the next invocation takes it")]
     OutOfTime,
+    #[error("still at work at the invocation's cut, just before its timeout; the next invocation takes it")]
+    Cut,
 }
 
 /// A frame to push to every member of a channel.
@@ -777,6 +790,25 @@ pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     event: Event,
     stop_at: Option<Instant>,
 ) -> DynamoDbEventResponse {
+    handle_until(store, deliver, failures, shards, event, stop_at, None).await
+}
+
+/// [`handle`], and a channel still at work at `cut_at` is cut there: its records go back to
+/// Lambda, whose retry starts from the first of them. No post starts after the hand-off, but the
+/// DynamoDB and SQS calls around the posts (the channel's plan and members, a gone recipient's
+/// cleanup, the hand-on) can each take their whole budget on a saturated table, several in a row:
+/// `bench local`'s 1,000 clients leaving ran four stream-fanout invocations into their 30 s
+/// timeout. A cut channel's members may get some frames again (they drop them by id); a
+/// timed-out invocation's whole batch, every channel's, would come again.
+pub async fn handle_until<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+    store: &S,
+    deliver: &D,
+    failures: &F,
+    shards: &Q,
+    event: Event,
+    stop_at: Option<Instant>,
+    cut_at: Option<Instant>,
+) -> DynamoDbEventResponse {
     // A channel's records, in stream order. The partition key is the channel, and it is there
     // even when the image is malformed, so a bad record holds up exactly its own channel's.
     let channels: Vec<(String, ChannelRecords)> = by_key(event.records.iter().filter_map(|record| {
@@ -786,7 +818,22 @@ pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
 
     let outcomes: Vec<_> = futures::stream::iter(&channels)
         .map(|(_, records)| async move {
-            let outcomes = channel_batch(store, deliver, failures, shards, records, stop_at).await;
+            let work = channel_batch(store, deliver, failures, shards, records, stop_at);
+            let outcomes = match cut_at {
+                None => work.await,
+                Some(at) => match tokio::time::timeout_at(at.into(), work).await {
+                    Ok(outcomes) => outcomes,
+                    Err(_) => {
+                        tracing::warn!(
+                            records = records.len(),
+                            "a channel was still at work at the cut; its records go back to Lambda"
+                        );
+                        let mut outcomes: ChannelOutcomes = records.iter().map(|_| Ok(Counters::default())).collect();
+                        fail_from(&mut outcomes, 0, RecordError::Cut);
+                        outcomes
+                    }
+                },
+            };
             records.iter().map(|(r, _)| *r).zip(outcomes).collect::<Vec<_>>()
         })
         .buffer_unordered(CHANNELS_IN_FLIGHT)

@@ -11,8 +11,12 @@ async fn main() -> Result<(), Error> {
     let shards = wsfan_shared::publisher::DeliveryQueue::from_env().await?;
     let (store, broadcaster, failures, shards) = (&store, &broadcaster, &failures, &shards);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        let stop_at = Some(stream_fanout::stop_at(event.context.deadline));
-        Ok::<_, Error>(stream_fanout::handle(store, broadcaster, failures, shards, event.payload, stop_at).await)
+        let deadline = event.context.deadline;
+        let (stop_at, cut_at) = (stream_fanout::stop_at(deadline), stream_fanout::cut_at(deadline));
+        let batch = event.payload;
+        Ok::<_, Error>(
+            stream_fanout::handle_until(store, broadcaster, failures, shards, batch, Some(stop_at), Some(cut_at)).await,
+        )
     }))
     .await
 }
