@@ -2234,17 +2234,7 @@ async fn a_channel_still_at_work_at_the_cut_goes_back_to_lambda_before_the_timeo
         stall: 1.0,
         ..Default::default()
     };
-    let proxy = wsfan_local::dynamo_proxy::DynamoProxy::start(&harness::moto::shared().endpoint, stalls, 1, None)
-        .await
-        .unwrap();
-    let sdk = wsfan_local::moto::sdk_config(&proxy.endpoint).await;
-    let budget = Duration::from_secs(20);
-    let stalled = DynamoStore::new(
-        wsfan_shared::store::client_with_timeout(&sdk, budget),
-        &rig.table.name,
-        Retention::default(),
-    )
-    .with_budget(budget);
+    let (stalled, _proxy) = rig.table.through_faults(stalls, 1, Duration::from_secs(20)).await;
     let started = std::time::Instant::now();
     let (stop_at, cut_at) = (
         started + Duration::from_millis(200),

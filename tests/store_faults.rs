@@ -16,28 +16,11 @@ use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
 use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::reactions::Reaction;
 use wsfan_shared::reads::ReadCursor;
-use wsfan_shared::store::{client_with_timeout, DynamoStore, Store, StoreError};
+use wsfan_shared::store::{DynamoStore, Store, StoreError};
 
 /// The same table as `t`, reached through a fault proxy.
 async fn through_faults(t: &TestTable, faults: DynamoFaults, seed: u64) -> (DynamoStore, DynamoProxy) {
-    through_faults_within(t, faults, seed, Duration::from_secs(5)).await
-}
-
-/// [`through_faults`] with each operation (all its calls and retries) ending within `budget`.
-async fn through_faults_within(
-    t: &TestTable,
-    faults: DynamoFaults,
-    seed: u64,
-    budget: Duration,
-) -> (DynamoStore, DynamoProxy) {
-    let moto = harness::moto::shared();
-    let proxy = DynamoProxy::start(&moto.endpoint, faults, seed, None)
-        .await
-        .expect("starting the DynamoDB fault proxy");
-    let sdk = wsfan_local::moto::sdk_config(&proxy.endpoint).await;
-    let client = client_with_timeout(&sdk, budget);
-    let store = DynamoStore::new(client, &t.name, Retention::default()).with_budget(budget);
-    (store, proxy)
+    t.through_faults(faults, seed, Duration::from_secs(5)).await
 }
 
 fn connection(id: &str, user: &str) -> Connection {
@@ -248,7 +231,7 @@ async fn a_disconnect_whose_dynamodb_calls_go_unanswered_still_leaves_nothing_be
         stall: 0.25,
         ..DynamoFaults::default()
     };
-    let (store, proxy) = through_faults_within(&t, stalls, 5, Duration::from_millis(300)).await;
+    let (store, proxy) = t.through_faults(stalls, 5, Duration::from_millis(300)).await;
     let stop_at = tokio::time::Instant::now() + Duration::from_secs(15);
     let answer = ws_disconnect::handle(&store, harness::fixture("ws-disconnect/disconnect"), stop_at).await;
     // A stall always costs its operation, and with it the round: a cleanup that succeeds after

@@ -126,6 +126,23 @@ impl TestTable {
         Self::with_retention(Retention::default()).await
     }
 
+    /// A store of this table reached through `wsfan dev`'s DynamoDB fault proxy (its faults drawn
+    /// from `seed`), each operation (all its calls and retries) ending within `budget`.
+    pub async fn through_faults(
+        &self,
+        faults: wsfan_local::faults::DynamoFaults,
+        seed: u64,
+        budget: std::time::Duration,
+    ) -> (DynamoStore, wsfan_local::dynamo_proxy::DynamoProxy) {
+        let proxy = wsfan_local::dynamo_proxy::DynamoProxy::start(&moto::shared().endpoint, faults, seed, None)
+            .await
+            .expect("starting the DynamoDB fault proxy");
+        let sdk = wsfan_local::moto::sdk_config(&proxy.endpoint).await;
+        let client = wsfan_shared::store::client_with_timeout(&sdk, budget);
+        let store = DynamoStore::new(client, &self.name, Retention::default()).with_budget(budget);
+        (store, proxy)
+    }
+
     pub async fn with_retention(retention: Retention) -> Self {
         let moto = moto::shared();
         let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);

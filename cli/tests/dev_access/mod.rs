@@ -33,6 +33,36 @@ impl Client {
             chosen,
         ))
     }
+
+    /// Writes `count` pings at once, none waiting for an answer: a flood.
+    async fn flood_pings(&mut self, count: usize) {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        for i in 0..count {
+            let frame = json!({"action": "ping", "n": i}).to_string();
+            self.socket.send(Message::Text(frame.into())).await.unwrap();
+        }
+    }
+
+    /// Reads the answers to `count` flooded pings: how many were answered `pong`, and the
+    /// `retryAfterMs` of each answered `rate_limited` (any other answer fails the test).
+    async fn flood_answers(&mut self, count: usize) -> (usize, Vec<u64>) {
+        let (mut pongs, mut limited) = (0, Vec::new());
+        while pongs + limited.len() < count {
+            let f = self
+                .expect("an answer to each flood frame", |f| {
+                    f["type"] == "pong" || f["type"] == "error"
+                })
+                .await;
+            if f["type"] == "pong" {
+                pongs += 1;
+            } else {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                limited.push(f["retryAfterMs"].as_u64().expect("retryAfterMs"));
+            }
+        }
+        (pongs, limited)
+    }
 }
 
 #[tokio::test]
@@ -80,9 +110,7 @@ async fn the_token_in_the_subprotocol_offer_connects_and_the_server_chooses_wsfa
 
 #[tokio::test]
 async fn a_flooding_connection_gets_rate_limited_with_a_retry_hint_and_others_do_not() {
-    use futures::SinkExt;
     use std::time::{Duration, Instant};
-    use tokio_tungstenite::tungstenite::Message;
 
     // 5 frames a second, bursts of 10: tight enough that a flood shows in a second or two.
     let stack = Stack::start(&["--rate-limit", "5:10"]);
@@ -90,29 +118,13 @@ async fn a_flooding_connection_gets_rate_limited_with_a_retry_hint_and_others_do
     let mut other = stack.client("alice").await;
     let started = Instant::now();
     const FLOOD: usize = 60;
-    for i in 0..FLOOD {
-        let frame = json!({"action": "ping", "n": i}).to_string();
-        flooder.socket.send(Message::Text(frame.into())).await.unwrap();
-    }
+    flooder.flood_pings(FLOOD).await;
     // Meanwhile the other connection's frames are all answered.
     for _ in 0..3 {
         let pong = other.ask(json!({"action": "ping"}), "pong").await;
         assert_eq!(pong["type"], "pong", "{pong}");
     }
-    let (mut pongs, mut limited) = (0, Vec::new());
-    while pongs + limited.len() < FLOOD {
-        let f = flooder
-            .expect("an answer to each flood frame", |f| {
-                f["type"] == "pong" || f["type"] == "error"
-            })
-            .await;
-        if f["type"] == "pong" {
-            pongs += 1;
-        } else {
-            assert_eq!(f["code"], "rate_limited", "{f}");
-            limited.push(f["retryAfterMs"].as_u64().expect("retryAfterMs"));
-        }
-    }
+    let (pongs, limited) = flooder.flood_answers(FLOOD).await;
     let elapsed = started.elapsed().as_secs_f64();
     assert!(!limited.is_empty(), "{pongs} pongs and no refusal in {elapsed:.1} s");
     // The burst, then the rate: never more, whichever environment served a frame.
@@ -130,9 +142,6 @@ async fn a_flooding_connection_gets_rate_limited_with_a_retry_hint_and_others_do
 
 #[tokio::test]
 async fn a_connection_s_frames_run_at_once_as_api_gateway_runs_them_so_a_flood_meets_the_default_limit() {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
-
     // The template's limit (25 a second, bursts of 50). Every DynamoDB call takes 100 ms, so a
     // gateway that ran a connection's frames one after another would pass at most 10 a second,
     // under the limit, and no flood would ever be refused. API Gateway invokes the integration for
@@ -140,26 +149,10 @@ async fn a_connection_s_frames_run_at_once_as_api_gateway_runs_them_so_a_flood_m
     let stack = Stack::start(&["--inject", "ddb-latency=100ms", "--concurrency", "32"]);
     let mut flooder = stack.client("mallory").await;
     const FLOOD: usize = 100;
-    for i in 0..FLOOD {
-        let frame = json!({"action": "ping", "n": i}).to_string();
-        flooder.socket.send(Message::Text(frame.into())).await.unwrap();
-    }
-    let (mut pongs, mut limited) = (0, 0);
-    while pongs + limited < FLOOD {
-        let f = flooder
-            .expect("an answer to each flood frame", |f| {
-                f["type"] == "pong" || f["type"] == "error"
-            })
-            .await;
-        if f["type"] == "pong" {
-            pongs += 1;
-        } else {
-            assert_eq!(f["code"], "rate_limited", "{f}");
-            limited += 1;
-        }
-    }
+    flooder.flood_pings(FLOOD).await;
+    let (pongs, limited) = flooder.flood_answers(FLOOD).await;
     assert!(
-        limited > 0,
+        !limited.is_empty(),
         "{pongs} pongs and no refusal: the frames ran one after another"
     );
     stack.check_contract(&[&flooder]);
