@@ -409,21 +409,24 @@ impl SharedBudget {
             .unwrap_or_default()
     }
 
-    /// Waits until this environment holds a post of the current second.
-    async fn take(&self) {
+    /// Waits until this environment holds a post of the current second; returns that second's
+    /// end (wall clock), by which the post must be sent.
+    async fn take(&self) -> Duration {
         loop {
-            let step = self.lease.lock().unwrap().take(Self::wall_clock());
+            let now = Self::wall_clock();
+            let step = self.lease.lock().unwrap().take(now);
             match step {
-                Take::Go => return,
+                Take::Go => return Duration::from_secs(now.as_secs() + 1),
                 // A millisecond past the boundary: the next second has surely begun.
                 Take::Wait(wait) => tokio::time::sleep(wait + Duration::from_millis(1)).await,
                 Take::Lease { .. } => {
                     let _leasing = self.leasing.lock().await;
                     // Another post may have leased while this one waited for the lock.
-                    let step = self.lease.lock().unwrap().take(Self::wall_clock());
+                    let now = Self::wall_clock();
+                    let step = self.lease.lock().unwrap().take(now);
                     let Take::Lease { second, want } = step else {
                         if step == Take::Go {
-                            return;
+                            return Duration::from_secs(now.as_secs() + 1);
                         }
                         continue;
                     };
@@ -443,17 +446,19 @@ impl SharedBudget {
 }
 
 impl Pacer {
-    /// Waits for this post's turn; returns how long that took.
-    async fn wait_turn(&self) -> Duration {
+    /// Waits for this post's turn; returns how long that took, and with a shared budget the
+    /// end of the second its token belongs to (the post must be sent before it).
+    async fn wait_turn(&self) -> (Duration, Option<Duration>) {
         let started = Instant::now();
         let wait = self.governor.lock().unwrap().reserve(self.epoch.elapsed());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        if let Some(budget) = &self.budget {
-            budget.take().await;
-        }
-        started.elapsed()
+        let send_by = match &self.budget {
+            Some(budget) => Some(budget.take().await),
+            None => None,
+        };
+        (started.elapsed(), send_by)
     }
 
     fn throttled(&self) {
@@ -473,6 +478,9 @@ pub struct Posted {
 
 enum Attempt {
     Done(Delivery),
+    /// Not sent: its budget second ended before it could be written (transport::http1::TooLate).
+    /// It takes a token of the new second and goes again; no retry is counted.
+    Late,
     Retry(String),
     /// A retry because @connections answered 429.
     Throttled(String),
@@ -594,6 +602,16 @@ impl<G: GoneCleanup> Broadcaster<G> {
             Ok(_) => return Attempt::Done(Delivery::Delivered),
             Err(e) => e,
         };
+        let late = match &err {
+            SdkError::DispatchFailure(failure) => failure
+                .as_connector_error()
+                .and_then(std::error::Error::source)
+                .is_some_and(|source| source.is::<crate::http1::TooLate>()),
+            _ => false,
+        };
+        if late {
+            return Attempt::Late;
+        }
         let status = err.raw_response().map(|r| r.status().as_u16());
         match &err {
             SdkError::ServiceError(service) => match service.err() {
@@ -632,14 +650,22 @@ impl<G: GoneCleanup> Broadcaster<G> {
             paced: Duration::ZERO,
         };
         loop {
+            let mut send_by = None;
             if let Some(pacer) = &self.governor {
-                posted.paced += pacer.wait_turn().await;
+                let (paced, by) = pacer.wait_turn().await;
+                (posted.paced, send_by) = (posted.paced + paced, by);
             }
             // The deadline is for the recipient's own attempts and backoff: time waiting for
             // the budget is the whole channel's, and counting it would give up on recipients
             // that were never tried.
             let mut throttled = false;
-            let why = match self.attempt(connection_id, payload).await {
+            let attempt = self.attempt(connection_id, payload);
+            let attempt = match send_by {
+                Some(by) => crate::http1::SEND_BY.scope(by, attempt).await,
+                None => attempt.await,
+            };
+            let why = match attempt {
+                Attempt::Late => continue,
                 Attempt::Done(Delivery::Gone) => {
                     posted.delivery = match self.gone.connection_gone(connection_id).await {
                         Gone::Removed => Delivery::Gone,

@@ -39,6 +39,34 @@ const MAX_HEADERS: usize = 64;
 /// each would otherwise ask the system resolver on a blocking thread of its own.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
+tokio::task_local! {
+    /// The wall-clock time (since the epoch) by which a request must be on the wire, or it is
+    /// not sent at all ([`TooLate`]). A post's token of the shared `@connections` budget belongs
+    /// to one second (domain/budget.rs), and the receiving end counts a post in the second it
+    /// arrives: a post that took its token and then waited for a new connection (or for the CPU)
+    /// past the second's end would be counted in the next one, over that second's cap.
+    pub static SEND_BY: Duration;
+}
+
+/// Kept between the check and the server reading the request.
+const SEND_MARGIN: Duration = Duration::from_millis(10);
+
+/// A request not sent because its [`SEND_BY`] had passed when it could be written.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: it could not be written before the end of its second of the budget")]
+pub struct TooLate;
+
+fn too_late() -> bool {
+    SEND_BY
+        .try_with(|by| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            now + SEND_MARGIN >= *by
+        })
+        .unwrap_or(false)
+}
+
 /// Plain TCP or TLS over it.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
@@ -120,6 +148,10 @@ impl Http1Client {
             Some(c) => (c, true),
             None => (self.connect(&target).await?, false),
         };
+        if too_late() {
+            self.checkin(target.origin, connection);
+            return Err(ConnectorError::other(Box::new(TooLate), None));
+        }
         let answer = match exchange(&mut connection, &bytes).await {
             // The server closed a kept-alive connection before this request reached it.
             Err(Failure::Closed(_)) if reused => {
@@ -774,6 +806,37 @@ mod tests {
             "{first}"
         );
         assert!(first.ends_with("\r\n\r\npayload"), "{first}");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_send_by_is_not_sent_and_its_connection_is_kept() {
+        let server = scripted(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec()).await;
+        let client = Http1Client::new();
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        // Its second ended a moment ago (or ends within the margin): refused, nothing written.
+        let err = SEND_BY
+            .scope(epoch + Duration::from_millis(5), client.send(post(&server.uri, b"x")))
+            .await
+            .unwrap_err();
+        let source = std::error::Error::source(&err).expect("the cause");
+        assert!(source.is::<TooLate>(), "{err:?}");
+        assert!(server.requests.lock().unwrap().is_empty());
+        assert_eq!(
+            client.idle_connections(),
+            1,
+            "the connection it opened waits for the next"
+        );
+        // With time left, or outside any scope, it goes.
+        let ok = SEND_BY
+            .scope(epoch + Duration::from_secs(60), client.send(post(&server.uri, b"x")))
+            .await
+            .unwrap();
+        assert_eq!(ok.status().as_u16(), 200);
+        client.send(post(&server.uri, b"x")).await.unwrap();
+        assert_eq!(server.requests.lock().unwrap().len(), 2);
+        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
