@@ -2246,8 +2246,11 @@ async fn a_channel_still_at_work_at_the_cut_goes_back_to_lambda_before_the_timeo
         &rig.failures,
         &rig.shards,
         batch,
-        Some(stop_at),
-        Some(cut_at),
+        stream_fanout::Bounds {
+            stop_at: Some(stop_at),
+            cut_at: Some(cut_at),
+            cadence: None,
+        },
     )
     .await;
     let took = started.elapsed();
@@ -2255,4 +2258,72 @@ async fn a_channel_still_at_work_at_the_cut_goes_back_to_lambda_before_the_timeo
     // The message's record goes back to Lambda, whose next invocation delivers it.
     assert_eq!(failures(&response).len(), 1, "{response:?}");
     assert!(rig.server.received("c0").is_empty());
+}
+
+#[tokio::test]
+async fn a_busy_channels_batch_holds_its_lane_so_that_the_next_brings_its_records_in_one_post() {
+    use std::sync::Mutex;
+    use wsfan_shared::cadence::Cadence;
+    let mut rig = Rig::new().await;
+    for i in 0..20 {
+        batch_member(&rig, &format!("hot{i}"), &format!("u{i}"), "workspace:hot").await;
+    }
+    // Busy from 20 frames a second, so that 20 members make a busy channel here.
+    let cadence = Mutex::new(Cadence::new(Duration::from_secs(1)).busy_from(20.0));
+    let mut took = Vec::new();
+    let mut at: Vec<std::time::Instant> = Vec::new();
+    for round in 0..2 {
+        if round == 0 {
+            settled_then_posts(&mut rig, "workspace:hot", "cat", 8).await;
+        } else {
+            // Eight more messages 1.6 s or more after the first eight (at most 5 a second, by
+            // their sequence numbers and times): eight would take 1.6 s, past the longest window,
+            // which is what the second batch must then be held for.
+            tokio::time::sleep_until((at[0] + Duration::from_millis(1600)).into()).await;
+            for i in 8..16 {
+                rig.table
+                    .store
+                    .post(&chat("workspace:hot", "cat", &i.to_string()), None)
+                    .await
+                    .unwrap();
+            }
+        }
+        let batch = rig.stream_batch().await;
+        let started = std::time::Instant::now();
+        let bounds = stream_fanout::Bounds {
+            cadence: Some(&cadence),
+            ..Default::default()
+        };
+        let response = stream_fanout::handle_until(
+            &rig.table.store,
+            &rig.broadcaster,
+            &rig.failures,
+            &rig.shards,
+            batch,
+            bounds,
+        )
+        .await;
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        took.push(started.elapsed());
+        at.push(started);
+    }
+    let interval = at[1] - at[0];
+    assert!(
+        interval < Duration::from_secs(4),
+        "the test itself was too slow to be busy: {interval:?}"
+    );
+    // The second batch is held for the whole window, and no longer.
+    assert!(
+        took[1] >= Duration::from_millis(990),
+        "the busy batch ended after {:?}",
+        took[1]
+    );
+    assert!(took[1] < Duration::from_secs(3), "{took:?}");
+    let expected: Vec<String> = (0..16).map(|i| i.to_string()).collect();
+    for i in 0..20 {
+        let (frames, posts) = unpacked(&rig, &format!("hot{i}"));
+        let bodies: Vec<String> = frames.iter().map(|f| f["body"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(bodies, expected);
+        assert_eq!(posts, 2, "each batch's eight frames in one post");
+    }
 }

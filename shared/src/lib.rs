@@ -17,6 +17,7 @@ pub mod domain {
     pub mod access;
     pub mod batch;
     pub mod budget;
+    pub mod cadence;
     pub mod channel;
     pub mod clock;
     pub mod connect;
@@ -53,8 +54,8 @@ pub mod transport {
 
 pub use adapters::{auth, broadcaster, config, expiry, limiter, publisher, revocation, store, table, telemetry};
 pub use domain::{
-    access, batch, budget, channel, clock, connect, governor, model, progress, protocol, publish, rate, reactions,
-    reads, shard, subprotocol, websocket,
+    access, batch, budget, cadence, channel, clock, connect, governor, model, progress, protocol, publish, rate,
+    reactions, reads, shard, subprotocol, websocket,
 };
 pub use transport::{http1, sigv4};
 

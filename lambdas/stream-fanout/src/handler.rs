@@ -48,6 +48,7 @@ pub const ENV: &[&str] = &[
     "FAILURE_QUEUE_URL",
     "DELIVERY_QUEUE_URL",
     "FANOUT_MAX_RPS",
+    "FANOUT_COALESCE_MS",
 ];
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
@@ -66,7 +67,7 @@ pub const HISTORY_REQUEST_ATTRIBUTE: &str = "history";
 /// Channels whose records are worked on at once within one batch.
 const CHANNELS_IN_FLIGHT: usize = 16;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
@@ -75,6 +76,7 @@ use futures::StreamExt;
 use serde_dynamo::AttributeValue;
 use wsfan_shared::batch::by_key;
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Parcel, ParcelReport, MAX_PAYLOAD_BYTES};
+use wsfan_shared::cadence::{Cadence, Sequenced};
 use wsfan_shared::channel::{ChannelId, ChannelKind};
 use wsfan_shared::model::{keys, Message};
 use wsfan_shared::protocol::{ChatEvent, HistoryCursor, PresenceState, ServerFrame, MAX_HISTORY_LIMIT};
@@ -181,6 +183,19 @@ pub fn failure_body(record: &EventRecord, reason: &str) -> String {
         "record": record,
     })
     .to_string()
+}
+
+/// A message item's place in its channel's sequence and when it was written (`seq`, `sentAt`):
+/// the channel's rate, for its cadence. Kinds off the sequence have no `seq`.
+fn sequenced(record: &EventRecord) -> Option<Sequenced> {
+    let number = |name: &str| match record.change.new_image.get(name)? {
+        AttributeValue::N(n) => n.parse::<i64>().ok(),
+        _ => None,
+    };
+    Some(Sequenced {
+        seq: u64::try_from(number("seq")?).ok()?,
+        sent_at_ms: number("sentAt")?,
+    })
 }
 
 fn string_key<'a>(record: &'a EventRecord, name: &str) -> Result<&'a str, RecordError> {
@@ -639,6 +654,7 @@ async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueu
     shards: &Q,
     records: &[(&EventRecord, Result<Work, RecordError>)],
     stop_at: Option<Instant>,
+    pace: Option<(&Mutex<Cadence>, Instant)>,
 ) -> ChannelOutcomes {
     let mut outcomes: ChannelOutcomes = (0..records.len()).map(|_| Ok(Counters::default())).collect();
     // Past the hand-off a channel is not started: Lambda gives its records to the next invocation.
@@ -680,6 +696,18 @@ async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueu
     };
     let awaiting = awaiting_upgrade(&planned);
     let mut parcels = parcels(&members, &planned);
+    if let Some((cadence, taken_at)) = pace {
+        let for_members = planned
+            .iter()
+            .filter(|p| matches!(p.to, Audience::Members { .. }))
+            .count();
+        let batching = parcels.iter().filter(|p| p.batch).count();
+        if for_members > 0 {
+            let messages: Vec<Sequenced> = records.iter().filter_map(|(r, _)| sequenced(r)).collect();
+            let mut cadence = cadence.lock().unwrap_or_else(|p| p.into_inner());
+            cadence.observe(&channel.to_string(), &messages, batching, taken_at);
+        }
+    }
     let parallel = parallel_part(deliver, &mut parcels, &awaiting, stop_at).unwrap_or_default();
     let (recipients, posts) = (parallel.len(), parallel.iter().map(|p| p.frames.len()).sum::<usize>());
     // The two parts have no recipient in common: the posts here need not wait for the enqueueing.
@@ -790,7 +818,24 @@ pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     event: Event,
     stop_at: Option<Instant>,
 ) -> DynamoDbEventResponse {
-    handle_until(store, deliver, failures, shards, event, stop_at, None).await
+    let bounds = Bounds {
+        stop_at,
+        ..Bounds::default()
+    };
+    handle_until(store, deliver, failures, shards, event, bounds).await
+}
+
+/// What an invocation keeps to besides its batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Bounds<'a> {
+    /// The hand-off: no channel and no post starts after it (see [`stop_at`]).
+    pub stop_at: Option<Instant>,
+    /// A channel still at work then goes back to Lambda (see [`cut_at`]).
+    pub cut_at: Option<Instant>,
+    /// The environment's cadence of busy channels (wsfan_shared::cadence): the invocation ends
+    /// no sooner than its busy channels ask, so that the lane's next batch brings several of
+    /// their records for one post per member. `None` never holds.
+    pub cadence: Option<&'a Mutex<Cadence>>,
 }
 
 /// [`handle`], and a channel still at work at `cut_at` is cut there: its records go back to
@@ -806,9 +851,14 @@ pub async fn handle_until<S: Store, D: Deliver, F: FailureDestination, Q: ShardQ
     failures: &F,
     shards: &Q,
     event: Event,
-    stop_at: Option<Instant>,
-    cut_at: Option<Instant>,
+    bounds: Bounds<'_>,
 ) -> DynamoDbEventResponse {
+    let Bounds {
+        stop_at,
+        cut_at,
+        cadence,
+    } = bounds;
+    let taken_at = Instant::now();
     // A channel's records, in stream order. The partition key is the channel, and it is there
     // even when the image is malformed, so a bad record holds up exactly its own channel's.
     let channels: Vec<(String, ChannelRecords)> = by_key(event.records.iter().filter_map(|record| {
@@ -818,7 +868,8 @@ pub async fn handle_until<S: Store, D: Deliver, F: FailureDestination, Q: ShardQ
 
     let outcomes: Vec<_> = futures::stream::iter(&channels)
         .map(|(_, records)| async move {
-            let work = channel_batch(store, deliver, failures, shards, records, stop_at);
+            let pace = cadence.map(|c| (c, taken_at));
+            let work = channel_batch(store, deliver, failures, shards, records, stop_at, pace);
             let outcomes = match cut_at {
                 None => work.await,
                 Some(at) => match tokio::time::timeout_at(at.into(), work).await {
@@ -857,5 +908,17 @@ pub async fn handle_until<S: Store, D: Deliver, F: FailureDestination, Q: ShardQ
         response.batch_item_failures.push(failure);
     }
     counters.log_emf("stream-fanout");
+    if let Some(cadence) = cadence {
+        let hold = cadence.lock().unwrap_or_else(|p| p.into_inner()).take_hold();
+        // A batch with failures is retried at once, not held; and no hold passes the hand-off.
+        if let Some(until) = hold.filter(|_| response.batch_item_failures.is_empty()) {
+            let until = stop_at.map_or(until, |stop| until.min(stop));
+            tracing::debug!(
+                held_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                "busy channel: the lane is held"
+            );
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
     response
 }
