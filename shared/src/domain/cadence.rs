@@ -20,10 +20,10 @@
 //! saw would be a third of the real one, and a rate from one batch of one or two messages is
 //! noise. A channel's sequence is gapless, so the messages between the last one this environment
 //! saw and the newest of this batch are all the channel's, whoever delivered them: that span
-//! gives the rate. An environment that has not seen the channel in the last [`STALE`] uses the
-//! batch's own span when it holds at least three messages, else does not hold. Presence, typing,
-//! receipts and reactions carry no sequence number and do not count. A wrong rate costs frames
-//! per post or latency within the maximum, never a frame.
+//! gives the rate. An environment that has not seen the channel in the last 5 s (`STALE_MS`)
+//! uses the batch's own span when it holds at least three messages, else does not hold.
+//! Presence, typing, receipts and reactions carry no sequence number and do not count. A wrong
+//! rate costs frames per post or latency within the maximum, never a frame.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
