@@ -403,17 +403,11 @@ struct SharedBudget {
 const UNLEASED_FRACTION: f64 = 1.0 / 200.0;
 
 impl SharedBudget {
-    fn wall_clock() -> Duration {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-    }
-
     /// Waits until this environment holds a post of the current second; returns that second's
     /// end (wall clock), by which the post must be sent.
     async fn take(&self) -> Duration {
         loop {
-            let now = Self::wall_clock();
+            let now = crate::clock::since_epoch();
             let step = self.lease.lock().unwrap().take(now);
             match step {
                 Take::Go => return Duration::from_secs(now.as_secs() + 1),
@@ -422,7 +416,7 @@ impl SharedBudget {
                 Take::Lease { .. } => {
                     let _leasing = self.leasing.lock().await;
                     // Another post may have leased while this one waited for the lock.
-                    let now = Self::wall_clock();
+                    let now = crate::clock::since_epoch();
                     let step = self.lease.lock().unwrap().take(now);
                     let Take::Lease { second, want } = step else {
                         if step == Take::Go {

@@ -37,10 +37,12 @@ fn seconds(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default
     }
 }
 
+/// Milliseconds within `range` (inclusive), or `default` when unset.
 fn millis(
     lookup: &impl Fn(&str) -> Option<String>,
     name: &'static str,
     default: u64,
+    range: std::ops::RangeInclusive<u64>,
 ) -> Result<std::time::Duration, ConfigError> {
     let ms = match optional(lookup, name) {
         None => default,
@@ -48,10 +50,13 @@ fn millis(
             .trim()
             .parse::<u64>()
             .ok()
-            .filter(|n| *n > 0)
+            .filter(|n| range.contains(n))
             .ok_or_else(|| ConfigError::Invalid {
                 name,
-                why: format!("{v:?} is not a positive number of milliseconds"),
+                why: match *range.end() {
+                    u64::MAX => format!("{v:?} is not a number of milliseconds of at least {}", range.start()),
+                    end => format!("{v:?} is not a number of milliseconds from {} to {end}", range.start()),
+                },
             })?,
     };
     Ok(std::time::Duration::from_millis(ms))
@@ -131,7 +136,12 @@ impl StoreConfig {
                 event_secs: seconds(&lookup, "EVENT_TTL_SECONDS", d.event_secs)?,
                 dedupe_secs: seconds(&lookup, "DEDUPE_TTL_SECONDS", d.dedupe_secs)?,
             },
-            operation_timeout: millis(&lookup, "DYNAMODB_TIMEOUT_MS", DEFAULT_DYNAMODB_TIMEOUT_MS)?,
+            operation_timeout: millis(
+                &lookup,
+                "DYNAMODB_TIMEOUT_MS",
+                DEFAULT_DYNAMODB_TIMEOUT_MS,
+                1..=u64::MAX,
+            )?,
         })
     }
 }
@@ -172,20 +182,7 @@ pub const DEFAULT_COALESCE_MS: u64 = 1250;
 pub fn coalesce_window_from_lookup(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<std::time::Duration, ConfigError> {
-    const NAME: &str = "FANOUT_COALESCE_MS";
-    let ms = match optional(&lookup, NAME) {
-        None => DEFAULT_COALESCE_MS,
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n <= 10_000)
-            .ok_or_else(|| ConfigError::Invalid {
-                name: NAME,
-                why: format!("{v:?} is not a number of milliseconds from 0 to 10000"),
-            })?,
-    };
-    Ok(std::time::Duration::from_millis(ms))
+    millis(&lookup, "FANOUT_COALESCE_MS", DEFAULT_COALESCE_MS, 0..=10_000)
 }
 
 pub fn coalesce_window_from_env() -> Result<std::time::Duration, ConfigError> {

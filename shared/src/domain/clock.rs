@@ -9,6 +9,11 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
+/// The wall clock as a duration since the epoch (zero if the clock is before it).
+pub fn since_epoch() -> std::time::Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
 pub fn now_secs() -> i64 {
     now_millis() / 1000
 }

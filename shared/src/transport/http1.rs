@@ -58,12 +58,7 @@ pub struct TooLate;
 
 fn too_late() -> bool {
     SEND_BY
-        .try_with(|by| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            now + SEND_MARGIN >= *by
-        })
+        .try_with(|by| crate::clock::since_epoch() + SEND_MARGIN >= *by)
         .unwrap_or(false)
 }
 
