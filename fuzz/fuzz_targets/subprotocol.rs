@@ -21,20 +21,44 @@ fuzz_target!(|data: &[u8]| {
                 entries.push(format!("bearer.{token}"));
             }
             for e in &entries {
-                assert!(e.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)));
+                assert!(e
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)));
             }
             let printed = entries.join(", ");
             let again = parse(&printed).expect("a printed offer parses");
             assert_eq!(again, offer);
         }
         Err(e) => {
-            // The message names the problem, never the offer's content.
+            // The message names the problem, never the offer's content. A "token" the fuzzer
+            // copied from the parser's own words may appear in it; so a message that contains the
+            // token must still contain it when the token's letters and digits are changed, since
+            // then the parser wrote it, not the input. (Trimmed first: a run of blanks is no token,
+            // and every message contains the empty string.)
             let message = e.to_string();
-            if let Some(token) = header.split("bearer.").nth(1).map(|t| t.split(',').next().unwrap_or("")) {
-                if token.len() >= 8 {
-                    assert!(!message.contains(token.trim()), "{message}");
+            if let Some(token) = header
+                .split("bearer.")
+                .nth(1)
+                .map(|t| t.split(',').next().unwrap_or("").trim())
+            {
+                if token.len() >= 8 && message.contains(token) {
+                    let other: String = token.chars().map(another_of_its_kind).collect();
+                    if let Err(again) = parse(&header.replacen(token, &other, 1)) {
+                        assert!(again.to_string().contains(token), "{message}");
+                    }
                 }
             }
         }
     }
 });
+
+/// The next letter or digit of the same kind (z to a), so an entry stays as valid as it was.
+fn another_of_its_kind(c: char) -> char {
+    match c {
+        'z' => 'a',
+        'Z' => 'A',
+        '9' => '0',
+        'a'..='y' | 'A'..='Y' | '0'..='8' => (c as u8 + 1) as char,
+        other => other,
+    }
+}
