@@ -502,7 +502,7 @@ def get_backend_for_host(self, host):
 
 # --- Request units ------------------------------------------------------------------------------
 
-# What the DynamoDB calls since the server started would have consumed on-demand, for `wsfan bench
+# What the DynamoDB calls since the server started would have consumed on-demand, for `wsfan-bench
 # hot`'s cost line (moto does not report consumed capacity). GET UNITS_PATH answers it as JSON.
 UNITS_PATH = "/_wsfan/dynamodb-units"
 _units_lock = threading.Lock()
@@ -690,7 +690,7 @@ def _freeze_after_full_collection(phase, info):
     """Moves what survived a full collection out of the collector's sight (gc.freeze).
 
     A full collection walks every tracked object, and a table of 100,000 items is millions of
-    them: in `wsfan bench channel` each one stopped the server longer than the last, up to
+    them: in `wsfan-bench channel` each one stopped the server longer than the last, up to
     995 ms in the middle of a broadcast (where a small channel's p99 came from). After a freeze
     the next full collection walks only what was made since. The price: an object that lives
     past one full collection and later becomes garbage in a reference cycle is never freed;

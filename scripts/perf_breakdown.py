@@ -1,7 +1,7 @@
 """Splits a perf profile of the broadcaster into the parts of a post, by what is on the stack.
 
     taskset -c 0 perf record -e cpu-clock -F 2000 --call-graph dwarf,32768 -o perf.data \
-        target/profiling/wsfan bench fanout --server-core 1 --baseline-recipients 10
+        target/profiling/wsfan-bench fanout --server-core 1 --baseline-recipients 10
     perf report -i perf.data --sort pid -g none     # the busiest wsfan thread is the client
     perf script -i perf.data --tid <tid> -F tid,ip,sym | python3 scripts/perf_breakdown.py
 

@@ -6,19 +6,11 @@
 //! - `wsfan revoke`: take a user out of a channel, or close all their connections and refuse their
 //!   current tokens; or refuse one token.
 
-mod bench;
-mod bench_channel;
-mod bench_hot;
-mod bench_lambdas;
-mod bench_local;
-mod bench_receipts;
-mod bench_sends;
-mod dev_log;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use wsfan_local::options::StackArgs;
 use wsfan_shared::auth::{mint_hs256, Claims};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
@@ -52,91 +44,6 @@ enum Command {
     Dev(DevArgs),
     /// Invoke one function once with an event file, like `sam local invoke` without Docker.
     Invoke(InvokeArgs),
-    /// Benchmarks (run through scripts/bench, which pins the processes to cores).
-    #[command(subcommand)]
-    Bench(Bench),
-    /// The @connections server as a process of its own (for benchmarks).
-    #[command(hide = true)]
-    ServeConnections(ServeArgs),
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// The broadcaster against the boto3 loop, latency, throttling and memory.
-    Fanout {
-        /// The venv's python, with boto3.
-        #[arg(long, default_value = ".venv/bin/python")]
-        python: PathBuf,
-        /// Pin the @connections server to this core (taskset -c).
-        #[arg(long)]
-        server_core: Option<String>,
-        #[arg(long, default_value_t = 10_000)]
-        recipients: usize,
-        #[arg(long, default_value_t = 10_000)]
-        baseline_recipients: usize,
-        /// Posts in flight (default: the broadcaster's, as FANOUT_CONCURRENCY would set it).
-        #[arg(long)]
-        concurrency: Option<usize>,
-        /// Rounds of the throughput run; the median is reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Recipients of the throttled run: at the broadcaster's pace, 10,000 fit in the bucket's
-        /// burst and refill without a single 429.
-        #[arg(long, default_value_t = 50_000)]
-        throttled_recipients: usize,
-        /// The throttled run's token bucket refill, in posts per second (API Gateway's account
-        /// default is 10,000). The run fails if the bucket never answers 429.
-        #[arg(long, default_value_t = 10_000.0)]
-        bucket_rate: f64,
-        /// The throttled run's bucket size (API Gateway's account default burst is 5,000).
-        #[arg(long, default_value_t = 5_000.0)]
-        bucket_burst: f64,
-        /// Only the throughput rounds (the single-channel CPU per post): what `bench channel`
-        /// runs beside its broadcast as the figure to compare with.
-        #[arg(long)]
-        throughput_only: bool,
-    },
-    /// `wsfan dev` under load: real WebSocket clients join one channel, some send at a steady
-    /// rate, and every delivery is counted; then an optional soak and a large channel's read.
-    Local(bench_local::LocalBench),
-    /// One busy channel through `wsfan dev` with the template's defaults: members x messages
-    /// per second, every delivery counted, the budget used in each second, timeouts, and the
-    /// cost of a million deliveries.
-    Hot(bench_hot::HotBench),
-    /// Every member of one channel sends a read receipt for the same message at once, through
-    /// `wsfan dev`: each ack's time, and what the receipts wrote to DynamoDB by operation.
-    Receipts(bench_receipts::ReceiptsBench),
-    /// Committed sends per second on one channel, closed loop, with 1, 10 and 100 concurrent
-    /// senders through `wsfan dev`: acks, errors, DynamoDB calls per send, every message delivered.
-    Sends(bench_sends::SendsBench),
-    /// Each real Lambda binary's cold start (time to its first `/next`) and peak RSS then, and
-    /// stream-fanout's CPU per stream record (decode, classify, build the frame).
-    Lambdas(bench_lambdas::LambdasBench),
-    /// One message to a large channel over the real path (stream-fanout, shards, deliver in
-    /// several environments, a throttling @connections), with a small channel's latency meanwhile.
-    Channel(bench_channel::ChannelBench),
-}
-
-#[derive(Args)]
-struct StackArgs {
-    /// The repository (for sam/template.yaml, scripts/ and .venv).
-    #[arg(long, default_value = ".")]
-    repo: PathBuf,
-    /// Where the Lambda binaries are; by default beside this wsfan binary.
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    /// The moto server's port (0: any free port).
-    #[arg(long, default_value_t = 4566)]
-    moto_port: u16,
-    #[arg(long, default_value = "local")]
-    stage: String,
-    /// Execution environments each function may scale out to, as Lambda starts one more when an
-    /// invocation finds every environment busy (kept low: each is a process on this machine).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    concurrency: u16,
-    /// Show the functions' own log lines, not only invocations, warnings and errors.
-    #[arg(long, short)]
-    verbose: bool,
 }
 
 #[derive(Args)]
@@ -200,38 +107,6 @@ struct InvokeArgs {
     stack: StackArgs,
 }
 
-/// Where the Lambda binaries are: `given`, or beside this wsfan binary (the same build).
-fn lambda_bin_dir(given: Option<&PathBuf>) -> Result<PathBuf, String> {
-    match given {
-        Some(d) => Ok(d.clone()),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .parent()
-            .map(PathBuf::from)
-            .ok_or_else(|| "cannot tell where wsfan is".to_owned()),
-    }
-}
-
-impl StackArgs {
-    fn config(&self, port: u16) -> Result<wsfan_local::dev::DevConfig, String> {
-        let bin_dir = lambda_bin_dir(self.bin_dir.as_ref())?;
-        Ok(wsfan_local::dev::DevConfig {
-            repo_root: self.repo.clone(),
-            bin_dir,
-            port,
-            moto_port: self.moto_port,
-            stage: self.stage.clone(),
-            limits: wsfan_local::gateway::Limits::default(),
-            anonymous_channels: None,
-            concurrency: usize::from(self.concurrency),
-            verbose: self.verbose,
-            inject: None,
-            rate_limit: None,
-            schedule_every: None,
-        })
-    }
-}
-
 /// A seed for fault draws when none is given: different each run, printed so it can be repeated.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -244,16 +119,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    #[arg(long, default_value_t = 0)]
-    latency_ms: u64,
-    #[arg(long, requires = "bucket_burst")]
-    bucket_rate: Option<f64>,
-    #[arg(long)]
-    bucket_burst: Option<f64>,
 }
 
 #[derive(Args)]
@@ -530,39 +395,6 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::to_string_pretty(&response).expect("JSON serialises"))
         }
-        Command::Bench(Bench::Fanout {
-            python,
-            server_core,
-            recipients,
-            baseline_recipients,
-            concurrency,
-            rounds,
-            throttled_recipients,
-            bucket_rate,
-            bucket_burst,
-            throughput_only,
-        }) => {
-            bench::fanout(bench::Options {
-                python,
-                concurrency,
-                server_core,
-                recipients,
-                baseline_recipients,
-                rounds,
-                throttled_recipients,
-                bucket_rate,
-                bucket_burst,
-                throughput_only,
-            })
-            .await
-        }
-        Command::Bench(Bench::Local(bench)) => bench_local::run(bench).await,
-        Command::Bench(Bench::Hot(bench)) => bench_hot::run(bench).await,
-        Command::Bench(Bench::Receipts(bench)) => bench_receipts::run(bench).await,
-        Command::Bench(Bench::Sends(bench)) => bench_sends::run(bench).await,
-        Command::Bench(Bench::Lambdas(bench)) => bench_lambdas::run(bench).await,
-        Command::Bench(Bench::Channel(bench)) => bench_channel::run(bench).await,
-        Command::ServeConnections(a) => bench::serve(a.latency_ms, a.bucket_rate.zip(a.bucket_burst)).await,
         Command::Revoke(r) => revoke(endpoint, r).await,
         Command::Publish(Publish::Message(m)) if m.queue_url.is_some() => {
             let request = PublishRequest {
@@ -619,16 +451,7 @@ async fn run(cli: Cli) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The benchmark measures the broadcaster as the fanout Lambdas run it: on one thread.
-    let runtime = match cli.command {
-        Command::Bench(Bench::Fanout { .. }) | Command::ServeConnections(_) => {
-            tokio::runtime::Builder::new_current_thread()
-        }
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
-    .enable_all()
-    .build();
-    let result = match runtime {
+    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => Err(format!("starting the tokio runtime: {e}")),
     };

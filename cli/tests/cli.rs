@@ -26,6 +26,25 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap().trim().to_owned()
 }
 
+/// `wsfan` is the user's tool; the benchmarks are `wsfan-bench` (bench/, run by scripts/bench).
+#[test]
+fn the_help_lists_the_users_commands_and_no_benchmark() {
+    let help = stdout(&wsfan(&["--help"]));
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        commands,
+        ["publish", "token", "revoke", "dev", "invoke", "help"],
+        "{help}"
+    );
+    assert!(!help.to_lowercase().contains("bench"), "{help}");
+}
+
 #[tokio::test]
 async fn token_mints_a_token_the_authorizer_accepts() {
     let out = wsfan(&[

@@ -161,7 +161,7 @@ impl ConnectionsServer {
     }
 
     /// Starts a server that delivers to `sink` on a thread and a one-thread runtime of its own,
-    /// as `wsfan serve-connections` serves in a process of its own. On a runtime shared with
+    /// as `wsfan-bench serve-connections` serves in a process of its own. On a runtime shared with
     /// other work its connection tasks hop between worker threads: in `bench channel` it spent
     /// about 30 µs of CPU per post there, against 12 on its own thread, and that CPU came out of
     /// the cores the functions being measured run on. The thread serves until the process ends.

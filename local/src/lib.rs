@@ -11,6 +11,7 @@
 //! - [`faults`]: what `wsfan dev --inject` makes `@connections` and DynamoDB answer.
 //! - [`dynamo_proxy`]: the functions' DynamoDB calls, through the injected DynamoDB faults.
 //! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
+//! - [`options`]: the stack's command-line options, for `wsfan` and `wsfan-bench`.
 
 pub mod children;
 pub mod connections;
@@ -20,6 +21,7 @@ pub mod faults;
 pub mod gateway;
 pub mod logs;
 pub mod moto;
+pub mod options;
 pub mod per_second;
 pub mod runtime;
 pub mod sources;

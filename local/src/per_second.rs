@@ -4,7 +4,7 @@
 //! a run can stay under it on average and exceed it for the one second that a burst takes.
 //! The counts are kept per unix second in a ring of [`SECONDS_KEPT`] slots, so memory stays the
 //! same however long `wsfan dev` runs; a reader that wants more than that polls
-//! (`wsfan bench hot` does, and merges what it read by second).
+//! (`wsfan-bench hot` does, and merges what it read by second).
 
 use std::sync::Mutex;
 

@@ -61,11 +61,12 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Fails unless every Lambda binary sits beside `wsfan` (the binary under test), as `wsfan dev`
-/// expects them: `cargo test` alone does not build them.
-pub fn require_lambda_binaries(wsfan: &Path) {
-    let dir = wsfan.parent().expect("wsfan sits in a directory");
-    for bin in FUNCTIONS {
+/// Fails unless every Lambda binary and `wsfan` sit beside `binary` (the binary under test), as
+/// `wsfan dev` expects them: `cargo test` alone does not build them.
+pub fn require_lambda_binaries(binary: &Path) {
+    let dir = binary.parent().expect("a binary sits in a directory");
+    // `wsfan` too: the benchmarks (`wsfan-bench`) drive its `dev` stack.
+    for bin in FUNCTIONS.iter().chain(&["wsfan"]) {
         assert!(
             dir.join(bin).exists(),
             "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",

@@ -361,7 +361,7 @@ class Responses(Case):
 
 
 class RequestUnits(Case):
-    """The request units the server counts for `wsfan bench hot`, through moto's own dispatcher."""
+    """The request units the server counts for `wsfan-bench hot`, through moto's own dispatcher."""
 
     def call(self, client, operation, body, service="dynamodb"):
         """A JSON-protocol call of `service` (dynamodb or sqs) through the dispatcher `client`."""

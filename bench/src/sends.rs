@@ -1,4 +1,4 @@
-//! `wsfan bench sends`: committed sends per second on one channel, closed loop, through
+//! `wsfan-bench sends`: committed sends per second on one channel, closed loop, through
 //! `wsfan dev` with the template's defaults.
 //!
 //! The largest `--senders` count of members (real WebSocket clients) and one listener join one
@@ -23,12 +23,12 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench_hot::{calls_between, dynamodb_units, settle, verdict};
-use crate::bench_local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
+use crate::hot::{calls_between, dynamodb_units, settle, verdict};
+use crate::local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
 
 const CHANNEL: &str = "workspace:sends";
 
-/// What to run; see `wsfan bench sends --help`.
+/// What to run; see `wsfan-bench sends --help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SendsBench {
     /// The repository (for sam/template.yaml, scripts/ and .venv).

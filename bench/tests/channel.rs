@@ -1,11 +1,11 @@
-//! `wsfan bench channel`'s short form, in CI: a channel above the direct path's size goes over
+//! `wsfan-bench channel`'s short form, in CI: a channel above the direct path's size goes over
 //! the real path (stream-fanout, shards, deliver in two environments) to an @connections bucket
 //! that answers 429, and every member is reached exactly once.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Runs `wsfan bench channel` on 1,500 members with these options; asserts it succeeded and
+/// Runs `wsfan-bench channel` on 1,500 members with these options; asserts it succeeded and
 /// reached each member exactly once, and returns its report.
 fn bench_channel(options: &[&str]) -> String {
     bench_channels(1500, options)
@@ -20,8 +20,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn bench_channels(members: usize, options: &[&str]) -> String {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
-        .args(["bench", "channel", "--moto-port", "0", "--timeout-secs", "120"])
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
+        .args(["channel", "--moto-port", "0", "--timeout-secs", "120"])
         .arg(format!("--members={members}"))
         .args(options)
         .current_dir(&repo)

@@ -1,4 +1,4 @@
-//! `wsfan bench lambdas`: what each real Lambda binary costs before and around its handler.
+//! `wsfan-bench lambdas`: what each real Lambda binary costs before and around its handler.
 //!
 //! - Cold start: the time from spawning the binary to its first `GET /next` against a Runtime API
 //!   of ours, which is what Lambda's Init phase bills for, and the peak RSS at that moment.
@@ -44,7 +44,7 @@ const RECORD_FIXTURES: &[&str] = &[
 const BATCH: usize = 100;
 
 pub async fn run(b: LambdasBench) -> Result<String, String> {
-    let bin_dir = crate::lambda_bin_dir(b.bin_dir.as_ref())?;
+    let bin_dir = wsfan_local::options::lambda_bin_dir(b.bin_dir.as_ref())?;
     let build = if bin_dir.ends_with("release") {
         "release"
     } else {
@@ -52,7 +52,7 @@ pub async fn run(b: LambdasBench) -> Result<String, String> {
     };
     let template =
         wsfan_local::template::Template::load(&b.repo.join("sam/template.yaml")).map_err(|e| e.to_string())?;
-    let mut out = format!("wsfan bench lambdas ({build} build, {} cold starts each)\n", b.starts);
+    let mut out = format!("wsfan-bench lambdas ({build} build, {} cold starts each)\n", b.starts);
     out += &format!(
         "{:<18} {:>12} {:>12} {:>14}\n",
         "function", "median", "slowest", "peak RSS"
@@ -171,7 +171,7 @@ async fn cold_start(binary: &std::path::Path, name: &str, env: &[(String, String
     let outcome = tokio::select! {
         at = first_next.recv() => match at {
             Some(at) => {
-                let kib = child.id().map(|pid| crate::bench::peak_rss_kib_of(&pid.to_string())).unwrap_or(0);
+                let kib = child.id().map(|pid| crate::process::peak_rss_kib_of(&pid.to_string())).unwrap_or(0);
                 Ok((at - started, kib))
             }
             None => Err(format!("{name}: the Runtime API went away")),
@@ -211,7 +211,7 @@ fn record_cost(repo: &std::path::Path, records: usize) -> Result<(f64, usize, us
         })
         .collect();
     let (mut pushes, mut bytes, mut decided) = (0, 0, 0);
-    let cpu0 = crate::bench::cpu_time();
+    let cpu0 = crate::process::cpu_time();
     for event in &events {
         let event: aws_lambda_events::dynamodb::Event =
             serde_json::from_slice(event).map_err(|e| format!("decoding a stream event: {e}"))?;
@@ -223,7 +223,7 @@ fn record_cost(repo: &std::path::Path, records: usize) -> Result<(f64, usize, us
             }
         }
     }
-    let cpu = crate::bench::cpu_time() - cpu0;
+    let cpu = crate::process::cpu_time() - cpu0;
     if pushes == 0 {
         return Err("no fixture record made a frame: the figure would measure nothing".into());
     }

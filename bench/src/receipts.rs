@@ -1,4 +1,4 @@
-//! `wsfan bench receipts`: every member of one channel sends a read receipt for the same message
+//! `wsfan-bench receipts`: every member of one channel sends a read receipt for the same message
 //! at once, through `wsfan dev` with the template's defaults.
 //!
 //! N members (real WebSocket clients) join one channel; once their presence frames have passed,
@@ -18,12 +18,12 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench_hot::{calls_between, connections_stats, dynamodb_units, settle, verdict};
-use crate::bench_local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
+use crate::hot::{calls_between, connections_stats, dynamodb_units, settle, verdict};
+use crate::local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
 
 const CHANNEL: &str = "workspace:receipts";
 
-/// What to run; see `wsfan bench receipts --help`.
+/// What to run; see `wsfan-bench receipts --help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiptsBench {
     /// The repository (for sam/template.yaml, scripts/ and .venv).

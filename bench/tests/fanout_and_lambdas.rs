@@ -8,12 +8,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn wsfan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wsfan"))
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
         .args(args)
         .current_dir(repo())
         .output()
-        .expect("running wsfan")
+        .expect("running wsfan-bench")
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -25,7 +25,7 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn the_lambdas_bench_cold_starts_every_function_and_costs_a_stream_record() {
-    let out = wsfan(&["bench", "lambdas", "--starts", "2", "--records", "500"]);
+    let out = bench(&["lambdas", "--starts", "2", "--records", "500"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let result: serde_json::Value = stdout
@@ -56,8 +56,7 @@ fn the_lambdas_bench_cold_starts_every_function_and_costs_a_stream_record() {
 }
 
 fn fanout(bucket_rate: &str, bucket_burst: &str) -> Output {
-    wsfan(&[
-        "bench",
+    bench(&[
         "fanout",
         "--python",
         ".venv/bin/python",

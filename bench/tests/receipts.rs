@@ -1,4 +1,4 @@
-//! `wsfan bench receipts`' short form, in CI: 10 members of one channel each send a read receipt
+//! `wsfan-bench receipts`' short form, in CI: 10 members of one channel each send a read receipt
 //! for the same message at once, through `wsfan dev` with the template's defaults. Every receipt
 //! is acked, none takes a sequence number, and each writes one cursor, no transaction.
 
@@ -9,9 +9,9 @@ use serde_json::Value;
 
 #[test]
 fn ten_members_reading_one_message_at_once_are_all_acked_and_never_move_the_head() {
-    harness::require_lambda_binaries(Path::new(env!("CARGO_BIN_EXE_wsfan")));
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
-        .args(["bench", "receipts", "--members", "10", "--settle-secs", "60"])
+    harness::require_lambda_binaries(Path::new(env!("CARGO_BIN_EXE_wsfan-bench")));
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
+        .args(["receipts", "--members", "10", "--settle-secs", "60"])
         .current_dir(harness::repo_root())
         .output()
         .expect("running wsfan");

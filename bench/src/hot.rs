@@ -1,4 +1,4 @@
-//! `wsfan bench hot`: one busy channel through `wsfan dev` with the template's defaults.
+//! `wsfan-bench hot`: one busy channel through `wsfan dev` with the template's defaults.
 //!
 //! N members (real WebSocket clients, joined to one channel), the first S of them sending R
 //! messages a second together, evenly paced, for T seconds. Every member counts what it got by
@@ -28,10 +28,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use wsfan_local::per_second::{billed_messages, Second};
 
-use crate::bench_local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
 use crate::dev_log::{invocation, log_between, log_len};
+use crate::local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
 
-/// What to run; see `wsfan bench hot --help`.
+/// What to run; see `wsfan-bench hot --help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HotBench {
     /// The repository (for sam/template.yaml, scripts/ and .venv).
@@ -621,7 +621,7 @@ async fn measure(
     };
     let batching = bench.members - plain_members;
     println!(
-        "wsfan bench hot ({} build): {} members in {CHANNEL} ({batching} with batch=1, {plain_members} without), the first {} of them sending {} messages/s together for {} s; FanoutMaxRps {max_rps}",
+        "wsfan-bench hot ({} build): {} members in {CHANNEL} ({batching} with batch=1, {plain_members} without), the first {} of them sending {} messages/s together for {} s; FanoutMaxRps {max_rps}",
         build_profile(),
         bench.members,
         bench.senders,

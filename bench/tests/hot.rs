@@ -1,4 +1,4 @@
-//! `wsfan bench hot`'s short form, in CI: 10 members of one channel, 2 of them sending 5
+//! `wsfan-bench hot`'s short form, in CI: 10 members of one channel, 2 of them sending 5
 //! messages a second for 3 s, through `wsfan dev` with the template's defaults. It fails when a
 //! delivery goes missing, an invocation times out, a second exceeds FanoutMaxRps, or a batch
 //! frame reaches a member that did not ask for one; and a run that loses deliveries must fail.
@@ -9,10 +9,9 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn bench_hot(options: &[&str]) -> (Output, String, Value) {
-    harness::require_lambda_binaries(Path::new(env!("CARGO_BIN_EXE_wsfan")));
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
+    harness::require_lambda_binaries(Path::new(env!("CARGO_BIN_EXE_wsfan-bench")));
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
         .args([
-            "bench",
             "hot",
             "--members",
             "10",

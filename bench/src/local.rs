@@ -1,7 +1,7 @@
-//! `wsfan bench local`: `wsfan dev` under load, driven as its users drive it.
+//! `wsfan-bench local`: `wsfan dev` under load, driven as its users drive it.
 //!
 //! It starts the stack as `scripts/dev` does (`wsfan dev`, as a child process, with the Lambda
-//! binaries beside this wsfan), opens real WebSocket clients, joins them to one channel, has some
+//! binaries beside it), opens real WebSocket clients, joins them to one channel, has some
 //! of them send at a steady rate, and counts every delivery by `messageId`. Then, optionally, a
 //! soak (one client sending frame after frame) and the read of a large channel's members through
 //! the fanout's paged Query. Every figure is printed with the counts that show it happened, and
@@ -24,7 +24,7 @@ use wsfan_shared::channel::ChannelId;
 use wsfan_shared::model::keys;
 use wsfan_shared::store::{DynamoStore, Store};
 
-/// What to run; see `wsfan bench local --help`.
+/// What to run; see `wsfan-bench local --help`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LocalBench {
     /// The repository (for sam/template.yaml, scripts/ and .venv).
@@ -85,13 +85,27 @@ pub(crate) struct DevProcess {
     pub(crate) log: PathBuf,
 }
 
+/// The user's `wsfan` of the same build, whose `dev` the benchmarks drive.
+fn wsfan_beside_me() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let wsfan = me.with_file_name("wsfan");
+    if wsfan.exists() {
+        Ok(wsfan)
+    } else {
+        Err(format!(
+            "{} is missing: build it with the benchmark (cargo build --workspace --bins)",
+            wsfan.display()
+        ))
+    }
+}
+
 impl DevProcess {
     /// Starts `wsfan dev` with the template's defaults and `extra` options (`--inject`); its log
     /// goes to `wsfan-bench-{name}-PID.log` in the temporary directory.
     pub(crate) fn start(repo: &Path, name: &str, extra: &[String]) -> Result<DevProcess, String> {
-        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let wsfan = wsfan_beside_me()?;
         let log = std::env::temp_dir().join(format!("wsfan-bench-{name}-{}.log", std::process::id()));
-        let mut command = Command::new(me);
+        let mut command = Command::new(wsfan);
         wsfan_local::children::die_with_parent(&mut command);
         let mut child = command
             .args(["dev", "--port", "0", "--moto-port", "0", "--repo"])
@@ -175,7 +189,7 @@ impl DevProcess {
 
 /// User and system CPU time of `pid`, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    crate::bench::cpu_time_of(&pid.to_string()).as_secs_f64()
+    crate::process::cpu_time_of(&pid.to_string()).as_secs_f64()
 }
 
 pub(crate) fn token(sub: &str) -> String {
@@ -381,7 +395,7 @@ pub async fn run(bench: LocalBench) -> Result<String, String> {
 async fn measure(bench: &LocalBench, stack: &DevProcess) -> Result<Value, String> {
     let mut report = json!({"clients": bench.clients, "build": build_profile()});
     println!(
-        "wsfan bench local ({} build): {} clients, {} senders x {} messages at {}/s, soak {}, members {}",
+        "wsfan-bench local ({} build): {} clients, {} senders x {} messages at {}/s, soak {}, members {}",
         build_profile(),
         bench.clients,
         bench.senders,

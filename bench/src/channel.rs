@@ -1,4 +1,4 @@
-//! `wsfan bench channel`: one message to a large channel over the real path, end to end: the
+//! `wsfan-bench channel`: one message to a large channel over the real path, end to end: the
 //! member items in moto, one stream record, the real stream-fanout binary, shards on the FIFO
 //! delivery queue, the real deliver binaries in several environments at once, and our
 //! `@connections` server behind a token bucket answering 429. Meanwhile a small channel on the
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bench::{cores_of, Pin};
+use crate::process::{cores_of, Pin};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use wsfan_local::connections::{ConnectionsServer, Sink, SERVER_THREAD};
@@ -25,7 +25,7 @@ use wsfan_shared::store::{DynamoStore, Store};
 #[derive(clap::Args)]
 pub struct ChannelBench {
     #[command(flatten)]
-    stack: crate::StackArgs,
+    stack: wsfan_local::options::StackArgs,
     /// Members of the large channel (of all of them, with --channels).
     #[arg(long, default_value_t = 100_000)]
     members: usize,
@@ -231,7 +231,7 @@ fn function_processes(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String,
 fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
     function_processes(bin_dir, names)
         .into_iter()
-        .map(|(name, pid)| (name, crate::bench::peak_rss_kib_of(&pid)))
+        .map(|(name, pid)| (name, crate::process::peak_rss_kib_of(&pid)))
         .filter(|(_, kb)| *kb > 0)
         .collect()
 }
@@ -240,7 +240,7 @@ fn peak_rss(bin_dir: &std::path::Path, names: &[&str]) -> Vec<(String, u64)> {
 fn server_thread_cpu() -> Duration {
     threads_named(SERVER_THREAD)
         .iter()
-        .map(|tid| crate::bench::cpu_time_of(&format!("self/task/{tid}")))
+        .map(|tid| crate::process::cpu_time_of(&format!("self/task/{tid}")))
         .sum()
 }
 
@@ -249,7 +249,7 @@ fn cpu_by_process(bin_dir: &std::path::Path, names: &[&str]) -> HashMap<String, 
     function_processes(bin_dir, names)
         .into_iter()
         .map(|(name, pid)| {
-            let cpu = crate::bench::cpu_time_of(&pid);
+            let cpu = crate::process::cpu_time_of(&pid);
             (pid, (name, cpu))
         })
         .collect()
@@ -337,13 +337,13 @@ fn check_pinned(
 async fn single_channel(aws_core: &str, recipients: usize) -> Result<f64, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = tokio::process::Command::new(me)
-        .args(["bench", "fanout", "--server-core", aws_core, "--throughput-only"])
+        .args(["fanout", "--server-core", aws_core, "--throughput-only"])
         .arg(format!("--recipients={recipients}"))
         .output()
         .await
         .map_err(|e| format!("bench fanout: {e}"))?;
     let report = String::from_utf8_lossy(&out.stdout);
-    crate::bench::reported_cpu_us(&report)
+    crate::fanout::reported_cpu_us(&report)
         .filter(|_| out.status.success())
         .ok_or_else(|| format!("bench fanout: {report}{}", String::from_utf8_lossy(&out.stderr)))
 }
@@ -351,7 +351,7 @@ async fn single_channel(aws_core: &str, recipients: usize) -> Result<f64, String
 pub async fn run(b: ChannelBench) -> Result<String, String> {
     // Before anything is spawned: threads and processes started later inherit the core.
     if let Some(core) = &b.functions_core {
-        crate::bench::pin(Pin::Process(&std::process::id().to_string()), core)?;
+        crate::process::pin(Pin::Process(&std::process::id().to_string()), core)?;
     }
     let counter = Arc::new(Counter {
         first_big_unix: AtomicU64::new(u64::MAX),
@@ -370,7 +370,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(1));
         }
         for tid in threads_named(SERVER_THREAD) {
-            crate::bench::pin(Pin::Thread(&tid), core)?;
+            crate::process::pin(Pin::Thread(&tid), core)?;
         }
     }
     if !b.no_bucket {
@@ -390,7 +390,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
             .map_err(|e| e.to_string())?;
     if let Some(core) = &b.aws_core {
         // moto makes a thread per request; those inherit the core from its accepting thread.
-        crate::bench::pin(Pin::Process(&environment.moto.pid().to_string()), core)?;
+        crate::process::pin(Pin::Process(&environment.moto.pid().to_string()), core)?;
     }
     let dynamodb = aws_sdk_dynamodb::Client::new(&environment.sdk);
     let store = DynamoStore::new(
@@ -429,7 +429,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
     let cpu_before = cpu_by_process(&bin_dir, FUNCTIONS);
     // What else ran on the same two cores meanwhile: the emulated AWS side.
     let moto_pid = environment.moto.pid().to_string();
-    let others_before = (crate::bench::cpu_time_of(&moto_pid), server_thread_cpu());
+    let others_before = (crate::process::cpu_time_of(&moto_pid), server_thread_cpu());
     let throttled_before = server.stats().throttled.load(Ordering::Relaxed);
     let requests_before = server.stats().requests.load(Ordering::Relaxed);
     let sent = Instant::now();
@@ -468,7 +468,7 @@ pub async fn run(b: ChannelBench) -> Result<String, String> {
         _ => None,
     };
     let (moto_cpu, server_cpu) = (
-        crate::bench::cpu_time_of(&moto_pid).saturating_sub(others_before.0),
+        crate::process::cpu_time_of(&moto_pid).saturating_sub(others_before.0),
         server_thread_cpu().saturating_sub(others_before.1),
     );
     // Late duplicates and the last small messages have time to arrive.
@@ -663,7 +663,7 @@ impl BudgetUse {
             .copied()
             .collect();
         during.sort_by_key(|s| s.unix);
-        let (report, mut lines) = crate::bench_hot::budget_report(&during, max_rps);
+        let (report, mut lines) = crate::hot::budget_report(&during, max_rps);
         let whole: Vec<u64> = during
             .iter()
             .filter(|s| s.unix > first && s.unix < last)

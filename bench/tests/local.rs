@@ -1,4 +1,4 @@
-//! `wsfan bench local`'s short form, in CI: a few real clients through `wsfan dev` with the
+//! `wsfan-bench local`'s short form, in CI: a few real clients through `wsfan dev` with the
 //! template's defaults, every delivery counted. It fails when a delivery goes missing or an
 //! invocation times out, so a change that undoes the local figure (as the throttle governor once
 //! turned 200,000 of 200,000 deliveries into 0) cannot land silently.
@@ -11,9 +11,8 @@ use serde_json::Value;
 #[test]
 fn a_short_local_run_delivers_everything_to_batching_clients_and_nothing_times_out() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan"))
+    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
         .args([
-            "bench",
             "local",
             "--repo",
             ".",
