@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use wsfan_shared::auth::{mint_hs256, Claims};
 
-const DEV_SECRET: &str = "wsfan-local-dev-secret";
+use harness::DEV_SECRET;
 
 #[path = "dev_access/mod.rs"]
 mod access;

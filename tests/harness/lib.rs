@@ -26,8 +26,8 @@ pub const FUNCTIONS: [&str; 8] = [
     "expiry-sweep",
 ];
 
-/// The HS256 secret the fixtures' tokens are signed with. For local use only.
-pub const DEV_SECRET: &str = "wsfan-local-dev-secret";
+/// The HS256 secret the fixtures' tokens are signed with: `wsfan dev`'s. For local use only.
+pub use wsfan_local::dev::DEV_SECRET;
 
 /// The authorizer's settings for tests: these keys, no audience or issuer, no leeway, and
 /// anonymous listeners on these patterns if any.
