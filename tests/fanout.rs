@@ -1591,6 +1591,13 @@ impl Store for CountingMemberReads<'_> {
     async fn record_progress(&self, e: &ProgressEvent) -> Result<bool, wsfan_shared::store::StoreError> {
         self.store.record_progress(e).await
     }
+    async fn record_progress_delivery(
+        &self,
+        e: &ProgressEvent,
+        delivery_id: &str,
+    ) -> Result<bool, wsfan_shared::store::StoreError> {
+        self.store.record_progress_delivery(e, delivery_id).await
+    }
     async fn present(&self, c: &ChannelId, limit: usize) -> Result<Vec<String>, wsfan_shared::store::StoreError> {
         self.store.present(c, limit).await
     }

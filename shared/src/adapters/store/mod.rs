@@ -236,15 +236,13 @@ pub trait Store: Send + Sync {
     /// message id, which a redelivery keeps). The same delivery again counts as moving the
     /// snapshot again: a fanout killed after storing the event but before pushing it all must
     /// push it on the retry, or its subscribers never get it. A new message with the same event
-    /// is still a duplicate.
+    /// is still a duplicate. No default: one that forwarded to `record_progress` would drop the
+    /// delivery id, and a retried delivery would then push nothing.
     fn record_progress_delivery(
         &self,
         event: &ProgressEvent,
         delivery_id: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let _ = delivery_id;
-        self.record_progress(event)
-    }
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The users with at least one connection in a channel (from the presence items), up to `limit`.
     fn present(
