@@ -5,10 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-
-use crate::process::{cpu_time, cpu_time_of, peak_rss_kib, sole_core};
 use std::time::{Duration, Instant};
 
+use crate::process::{cpu_time, cpu_time_of, peak_rss_kib, sole_core};
 use wsfan_shared::broadcaster::{BroadcastConfig, Broadcaster, Deliver, GoneCleanup};
 
 /// Benchmarks have no table: a 410 is only counted.

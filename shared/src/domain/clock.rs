@@ -3,10 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    since_epoch().as_millis() as i64
 }
 
 /// The wall clock as a duration since the epoch (zero if the clock is before it).
@@ -20,10 +17,7 @@ pub fn now_secs() -> i64 {
 
 /// Microseconds: the limit per connection keeps its state at this resolution.
 pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
+    since_epoch().as_micros() as i64
 }
 
 /// What is left until `deadline_ms` (milliseconds since the epoch, as Lambda's Runtime API gives
