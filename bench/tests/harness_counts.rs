@@ -1,38 +1,15 @@
 //! The load harnesses count right: `wsfan-bench local` and `sends` in short, deterministic forms
 //! through `wsfan dev` and the real binaries.
 
-use std::process::Command;
+mod run;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-fn repo() -> std::path::PathBuf {
-    harness::repo_root()
-}
-
-fn require_lambda_binaries() {
-    harness::require_lambda_binaries(std::path::Path::new(env!("CARGO_BIN_EXE_wsfan-bench")));
-}
-
-/// Runs `wsfan-bench <bench> --repo . <args>` against the real binaries; its `RESULT` report.
-fn bench_report(bench: &str, args: &[&str]) -> Value {
-    require_lambda_binaries();
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
-        .args([bench, "--repo"])
-        .arg(repo())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running wsfan-bench {bench}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .map(|json| serde_json::from_str(json).expect("the report is JSON"))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"))
+/// Runs `wsfan-bench <bench> --repo . <args>`; its `RESULT` report.
+fn bench_report(bench: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![bench, "--repo", "."];
+    all.extend_from_slice(args);
+    run::report(&all)
 }
 
 /// The short, deterministic form of `scripts/bench local`: the harness itself must count right.

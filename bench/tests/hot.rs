@@ -3,39 +3,27 @@
 //! delivery goes missing, an invocation times out, a second exceeds FanoutMaxRps, or a batch
 //! frame reaches a member that did not ask for one; and a run that loses deliveries must fail.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod run;
+
+use std::process::Output;
 
 use serde_json::Value;
 
 fn bench_hot(options: &[&str]) -> (Output, String, Value) {
-    harness::require_lambda_binaries(Path::new(env!("CARGO_BIN_EXE_wsfan-bench")));
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
-        .args([
-            "hot",
-            "--members",
-            "10",
-            "--senders",
-            "2",
-            "--rate",
-            "5",
-            "--seconds",
-            "3",
-        ])
-        .args(options)
-        .current_dir(harness::repo_root())
-        .output()
-        .expect("running wsfan");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = format!("{stdout}\n{stderr}");
-    let result = stdout
-        .lines()
-        .last()
-        .and_then(|l| l.strip_prefix("RESULT "))
-        .map(|r| serde_json::from_str(r).expect("RESULT is JSON"))
-        .unwrap_or_else(|| panic!("the last line is not RESULT: {text}"));
-    (out, text, result)
+    let mut args = vec![
+        "hot",
+        "--members",
+        "10",
+        "--senders",
+        "2",
+        "--rate",
+        "5",
+        "--seconds",
+        "3",
+    ];
+    args.extend_from_slice(options);
+    let run = run::wsfan_bench(&args);
+    (run.out, run.text, run.result)
 }
 
 #[test]

@@ -3,45 +3,29 @@
 //! invocation times out, so a change that undoes the local figure (as the throttle governor once
 //! turned 200,000 of 200,000 deliveries into 0) cannot land silently.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use serde_json::Value;
+mod run;
 
 #[test]
 fn a_short_local_run_delivers_everything_to_batching_clients_and_nothing_times_out() {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(env!("CARGO_BIN_EXE_wsfan-bench"))
-        .args([
-            "local",
-            "--repo",
-            ".",
-            "--clients",
-            "12",
-            "--senders",
-            "3",
-            "--messages",
-            "4",
-            "--rate",
-            "6",
-        ])
-        .current_dir(&repo)
-        .output()
-        .expect("running wsfan");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let result: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .map(|json| serde_json::from_str(json).expect("RESULT is JSON"))
-        .unwrap_or_else(|| panic!("no RESULT line: {stdout}"));
-    assert_eq!(result["joined"], 12, "{stdout}");
-    assert_eq!(result["deliveries"]["expected"], 12 * 12, "{stdout}");
-    assert_eq!(result["deliveries"]["missing"], 0, "{stdout}");
-    assert_eq!(result["timeouts"], serde_json::json!({}), "{stdout}");
-    assert_eq!(result["batch"], true, "{stdout}");
+    let run::BenchRun { out, text, result } = run::wsfan_bench(&[
+        "local",
+        "--repo",
+        ".",
+        "--clients",
+        "12",
+        "--senders",
+        "3",
+        "--messages",
+        "4",
+        "--rate",
+        "6",
+    ]);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(result["joined"], 12, "{text}");
+    assert_eq!(result["deliveries"]["expected"], 12 * 12, "{text}");
+    assert_eq!(result["deliveries"]["missing"], 0, "{text}");
+    assert_eq!(result["timeouts"], serde_json::json!({}), "{text}");
+    assert_eq!(result["batch"], true, "{text}");
     // Once the clients have gone, nothing of theirs stays in the table.
-    assert_eq!(result["leftBehind"], 0, "{stdout}");
+    assert_eq!(result["leftBehind"], 0, "{text}");
 }
