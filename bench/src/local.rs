@@ -624,6 +624,34 @@ async fn left_behind(stack: &DevProcess) -> Result<Value, String> {
     Ok(json!(0))
 }
 
+/// Sends `frame` and waits, 30 s at most, for its ack, passing over other frames; the time from
+/// the send to the ack. `what` names the send in errors; an `error` answer is one.
+async fn send_until_ack(
+    sink: &mut futures::stream::SplitSink<Socket, Message>,
+    stream: &mut futures::stream::SplitStream<Socket>,
+    frame: &Value,
+    what: &str,
+) -> Result<Duration, String> {
+    let sent = Instant::now();
+    sink.send(Message::Text(frame.to_string().into()))
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                match frame["type"].as_str() {
+                    Some("ack") => return Ok(sent.elapsed()),
+                    Some("error") => return Err(format!("{what} refused: {frame}")),
+                    _ => {}
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => return Err(format!("{what}: no ack: {other:?}")),
+        }
+    }
+}
+
 /// A quiet client's ack latency (a message every 50 ms) for `length`, with or without a flooding
 /// client in the same channel; the flooder's answers are counted by kind.
 async fn flood(url: &str, rate: f64, length: Duration) -> Result<Value, String> {
@@ -635,27 +663,10 @@ async fn flood(url: &str, rate: f64, length: Duration) -> Result<Value, String> 
         let mut n = 0;
         while started.elapsed() < length {
             let frame = json!({"action": "sendMessage", "channel": "workspace:flood", "body": format!("quiet {n}")});
-            let sent = Instant::now();
-            sink.send(Message::Text(frame.to_string().into()))
-                .await
-                .map_err(|e| e.to_string())?;
-            loop {
-                match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-                    Ok(Some(Ok(Message::Text(text)))) => {
-                        let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                        match frame["type"].as_str() {
-                            Some("ack") => break,
-                            Some("error") => return Err(format!("{sub}: send {n} refused: {frame}")),
-                            _ => {}
-                        }
-                    }
-                    Ok(Some(Ok(_))) => {}
-                    other => return Err(format!("{sub}: send {n}: no ack: {other:?}")),
-                }
-            }
-            acks.push(sent.elapsed());
+            let took = send_until_ack(&mut sink, &mut stream, &frame, &format!("{sub}: send {n}")).await?;
+            acks.push(took);
             n += 1;
-            tokio::time::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed())).await;
+            tokio::time::sleep(Duration::from_millis(50).saturating_sub(took)).await;
         }
         acks.sort();
         Ok(acks)
@@ -728,25 +739,7 @@ async fn soak(url: &str, count: usize) -> Result<Value, String> {
     let started = Instant::now();
     for n in 0..count {
         let frame = json!({"action": "sendMessage", "channel": "workspace:soak", "body": format!("soak {n}"), "clientMsgId": format!("soak-{n}")});
-        let sent = Instant::now();
-        sink.send(Message::Text(frame.to_string().into()))
-            .await
-            .map_err(|e| format!("soak send {n}: {e}"))?;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                    match frame["type"].as_str() {
-                        Some("ack") => break,
-                        Some("error") => return Err(format!("soak send {n} refused: {frame}")),
-                        _ => {}
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
-                other => return Err(format!("soak send {n}: no ack: {other:?}")),
-            }
-        }
-        acks.push(sent.elapsed());
+        acks.push(send_until_ack(&mut sink, &mut stream, &frame, &format!("soak send {n}")).await?);
         if (n + 1) % 1000 == 0 {
             println!(
                 "  soak: {} sends, median ack of the last 1,000 {} ms",
