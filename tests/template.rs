@@ -14,7 +14,7 @@ use std::process::Command;
 
 use serde_json::{json, Value as Json};
 use serde_norway::{Mapping, Value};
-use wsfan_shared::config::Retention;
+use wsfan_shared::config::{recorded_reads, FromEnv, Retention, Var};
 use wsfan_shared::model::keys;
 use wsfan_shared::protocol::ACTIONS;
 use wsfan_shared::table::{TableSpec, TABLE};
@@ -53,8 +53,8 @@ fn repo_root() -> PathBuf {
 struct Code {
     /// Route keys a client can send (`ACTIONS`); `$connect`, `$disconnect`, `$default` come on top.
     actions: Vec<String>,
-    /// Binary name -> the environment variables it reads (each crate's `ENV`).
-    env: BTreeMap<String, Vec<String>>,
+    /// Binary name -> the environment variables it reads (those of each crate's `Config`).
+    env: BTreeMap<String, Vec<Var>>,
     /// Every `[[bin]]` target of the workspace.
     workspace_bins: BTreeSet<String>,
     /// Directories under `events/`.
@@ -77,20 +77,10 @@ fn owned(list: &[&str]) -> Vec<String> {
 
 impl Code {
     fn current() -> Code {
-        let env = [
-            (AUTHORIZER, ws_authorizer::ENV),
-            (CONNECT, ws_connect::ENV),
-            (DISCONNECT, ws_disconnect::ENV),
-            (MESSAGE, ws_message::ENV),
-            (STREAM_FANOUT, stream_fanout::ENV),
-            (PROGRESS_FANOUT, progress_fanout::ENV),
-            (DELIVER, deliver::ENV),
-            (PUBLISH, publish::ENV),
-            (EXPIRY_SWEEP, expiry_sweep::ENV),
-        ]
-        .into_iter()
-        .map(|(binary, vars)| (binary.to_owned(), owned(vars)))
-        .collect();
+        let env = lambda_configs()
+            .into_iter()
+            .map(|(binary, config)| (binary.to_owned(), config.vars))
+            .collect();
         Code {
             actions: owned(ACTIONS),
             env,
@@ -120,6 +110,34 @@ impl Code {
             ("DEDUPE_TTL_SECONDS", self.retention.dedupe_secs),
         ]
     }
+}
+
+/// What one Lambda reads from its environment: its crate's `Config`.
+struct LambdaConfig {
+    vars: Vec<Var>,
+    reads: wsfan_shared::config::RecordedReads,
+}
+
+fn lambda_config<C: FromEnv>() -> LambdaConfig {
+    LambdaConfig {
+        vars: C::vars(),
+        reads: recorded_reads::<C>(),
+    }
+}
+
+/// Every Lambda binary, with the configuration its main loads.
+fn lambda_configs() -> Vec<(&'static str, LambdaConfig)> {
+    vec![
+        (AUTHORIZER, lambda_config::<ws_authorizer::Config>()),
+        (CONNECT, lambda_config::<ws_connect::Config>()),
+        (DISCONNECT, lambda_config::<ws_disconnect::Config>()),
+        (MESSAGE, lambda_config::<ws_message::Config>()),
+        (STREAM_FANOUT, lambda_config::<stream_fanout::Config>()),
+        (PROGRESS_FANOUT, lambda_config::<progress_fanout::Config>()),
+        (DELIVER, lambda_config::<deliver::Config>()),
+        (PUBLISH, lambda_config::<publish::Config>()),
+        (EXPIRY_SWEEP, lambda_config::<expiry_sweep::Config>()),
+    ]
 }
 
 /// The binary a route's integration must run.
@@ -602,9 +620,16 @@ fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
         }
         let Some(binary) = f.binary else { continue };
         let env = t.environment(&f);
-        for name in code.env.get(binary).into_iter().flatten() {
-            if !env.contains_key(name) {
-                out.push(format!("{id} ({binary}): environment variable {name} is not set"));
+        // A binary the code does not build is reported above; what it reads is unknown.
+        let reads = code.env.get(binary).map(Vec::as_slice).unwrap_or_default();
+        for var in reads.iter().filter(|v| v.required) {
+            if !env.contains_key(var.name) {
+                out.push(format!("{id} ({binary}): environment variable {} is not set", var.name));
+            }
+        }
+        for name in env.keys().filter(|_| !reads.is_empty()) {
+            if !reads.iter().any(|v| v.name == name.as_str()) {
+                out.push(format!("{id} ({binary}): sets {name}, which its code does not read"));
             }
         }
         for (name, default) in code.ttl_defaults() {
@@ -1398,7 +1423,7 @@ fn check_connections(t: &Template, code: &Code, out: &mut Vec<String>) {
         let posts = code
             .env
             .get(binary)
-            .is_some_and(|vars| vars.iter().any(|v| v == "CONNECTIONS_ENDPOINT"));
+            .is_some_and(|vars| vars.iter().any(|v| v.name == "CONNECTIONS_ENDPOINT"));
         let manages: Vec<&Value> = t
             .statements(&f)
             .into_iter()
@@ -2011,12 +2036,69 @@ fn a_new_environment_variable_in_the_code_is_reported() {
         .env
         .get_mut(AUTHORIZER)
         .expect("the authorizer reads its environment");
-    authorizer_env.push("JWT_CLOCK".to_owned());
+    authorizer_env.push(Var::required("JWT_CLOCK", "0"));
     let problems = problems(&load_template(), &code);
     assert_reported(
         &problems,
         &["WsAuthorizerFunction (ws-authorizer): environment variable JWT_CLOCK is not set"],
     );
+}
+
+#[test]
+fn a_variable_its_code_does_not_read_is_reported() {
+    let problems = problems_after(|doc| {
+        set(doc, &path(STREAM_FANOUT_ENV, "FANOUT_BATCH_SIZE"), Value::from("10"));
+    });
+    assert_reported(
+        &problems,
+        &["StreamFanoutFunction (stream-fanout): sets FANOUT_BATCH_SIZE, which its code does not read"],
+    );
+}
+
+/// A Lambda's variables are those of the `Config` its main loads, so this holds each reader to
+/// them: a read added without its `Var` is asked for and not declared.
+#[test]
+fn every_lambda_reads_exactly_the_variables_of_its_config() {
+    for (binary, config) in lambda_configs() {
+        assert_eq!(config.reads.asked, config.reads.declared, "{binary}");
+        assert_eq!(config.reads.loaded, Ok(()), "{binary}: its variables' examples load");
+    }
+}
+
+/// The process environment is read in two places: `FromEnv::from_env`, which each main calls once
+/// on its crate's `Config`, and telemetry (the platform's `RUST_LOG` and log level). A read
+/// anywhere else would be a variable no `Config`, and so no check of the template, knows of.
+#[test]
+fn the_environment_is_read_only_through_each_lambdas_config() {
+    let root = repo_root();
+    let allowed = [
+        root.join("shared/src/adapters/config/mod.rs"),
+        root.join("shared/src/adapters/telemetry.rs"),
+    ];
+    let mut sources = rust_sources(&root.join("shared/src"));
+    for entry in std::fs::read_dir(root.join("lambdas")).unwrap().filter_map(Result::ok) {
+        sources.extend(rust_sources(&entry.path().join("src")));
+    }
+    let mut found = Vec::new();
+    for (file, source) in &sources {
+        let reads_env = ["env::var", "env::vars", "var_os("].iter().any(|p| source.contains(p));
+        if reads_env && !allowed.contains(file) {
+            found.push(format!("{} reads the process environment", file.display()));
+        }
+        let loads = source.matches("::from_env()").count();
+        let is_main = file.ends_with("src/main.rs");
+        if is_main && (loads != 1 || !source.contains("::Config::from_env()?")) {
+            found.push(format!(
+                "{}: loads {loads} configurations; it must load its crate's Config, once",
+                file.display()
+            ));
+        }
+        if !is_main && loads > 0 {
+            found.push(format!("{} loads configuration; only mains do", file.display()));
+        }
+    }
+    assert!(sources.len() > 9, "the sources were found");
+    assert!(found.is_empty(), "{found:#?}");
 }
 
 #[test]

@@ -93,7 +93,7 @@ fn parse_rate_limit(s: &str) -> Result<wsfan_shared::rate::RateLimit, String> {
         "RATE_LIMIT_BURST" => Some(burst.to_owned()),
         _ => None,
     };
-    wsfan_shared::config::rate_limit_from_lookup(lookup).map_err(|e| e.to_string())
+    <wsfan_shared::rate::RateLimit as wsfan_shared::config::FromEnv>::from_lookup(lookup).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]

@@ -18,17 +18,15 @@
 //! are not posted to again. Only when the table or the queue cannot be reached is the whole shard
 //! reported failed, and SQS retries it (at least once: clients deduplicate by `messageId`/`seq`).
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &[
-    "TABLE_NAME",
-    "DYNAMODB_TIMEOUT_MS",
-    "CONNECTIONS_ENDPOINT",
-    "FANOUT_CONCURRENCY",
-    "FANOUT_DEADLINE_MS",
-    "FANOUT_MAX_RPS",
-    "DELIVERY_QUEUE_URL",
-    "DELIVERY_DLQ_URL",
-];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = (
+    wsfan_shared::config::StoreConfig,
+    wsfan_shared::config::BroadcastConfig,
+    wsfan_shared::config::DeliveryQueueUrl,
+    wsfan_shared::config::DeliveryDeadLetterUrl,
+);
 
 /// Message groups of one batch worked on at once.
 const GROUPS_IN_FLIGHT: usize = 10;

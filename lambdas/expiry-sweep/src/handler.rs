@@ -2,8 +2,13 @@
 //! token expired without a refresh, each told `token_expired` first (adapters/expiry.rs). The
 //! schedule's event says nothing the sweep needs; the clock says what is due.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS", "CONNECTIONS_ENDPOINT"];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = (
+    wsfan_shared::config::StoreConfig,
+    wsfan_shared::config::ConnectionsEndpoint,
+);
 
 use wsfan_shared::expiry::{Sweeper, Swept};
 

@@ -13,17 +13,14 @@
 //! frame. A terminal state (`processing_complete`, a final `error`) that a subscriber could not be
 //! given is never dropped: it is retried, then parked where an operator sees and redrives it.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &[
-    "TABLE_NAME",
-    "DYNAMODB_TIMEOUT_MS",
-    "CONNECTIONS_ENDPOINT",
-    "FANOUT_CONCURRENCY",
-    "FANOUT_DEADLINE_MS",
-    "MESSAGE_TTL_SECONDS",
-    "FANOUT_MAX_RPS",
-    "DELIVERY_QUEUE_URL",
-];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = (
+    wsfan_shared::config::StoreConfig,
+    wsfan_shared::config::BroadcastConfig,
+    wsfan_shared::config::DeliveryQueueUrl,
+);
 
 const DOCS_IN_FLIGHT: usize = 16;
 

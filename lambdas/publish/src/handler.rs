@@ -10,13 +10,10 @@
 //! that channel's messages in the batch are reported failed too, so the FIFO group keeps its
 //! order. A malformed message is reported failed (never dropped) and reaches the DLQ.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &[
-    "TABLE_NAME",
-    "DYNAMODB_TIMEOUT_MS",
-    "MESSAGE_TTL_SECONDS",
-    "DEDUPE_TTL_SECONDS",
-];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = wsfan_shared::config::StoreConfig;
 
 const CHANNELS_IN_FLIGHT: usize = 16;
 

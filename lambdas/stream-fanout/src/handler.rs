@@ -38,18 +38,16 @@
 //! recipient still undelivered at FANOUT_DEADLINE_MS goes to the delivery queue too, for another
 //! attempt: nobody is dropped silently.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &[
-    "TABLE_NAME",
-    "DYNAMODB_TIMEOUT_MS",
-    "CONNECTIONS_ENDPOINT",
-    "FANOUT_CONCURRENCY",
-    "FANOUT_DEADLINE_MS",
-    "FAILURE_QUEUE_URL",
-    "DELIVERY_QUEUE_URL",
-    "FANOUT_MAX_RPS",
-    "FANOUT_COALESCE_MS",
-];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = (
+    wsfan_shared::config::StoreConfig,
+    wsfan_shared::config::BroadcastConfig,
+    wsfan_shared::config::FailureQueueUrl,
+    wsfan_shared::config::DeliveryQueueUrl,
+    wsfan_shared::config::CoalesceWindow,
+);
 
 /// Sort-key prefixes of the records this function acts on; the stream filter must let each through.
 pub const HANDLED_SORT_KEY_PREFIXES: &[&str] = &[

@@ -1,16 +1,22 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use wsfan_shared::broadcaster::Broadcaster;
 use wsfan_shared::cadence::Cadence;
+use wsfan_shared::config::{DeliveryDeadLetterUrl, FromEnv};
+use wsfan_shared::publisher::{DeliveryQueue, FailureQueue};
+use wsfan_shared::store::DynamoStore;
 
 // One thread: Lambda gives a function below 1,769 MB one vCPU, and the broadcaster's posts are
 // cheapest when they never hop between threads (BENCHMARKS.md).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
-    let (store, broadcaster) = Broadcaster::from_env().await?;
-    let failures = wsfan_shared::publisher::FailureQueue::from_env().await?;
-    let shards = wsfan_shared::publisher::DeliveryQueue::from_env().await?;
-    let cadence = std::sync::Mutex::new(Cadence::new(wsfan_shared::config::coalesce_window_from_env()?));
+    let (table, posts, failures, shards, window) = stream_fanout::Config::from_env()?;
+    let aws = wsfan_shared::config::aws().await;
+    let store = DynamoStore::connect(&aws, table);
+    let broadcaster = Broadcaster::governed(&aws, posts, &store);
+    let failures = FailureQueue::connect(&aws, failures);
+    let shards = DeliveryQueue::connect(&aws, shards, DeliveryDeadLetterUrl(None));
+    let cadence = std::sync::Mutex::new(Cadence::new(window.0));
     let (store, broadcaster, failures, shards, cadence) = (&store, &broadcaster, &failures, &shards, &cadence);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         let deadline = event.context.deadline;

@@ -3,17 +3,10 @@
 //! context, or Deny. It never fails: an error here would reach the client as a 500. It never logs
 //! the token.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &[
-    "TABLE_NAME",
-    "DYNAMODB_TIMEOUT_MS",
-    "JWT_SECRET",
-    "JWKS_URL",
-    "JWT_AUDIENCE",
-    "JWT_ISSUER",
-    "JWT_LEEWAY_SECONDS",
-    "ANONYMOUS_CHANNELS",
-];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = (wsfan_shared::config::StoreConfig, wsfan_shared::config::AuthConfig);
 
 use aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerPolicy, ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,

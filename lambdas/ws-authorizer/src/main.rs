@@ -1,14 +1,15 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use ws_authorizer::RevocationChecked;
 use wsfan_shared::auth::JwtVerifier;
-use wsfan_shared::config::AuthConfig;
+use wsfan_shared::config::FromEnv;
 use wsfan_shared::store::DynamoStore;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
-    let verifier = JwtVerifier::new(AuthConfig::from_env()?);
-    let store = DynamoStore::from_env().await?;
+    let (table, auth) = ws_authorizer::Config::from_env()?;
+    let verifier = JwtVerifier::new(auth);
+    let store = DynamoStore::connect(&wsfan_shared::config::aws().await, table);
     let checked = RevocationChecked {
         verifier: &verifier,
         revocations: &store,

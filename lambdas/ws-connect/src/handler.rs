@@ -14,8 +14,10 @@
 //! without `wsfan.v1` is refused with 400 here, where the log can say why, rather than by the
 //! browser with no reason at all.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS", "CONNECTION_TTL_SECONDS"];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = wsfan_shared::config::StoreConfig;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::access::IdentityError;

@@ -4,8 +4,10 @@
 //! a throttle that outlasted one operation's budget) runs again from the start until the
 //! invocation's deadline. TTL catches only what it never gets.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &["TABLE_NAME", "DYNAMODB_TIMEOUT_MS"];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = wsfan_shared::config::StoreConfig;
 
 use std::time::Duration;
 

@@ -14,23 +14,14 @@
 //! revocation), for the same user only, stores the new identity, and leaves the channels the new
 //! token no longer allows: the answer `authed` lists them, and their members see a leave.
 
-/// The environment variables this function reads (the SAM template is checked against it).
-pub const ENV: &[&str] = &[
-    "TABLE_NAME",
-    "DYNAMODB_TIMEOUT_MS",
-    "CONNECTION_TTL_SECONDS",
-    "MESSAGE_TTL_SECONDS",
-    "EVENT_TTL_SECONDS",
-    "DEDUPE_TTL_SECONDS",
-    "RATE_LIMIT_PER_SECOND",
-    "RATE_LIMIT_BURST",
-    // `auth` verifies tokens as the authorizer does.
-    "JWT_SECRET",
-    "JWKS_URL",
-    "JWT_AUDIENCE",
-    "JWT_ISSUER",
-    "JWT_LEEWAY_SECONDS",
-];
+/// What this function reads from its environment, loaded once by its main. The variables it
+/// reads are this type's (`wsfan_shared::config::FromEnv::vars`); the SAM template is checked
+/// against them (tests/template.rs).
+pub type Config = (
+    wsfan_shared::config::StoreConfig,
+    wsfan_shared::rate::RateLimit,
+    wsfan_shared::config::AuthConfig,
+);
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use wsfan_shared::access::{Identity, IdentityError, Role};

@@ -1,6 +1,6 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use wsfan_shared::auth::JwtVerifier;
-use wsfan_shared::config::AuthConfig;
+use wsfan_shared::config::FromEnv;
 use wsfan_shared::limiter::DynamoLimiter;
 use wsfan_shared::revocation::RevocationChecked;
 use wsfan_shared::store::DynamoStore;
@@ -8,9 +8,10 @@ use wsfan_shared::store::DynamoStore;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
-    let store = DynamoStore::from_env().await?;
-    let limiter = DynamoLimiter::new(&store, wsfan_shared::config::rate_limit_from_env()?);
-    let jwt = JwtVerifier::new(AuthConfig::from_env()?);
+    let (table, limit, auth) = ws_message::Config::from_env()?;
+    let store = DynamoStore::connect(&wsfan_shared::config::aws().await, table);
+    let limiter = DynamoLimiter::new(&store, limit);
+    let jwt = JwtVerifier::new(auth);
     let verifier = RevocationChecked {
         verifier: &jwt,
         revocations: &store,

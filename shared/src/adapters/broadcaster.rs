@@ -22,79 +22,13 @@ use aws_smithy_types::config_bag::ConfigBag;
 use futures::stream::{self, Stream, StreamExt};
 
 use crate::budget::{Lease, Take};
-use crate::config::ConfigError;
 use crate::governor::Governor;
 use crate::store::{BudgetLedger, Store, StoreError};
 
 /// API Gateway's limit for one message posted to a connection.
 pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BroadcastConfig {
-    /// `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
-    pub endpoint: String,
-    /// Posts in flight at once.
-    pub concurrency: usize,
-    /// Total time one recipient may take, retries included.
-    pub deadline: Duration,
-    pub first_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Time limit of one attempt.
-    pub attempt_timeout: Duration,
-    /// `FANOUT_MAX_RPS`: the posts per second all fanout together may make (`None`: no governor).
-    /// Environments lease it from the table second by second (crate::budget) once
-    /// [`Broadcaster::with_budget`] gives them the ledger.
-    pub max_rps: Option<u64>,
-}
-
-impl BroadcastConfig {
-    pub fn new(endpoint: impl Into<String>) -> Self {
-        BroadcastConfig {
-            endpoint: endpoint.into(),
-            // Enough to reach 1,000 recipients at 20 ms of latency in about 0.1 s.
-            concurrency: 256,
-            deadline: Duration::from_secs(20),
-            first_backoff: Duration::from_millis(25),
-            max_backoff: Duration::from_secs(2),
-            attempt_timeout: Duration::from_secs(5),
-            max_rps: None,
-        }
-    }
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(crate::config::from_process_env)
-    }
-
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let endpoint = lookup("CONNECTIONS_ENDPOINT")
-            .filter(|e| !e.trim().is_empty())
-            .ok_or(ConfigError::Missing("CONNECTIONS_ENDPOINT"))?;
-        let mut config = BroadcastConfig::new(endpoint.trim_end_matches('/'));
-        let number = |name: &'static str| -> Result<Option<u64>, ConfigError> {
-            lookup(name)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or(ConfigError::Invalid {
-                            name,
-                            why: format!("{v:?} is not a positive whole number"),
-                        })
-                })
-                .transpose()
-        };
-        if let Some(c) = number("FANOUT_CONCURRENCY")? {
-            config.concurrency = c as usize;
-        }
-        if let Some(ms) = number("FANOUT_DEADLINE_MS")? {
-            config.deadline = Duration::from_millis(ms);
-        }
-        config.max_rps = number("FANOUT_MAX_RPS")?;
-        Ok(config)
-    }
-}
+pub use crate::config::BroadcastConfig;
 
 /// The @connections endpoint for a request that arrived on `domain_name` / `stage`.
 ///
@@ -481,13 +415,10 @@ enum Attempt {
 }
 
 impl Broadcaster<crate::store::DynamoStore> {
-    /// What both fanout Lambdas run on: the store, and a broadcaster that cleans gone
-    /// connections out of it, configured from the environment.
-    pub async fn from_env() -> Result<(crate::store::DynamoStore, Self), ConfigError> {
-        let store = crate::store::DynamoStore::from_env().await?;
-        let broadcaster = Broadcaster::new(&crate::config::aws().await, BroadcastConfig::from_env()?, store.clone())
-            .with_budget(store.clone());
-        Ok((store, broadcaster))
+    /// What the fanout Lambdas run on: a broadcaster that cleans gone connections out of the
+    /// store, and leases `FANOUT_MAX_RPS` from it second by second.
+    pub fn governed(sdk: &aws_config::SdkConfig, config: BroadcastConfig, store: &crate::store::DynamoStore) -> Self {
+        Broadcaster::new(sdk, config, store.clone()).with_budget(store.clone())
     }
 }
 
@@ -957,27 +888,6 @@ mod tests {
             callback_endpoint("chat.example.com", "prod", "abc", "eu-west-1"),
             "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
         );
-    }
-
-    #[test]
-    fn config_reads_endpoint_and_limits() {
-        let vars = |k: &str| match k {
-            "CONNECTIONS_ENDPOINT" => Some("http://127.0.0.1:3001/prod/".to_owned()),
-            "FANOUT_CONCURRENCY" => Some("8".to_owned()),
-            "FANOUT_DEADLINE_MS" => Some("1500".to_owned()),
-            "FANOUT_MAX_RPS" => Some("5000".to_owned()),
-            _ => None,
-        };
-        let c = BroadcastConfig::from_lookup(vars).unwrap();
-        assert_eq!(c.endpoint, "http://127.0.0.1:3001/prod");
-        assert_eq!(c.concurrency, 8);
-        assert_eq!(c.deadline, Duration::from_millis(1500));
-        assert_eq!(c.max_rps, Some(5000));
-        assert!(BroadcastConfig::from_lookup(|_| None).is_err());
-        assert!(BroadcastConfig::from_lookup(|k| (k == "CONNECTIONS_ENDPOINT")
-            .then(|| "x".to_owned())
-            .or_else(|| (k == "FANOUT_CONCURRENCY").then(|| "0".to_owned())))
-        .is_err());
     }
 
     /// An HTTP client that keeps each request it is given, and answers the statuses it was

@@ -36,18 +36,16 @@ impl Sweeper {
         Sweeper { store, connections }
     }
 
-    /// The sweeper a Lambda uses: the store and the @connections endpoint from the environment.
-    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let store = DynamoStore::from_env().await?;
-        let endpoint = crate::config::connections_endpoint_from_env()?;
-        let sdk = crate::config::aws().await;
-        let config = aws_sdk_apigatewaymanagement::config::Builder::from(&sdk)
-            .endpoint_url(endpoint)
+    /// The sweeper a Lambda uses: the store, and a client of the stage's @connections endpoint.
+    pub fn connect(
+        sdk: &aws_config::SdkConfig,
+        store: DynamoStore,
+        endpoint: crate::config::ConnectionsEndpoint,
+    ) -> Self {
+        let config = aws_sdk_apigatewaymanagement::config::Builder::from(sdk)
+            .endpoint_url(endpoint.0)
             .build();
-        Ok(Sweeper::new(
-            store,
-            aws_sdk_apigatewaymanagement::Client::from_conf(config),
-        ))
+        Sweeper::new(store, aws_sdk_apigatewaymanagement::Client::from_conf(config))
     }
 
     /// Closes every connection whose token expired at or before `now_secs`.

@@ -190,14 +190,8 @@ impl FailureQueue {
     }
 
     /// The queue in `FAILURE_QUEUE_URL`.
-    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let url = crate::config::from_process_env("FAILURE_QUEUE_URL")
-            .filter(|u| !u.is_empty())
-            .ok_or(crate::config::ConfigError::Missing("FAILURE_QUEUE_URL"))?;
-        Ok(FailureQueue::new(
-            aws_sdk_sqs::Client::new(&crate::config::aws().await),
-            url,
-        ))
+    pub fn connect(sdk: &aws_config::SdkConfig, url: crate::config::FailureQueueUrl) -> Self {
+        FailureQueue::new(aws_sdk_sqs::Client::new(sdk), url.0)
     }
 
     pub async fn send(&self, body: String) -> Result<(), PublishError> {
@@ -232,16 +226,13 @@ impl DeliveryQueue {
         }
     }
 
-    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let url = crate::config::from_process_env("DELIVERY_QUEUE_URL")
-            .filter(|u| !u.is_empty())
-            .ok_or(crate::config::ConfigError::Missing("DELIVERY_QUEUE_URL"))?;
-        let dead_letter = crate::config::from_process_env("DELIVERY_DLQ_URL").filter(|u| !u.is_empty());
-        Ok(DeliveryQueue::new(
-            aws_sdk_sqs::Client::new(&crate::config::aws().await),
-            url,
-            dead_letter,
-        ))
+    /// The queue in `DELIVERY_QUEUE_URL`, and the dead-letter queue `deliver` parks shards in.
+    pub fn connect(
+        sdk: &aws_config::SdkConfig,
+        url: crate::config::DeliveryQueueUrl,
+        dead_letter: crate::config::DeliveryDeadLetterUrl,
+    ) -> Self {
+        DeliveryQueue::new(aws_sdk_sqs::Client::new(sdk), url.0, dead_letter.0)
     }
 
     async fn send_to(&self, url: &str, shard: &Shard) -> Result<(), String> {

@@ -429,12 +429,10 @@ impl DynamoStore {
         tokio::time::Instant::now() + self.budget
     }
 
-    /// The store a Lambda uses: table, retention and timeout from the environment, one SDK client.
-    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let config = crate::config::StoreConfig::from_env()?;
-        let sdk = crate::config::aws().await;
-        let client = client_with_timeout(&sdk, config.operation_timeout);
-        Ok(DynamoStore::new(client, config.table_name, config.retention).with_budget(config.operation_timeout))
+    /// The store a Lambda uses: its table, retention and timeout, one SDK client.
+    pub fn connect(sdk: &aws_config::SdkConfig, config: crate::config::StoreConfig) -> Self {
+        let client = client_with_timeout(sdk, config.operation_timeout);
+        DynamoStore::new(client, config.table_name, config.retention).with_budget(config.operation_timeout)
     }
 
     pub fn retention(&self) -> &Retention {
