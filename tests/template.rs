@@ -101,7 +101,7 @@ impl Code {
         keys
     }
 
-    /// The TTL variables and the defaults `shared/src/adapters/config.rs` gives them.
+    /// The TTL variables and the defaults `shared/src/adapters/config/table.rs` gives them.
     fn ttl_defaults(&self) -> [(&'static str, i64); 4] {
         [
             ("CONNECTION_TTL_SECONDS", self.retention.connection_secs),
@@ -201,7 +201,7 @@ fn emf_metrics() -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for (file, source) in rust_sources(&repo_root().join("shared/src")) {
         let directives = emf_directives_in(&source);
-        if file.ends_with("broadcaster.rs") {
+        if file.ends_with("broadcaster/metrics.rs") {
             let mut found = directives.clone();
             found.sort();
             let mut expected = counter_metrics.clone();
@@ -636,7 +636,7 @@ fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
             if let Some(value) = env.get(name).and_then(|v| v.as_str()) {
                 if value.parse::<i64>().ok() != Some(default) {
                     out.push(format!(
-                        "{id} ({binary}): {name} is \"{value}\", but shared/src/adapters/config.rs defaults to {default}"
+                        "{id} ({binary}): {name} is \"{value}\", but shared/src/adapters/config/table.rs defaults to {default}"
                     ));
                 }
             }
@@ -2108,7 +2108,7 @@ fn a_ttl_that_differs_from_the_code_is_reported() {
     });
     assert_reported(
         &problems,
-        &["WsMessageFunction (ws-message): EVENT_TTL_SECONDS is \"60\", but shared/src/adapters/config.rs defaults to 300"],
+        &["WsMessageFunction (ws-message): EVENT_TTL_SECONDS is \"60\", but shared/src/adapters/config/table.rs defaults to 300"],
     );
 }
 
