@@ -10,13 +10,17 @@
 //!   [`per_second`]: what it answered in each second.
 //! - [`faults`]: what `wsfan dev --inject` makes `@connections` and DynamoDB answer.
 //! - [`dynamo_proxy`]: the functions' DynamoDB calls, through the injected DynamoDB faults.
-//! - [`sources`]: stream and SQS records as Lambda delivers them; [`dev`] polls them.
+//! - [`sources`]: stream and SQS records as Lambda delivers them; the event source mappings
+//!   (a private module of [`dev`]'s) poll them.
 //! - [`options`]: the stack's command-line options, for `wsfan` and `wsfan-bench`.
 
 pub mod children;
 pub mod connections;
+mod demo;
 pub mod dev;
 pub mod dynamo_proxy;
+mod environment;
+mod event_sources;
 pub mod faults;
 pub mod gateway;
 pub mod logs;
@@ -24,5 +28,6 @@ pub mod moto;
 pub mod options;
 pub mod per_second;
 pub mod runtime;
+mod schedules;
 pub mod sources;
 pub mod template;
