@@ -13,11 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value as Json};
-use serde_norway::{Mapping, Value};
+use serde_norway::Value;
 use wsfan_shared::config::{recorded_reads, FromEnv, Retention, Var};
 use wsfan_shared::model::keys;
 use wsfan_shared::protocol::ACTIONS;
 use wsfan_shared::table::{TableSpec, TABLE};
+// The local stack's reader of the template, so that what is checked here is what `wsfan dev` runs.
+use wsfan_local::template::document::{
+    get, getatt_of, intrinsic, number, ref_of, references, strings, sub_of, Document as Template,
+};
+use wsfan_local::template::{load_yaml, matches_any};
 
 const AUTHORIZER: &str = "ws-authorizer";
 const CONNECT: &str = "ws-connect";
@@ -320,245 +325,14 @@ fn template_path() -> PathBuf {
 
 fn load_template() -> Value {
     let path = template_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
-}
-
-fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, key| v.get(*key))
-}
-
-/// The argument of an intrinsic function, in its short (`!Sub x`) or long (`Fn::Sub: x`) form.
-fn intrinsic<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    match v {
-        Value::Tagged(t) if t.tag == name => Some(&t.value),
-        Value::Mapping(m) if m.len() == 1 => {
-            let long = if name == "Ref" {
-                "Ref".to_owned()
-            } else {
-                format!("Fn::{name}")
-            };
-            m.get(long.as_str())
-        }
-        _ => None,
-    }
-}
-
-fn ref_of(v: &Value) -> Option<&str> {
-    intrinsic(v, "Ref")?.as_str()
-}
-
-/// `!GetAtt X.Attr` or `[X, Attr]`.
-fn getatt_of(v: &Value) -> Option<(String, String)> {
-    match intrinsic(v, "GetAtt")? {
-        Value::String(s) => {
-            let (id, attr) = s.split_once('.')?;
-            Some((id.to_owned(), attr.to_owned()))
-        }
-        Value::Sequence(seq) => Some((seq.first()?.as_str()?.to_owned(), seq.get(1)?.as_str()?.to_owned())),
-        _ => None,
-    }
-}
-
-/// The string of `!Sub "…"` (or of `!Sub ["…", {…}]`).
-fn sub_of(v: &Value) -> Option<&str> {
-    match intrinsic(v, "Sub")? {
-        Value::String(s) => Some(s),
-        Value::Sequence(seq) => seq.first()?.as_str(),
-        _ => None,
-    }
-}
-
-/// `${Name}` and `${Name.Attr}` in a `!Sub` string, without pseudo parameters.
-fn sub_refs(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        rest = &rest[start + 2..];
-        let Some(end) = rest.find('}') else { break };
-        let name = rest[..end].split('.').next().unwrap_or_default();
-        if !name.is_empty() && !name.starts_with('!') && !name.contains("::") {
-            out.push(name.to_owned());
-        }
-        rest = &rest[end..];
-    }
-    out
-}
-
-/// Every logical id (or parameter) `v` refers to.
-fn references(v: &Value) -> BTreeSet<String> {
-    fn walk(v: &Value, out: &mut BTreeSet<String>) {
-        if let Some(name) = ref_of(v) {
-            out.insert(name.to_owned());
-        } else if let Some((id, _)) = getatt_of(v) {
-            out.insert(id);
-        } else if let Some(s) = sub_of(v) {
-            out.extend(sub_refs(s));
-            if let Some(Value::Sequence(seq)) = intrinsic(v, "Sub") {
-                seq.iter().skip(1).for_each(|x| walk(x, out));
-            }
-        } else {
-            match v {
-                Value::Tagged(t) => walk(&t.value, out),
-                Value::Mapping(m) => m.values().for_each(|x| walk(x, out)),
-                Value::Sequence(seq) => seq.iter().for_each(|x| walk(x, out)),
-                _ => {}
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(v, &mut out);
-    out
-}
-
-/// A string, or a one-element list of one, as in `Actions: x` / `Actions: [x]`.
-fn strings(v: Option<&Value>) -> Vec<&Value> {
-    match v {
-        Some(Value::Sequence(seq)) => seq.iter().collect(),
-        Some(other) => vec![other],
-        None => vec![],
-    }
-}
-
-struct Template<'a> {
-    doc: &'a Value,
-}
-
-struct Function<'a> {
-    id: &'a str,
-    binary: Option<&'a str>,
-    resource: &'a Value,
-}
-
-impl<'a> Template<'a> {
-    fn resources(&self) -> impl Iterator<Item = (&'a str, &'a Value)> {
-        get(self.doc, &["Resources"])
-            .and_then(Value::as_mapping)
-            .into_iter()
-            .flat_map(Mapping::iter)
-            .filter_map(|(k, v)| Some((k.as_str()?, v)))
-    }
-
-    fn of_type(&self, ty: &str) -> Vec<(&'a str, &'a Value)> {
-        self.resources()
-            .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(ty))
-            .collect()
-    }
-
-    fn resource(&self, id: &str) -> Option<&'a Value> {
-        get(self.doc, &["Resources", id])
-    }
-
-    fn functions(&self) -> Vec<Function<'a>> {
-        self.of_type("AWS::Serverless::Function")
-            .into_iter()
-            .map(|(id, r)| Function {
-                id,
-                binary: get(r, &["Metadata", "BuildProperties", "Binary"]).and_then(Value::as_str),
-                resource: r,
-            })
-            .collect()
-    }
-
-    /// The one function that builds `binary`.
-    fn function(&self, binary: &str) -> Option<Function<'a>> {
-        self.functions().into_iter().find(|f| f.binary == Some(binary))
-    }
-
-    fn binary_of(&self, id: &str) -> Option<&'a str> {
-        self.functions().into_iter().find(|f| f.id == id).and_then(|f| f.binary)
-    }
-
-    /// A function's property, or the one it inherits from `Globals.Function`.
-    fn function_property(&self, f: &Function<'a>, name: &str) -> Option<&'a Value> {
-        get(f.resource, &["Properties", name]).or_else(|| get(self.doc, &["Globals", "Function", name]))
-    }
-
-    /// Nested property of a function with `Globals.Function` merged in (SAM merges maps).
-    fn function_setting(&self, f: &Function<'a>, path: &[&str]) -> Option<&'a Value> {
-        let mut own = vec!["Properties"];
-        own.extend_from_slice(path);
-        let mut global = vec!["Globals", "Function"];
-        global.extend_from_slice(path);
-        get(f.resource, &own).or_else(|| get(self.doc, &global))
-    }
-
-    /// Every environment variable a function gets, from Globals and its own Environment.
-    fn environment(&self, f: &Function<'a>) -> BTreeMap<String, &'a Value> {
-        [
-            get(self.doc, &["Globals", "Function", "Environment", "Variables"]),
-            get(f.resource, &["Properties", "Environment", "Variables"]),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_mapping)
-        .flat_map(Mapping::iter)
-        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
-        .collect()
-    }
-
-    /// The IAM statements of a function's inline policies.
-    fn statements(&self, f: &Function<'a>) -> Vec<&'a Value> {
-        strings(get(f.resource, &["Properties", "Policies"]))
-            .into_iter()
-            .flat_map(|policy| strings(policy.get("Statement")))
-            .collect()
-    }
-
-    fn api(&self) -> Option<(&'a str, &'a Value)> {
-        self.of_type("AWS::ApiGatewayV2::Api").into_iter().next()
-    }
-
-    fn stage(&self) -> Option<(&'a str, &'a Value)> {
-        self.of_type("AWS::ApiGatewayV2::Stage").into_iter().next()
-    }
-
-    /// How the stage name appears in `!Sub` strings: `${Param}` when it is a parameter.
-    fn stage_segment(&self) -> Option<String> {
-        let name = get(self.stage()?.1, &["Properties", "StageName"])?;
-        match (ref_of(name), name.as_str()) {
-            (Some(param), _) => Some(format!("${{{param}}}")),
-            (None, Some(literal)) => Some(literal.to_owned()),
-            _ => None,
-        }
-    }
-
-    /// Lambda permissions that let API Gateway invoke `function_id`, by their SourceArn.
-    fn apigateway_permissions(&self, function_id: &str) -> Vec<&'a str> {
-        self.of_type("AWS::Lambda::Permission")
-            .into_iter()
-            .filter(|(_, p)| {
-                let props = p.get("Properties");
-                let invokes = props
-                    .and_then(|p| p.get("FunctionName"))
-                    .map(references)
-                    .is_some_and(|r| r.contains(function_id));
-                let principal = props.and_then(|p| p.get("Principal")).and_then(Value::as_str);
-                invokes && principal == Some("apigateway.amazonaws.com")
-            })
-            .filter_map(|(_, p)| get(p, &["Properties", "SourceArn"]).and_then(sub_of))
-            .collect()
-    }
-
-    /// Event source mappings into the function that builds `binary`.
-    fn mappings_into(&self, binary: &str) -> Vec<&'a Value> {
-        self.of_type("AWS::Lambda::EventSourceMapping")
-            .into_iter()
-            .filter(|(_, m)| {
-                get(m, &["Properties", "FunctionName"])
-                    .map(references)
-                    .is_some_and(|refs| refs.iter().any(|id| self.binary_of(id) == Some(binary)))
-            })
-            .map(|(_, m)| m)
-            .collect()
-    }
+    load_yaml(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 // ---------------------------------------------------------------- the checks
 
 /// Every way `doc` disagrees with `code`; empty when they agree.
 fn problems(doc: &Value, code: &Code) -> Vec<String> {
-    let t = Template { doc };
+    let t = Template::new(doc);
     let mut out = Vec::new();
     check_functions(&t, code, &mut out);
     check_routes(&t, code, &mut out);
@@ -995,26 +769,6 @@ fn check_table(t: &Template, code: &Code, out: &mut Vec<String>) {
     }
 }
 
-/// Lambda event filtering for the rules the template uses: exact values, `prefix` and `exists`,
-/// nested to any depth. No patterns lets every record through.
-fn filter_passes(patterns: &[Json], record: &Json) -> bool {
-    fn matches(pattern: &Json, value: Option<&Json>) -> bool {
-        match pattern {
-            Json::Object(fields) => value.is_some_and(|v| fields.iter().all(|(k, p)| matches(p, v.get(k)))),
-            Json::Array(options) => options.iter().any(|option| match (option, value) {
-                (Json::Object(rule), v) if rule.contains_key("exists") => rule["exists"] == Json::Bool(v.is_some()),
-                (Json::Object(rule), Some(Json::String(v))) if rule.contains_key("prefix") => {
-                    rule["prefix"].as_str().is_some_and(|p| v.starts_with(p))
-                }
-                (Json::Object(_), _) => false,
-                (exact, v) => Some(exact) == v,
-            }),
-            _ => false,
-        }
-    }
-    patterns.is_empty() || patterns.iter().any(|p| matches(p, Some(record)))
-}
-
 fn stream_record(event_name: &str, sort_key: &str) -> Json {
     json!({
         "eventName": event_name,
@@ -1076,7 +830,7 @@ fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
         let sort_key = format!("{prefix}01JD0000000000000000000000");
         if !events
             .iter()
-            .any(|e| filter_passes(&patterns, &stream_record(e, &sort_key)))
+            .any(|e| matches_any(&patterns, &stream_record(e, &sort_key)))
         {
             out.push(format!(
                 "stream filter drops {prefix} records, which {STREAM_FANOUT} handles"
@@ -1086,7 +840,7 @@ fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
     // A new membership that asks for history is work; every other membership change is not.
     let mut request = stream_record("INSERT", &keys::connection("L0SM9cOFvHcCIhw="));
     request["dynamodb"]["NewImage"] = json!({(code.history_attribute.as_str()): {"N": "50"}});
-    if !filter_passes(&patterns, &request) {
+    if !matches_any(&patterns, &request) {
         out.push(format!(
             "stream filter drops new memberships with \"{}\", which {STREAM_FANOUT} answers with history",
             code.history_attribute
@@ -1117,7 +871,7 @@ fn check_stream(t: &Template, code: &Code, out: &mut Vec<String>) {
         if !handled
             && events
                 .iter()
-                .any(|e| filter_passes(&patterns, &stream_record(e, &sort_key)))
+                .any(|e| matches_any(&patterns, &stream_record(e, &sort_key)))
         {
             out.push(format!(
                 "stream filter lets \"{sort_key}\" records through, which {STREAM_FANOUT} ignores"
@@ -1304,8 +1058,7 @@ fn check_expiry(t: &Template, out: &mut Vec<String>) {
 
 /// A parameter's default, as a number.
 fn parameter_default(t: &Template, name: &str) -> Option<u64> {
-    let v = get(t.doc, &["Parameters", name, "Default"])?;
-    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+    number(get(t.root, &["Parameters", name, "Default"]))
 }
 
 /// Sharded delivery: a FIFO delivery queue with a FIFO DLQ, read by deliver with item failures and
@@ -1472,7 +1225,7 @@ fn check_events(t: &Template, code: &Code, out: &mut Vec<String>) {
 
 fn check_outputs(t: &Template, out: &mut Vec<String>) {
     for name in OUTPUTS {
-        if get(t.doc, &["Outputs", *name, "Value"]).is_none() {
+        if get(t.root, &["Outputs", *name, "Value"]).is_none() {
             out.push(format!("output {name} is missing"));
         }
     }
@@ -1699,7 +1452,7 @@ fn template_agrees_with_the_code() {
 fn every_fixture_has_a_function_to_invoke() {
     // The README's `sam local invoke` table runs each fixture against the function of its directory.
     let doc = load_template();
-    let t = Template { doc: &doc };
+    let t = Template::new(&doc);
     for dir in event_dirs() {
         let function = t
             .function(&dir)
@@ -1720,7 +1473,7 @@ fn every_fixture_has_a_function_to_invoke() {
 #[test]
 fn the_readme_shows_how_to_invoke_every_fixture() {
     let doc = load_template();
-    let t = Template { doc: &doc };
+    let t = Template::new(&doc);
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("reading README.md");
     let mut missing = Vec::new();
     for dir in event_dirs() {

@@ -2,10 +2,14 @@
 //! (binary, environment, timeout), its routes and authorizer, its stream and queue mappings
 //! (batch size, filters, retries), its queues' redrive policy and its schedules.
 
+pub mod document;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_norway::Value;
+
+use document::{get, number, ref_of, references, scalar, Document, FunctionResource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -99,279 +103,190 @@ pub struct Template {
     pub parameter_defaults: BTreeMap<String, String>,
 }
 
-fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, key| v.get(*key))
-}
-
-fn string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn number(v: Option<&Value>) -> Option<u64> {
-    string(v)?.parse().ok()
-}
-
-/// The logical ids an intrinsic refers to: `!Ref X`, `!GetAtt X.Arn`, `${X}` / `${X.Arn}` in
-/// `!Sub`, and their long forms.
-pub fn references(v: &Value) -> Vec<String> {
-    fn sub_refs(s: &str, out: &mut Vec<String>) {
-        let mut rest = s;
-        while let Some(start) = rest.find("${") {
-            rest = &rest[start + 2..];
-            let Some(end) = rest.find('}') else { break };
-            let name = rest[..end].split('.').next().unwrap_or("");
-            if !name.contains("::") && !name.is_empty() {
-                out.push(name.to_owned());
-            }
-            rest = &rest[end..];
-        }
-    }
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Tagged(t) => {
-                let tag = t.tag.to_string();
-                match (tag.trim_start_matches('!'), &t.value) {
-                    ("Ref", Value::String(s)) => out.push(s.clone()),
-                    ("GetAtt", Value::String(s)) => out.push(s.split('.').next().unwrap_or("").to_owned()),
-                    ("GetAtt", Value::Sequence(seq)) => {
-                        out.extend(seq.first().and_then(|x| x.as_str()).map(str::to_owned))
-                    }
-                    ("Sub", Value::String(s)) => sub_refs(s, out),
-                    (_, inner) => walk(inner, out),
-                }
-            }
-            Value::Mapping(m) => {
-                for (k, v) in m {
-                    match (k.as_str(), v) {
-                        (Some("Ref"), Value::String(s)) => out.push(s.clone()),
-                        (Some("Fn::GetAtt"), Value::Sequence(seq)) => {
-                            out.extend(seq.first().and_then(|x| x.as_str()).map(str::to_owned))
-                        }
-                        (Some("Fn::Sub"), Value::String(s)) => sub_refs(s, out),
-                        _ => walk(v, out),
-                    }
-                }
-            }
-            Value::Sequence(seq) => seq.iter().for_each(|x| walk(x, out)),
-            Value::String(s) => sub_refs(s, out),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
-fn resources_of_type<'a>(
-    resources: &'a serde_norway::Mapping,
-    ty: &'a str,
-) -> impl Iterator<Item = (String, &'a Value)> + 'a {
-    resources
-        .iter()
-        .filter(move |(_, r)| r.get("Type").and_then(Value::as_str) == Some(ty))
-        .map(|(k, r)| (k.as_str().unwrap_or_default().to_owned(), r))
-}
-
 impl Template {
     pub fn load(path: &Path) -> Result<Template, TemplateError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text)
+        Self::from_yaml(&load_yaml(path)?)
     }
 
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        let doc: Value = serde_norway::from_str(text)?;
-        let resources = doc
-            .get("Resources")
-            .and_then(Value::as_mapping)
-            .ok_or_else(|| TemplateError::Shape("no Resources".into()))?;
-        let by_type = |ty: &'static str| resources_of_type(resources, ty);
-        let globals = get(&doc, &["Globals", "Function"]);
-        // A value, or the default of the parameter it is `!Ref` to.
-        let resolve = |v: Option<&Value>| -> Option<String> {
-            string(v).or_else(|| match v? {
-                Value::Tagged(t) if t.tag.to_string().trim_start_matches('!') == "Ref" => {
-                    string(get(&doc, &["Parameters", t.value.as_str()?, "Default"]))
-                }
-                _ => None,
-            })
-        };
+        Self::from_yaml(&serde_norway::from_str(text)?)
+    }
 
+    fn from_yaml(root: &Value) -> Result<Template, TemplateError> {
+        let doc = Document::new(root);
+        if get(root, &["Resources"]).and_then(Value::as_mapping).is_none() {
+            return Err(TemplateError::Shape("no Resources".into()));
+        }
         let mut functions = Vec::new();
         let mut schedules = Vec::new();
-        for (id, r) in by_type("AWS::Serverless::Function") {
-            let binary = string(get(r, &["Metadata", "BuildProperties", "Binary"]))
-                .ok_or_else(|| TemplateError::Shape(format!("{id} has no Metadata.BuildProperties.Binary")))?;
-            for (_, event) in get(r, &["Properties", "Events"])
+        for f in doc.functions() {
+            let (function, its_schedules) = function(&doc, &f)?;
+            functions.push(function);
+            schedules.extend(its_schedules);
+        }
+        Ok(Template {
+            routes: routes(&doc, &functions)?,
+            authorizer: doc
+                .of_type("AWS::ApiGatewayV2::Authorizer")
+                .into_iter()
+                .find_map(|(_, r)| binary_of(&functions, get(r, &["Properties", "AuthorizerUri"]))),
+            event_sources: event_sources(&doc, &functions)?,
+            queues: queues(&doc),
+            schedules,
+            parameter_defaults: get(root, &["Parameters"])
                 .and_then(Value::as_mapping)
                 .into_iter()
                 .flatten()
-                .filter(|(_, e)| string(e.get("Type")).as_deref() == Some("Schedule"))
-            {
-                let expression = string(get(event, &["Properties", "Schedule"])).unwrap_or_default();
-                let every = parse_rate(&expression).ok_or_else(|| {
-                    TemplateError::Shape(format!(
-                        "{id}: schedule {expression:?} is not rate(N minutes|hours|days)"
-                    ))
-                })?;
-                schedules.push(Schedule {
-                    binary: binary.clone(),
-                    every,
-                });
-            }
-            let mut env = BTreeMap::new();
-            let mut env_refs = BTreeMap::new();
-            for vars in [
-                globals.and_then(|g| get(g, &["Environment", "Variables"])),
-                get(r, &["Properties", "Environment", "Variables"]),
-            ]
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_mapping)
-            {
-                for (k, v) in vars {
-                    if let Some(name) = k.as_str() {
-                        env.insert(name.to_owned(), resolve(Some(v)));
-                        if let (Value::Tagged(t), [id]) = (v, references(v).as_slice()) {
-                            if t.tag.to_string().trim_start_matches('!') == "Ref"
-                                && resources.get(id.as_str()).is_some()
-                            {
-                                env_refs.insert(name.to_owned(), id.clone());
-                            }
-                        }
-                    }
-                }
-            }
-            let setting = |name: &str| {
-                number(get(r, &["Properties", name])).or_else(|| number(globals.and_then(|g| g.get(name))))
-            };
-            functions.push(Function {
-                logical_id: id,
-                binary,
-                env,
-                env_refs,
-                timeout_secs: setting("Timeout").unwrap_or(3),
-                memory_mb: setting("MemorySize").unwrap_or(128) as u32,
-            });
-        }
-        let binary_of = |refs: Vec<String>| {
-            functions
-                .iter()
-                .find(|f| refs.contains(&f.logical_id))
-                .map(|f| f.binary.clone())
-        };
-
-        let integrations: BTreeMap<String, Option<String>> = by_type("AWS::ApiGatewayV2::Integration")
-            .map(|(id, r)| {
-                (
-                    id,
-                    get(r, &["Properties", "IntegrationUri"])
-                        .map(references)
-                        .and_then(&binary_of),
-                )
-            })
-            .collect();
-        let mut routes = Vec::new();
-        for (id, r) in by_type("AWS::ApiGatewayV2::Route") {
-            let route_key = string(get(r, &["Properties", "RouteKey"]))
-                .ok_or_else(|| TemplateError::Shape(format!("{id} has no RouteKey")))?;
-            let target = get(r, &["Properties", "Target"]).map(references).unwrap_or_default();
-            let binary = target
-                .iter()
-                .find_map(|t| integrations.get(t).cloned().flatten())
-                .ok_or_else(|| TemplateError::Shape(format!("route {route_key} has no Lambda integration")))?;
-            let authorized = string(get(r, &["Properties", "AuthorizationType"])).as_deref() == Some("CUSTOM");
-            routes.push(Route {
-                route_key,
-                binary,
-                authorized,
-            });
-        }
-        let authorizer = by_type("AWS::ApiGatewayV2::Authorizer").find_map(|(_, r)| {
-            get(r, &["Properties", "AuthorizerUri"])
-                .map(references)
-                .and_then(&binary_of)
-        });
-
-        let mut event_sources = Vec::new();
-        for (id, r) in by_type("AWS::Lambda::EventSourceMapping") {
-            let p = |name: &str| get(r, &["Properties", name]);
-            let binary = p("FunctionName")
-                .map(references)
-                .and_then(&binary_of)
-                .ok_or_else(|| TemplateError::Shape(format!("{id} names no function of the template")))?;
-            let source = p("EventSourceArn")
-                .map(references)
-                .and_then(|r| r.into_iter().next())
-                .unwrap_or_default();
-            let filters = get(r, &["Properties", "FilterCriteria", "Filters"])
-                .and_then(Value::as_sequence)
-                .map(|seq| {
-                    seq.iter()
-                        .filter_map(|f| string(f.get("Pattern")))
-                        .filter_map(|p| serde_json::from_str(&p).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            event_sources.push(EventSource {
-                binary,
-                source,
-                batch_size: number(p("BatchSize")).unwrap_or(10) as usize,
-                maximum_retry_attempts: number(p("MaximumRetryAttempts")).map(|n| n as u32),
-                filters,
-                on_failure: get(r, &["Properties", "DestinationConfig", "OnFailure", "Destination"])
-                    .map(references)
-                    .and_then(|r| r.into_iter().next()),
-                parallelization_factor: number(p("ParallelizationFactor")).map(|n| n as usize),
-                maximum_concurrency: resolve(get(r, &["Properties", "ScalingConfig", "MaximumConcurrency"]))
-                    .and_then(|n| n.parse().ok()),
-            });
-        }
-
-        let queues = by_type("AWS::SQS::Queue")
-            .map(|(id, r)| {
-                let redrive = get(r, &["Properties", "RedrivePolicy"]);
-                Queue {
-                    logical_id: id,
-                    max_receive_count: redrive.and_then(|p| number(p.get("maxReceiveCount"))).map(|n| n as u32),
-                    dead_letter_queue: redrive
-                        .and_then(|p| p.get("deadLetterTargetArn"))
-                        .map(references)
-                        .and_then(|r| r.into_iter().next()),
-                    fifo: get(r, &["Properties", "FifoQueue"]).and_then(Value::as_bool) == Some(true),
-                }
-            })
-            .collect();
-
-        let parameter_defaults = doc
-            .get("Parameters")
-            .and_then(Value::as_mapping)
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), string(v.get("Default"))?)))
-            .collect();
-
-        Ok(Template {
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), scalar(v.get("Default"))?)))
+                .collect(),
             functions,
-            routes,
-            authorizer,
-            event_sources,
-            queues,
-            schedules,
-            parameter_defaults,
         })
     }
 
     pub fn function(&self, binary: &str) -> Option<&Function> {
         self.functions.iter().find(|f| f.binary == binary)
     }
+}
+
+/// `sam/template.yaml` as YAML, for [`Template::load`] and for checks that read more of it.
+pub fn load_yaml(path: &Path) -> Result<Value, TemplateError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(serde_norway::from_str(&text)?)
+}
+
+/// A function, with its environment as the local stack sets it, and its schedules.
+fn function(doc: &Document, f: &FunctionResource) -> Result<(Function, Vec<Schedule>), TemplateError> {
+    let id = f.id;
+    let binary = scalar(get(f.resource, &["Metadata", "BuildProperties", "Binary"]))
+        .ok_or_else(|| TemplateError::Shape(format!("{id} has no Metadata.BuildProperties.Binary")))?;
+    let mut schedules = Vec::new();
+    for (_, event) in get(f.resource, &["Properties", "Events"])
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| scalar(e.get("Type")).as_deref() == Some("Schedule"))
+    {
+        let expression = scalar(get(event, &["Properties", "Schedule"])).unwrap_or_default();
+        let every = parse_rate(&expression).ok_or_else(|| {
+            TemplateError::Shape(format!(
+                "{id}: schedule {expression:?} is not rate(N minutes|hours|days)"
+            ))
+        })?;
+        schedules.push(Schedule {
+            binary: binary.clone(),
+            every,
+        });
+    }
+    let mut env = BTreeMap::new();
+    let mut env_refs = BTreeMap::new();
+    for (name, v) in doc.environment(f) {
+        env.insert(name.clone(), doc.resolve(Some(v)));
+        if let Some(id) = ref_of(v).filter(|id| doc.resource(id).is_some()) {
+            env_refs.insert(name, id.to_owned());
+        }
+    }
+    let setting = |name: &str| number(doc.function_property(f, name));
+    let function = Function {
+        logical_id: id.to_owned(),
+        binary,
+        env,
+        env_refs,
+        timeout_secs: setting("Timeout").unwrap_or(3),
+        memory_mb: setting("MemorySize").unwrap_or(128) as u32,
+    };
+    Ok((function, schedules))
+}
+
+/// The binary of the function an intrinsic (an integration's URI, a mapping's FunctionName)
+/// refers to.
+fn binary_of(functions: &[Function], v: Option<&Value>) -> Option<String> {
+    let refs = references(v?);
+    functions
+        .iter()
+        .find(|f| refs.contains(&f.logical_id))
+        .map(|f| f.binary.clone())
+}
+
+/// The first logical id an intrinsic refers to.
+fn first_reference(v: Option<&Value>) -> Option<String> {
+    references(v?).into_iter().next()
+}
+
+/// The WebSocket routes, each to the function its integration invokes.
+fn routes(doc: &Document, functions: &[Function]) -> Result<Vec<Route>, TemplateError> {
+    let integrations: BTreeMap<&str, Option<String>> = doc
+        .of_type("AWS::ApiGatewayV2::Integration")
+        .into_iter()
+        .map(|(id, r)| (id, binary_of(functions, get(r, &["Properties", "IntegrationUri"]))))
+        .collect();
+    let mut routes = Vec::new();
+    for (id, r) in doc.of_type("AWS::ApiGatewayV2::Route") {
+        let route_key = scalar(get(r, &["Properties", "RouteKey"]))
+            .ok_or_else(|| TemplateError::Shape(format!("{id} has no RouteKey")))?;
+        let target = get(r, &["Properties", "Target"]).map(references).unwrap_or_default();
+        let binary = target
+            .iter()
+            .find_map(|t| integrations.get(t.as_str()).cloned().flatten())
+            .ok_or_else(|| TemplateError::Shape(format!("route {route_key} has no Lambda integration")))?;
+        let authorized = scalar(get(r, &["Properties", "AuthorizationType"])).as_deref() == Some("CUSTOM");
+        routes.push(Route {
+            route_key,
+            binary,
+            authorized,
+        });
+    }
+    Ok(routes)
+}
+
+/// The stream and queue mappings, with what the local pollers emulate of them.
+fn event_sources(doc: &Document, functions: &[Function]) -> Result<Vec<EventSource>, TemplateError> {
+    let mut event_sources = Vec::new();
+    for (id, r) in doc.of_type("AWS::Lambda::EventSourceMapping") {
+        let p = |name: &str| get(r, &["Properties", name]);
+        let binary = binary_of(functions, p("FunctionName"))
+            .ok_or_else(|| TemplateError::Shape(format!("{id} names no function of the template")))?;
+        let filters = get(r, &["Properties", "FilterCriteria", "Filters"])
+            .and_then(Value::as_sequence)
+            .map(|seq| {
+                seq.iter()
+                    .filter_map(|f| scalar(f.get("Pattern")))
+                    .filter_map(|p| serde_json::from_str(&p).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        event_sources.push(EventSource {
+            binary,
+            source: first_reference(p("EventSourceArn")).unwrap_or_default(),
+            batch_size: number(p("BatchSize")).unwrap_or(10) as usize,
+            maximum_retry_attempts: number(p("MaximumRetryAttempts")).map(|n| n as u32),
+            filters,
+            on_failure: first_reference(get(r, &["Properties", "DestinationConfig", "OnFailure", "Destination"])),
+            parallelization_factor: number(p("ParallelizationFactor")).map(|n| n as usize),
+            maximum_concurrency: doc
+                .resolve(get(r, &["Properties", "ScalingConfig", "MaximumConcurrency"]))
+                .and_then(|n| n.parse().ok()),
+        });
+    }
+    Ok(event_sources)
+}
+
+/// The queues, with their redrive policies.
+fn queues(doc: &Document) -> Vec<Queue> {
+    doc.of_type("AWS::SQS::Queue")
+        .into_iter()
+        .map(|(id, r)| {
+            let redrive = get(r, &["Properties", "RedrivePolicy"]);
+            Queue {
+                logical_id: id.to_owned(),
+                max_receive_count: redrive.and_then(|p| number(p.get("maxReceiveCount"))).map(|n| n as u32),
+                dead_letter_queue: first_reference(redrive.and_then(|p| p.get("deadLetterTargetArn"))),
+                fifo: get(r, &["Properties", "FifoQueue"]).and_then(Value::as_bool) == Some(true),
+            }
+        })
+        .collect()
 }
 
 /// Lambda's event filtering, for the patterns the template uses: exact values, `prefix`, and
@@ -453,8 +368,7 @@ mod tests {
             "a: !Sub 'arn:${AWS::Region}:x/${Fn.Arn}/y'\nb: !Ref Table\nc: !GetAtt Queue.Arn\nd: {Ref: Other}",
         )
         .unwrap();
-        let mut refs = references(&v);
-        refs.sort();
+        let refs: Vec<String> = references(&v).into_iter().collect();
         assert_eq!(refs, vec!["Fn", "Other", "Queue", "Table"]);
     }
 }
