@@ -9,6 +9,9 @@
 //! With a [`Sink`] it delivers to real sockets instead, answering 410 for connections the sink
 //! does not know.
 
+mod behaviour;
+mod signature;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, OriginalUri, Path, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -26,6 +28,8 @@ use axum::Router;
 use crate::faults::Faults;
 use crate::logs::Logs;
 use crate::per_second::{Event, PerSecond, Second};
+use behaviour::{Behaviour, Injection, Rule, TokenBucket};
+use signature::RequestHead;
 
 /// API Gateway's limit on the data of one post (128 KB), answered with 413 above it; the
 /// broadcaster refuses larger payloads before posting.
@@ -50,51 +54,6 @@ pub trait Sink: Send + Sync + 'static {
     fn upgrading(&self, _connection_id: &str) -> bool {
         false
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
-    /// Answer with this status for the next `remaining` requests (`None`: forever).
-    Status { status: u16, remaining: Option<u32> },
-}
-
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[derive(Default)]
-struct Behaviour {
-    rules: HashMap<String, Rule>,
-    /// (fraction of requests, status) answered at random.
-    random_failure: Option<(f64, u16)>,
-    latency: Duration,
-    bucket: Option<TokenBucket>,
-    injection: Option<Injection>,
-}
-
-/// Faults drawn per request from a seeded generator, so that a run can be repeated.
-struct Injection {
-    faults: Faults,
-    rng: fastrand::Rng,
-    /// Where each injected fault is logged (`wsfan dev`).
-    logs: Option<Logs>,
 }
 
 /// Counts of what the server answered.
@@ -368,229 +327,6 @@ fn status_response(status: u16) -> Response {
             let code = StatusCode::from_u16(other).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             error(code, "InternalServerError", "injected failure")
         }
-    }
-}
-
-/// What the signature check needs of a request besides its body.
-struct RequestHead {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestHead {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // The URI as sent: the local stack mounts these routes inside a router of its own.
-        let uri = parts
-            .extensions
-            .get::<OriginalUri>()
-            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
-        Ok(RequestHead {
-            method: parts.method.clone(),
-            uri,
-            headers: parts.headers.clone(),
-        })
-    }
-}
-
-/// Recomputes the request's SigV4 signature with aws-sigv4 from the headers it says it signed,
-/// and compares. `Err` says what is wrong, as API Gateway's 403 would.
-fn check_signature(r: &RequestHead, body: &[u8], access_key_id: &str, secret: &str) -> Result<(), String> {
-    let authorization = r
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .ok_or("no authorization header")?;
-    let fields = authorization
-        .strip_prefix("AWS4-HMAC-SHA256 ")
-        .ok_or("not AWS4-HMAC-SHA256")?;
-    let field = |name: &str| {
-        fields
-            .split(", ")
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .ok_or(format!("no {name} in the authorization header"))
-    };
-    let (credential, signed_headers, signature) = (field("Credential")?, field("SignedHeaders")?, field("Signature")?);
-    let scope: Vec<&str> = credential.split('/').collect();
-    let [key_id, date, region, service, "aws4_request"] = scope[..] else {
-        return Err(format!("malformed credential scope {credential:?}"));
-    };
-    if key_id != access_key_id {
-        return Err(format!("unknown access key {key_id:?}"));
-    }
-    let amz_date = r
-        .headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or("no x-amz-date header")?;
-    let at = time::PrimitiveDateTime::parse(amz_date, wsfan_shared::sigv4::AMZ_DATE)
-        .map_err(|e| format!("x-amz-date {amz_date:?}: {e}"))?
-        .assume_utc();
-    if !amz_date.starts_with(date) {
-        return Err("the credential scope's date is not x-amz-date's".into());
-    }
-    let mut headers = Vec::new();
-    for name in signed_headers.split(';') {
-        let values = r.headers.get_all(name).iter().map(|v| v.to_str().unwrap_or_default());
-        headers.extend(values.map(|v| (name, v)));
-    }
-    let host = r
-        .headers
-        .get("host")
-        .and_then(|v| v.to_str().ok())
-        .ok_or("no host header")?;
-    let path = r.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = format!("http://{host}{path}");
-    let identity = aws_credential_types::Credentials::new(access_key_id, secret, None, None, "wsfan-local").into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(at.into())
-        .settings(aws_sigv4::http_request::SigningSettings::default())
-        .build()
-        .map_err(|e| e.to_string())?
-        .into();
-    let signable = aws_sigv4::http_request::SignableRequest::new(
-        r.method.as_str(),
-        &uri,
-        headers.into_iter(),
-        aws_sigv4::http_request::SignableBody::Bytes(body),
-    )
-    .map_err(|e| e.to_string())?;
-    let (_, expected) = aws_sigv4::http_request::sign(signable, &params)
-        .map_err(|e| e.to_string())?
-        .into_parts();
-    if expected == signature {
-        Ok(())
-    } else {
-        Err("the request signature does not match the signature of this request".into())
-    }
-}
-
-impl Inner {
-    /// Applies latency, signing check and injected failures; `Some` is the answer to give instead.
-    async fn gate(&self, request: &RequestHead, body: &[u8], connection_id: &str) -> Option<Response> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let post = request.method == Method::POST;
-        self.per_second.record(now_unix(), Event::Request { post });
-        let signed = request
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 Credential="));
-        if !signed {
-            self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
-            return Some(error(
-                StatusCode::FORBIDDEN,
-                "ForbiddenException",
-                "request is not SigV4-signed",
-            ));
-        }
-        let secret = self.signing_secret.read().unwrap().clone();
-        if let Some((key_id, secret)) = secret {
-            if let Err(why) = check_signature(request, body, &key_id, &secret) {
-                self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(connection = connection_id, %why, "@connections: bad signature");
-                return Some(error(StatusCode::FORBIDDEN, "InvalidSignatureException", &why));
-            }
-        }
-        if self.sink.as_ref().is_some_and(|s| s.upgrading(connection_id)) {
-            return Some(self.still_upgrading(request, connection_id));
-        }
-        let (latency, injected) = {
-            let mut b = self.behaviour.lock().unwrap();
-            let mut injected = None;
-            if let Some(Rule::Status { status, remaining }) = b.rules.get_mut(connection_id) {
-                injected = Some(*status);
-                if let Some(n) = remaining {
-                    *n -= 1;
-                    if *n == 0 {
-                        b.rules.remove(connection_id);
-                    }
-                }
-            }
-            if injected.is_none() {
-                if let Some((fraction, status)) = b.random_failure {
-                    if fastrand::f64() < fraction {
-                        injected = Some(status);
-                    }
-                }
-            }
-            if injected.is_none() {
-                if let Some(bucket) = &mut b.bucket {
-                    if !bucket.take() {
-                        injected = Some(429);
-                    }
-                }
-            }
-            let mut latency = b.latency;
-            // Only connections that are open draw faults: for one that is not (yet, or any
-            // more) the true answer is already 410, and an injected 410 must close a socket.
-            let open = self.sink.as_ref().is_none_or(|s| s.exists(connection_id));
-            if let Some(injection) = &mut b.injection {
-                latency += injection.faults.latency();
-                if injected.is_none() && open {
-                    let drawn = injection.faults.draw(injection.rng.f64());
-                    if let Some(status) = drawn {
-                        *self.injected.lock().unwrap().entry(status.to_string()).or_default() += 1;
-                        if let Some(logs) = &injection.logs {
-                            logs.injected(status, request.method.as_str(), connection_id);
-                        }
-                        if status == 410 {
-                            b.rules.insert(
-                                connection_id.to_owned(),
-                                Rule::Status {
-                                    status: 410,
-                                    remaining: None,
-                                },
-                            );
-                            if let Some(sink) = &self.sink {
-                                sink.drop_gone(connection_id);
-                            }
-                        }
-                    }
-                    injected = drawn;
-                }
-            }
-            (latency, injected)
-        };
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let status = injected?;
-        if status == 429 {
-            self.per_second.record(now_unix(), Event::Throttled);
-        }
-        let counter = match status {
-            410 => &self.stats.gone,
-            429 => &self.stats.throttled,
-            _ => &self.stats.errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Some(status_response(status))
-    }
-}
-
-impl Inner {
-    /// The 410 for a request to a connection whose upgrade `upgrade-delay` holds: counted and
-    /// logged as an injected fault, and the connection stays (it is about to open).
-    fn still_upgrading(&self, request: &RequestHead, connection_id: &str) -> Response {
-        *self.injected.lock().unwrap().entry(UPGRADE_410.to_owned()).or_default() += 1;
-        if let Some(logs) = self
-            .behaviour
-            .lock()
-            .unwrap()
-            .injection
-            .as_ref()
-            .and_then(|i| i.logs.as_ref())
-        {
-            logs.injected_upgrading(request.method.as_str(), connection_id);
-        }
-        self.stats.gone.fetch_add(1, Ordering::Relaxed);
-        status_response(410)
     }
 }
 
