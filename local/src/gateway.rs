@@ -5,6 +5,8 @@
 //! of the handshake's answer is the one `$connect`'s response headers name, as on API Gateway:
 //! a client that offered some and gets none back fails the handshake.
 
+mod handshake;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -139,28 +141,12 @@ impl Drop for Unclaimed {
     }
 }
 
-/// The `Sec-WebSocket-Protocol` header of an integration's response (its names in any case).
-fn protocol_of(response: &Value) -> Option<String> {
-    let headers = response["headers"].as_object()?;
-    headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
-        .and_then(|(_, v)| v.as_str())
-        .map(str::to_owned)
-}
-
 fn request_time(millis: i64) -> String {
     let format = time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
     time::OffsetDateTime::from_unix_timestamp(millis / 1000)
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_default()
-}
-
-fn new_connection_id() -> String {
-    // API Gateway's ids are 12 random bytes in base64, e.g. "L0SM9cOFvHcCIhw=".
-    let bytes: Vec<u8> = (0..10).map(|_| fastrand::u8(..)).collect();
-    aws_smithy_types::base64::encode(bytes)
 }
 
 /// The close code for a socket that failed: a text frame that is not UTF-8 is 1007, a frame or
@@ -174,22 +160,6 @@ fn close_for(error: &axum::Error) -> (u16, String) {
     } else {
         (1006, text)
     }
-}
-
-fn header_maps(headers: &HeaderMap) -> (Value, Value) {
-    let mut single = Map::new();
-    let mut multi: Map<String, Value> = Map::new();
-    for (name, value) in headers {
-        let value = value.to_str().unwrap_or_default().to_owned();
-        single.insert(name.as_str().to_owned(), json!(value));
-        multi
-            .entry(name.as_str().to_owned())
-            .or_insert_with(|| json!([]))
-            .as_array_mut()
-            .expect("always an array")
-            .push(json!(value));
-    }
-    (Value::Object(single), Value::Object(multi))
 }
 
 impl Gateway {
@@ -285,114 +255,6 @@ impl Gateway {
         self.logs
             .warn(&format!("{}: {why}; running $disconnect", connection.id));
         self.disconnect(&connection, 1006, why).await;
-    }
-
-    /// The authorizer, then `$connect`: the connection to open, or the answer to the upgrade.
-    async fn handshake(
-        &self,
-        query: HashMap<String, String>,
-        headers: HeaderMap,
-        peer: SocketAddr,
-    ) -> Result<Connection, Response> {
-        let mut connection = Connection {
-            id: new_connection_id(),
-            connected_at: wsfan_shared::clock::now_millis(),
-            source_ip: peer.ip().to_string(),
-            user_agent: headers
-                .get("user-agent")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-            authorizer: Map::new(),
-            protocol: None,
-        };
-        let (single, multi) = header_maps(&headers);
-        let query_multi: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), json!([v]))).collect();
-
-        if let Some(authorizer) = &self.routes.authorizer {
-            let event = json!({
-                "type": "REQUEST",
-                "methodArn": format!("arn:aws:execute-api:us-east-1:000000000000:local/{}/$connect", self.stage),
-                "headers": single, "multiValueHeaders": multi,
-                "queryStringParameters": query, "multiValueQueryStringParameters": query_multi,
-                "stageVariables": {},
-                "requestContext": self.context(&connection, "$connect", "CONNECT"),
-            });
-            let started = Instant::now();
-            let answer = authorizer.invoke(&event).await;
-            let allowed = match &answer {
-                Ok(r) => r["policyDocument"]["Statement"][0]["Effect"] == "Allow",
-                Err(_) => false,
-            };
-            match (&answer, allowed) {
-                (Ok(r), true) => {
-                    let mut context = r["context"].as_object().cloned().unwrap_or_default();
-                    context.insert("principalId".into(), r["principalId"].clone());
-                    context.insert("integrationLatency".into(), json!(started.elapsed().as_millis() as u64));
-                    connection.authorizer = context;
-                    self.logs
-                        .invocation(authorizer.name(), "$connect", started.elapsed(), Outcome::Ok("Allow"));
-                }
-                (Ok(_), false) => {
-                    self.logs.invocation(
-                        authorizer.name(),
-                        "$connect",
-                        started.elapsed(),
-                        Outcome::Refused("Deny: 403"),
-                    );
-                    return Err((StatusCode::FORBIDDEN, "Forbidden").into_response());
-                }
-                (Err(e), _) => {
-                    self.logs.invocation(
-                        authorizer.name(),
-                        "$connect",
-                        started.elapsed(),
-                        Outcome::Failed(&e.to_string()),
-                    );
-                    return Err((StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response());
-                }
-            }
-        }
-
-        if let Some(connect) = self.routes.by_key.get("$connect") {
-            let event = json!({
-                "headers": single, "multiValueHeaders": multi,
-                "queryStringParameters": query, "multiValueQueryStringParameters": query_multi,
-                "requestContext": self.context(&connection, "$connect", "CONNECT"),
-                "isBase64Encoded": false,
-            });
-            let started = Instant::now();
-            let status = match connect.invoke(&event).await {
-                Ok(r) => {
-                    connection.protocol = protocol_of(&r);
-                    r["statusCode"].as_u64().unwrap_or(200) as u16
-                }
-                Err(e) => {
-                    self.logs.invocation(
-                        connect.name(),
-                        "$connect",
-                        started.elapsed(),
-                        Outcome::Failed(&e.to_string()),
-                    );
-                    return Err((StatusCode::INTERNAL_SERVER_ERROR, "Internal server error").into_response());
-                }
-            };
-            if status != 200 {
-                let detail = format!("upgrade refused with {status}");
-                self.logs
-                    .invocation(connect.name(), "$connect", started.elapsed(), Outcome::Refused(&detail));
-                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return Err((code, "Connection refused").into_response());
-            }
-            self.logs.invocation(
-                connect.name(),
-                "$connect",
-                started.elapsed(),
-                Outcome::Ok(&connection.id),
-            );
-        }
-
-        Ok(connection)
     }
 
     async fn serve(self: Arc<Self>, socket: WebSocket, connection: Connection) {
