@@ -9,7 +9,7 @@ use wsfan_shared::protocol::{ErrorCode, ProtocolError, ServerFrame};
 use wsfan_shared::reactions::Reaction;
 use wsfan_shared::reads::ReadCursor;
 use wsfan_shared::revocation::TokenVerifier;
-use wsfan_shared::store::{IdentityStore, PostOutcome, Store, SEQ_LOOKUP_DEPTH};
+use wsfan_shared::store::{IdentityStore, PostOutcome, Store, StoreError, SEQ_LOOKUP_DEPTH};
 
 use crate::refusals::{require_write, store_error};
 use crate::Route;
@@ -22,8 +22,7 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
         body: String,
         client_msg_id: Option<String>,
     ) -> Result<ServerFrame, ProtocolError> {
-        let channel = self.channel_or_default(channel).await?;
-        let mut message = self.message(identity, MessageKind::Message, &channel)?;
+        let mut message = self.draft(identity, MessageKind::Message, channel).await?;
         message.body = Some(body);
         message.client_msg_id = client_msg_id;
         self.post("sendMessage", message).await
@@ -36,11 +35,10 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
         message_id: String,
         emoji: String,
     ) -> Result<ServerFrame, ProtocolError> {
-        let channel = self.channel_or_default(channel).await?;
         // Not a message of its own: the reacted message's summary changes.
-        let shape = self.message(identity, MessageKind::Reaction, &channel)?;
+        let shape = self.draft(identity, MessageKind::Reaction, channel).await?;
         let reaction = Reaction {
-            channel,
+            channel: shape.channel,
             target_id: message_id,
             message_id: shape.message_id,
             sender_id: shape.sender_id,
@@ -48,12 +46,8 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
             sent_at: shape.sent_at,
             expires_at: shape.expires_at,
         };
-        let outcome = self
-            .store
-            .react(&reaction, &self.request.connection_id)
-            .await
-            .map_err(|e| store_error(&reaction.channel, e))?;
-        Ok(ack("react", &reaction.channel, outcome, None))
+        let stored = self.store.react(&reaction, &self.request.connection_id).await;
+        acked("react", &reaction.channel, stored, None)
     }
 
     /// `read`: the user has read up to `message_id`.
@@ -64,9 +58,9 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
         message_id: String,
         seq: Option<u64>,
     ) -> Result<ServerFrame, ProtocolError> {
-        let channel = self.channel_or_default(channel).await?;
         // Not a message of its own: the user's read cursor moves forward.
-        let shape = self.message(identity, MessageKind::Receipt, &channel)?;
+        let shape = self.draft(identity, MessageKind::Receipt, channel).await?;
+        let channel = shape.channel;
         let seq = match seq {
             Some(seq) => seq,
             None => self
@@ -93,20 +87,27 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
             sent_at: shape.sent_at,
             expires_at: clock::now_secs() + self.retention.message_secs,
         };
-        let outcome = self
-            .store
-            .read(&cursor, &self.request.connection_id)
-            .await
-            .map_err(|e| store_error(&cursor.channel, e))?;
-        Ok(ack("read", &cursor.channel, outcome, None))
+        let stored = self.store.read(&cursor, &self.request.connection_id).await;
+        acked("read", &cursor.channel, stored, None)
     }
 
     pub(crate) async fn typing(&self, identity: &Identity, channel: Option<ChannelId>) -> Result<(), ProtocolError> {
-        let channel = self.channel_or_default(channel).await?;
         // Typing is fire-and-forget: no ack, to keep the chatter down.
-        let message = self.message(identity, MessageKind::Typing, &channel)?;
+        let message = self.draft(identity, MessageKind::Typing, channel).await?;
         self.post("typing", message).await?;
         Ok(())
+    }
+
+    /// The item a frame writes, in the channel it named or else the connection's default one,
+    /// once the token allows writing there.
+    async fn draft(
+        &self,
+        identity: &Identity,
+        kind: MessageKind,
+        channel: Option<ChannelId>,
+    ) -> Result<Message, ProtocolError> {
+        let channel = self.channel_or_default(channel).await?;
+        self.message(identity, kind, &channel)
     }
 
     fn message(&self, identity: &Identity, kind: MessageKind, channel: &ChannelId) -> Result<Message, ProtocolError> {
@@ -133,13 +134,20 @@ impl<S: Store + IdentityStore, V: TokenVerifier> Route<'_, S, V> {
     }
 
     async fn post(&self, action: &str, message: Message) -> Result<ServerFrame, ProtocolError> {
-        let outcome = self
-            .store
-            .post(&message, Some(&self.request.connection_id))
-            .await
-            .map_err(|e| store_error(&message.channel, e))?;
-        Ok(ack(action, &message.channel, outcome, message.client_msg_id))
+        let stored = self.store.post(&message, Some(&self.request.connection_id)).await;
+        acked(action, &message.channel, stored, message.client_msg_id)
     }
+}
+
+/// The `ack` of an item the store wrote (or already had), or the refusal its error comes to.
+fn acked(
+    action: &str,
+    channel: &ChannelId,
+    stored: Result<PostOutcome, StoreError>,
+    client_msg_id: Option<String>,
+) -> Result<ServerFrame, ProtocolError> {
+    let outcome = stored.map_err(|e| store_error(channel, e))?;
+    Ok(ack(action, channel, outcome, client_msg_id))
 }
 
 fn ack(action: &str, channel: &ChannelId, outcome: PostOutcome, client_msg_id: Option<String>) -> ServerFrame {
