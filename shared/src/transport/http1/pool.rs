@@ -30,6 +30,7 @@ struct Idle {
     since: Instant,
 }
 
+/// A client's connections, shared by its clones: the idle ones, and what opening one needs.
 pub(super) struct Pool {
     idle: Mutex<Vec<Idle>>,
     tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
@@ -55,7 +56,7 @@ impl Pool {
         }
     }
 
-    /// Idle connections in the pool (tests).
+    /// How many connections wait in the pool.
     pub(super) fn idle_connections(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
