@@ -15,7 +15,7 @@ use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
 use wsfan_shared::progress::ProgressEvent;
 use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::publisher::{ChannelPublisher, ProgressPublisher};
-use wsfan_shared::store::{DynamoStore, Store};
+use wsfan_shared::store::{Connections, DynamoStore, Members, Messages, Progress};
 
 // ---------- helpers ----------
 
@@ -1519,30 +1519,8 @@ struct CountingMemberReads<'a> {
     reads: std::sync::atomic::AtomicUsize,
 }
 
-impl Store for CountingMemberReads<'_> {
-    async fn connect(&self, c: &Connection, named: &[ChannelId]) -> Result<(), wsfan_shared::store::StoreError> {
-        self.store.connect(c, named).await
-    }
-    async fn connection(&self, id: &str) -> Result<Option<Connection>, wsfan_shared::store::StoreError> {
-        self.store.connection(id).await
-    }
-    async fn disconnect(&self, id: &str) -> Result<wsfan_shared::store::Cleanup, wsfan_shared::store::StoreError> {
-        self.store.disconnect(id).await
-    }
-    async fn join(&self, m: &Membership) -> Result<(), wsfan_shared::store::StoreError> {
-        self.store.join(m).await
-    }
-    async fn leave(
-        &self,
-        c: &ChannelId,
-        id: &str,
-        user: Option<&str>,
-    ) -> Result<bool, wsfan_shared::store::StoreError> {
-        self.store.leave(c, id, user).await
-    }
-    async fn is_member(&self, c: &ChannelId, id: &str) -> Result<bool, wsfan_shared::store::StoreError> {
-        self.store.is_member(c, id).await
-    }
+// stream-fanout reads messages (a join's history) and members, and nothing else of the table.
+impl Messages for CountingMemberReads<'_> {
     async fn post(
         &self,
         m: &Message,
@@ -1585,19 +1563,9 @@ impl Store for CountingMemberReads<'_> {
     async fn seq_of(&self, c: &ChannelId, id: &str) -> Result<Option<u64>, wsfan_shared::store::StoreError> {
         self.store.seq_of(c, id).await
     }
-    async fn progress(&self, doc: &str) -> Result<Option<Value>, wsfan_shared::store::StoreError> {
-        self.store.progress(doc).await
-    }
-    async fn record_progress(&self, e: &ProgressEvent) -> Result<bool, wsfan_shared::store::StoreError> {
-        self.store.record_progress(e).await
-    }
-    async fn record_progress_delivery(
-        &self,
-        e: &ProgressEvent,
-        delivery_id: &str,
-    ) -> Result<bool, wsfan_shared::store::StoreError> {
-        self.store.record_progress_delivery(e, delivery_id).await
-    }
+}
+
+impl Members for CountingMemberReads<'_> {
     async fn present(&self, c: &ChannelId, limit: usize) -> Result<Vec<String>, wsfan_shared::store::StoreError> {
         self.store.present(c, limit).await
     }

@@ -19,7 +19,7 @@ use wsfan_shared::config::{KeySource, Retention};
 use wsfan_shared::limiter::DynamoLimiter;
 use wsfan_shared::model::Connection;
 use wsfan_shared::rate::RateLimit;
-use wsfan_shared::store::{DynamoStore, Store, StoreError};
+use wsfan_shared::store::{Connections, DynamoStore, StoreError};
 
 const CONN: &str = "L0SM9cOFvHcCIhw=";
 

@@ -16,7 +16,7 @@ use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
 use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::reactions::Reaction;
 use wsfan_shared::reads::ReadCursor;
-use wsfan_shared::store::{DynamoStore, Store, StoreError};
+use wsfan_shared::store::{Connections, DynamoStore, Messages, StoreError};
 
 /// The same table as `t`, reached through a fault proxy.
 async fn through_faults(t: &TestTable, faults: DynamoFaults, seed: u64) -> (DynamoStore, DynamoProxy) {

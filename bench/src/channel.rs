@@ -20,7 +20,7 @@ use wsfan_local::per_second::Second;
 use wsfan_shared::access::Role;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::model::{keys, Membership, Message, MessageKind};
-use wsfan_shared::store::{DynamoStore, Store};
+use wsfan_shared::store::{DynamoStore, Messages};
 
 #[derive(clap::Args)]
 pub struct ChannelBench {

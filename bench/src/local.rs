@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wsfan_shared::auth::{mint_hs256, Claims};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::model::keys;
-use wsfan_shared::store::{DynamoStore, Store};
+use wsfan_shared::store::{DynamoStore, Members};
 
 /// What to run; see `wsfan-bench local --help`.
 #[derive(Debug, Clone, clap::Args)]

@@ -499,7 +499,7 @@ async fn a_client_that_vanished_is_cleaned_up_on_the_first_410() {
     let client = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
     let store = wsfan_shared::store::DynamoStore::new(client.clone(), &stack.table, Default::default());
     let now = wsfan_shared::clock::now_millis();
-    use wsfan_shared::store::Store;
+    use wsfan_shared::store::Connections;
     store
         .connect(
             &wsfan_shared::model::Connection {
@@ -1406,7 +1406,7 @@ async fn a_fanout_under_injected_faults_loses_no_live_recipient_and_a_410_remove
     let stack = Stack::start(&["--inject", "429=0.2,500=0.05,410=0.01", "--inject-seed", &seed]);
     let dynamodb = aws_sdk_dynamodb::Client::new(&stack.sdk().await);
     let store = wsfan_shared::store::DynamoStore::new(dynamodb, &stack.table, Default::default());
-    use wsfan_shared::store::Store;
+    use wsfan_shared::store::Connections;
 
     // Clients join at connect (the workspace clients' form): while one connects, the fanouts
     // post to it before it is established, and get API Gateway's 410 for that, which must not

@@ -44,7 +44,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Report};
 use wsfan_shared::shard::{self, GroupRead, Shard, ShardQueue, MAX_ATTEMPTS};
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::store::{Members, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -124,7 +124,7 @@ impl Tally {
 
 /// Posts one shard: its listed recipients, and its group's members when it reads them. The
 /// recipients that still fail go back to the queue, or to the DLQ.
-pub async fn deliver_shard<S: Store, D: Deliver, Q: ShardQueue>(
+pub async fn deliver_shard<S: Members, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     queue: &Q,
@@ -176,7 +176,7 @@ pub async fn deliver_shard<S: Store, D: Deliver, Q: ShardQueue>(
 /// Reads the shard's group a page at a time, a page ahead of the posts, and posts its members
 /// as one stream (a page's slow recipients hold back nobody on the next); hands the rest on as
 /// the group's next shard when the budget runs out first.
-async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
+async fn read_and_post<S: Members, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     queue: &Q,
@@ -231,7 +231,7 @@ async fn read_and_post<S: Store, D: Deliver, Q: ShardQueue>(
 }
 
 /// Handles one batch of shards and returns the messages to retry.
-pub async fn handle<S: Store, D: Deliver, Q: ShardQueue>(
+pub async fn handle<S: Members, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     queue: &Q,

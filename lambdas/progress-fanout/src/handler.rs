@@ -30,7 +30,7 @@ use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::progress::{InvalidProgress, ProgressEvent, ProgressKind};
 use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::store::{Members, Progress, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
@@ -53,7 +53,7 @@ pub enum Applied {
     Stale,
 }
 
-pub async fn apply<S: Store, D: Deliver, Q: ShardQueue>(
+pub async fn apply<S: Progress + Members, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     shards: &Q,
@@ -66,7 +66,7 @@ pub async fn apply<S: Store, D: Deliver, Q: ShardQueue>(
 /// batch is retried because this function died mid-push, the event it had stored is pushed
 /// again rather than found stale: otherwise the subscribers it had not reached would never get
 /// it. Those it had reached get it twice, as at-least-once delivery allows.
-pub async fn apply_delivery<S: Store, D: Deliver, Q: ShardQueue>(
+pub async fn apply_delivery<S: Progress + Members, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     shards: &Q,
@@ -129,7 +129,7 @@ pub async fn apply_delivery<S: Store, D: Deliver, Q: ShardQueue>(
     Ok(Applied::Pushed(report.counters))
 }
 
-pub async fn handle<S: Store, D: Deliver, Q: ShardQueue>(
+pub async fn handle<S: Progress + Members, D: Deliver, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     shards: &Q,

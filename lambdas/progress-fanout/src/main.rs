@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (table, posts, shards) = progress_fanout::Config::from_env()?;
     let aws = wsfan_shared::config::aws().await;
-    let store = DynamoStore::connect(&aws, table);
+    let store = DynamoStore::open(&aws, table);
     let broadcaster = Broadcaster::governed(&aws, posts, &store);
     let shards = DeliveryQueue::connect(&aws, shards, DeliveryDeadLetterUrl(None));
     let (store, broadcaster, shards) = (&store, &broadcaster, &shards);

@@ -21,7 +21,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::publish::{InvalidPublish, PublishRequest};
 use wsfan_shared::publisher::ChannelPublisher;
-use wsfan_shared::store::{PostOutcome, Store, StoreError};
+use wsfan_shared::store::{Messages, PostOutcome, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
@@ -31,7 +31,7 @@ pub enum MessageError {
     Store(#[from] StoreError),
 }
 
-pub async fn handle<S: Store>(publisher: &ChannelPublisher<S>, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle<S: Messages>(publisher: &ChannelPublisher<S>, event: SqsEvent) -> SqsBatchResponse {
     let work: Vec<_> = event
         .records
         .iter()

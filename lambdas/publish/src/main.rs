@@ -7,7 +7,7 @@ use wsfan_shared::store::DynamoStore;
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let table = publish::Config::from_env()?;
-    let store = DynamoStore::connect(&wsfan_shared::config::aws().await, table);
+    let store = DynamoStore::open(&wsfan_shared::config::aws().await, table);
     let retention = *store.retention();
     let publisher = ChannelPublisher::new(store, retention);
     let publisher = &publisher;

@@ -8,7 +8,7 @@ use aws_lambda_events::dynamodb::EventRecord;
 use wsfan_shared::broadcaster::{Counters, Deliver, Parcel, ParcelReport};
 use wsfan_shared::cadence::{Cadence, Sequenced};
 use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
-use wsfan_shared::store::{Member, Store};
+use wsfan_shared::store::{Member, Members, Messages};
 
 use crate::failures::{fail_from, ChannelOutcomes, FailureDestination};
 use crate::plan::{plan, Audience, ChannelFrames, Planned};
@@ -20,7 +20,7 @@ use crate::{Push, RecordError, Work, UPGRADE_BACKOFF};
 /// order, the members in parallel. No member waits for every other member's copy of a record
 /// before getting the next record, and a member that takes batches gets them in as few posts as
 /// fit. A large channel is handed to the delivery queue, a group of its members a shard.
-pub(crate) async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+pub(crate) async fn channel_batch<S: Messages + Members, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,
@@ -78,7 +78,10 @@ pub(crate) async fn channel_batch<S: Store, D: Deliver, F: FailureDestination, Q
 
 /// The channel's members, when the direct path takes the channel; `None` when it has too many
 /// (it is sharded). Frames for single connections only need no member list.
-async fn direct_members<S: Store>(store: &S, frames: &ChannelFrames) -> Result<Option<Vec<Member>>, RecordError> {
+async fn direct_members<S: Messages + Members>(
+    store: &S,
+    frames: &ChannelFrames,
+) -> Result<Option<Vec<Member>>, RecordError> {
     let wants_members = frames.planned.iter().any(|p| matches!(p.to, Audience::Members { .. }));
     if !wants_members {
         return Ok(Some(Vec::new()));

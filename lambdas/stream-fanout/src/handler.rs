@@ -84,7 +84,7 @@ use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
 use wsfan_shared::cadence::Cadence;
 use wsfan_shared::model::keys;
 use wsfan_shared::shard::ShardQueue;
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::store::{Members, Messages, StoreError};
 
 use delivery::channel_batch;
 use failures::{fail_from, ChannelOutcomes};
@@ -153,7 +153,7 @@ type ChannelRecords<'a> = Vec<(&'a EventRecord, Result<Work, RecordError>)>;
 /// Handles one batch and returns the records to retry. No channel starts after `stop_at` (the
 /// invocation's hand-off time, before its timeout), and no post does: what is left then goes to
 /// the delivery queue (recipients' frames) or back to Lambda (records not started).
-pub async fn handle<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+pub async fn handle<S: Messages + Members, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,
@@ -188,7 +188,7 @@ pub struct Bounds<'a> {
 /// `bench local`'s 1,000 clients leaving ran four stream-fanout invocations into their 30 s
 /// timeout. A cut channel's members may get some frames again (they drop them by id); a
 /// timed-out invocation's whole batch, every channel's, would come again.
-pub async fn handle_until<S: Store, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+pub async fn handle_until<S: Messages + Members, D: Deliver, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,

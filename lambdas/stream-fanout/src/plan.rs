@@ -6,13 +6,13 @@ use aws_lambda_events::dynamodb::EventRecord;
 use wsfan_shared::broadcaster::MAX_PAYLOAD_BYTES;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::protocol::{ChatEvent, HistoryCursor, ServerFrame};
-use wsfan_shared::store::Store;
+use wsfan_shared::store::Messages;
 
 use crate::failures::{failure_body, FailureDestination};
 use crate::{Push, RecordError, Work};
 
 /// The history page a connection asked for at connect, as the frame it gets.
-async fn history_frame<S: Store>(store: &S, channel: &ChannelId, limit: u32) -> Result<String, RecordError> {
+async fn history_frame<S: Messages>(store: &S, channel: &ChannelId, limit: u32) -> Result<String, RecordError> {
     let page = store.history(channel, HistoryCursor::Latest, limit).await?;
     let frame = ServerFrame::History {
         channel: channel.to_string(),
@@ -114,7 +114,7 @@ fn cursor_frames(channel: &ChannelId, records: &[(&EventRecord, Result<Work, Rec
 /// one: a thousand members reading one message in a few batches cost each member a few frames,
 /// not a thousand. The earlier moves wait for it, so when the plan stops before it, they are
 /// retried too (from the first of them).
-pub(crate) async fn plan<S: Store, F: FailureDestination>(
+pub(crate) async fn plan<S: Messages, F: FailureDestination>(
     store: &S,
     failures: &F,
     records: &[(&EventRecord, Result<Work, RecordError>)],

@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (table, auth) = ws_authorizer::Config::from_env()?;
     let verifier = JwtVerifier::new(auth);
-    let store = DynamoStore::connect(&wsfan_shared::config::aws().await, table);
+    let store = DynamoStore::open(&wsfan_shared::config::aws().await, table);
     let checked = RevocationChecked {
         verifier: &verifier,
         revocations: &store,

@@ -26,7 +26,7 @@ use wsfan_shared::config::Retention;
 use wsfan_shared::connect::ConnectParams;
 use wsfan_shared::model::Connection;
 use wsfan_shared::protocol::ErrorCode;
-use wsfan_shared::store::Store;
+use wsfan_shared::store::Connections;
 use wsfan_shared::subprotocol;
 use wsfan_shared::websocket::{empty, RouteRequest};
 
@@ -54,7 +54,7 @@ fn chosen_subprotocol(event: &ApiGatewayWebsocketProxyRequest) -> Result<Option<
     })
 }
 
-pub async fn handle<S: Store>(
+pub async fn handle<S: Connections>(
     store: &S,
     retention: &Retention,
     event: ApiGatewayWebsocketProxyRequest,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use tokio::time::Instant;
-use wsfan_shared::store::{Store, StoreError};
+use wsfan_shared::store::{Connections, StoreError};
 use wsfan_shared::websocket::{empty, RouteRequest};
 
 /// Kept back from the invocation's deadline: the last round is cut off this long before it, so
@@ -38,7 +38,7 @@ fn transient(error: &StoreError) -> bool {
     matches!(error, StoreError::Timeout(_) | StoreError::Dynamo(_))
 }
 
-pub async fn handle<S: Store>(
+pub async fn handle<S: Connections>(
     store: &S,
     event: ApiGatewayWebsocketProxyRequest,
     stop_at: Instant,

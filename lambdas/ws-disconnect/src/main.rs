@@ -6,7 +6,7 @@ use wsfan_shared::store::DynamoStore;
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let table = ws_disconnect::Config::from_env()?;
-    let store = DynamoStore::connect(&wsfan_shared::config::aws().await, table);
+    let store = DynamoStore::open(&wsfan_shared::config::aws().await, table);
     let store = &store;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         let stop_at = ws_disconnect::stop_at(event.context.deadline);

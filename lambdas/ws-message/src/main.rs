@@ -9,7 +9,7 @@ use wsfan_shared::store::DynamoStore;
 async fn main() -> Result<(), Error> {
     wsfan_shared::telemetry::init();
     let (table, limit, auth) = ws_message::Config::from_env()?;
-    let store = DynamoStore::connect(&wsfan_shared::config::aws().await, table);
+    let store = DynamoStore::open(&wsfan_shared::config::aws().await, table);
     let limiter = DynamoLimiter::new(&store, limit);
     let jwt = JwtVerifier::new(auth);
     let verifier = RevocationChecked {

@@ -11,7 +11,7 @@ use aws_sdk_apigatewaymanagement::primitives::Blob;
 
 use crate::protocol::ServerFrame;
 use crate::revocation::{close, RevokeError};
-use crate::store::{DynamoStore, Expired, Store, StoreError};
+use crate::store::{Connections, DynamoStore, Expired, StoreError};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

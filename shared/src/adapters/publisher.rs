@@ -15,7 +15,7 @@ use crate::config::Retention;
 use crate::model::{Message, MessageKind};
 use crate::progress::{InvalidProgress, ProgressEvent};
 use crate::shard::{Shard, ShardQueue};
-use crate::store::{PostOutcome, Store, StoreError};
+use crate::store::{Messages, PostOutcome, StoreError};
 
 /// SQS takes at most ten messages per batch.
 const SQS_BATCH: usize = 10;
@@ -25,7 +25,7 @@ pub struct ChannelPublisher<S> {
     retention: Retention,
 }
 
-impl<S: Store> ChannelPublisher<S> {
+impl<S: Messages> ChannelPublisher<S> {
     pub fn new(store: S, retention: Retention) -> Self {
         ChannelPublisher { store, retention }
     }

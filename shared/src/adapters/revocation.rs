@@ -19,7 +19,7 @@ use crate::auth::{AuthError, JwtVerifier, TokenFacts};
 use crate::channel::ChannelId;
 use crate::channel::ChannelPattern;
 use crate::model::{keys, PK, SK, TTL_ATTRIBUTE};
-use crate::store::{DynamoStore, Store, StoreError};
+use crate::store::{Connections, DynamoStore, Members, StoreError};
 
 pub const NOT_BEFORE_SK: &str = "NOT_BEFORE";
 pub const REVOKED_SK: &str = "REVOKED";

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::store::Store;
+use crate::store::Connections;
 
 /// Cleans up after a recipient that answered 410 Gone.
 pub trait GoneCleanup: Send + Sync {
@@ -27,7 +27,7 @@ pub enum Gone {
 /// API Gateway's integration timeout, the longest `$connect` can take.
 pub const ESTABLISHING_MILLIS: i64 = 30_000;
 
-impl<S: Store> GoneCleanup for S {
+impl<S: Connections> GoneCleanup for S {
     async fn connection_gone(&self, connection_id: &str) -> Gone {
         if let Ok(Some(connection)) = self.connection(connection_id).await {
             let age = crate::clock::now_millis() - connection.connected_at;

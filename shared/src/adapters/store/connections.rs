@@ -3,6 +3,81 @@
 
 use super::*;
 
+/// Connections and memberships: what `$connect`, `$disconnect`, joins and leaves write, and the
+/// reads that check them.
+pub trait Connections: Send + Sync {
+    /// Writes the connection item and, in the same transaction, its membership of `user:<sub>`
+    /// (for a signed-in user) and of each channel `named` at connect (with `connection.history`).
+    fn connect(
+        &self,
+        connection: &Connection,
+        named: &[ChannelId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
+
+    /// Removes a connection and all its memberships. Idempotent.
+    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send;
+
+    /// Adds a membership; fails with `NotConnected` when the connection item is gone.
+    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a membership; `Ok(false)` when there was none.
+    fn leave(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn is_member(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+// The methods hand back the concept's futures as they are: an async wrapper per call made the
+// handlers' futures too deep to lay out.
+impl Connections for DynamoStore {
+    fn connect(
+        &self,
+        connection: &Connection,
+        named: &[ChannelId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        connections::connect(self, connection, named)
+    }
+
+    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send {
+        connections::connection(self, connection_id)
+    }
+
+    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send {
+        connections::disconnect(self, connection_id)
+    }
+
+    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send {
+        connections::join(self, membership)
+    }
+
+    fn leave(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+        user_id: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        connections::leave(self, channel, connection_id, user_id)
+    }
+
+    fn is_member(
+        &self,
+        channel: &ChannelId,
+        connection_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        connections::is_member(self, channel, connection_id)
+    }
+}
+
 impl DynamoStore {
     /// The per-user presence item counts a user's connections in a channel, so the fanout can
     /// announce a join only for the first and a leave only for the last (see docs/DESIGN-NOTES.md).

@@ -2,6 +2,78 @@
 
 use super::*;
 
+/// Reading a channel's members: whole, a page at a time, by delivery group, and who is present.
+pub trait Members: Send + Sync {
+    /// The users with at least one connection in a channel (from the presence items), up to `limit`.
+    fn present(
+        &self,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Every member connection of a channel, across all pages.
+    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+
+    /// Up to `limit` members of a channel after the connection id `after` (exclusive), in key
+    /// order, with the id to go on from when there are more: large channels are read a page at
+    /// a time, never whole.
+    fn members_page(
+        &self,
+        channel: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
+
+    /// The connection ids of one delivery group of a channel ([`crate::shard::group_of`]), up to
+    /// `limit` after `after`, leaving out `except_user`'s: one key range of the member list, so each
+    /// shard of a large channel's delivery reads its own part and no other. Only the key is read
+    /// (the members' `user_id` is `None`); a page may come back short when some are left out.
+    fn group_page(
+        &self,
+        channel: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
+}
+
+// The methods hand back the concept's futures as they are: an async wrapper per call made the
+// handlers' futures too deep to lay out.
+impl Members for DynamoStore {
+    fn present(
+        &self,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        members::present(self, channel, limit)
+    }
+
+    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send {
+        members::members(self, channel)
+    }
+
+    fn members_page(
+        &self,
+        channel: &ChannelId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
+        members::members_page(self, channel, after, Some(limit))
+    }
+
+    fn group_page(
+        &self,
+        channel: &ChannelId,
+        group: u32,
+        except_user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
+        members::group_page(self, channel, group, except_user, after, limit)
+    }
+}
+
 impl DynamoStore {
     /// One page of membership items by `query` (its key condition on the channel's partition
     /// as `:pk`), projected to `projection`, with the id to go on from.

@@ -2,6 +2,93 @@
 
 use super::*;
 
+/// A channel's messages and what hangs off them: posting with the next sequence number,
+/// history, the head, reactions and read cursors.
+pub trait Messages: Send + Sync {
+    /// Writes a message item. With `member`, the write only happens if that connection is a
+    /// member of the channel (checked in the same transaction).
+    fn post(
+        &self,
+        message: &Message,
+        member: Option<&str>,
+    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// A page of the channel's history (messages, reactions, receipts) in sequence order.
+    fn history(
+        &self,
+        channel: &ChannelId,
+        cursor: HistoryCursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// The channel's last sequence number; 0 before its first message.
+    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records `reaction` in its message's summary, if the member's connection is in the channel
+    /// (`NotMember` if not). A reaction the user already made answers `duplicate`.
+    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// Moves the user's read cursor forward to `cursor`, if the member's connection is in the
+    /// channel (`NotMember` if not). The outcome's `seq` is where the cursor is; `duplicate`: it
+    /// was there or further already, and nothing changed.
+    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
+
+    /// Up to `limit` users' read cursors in the channel.
+    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send;
+
+    /// The `seq` of a message among the channel's latest [`SEQ_LOOKUP_DEPTH`] history items.
+    fn seq_of(
+        &self,
+        channel: &ChannelId,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+}
+
+// The methods hand back the concept's futures as they are: an async wrapper per call made the
+// handlers' futures too deep to lay out.
+impl Messages for DynamoStore {
+    fn post(
+        &self,
+        message: &Message,
+        member: Option<&str>,
+    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        messages::post(self, message, member)
+    }
+
+    fn history(
+        &self,
+        channel: &ChannelId,
+        cursor: HistoryCursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send {
+        messages::history(self, channel, cursor, limit)
+    }
+
+    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        messages::head(self, channel)
+    }
+
+    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        reactions::react(self, reaction, member)
+    }
+
+    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
+        reads::read(self, cursor, member)
+    }
+
+    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send {
+        reads::reads(self, channel, limit)
+    }
+
+    fn seq_of(
+        &self,
+        channel: &ChannelId,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        reads::seq_of(self, channel, message_id)
+    }
+}
+
 impl DynamoStore {
     /// Moves the channel's head from `previous` to `previous + 1`; fails its condition when
     /// another send got there first.

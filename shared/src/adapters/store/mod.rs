@@ -1,10 +1,12 @@
 //! The store: every read and write wsfan makes to its DynamoDB table.
 //!
-//! Handlers depend on the [`Store`] trait; [`DynamoStore`] is the one implementation, tested
-//! against a real DynamoDB API (moto) in `tests/`. This file holds the trait, the item helpers
-//! and the transaction builders every part shares; each operation lives with its concept:
-//! `connections` (connect, disconnect, join, leave), `messages` (post, history, head),
-//! `progress` (document snapshots) and `members` (the fanout's and deliver's member reads).
+//! Handlers depend on a capability per concept, each a trait declared and implemented in its
+//! concept's file: [`Connections`] (connect, disconnect, join, leave), [`Messages`] (post,
+//! history, head, reactions and read cursors), [`Members`] (the fanout's and deliver's member
+//! reads) and [`Progress`] (document snapshots). A handler's bounds say which parts of the table
+//! it touches; [`Store`] is all four. [`DynamoStore`] is the one implementation, tested against
+//! a real DynamoDB API (moto) in `tests/`. This file holds the item helpers and the transaction
+//! builders every part shares.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,7 +31,11 @@ use crate::reads::{ReadCursor, Reads};
 use crate::table::{BY_CONNECTION_INDEX, BY_CONNECTION_PK};
 
 pub use budget::{BudgetLedger, BUDGET_PK};
+pub use connections::Connections;
 pub use expiry::{Due, Expired, IdentityStore, CHANNELS, FIRST_SWEEP_LOOKBACK_MINUTES, ROLE};
+pub use members::Members;
+pub use messages::Messages;
+pub use progress::Progress;
 pub use reads::SEQ_LOOKUP_DEPTH;
 
 pub type Item = HashMap<String, AttributeValue>;
@@ -155,128 +161,12 @@ pub struct Cleanup {
     pub memberships_removed: usize,
 }
 
-/// The table operations wsfan's handlers need.
-pub trait Store: Send + Sync {
-    /// Writes the connection item and, in the same transaction, its membership of `user:<sub>`
-    /// (for a signed-in user) and of each channel `named` at connect (with `connection.history`).
-    fn connect(
-        &self,
-        connection: &Connection,
-        named: &[ChannelId],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+/// Every table operation wsfan's handlers need, one capability per concept. A handler names the
+/// capabilities it uses (`S: Connections + Messages`), so its signature says what it touches;
+/// `Store` is all of them, for what touches every part (ws-message).
+pub trait Store: Connections + Messages + Members + Progress {}
 
-    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
-
-    /// Removes a connection and all its memberships. Idempotent.
-    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send;
-
-    /// Adds a membership; fails with `NotConnected` when the connection item is gone.
-    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Removes a membership; `Ok(false)` when there was none.
-    fn leave(
-        &self,
-        channel: &ChannelId,
-        connection_id: &str,
-        user_id: Option<&str>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    fn is_member(
-        &self,
-        channel: &ChannelId,
-        connection_id: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Writes a message item. With `member`, the write only happens if that connection is a
-    /// member of the channel (checked in the same transaction).
-    fn post(
-        &self,
-        message: &Message,
-        member: Option<&str>,
-    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
-
-    /// A page of the channel's history (messages, reactions, receipts) in sequence order.
-    fn history(
-        &self,
-        channel: &ChannelId,
-        cursor: HistoryCursor,
-        limit: u32,
-    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
-
-    /// Records `reaction` in its message's summary, if the member's connection is in the channel
-    /// (`NotMember` if not). A reaction the user already made answers `duplicate`.
-    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
-
-    /// Moves the user's read cursor forward to `cursor`, if the member's connection is in the
-    /// channel (`NotMember` if not). The outcome's `seq` is where the cursor is; `duplicate`: it
-    /// was there or further already, and nothing changed.
-    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send;
-
-    /// Up to `limit` users' read cursors in the channel.
-    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send;
-
-    /// The `seq` of a message among the channel's latest [`SEQ_LOOKUP_DEPTH`] history items.
-    fn seq_of(
-        &self,
-        channel: &ChannelId,
-        message_id: &str,
-    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
-
-    /// The channel's last sequence number; 0 before its first message.
-    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// The latest progress snapshot of a document, as clients see it.
-    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
-
-    /// Stores a progress event as the document's snapshot if it is further along than the
-    /// stored one. `Ok(false)`: it was late or a duplicate, and nothing changed.
-    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// [`Store::record_progress`] for one delivery of a queue message (`delivery_id`: its SQS
-    /// message id, which a redelivery keeps). The same delivery again counts as moving the
-    /// snapshot again: a fanout killed after storing the event but before pushing it all must
-    /// push it on the retry, or its subscribers never get it. A new message with the same event
-    /// is still a duplicate. No default: one that forwarded to `record_progress` would drop the
-    /// delivery id, and a retried delivery would then push nothing.
-    fn record_progress_delivery(
-        &self,
-        event: &ProgressEvent,
-        delivery_id: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// The users with at least one connection in a channel (from the presence items), up to `limit`.
-    fn present(
-        &self,
-        channel: &ChannelId,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
-
-    /// Every member connection of a channel, across all pages.
-    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
-
-    /// Up to `limit` members of a channel after the connection id `after` (exclusive), in key
-    /// order, with the id to go on from when there are more: large channels are read a page at
-    /// a time, never whole.
-    fn members_page(
-        &self,
-        channel: &ChannelId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
-
-    /// The connection ids of one delivery group of a channel ([`crate::shard::group_of`]), up to
-    /// `limit` after `after`, leaving out `except_user`'s: one key range of the member list, so each
-    /// shard of a large channel's delivery reads its own part and no other. Only the key is read
-    /// (the members' `user_id` is `None`); a page may come back short when some are left out.
-    fn group_page(
-        &self,
-        channel: &ChannelId,
-        group: u32,
-        except_user: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send;
-}
+impl<T: Connections + Messages + Members + Progress> Store for T {}
 
 /// One page of a channel's members.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -430,7 +320,7 @@ impl DynamoStore {
     }
 
     /// The store a Lambda uses: its table, retention and timeout, one SDK client.
-    pub fn connect(sdk: &aws_config::SdkConfig, config: crate::config::StoreConfig) -> Self {
+    pub fn open(sdk: &aws_config::SdkConfig, config: crate::config::StoreConfig) -> Self {
         let client = client_with_timeout(sdk, config.operation_timeout);
         DynamoStore::new(client, config.table_name, config.retention).with_budget(config.operation_timeout)
     }
@@ -531,135 +421,5 @@ impl DynamoStore {
         })
         .await
         .map(|_| ())
-    }
-}
-
-// Each operation lives with its concept, in the modules above. The methods hand back their
-// futures as they are: an async wrapper per call made the handlers' futures too deep to lay out.
-impl Store for DynamoStore {
-    fn connect(
-        &self,
-        connection: &Connection,
-        named: &[ChannelId],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        connections::connect(self, connection, named)
-    }
-
-    fn connection(&self, connection_id: &str) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send {
-        connections::connection(self, connection_id)
-    }
-
-    fn disconnect(&self, connection_id: &str) -> impl Future<Output = Result<Cleanup, StoreError>> + Send {
-        connections::disconnect(self, connection_id)
-    }
-
-    fn join(&self, membership: &Membership) -> impl Future<Output = Result<(), StoreError>> + Send {
-        connections::join(self, membership)
-    }
-
-    fn leave(
-        &self,
-        channel: &ChannelId,
-        connection_id: &str,
-        user_id: Option<&str>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        connections::leave(self, channel, connection_id, user_id)
-    }
-
-    fn is_member(
-        &self,
-        channel: &ChannelId,
-        connection_id: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        connections::is_member(self, channel, connection_id)
-    }
-
-    fn post(
-        &self,
-        message: &Message,
-        member: Option<&str>,
-    ) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
-        messages::post(self, message, member)
-    }
-
-    fn history(
-        &self,
-        channel: &ChannelId,
-        cursor: HistoryCursor,
-        limit: u32,
-    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send {
-        messages::history(self, channel, cursor, limit)
-    }
-
-    fn head(&self, channel: &ChannelId) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        messages::head(self, channel)
-    }
-
-    fn react(&self, reaction: &Reaction, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
-        reactions::react(self, reaction, member)
-    }
-
-    fn read(&self, cursor: &ReadCursor, member: &str) -> impl Future<Output = Result<PostOutcome, StoreError>> + Send {
-        reads::read(self, cursor, member)
-    }
-
-    fn reads(&self, channel: &ChannelId, limit: usize) -> impl Future<Output = Result<Reads, StoreError>> + Send {
-        reads::reads(self, channel, limit)
-    }
-
-    fn seq_of(
-        &self,
-        channel: &ChannelId,
-        message_id: &str,
-    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
-        reads::seq_of(self, channel, message_id)
-    }
-
-    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
-        progress::progress(self, doc_id)
-    }
-
-    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        progress::record_progress(self, event)
-    }
-
-    fn record_progress_delivery(
-        &self,
-        event: &ProgressEvent,
-        delivery_id: &str,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        progress::record_progress_delivery(self, event, delivery_id)
-    }
-
-    fn members_page(
-        &self,
-        channel: &ChannelId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
-        members::members_page(self, channel, after, Some(limit))
-    }
-
-    fn group_page(
-        &self,
-        channel: &ChannelId,
-        group: u32,
-        except_user: Option<&str>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<MembersPage, StoreError>> + Send {
-        members::group_page(self, channel, group, except_user, after, limit)
-    }
-
-    fn members(&self, channel: &ChannelId) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send {
-        members::members(self, channel)
-    }
-
-    fn present(
-        &self,
-        channel: &ChannelId,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
-        members::present(self, channel, limit)
     }
 }

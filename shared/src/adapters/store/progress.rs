@@ -2,6 +2,48 @@
 
 use super::*;
 
+/// Document progress: the snapshot a late subscriber gets, moved only forward.
+pub trait Progress: Send + Sync {
+    /// The latest progress snapshot of a document, as clients see it.
+    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Stores a progress event as the document's snapshot if it is further along than the
+    /// stored one. `Ok(false)`: it was late or a duplicate, and nothing changed.
+    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// [`Progress::record_progress`] for one delivery of a queue message (`delivery_id`: its SQS
+    /// message id, which a redelivery keeps). The same delivery again counts as moving the
+    /// snapshot again: a fanout killed after storing the event but before pushing it all must
+    /// push it on the retry, or its subscribers never get it. A new message with the same event
+    /// is still a duplicate. No default: one that forwarded to `record_progress` would drop the
+    /// delivery id, and a retried delivery would then push nothing.
+    fn record_progress_delivery(
+        &self,
+        event: &ProgressEvent,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+// The methods hand back the concept's futures as they are: an async wrapper per call made the
+// handlers' futures too deep to lay out.
+impl Progress for DynamoStore {
+    fn progress(&self, doc_id: &str) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send {
+        progress::progress(self, doc_id)
+    }
+
+    fn record_progress(&self, event: &ProgressEvent) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        progress::record_progress(self, event)
+    }
+
+    fn record_progress_delivery(
+        &self,
+        event: &ProgressEvent,
+        delivery_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        progress::record_progress_delivery(self, event, delivery_id)
+    }
+}
+
 impl DynamoStore {
     /// Stores a progress snapshot if it moves the document forward, or if it is the delivery
     /// (`delivery_id`) that stored it, again.
