@@ -1739,7 +1739,8 @@ async fn a_large_channel_goes_out_as_a_shard_per_group_and_every_member_gets_eac
 
 #[tokio::test]
 async fn a_group_too_large_for_one_invocation_goes_on_in_the_next_shard_and_reaches_everyone_once() {
-    use wsfan_shared::shard::{group_of, group_shards, ShardQueue};
+    use wsfan_shared::ports::ShardQueue;
+    use wsfan_shared::shard::{group_of, group_shards};
     let rig = Rig::new().await;
     // Every id starts with 'b': one group of 2,500, three pages of deliver's.
     let mut members = many_members(&rig, "workspace:skewed", "big-", 2500).await;
@@ -1783,7 +1784,8 @@ async fn a_group_too_large_for_one_invocation_goes_on_in_the_next_shard_and_reac
 
 #[tokio::test]
 async fn a_slow_recipient_holds_back_nobody_on_the_next_page_of_its_group() {
-    use wsfan_shared::shard::{group_shards, ShardQueue};
+    use wsfan_shared::ports::ShardQueue;
+    use wsfan_shared::shard::group_shards;
     let rig = Rig::new().await;
     // One group of 1,500 (every id starts with 'b'): two of deliver's pages, in id order.
     let members = many_members(&rig, "workspace:paged", "big-", 1500).await;
@@ -1869,7 +1871,8 @@ async fn deliver_fixtures_post_to_what_they_name_and_fail_only_the_malformed_sha
 
 #[tokio::test]
 async fn a_shard_with_no_time_left_is_given_back_untouched_and_delivered_on_the_next_receive() {
-    use wsfan_shared::shard::{group_shards, ShardQueue};
+    use wsfan_shared::ports::ShardQueue;
+    use wsfan_shared::shard::group_shards;
     let rig = Rig::new().await;
     let members = spread_members(&rig, "workspace:late", 64).await;
     let channel: ChannelId = "workspace:late".parse().unwrap();

@@ -40,6 +40,7 @@ pub mod adapters {
     pub mod config;
     pub mod expiry;
     pub mod limiter;
+    pub mod ports;
     pub mod publisher;
     pub mod revocation;
     pub mod store;
@@ -52,7 +53,7 @@ pub mod transport {
     pub mod sigv4;
 }
 
-pub use adapters::{auth, broadcaster, config, expiry, limiter, publisher, revocation, store, table, telemetry};
+pub use adapters::{auth, broadcaster, config, expiry, limiter, ports, publisher, revocation, store, table, telemetry};
 pub use domain::{
     access, batch, budget, cadence, channel, clock, connect, governor, model, progress, protocol, publish, rate,
     reactions, reads, shard, subprotocol, websocket,

@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Report};
-use wsfan_shared::shard::{self, GroupRead, Shard, ShardQueue, MAX_ATTEMPTS};
+use wsfan_shared::ports::{QueueError, ShardQueue};
+use wsfan_shared::shard::{self, GroupRead, Shard, MAX_ATTEMPTS};
 use wsfan_shared::store::{Members, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,7 @@ pub enum ShardError {
     #[error(transparent)]
     Broadcast(#[from] BroadcastError),
     #[error("could not reach the delivery queue: {0}")]
-    Queue(String),
+    Queue(QueueError),
     #[error("could not read the group's members: {0}")]
     Store(#[from] StoreError),
     #[error("no time left in this invocation to start the shard")]

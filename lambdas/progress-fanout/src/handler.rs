@@ -28,8 +28,9 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
 use wsfan_shared::channel::ChannelId;
+use wsfan_shared::ports::{QueueError, ShardQueue};
 use wsfan_shared::progress::{InvalidProgress, ProgressEvent, ProgressKind};
-use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
+use wsfan_shared::shard::{self, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Members, Progress, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum MessageError {
     #[error(transparent)]
     Broadcast(#[from] BroadcastError),
     #[error("could not reach the delivery queue: {0}")]
-    Enqueue(String),
+    Enqueue(QueueError),
 }
 
 /// What happened to one valid event.

@@ -7,10 +7,11 @@ use std::time::Instant;
 use aws_lambda_events::dynamodb::EventRecord;
 use wsfan_shared::broadcaster::{Counters, Deliver, Parcel, ParcelReport};
 use wsfan_shared::cadence::{Cadence, Sequenced};
-use wsfan_shared::shard::{self, ShardQueue, DIRECT_MAX_MEMBERS};
+use wsfan_shared::ports::{FailureDestination, ShardQueue};
+use wsfan_shared::shard::{self, DIRECT_MAX_MEMBERS};
 use wsfan_shared::store::{Member, Members, Messages};
 
-use crate::failures::{fail_from, ChannelOutcomes, FailureDestination};
+use crate::failures::{fail_from, ChannelOutcomes};
 use crate::plan::{plan, Audience, ChannelFrames, Planned};
 use crate::queue::{hand_on, sharded};
 use crate::records::sequenced;

@@ -3,20 +3,8 @@
 
 use aws_lambda_events::dynamodb::EventRecord;
 use wsfan_shared::broadcaster::Counters;
-use wsfan_shared::publisher::FailureQueue;
 
 use crate::RecordError;
-
-/// Where records that can never be used go: the stream's on-failure destination.
-pub trait FailureDestination: Send + Sync {
-    fn park(&self, body: String) -> impl std::future::Future<Output = Result<(), String>> + Send;
-}
-
-impl FailureDestination for FailureQueue {
-    async fn park(&self, body: String) -> Result<(), String> {
-        self.send(body).await.map_err(|e| e.to_string())
-    }
-}
 
 /// What the failure destination receives: the reason and the record as the stream gave it.
 pub fn failure_body(record: &EventRecord, reason: &str) -> String {

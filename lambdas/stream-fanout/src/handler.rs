@@ -83,12 +83,12 @@ use wsfan_shared::batch::by_key;
 use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
 use wsfan_shared::cadence::Cadence;
 use wsfan_shared::model::keys;
-use wsfan_shared::shard::ShardQueue;
+use wsfan_shared::ports::{FailureDestination, QueueError, ShardQueue};
 use wsfan_shared::store::{Members, Messages, StoreError};
 
 use delivery::channel_batch;
+pub use failures::failure_body;
 use failures::{fail_from, ChannelOutcomes};
-pub use failures::{failure_body, FailureDestination};
 use records::string_key;
 pub use records::{classify, Push, Work};
 
@@ -136,9 +136,9 @@ pub enum RecordError {
     #[error(transparent)]
     Broadcast(#[from] BroadcastError),
     #[error("could not reach the failure destination: {0}")]
-    Park(String),
+    Park(QueueError),
     #[error("could not reach the delivery queue: {0}")]
-    Enqueue(String),
+    Enqueue(QueueError),
     #[error("not attempted: an earlier record of its channel failed ({0})")]
     Blocked(String),
     #[error("not started before the invocation's hand-off time; the next invocation takes it")]

@@ -8,8 +8,9 @@ use wsfan_shared::channel::ChannelId;
 use wsfan_shared::protocol::{ChatEvent, HistoryCursor, ServerFrame};
 use wsfan_shared::store::Messages;
 
-use crate::failures::{failure_body, FailureDestination};
+use crate::failures::failure_body;
 use crate::{Push, RecordError, Work};
+use wsfan_shared::ports::FailureDestination;
 
 /// The history page a connection asked for at connect, as the frame it gets.
 async fn history_frame<S: Messages>(store: &S, channel: &ChannelId, limit: u32) -> Result<String, RecordError> {

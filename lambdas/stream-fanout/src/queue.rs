@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use wsfan_shared::broadcaster::{Counters, Deliver, Parcel};
 use wsfan_shared::channel::ChannelId;
-use wsfan_shared::shard::{self, ShardQueue};
+use wsfan_shared::ports::{QueueError, ShardQueue};
+use wsfan_shared::shard;
 
 use crate::delivery::deliver_once_open;
 use crate::failures::{fail_from, ChannelOutcomes};
@@ -24,7 +25,7 @@ pub(crate) async fn hand_on<Q: ShardQueue>(
     channel_frames: &ChannelFrames,
     undelivered: Vec<Parcel>,
     to_shards: ToShards,
-) -> Result<(), String> {
+) -> Result<(), QueueError> {
     let ChannelFrames {
         channel,
         planned,

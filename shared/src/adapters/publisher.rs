@@ -13,8 +13,9 @@ use futures::{StreamExt, TryStreamExt};
 use crate::channel::ChannelId;
 use crate::config::Retention;
 use crate::model::{Message, MessageKind};
+use crate::ports::{FailureDestination, QueueError, ShardQueue};
 use crate::progress::{InvalidProgress, ProgressEvent};
-use crate::shard::{Shard, ShardQueue};
+use crate::shard::Shard;
 use crate::store::{Messages, PostOutcome, StoreError};
 
 /// SQS takes at most ten messages per batch.
@@ -193,15 +194,17 @@ impl FailureQueue {
     pub fn connect(sdk: &aws_config::SdkConfig, url: crate::config::FailureQueueUrl) -> Self {
         FailureQueue::new(aws_sdk_sqs::Client::new(sdk), url.0)
     }
+}
 
-    pub async fn send(&self, body: String) -> Result<(), PublishError> {
+impl FailureDestination for FailureQueue {
+    async fn park(&self, body: String) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
             .send()
             .await
-            .map_err(|e| PublishError::Queue(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| QueueError::from_sdk(&e))?;
         Ok(())
     }
 }
@@ -235,7 +238,7 @@ impl DeliveryQueue {
         DeliveryQueue::new(aws_sdk_sqs::Client::new(sdk), url.0, dead_letter.0)
     }
 
-    async fn send_to(&self, url: &str, shard: &Shard) -> Result<(), String> {
+    async fn send_to(&self, url: &str, shard: &Shard) -> Result<(), QueueError> {
         self.client
             .send_message()
             .queue_url(url)
@@ -244,13 +247,13 @@ impl DeliveryQueue {
             .message_deduplication_id(shard.deduplication_id())
             .send()
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+            .map_err(|e| QueueError::from_sdk(&e))?;
         Ok(())
     }
 }
 
 impl ShardQueue for DeliveryQueue {
-    async fn enqueue(&self, shards: Vec<Shard>) -> Result<(), String> {
+    async fn enqueue(&self, shards: Vec<Shard>) -> Result<(), QueueError> {
         let mut groups: std::collections::BTreeMap<u32, Vec<Shard>> = Default::default();
         for shard in shards {
             groups.entry(shard.group).or_default().push(shard);
@@ -260,17 +263,20 @@ impl ShardQueue for DeliveryQueue {
                 for shard in &group {
                     self.send_to(&self.queue_url, shard).await?;
                 }
-                Ok::<_, String>(())
+                Ok::<_, QueueError>(())
             })
             .buffer_unordered(GROUPS_IN_FLIGHT)
             .try_collect::<Vec<()>>()
             .await
             .map(drop)
-            .map_err(|e| format!("enqueueing shards: {e}"))
+            .map_err(|e| e.context("enqueueing shards"))
     }
 
-    async fn park(&self, shard: Shard) -> Result<(), String> {
-        let url = self.dead_letter_url.as_deref().ok_or("DELIVERY_DLQ_URL is not set")?;
+    async fn park(&self, shard: Shard) -> Result<(), QueueError> {
+        let url = self
+            .dead_letter_url
+            .as_deref()
+            .ok_or_else(|| QueueError::permanent("DELIVERY_DLQ_URL is not set"))?;
         self.send_to(url, &shard).await
     }
 }

@@ -286,15 +286,6 @@ pub fn retry_direct(channel: ChannelId, frame: String, origin: String, recipient
     retry(&first, recipients)
 }
 
-/// Where shards go: the delivery queue, and its dead-letter queue for recipients that every
-/// attempt missed.
-pub trait ShardQueue: Send + Sync {
-    /// Enqueues shards; those of one group in the order given.
-    fn enqueue(&self, shards: Vec<Shard>) -> impl std::future::Future<Output = Result<(), String>> + Send;
-    /// Parks a shard whose recipients every attempt missed, to inspect and redrive.
-    fn park(&self, shard: Shard) -> impl std::future::Future<Output = Result<(), String>> + Send;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
