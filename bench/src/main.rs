@@ -145,18 +145,5 @@ fn main() -> ExitCode {
     }
     .enable_all()
     .build();
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(run(cli.bench)),
-        Err(e) => Err(format!("starting the tokio runtime: {e}")),
-    };
-    match result {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("wsfan-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    wsfan_local::options::run_to_exit("wsfan-bench", runtime, run(cli.bench))
 }

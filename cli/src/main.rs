@@ -451,18 +451,6 @@ async fn run(cli: Cli) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(e) => Err(format!("starting the tokio runtime: {e}")),
-    };
-    match result {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("wsfan: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    wsfan_local::options::run_to_exit("wsfan", runtime, run(cli))
 }

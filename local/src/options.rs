@@ -1,5 +1,6 @@
 //! The stack's command-line options, shared by `wsfan dev`, `wsfan invoke` and the benchmarks
-//! that start a stack of their own (`wsfan-bench channel`).
+//! that start a stack of their own (`wsfan-bench channel`); and [`run_to_exit`], how both binaries
+//! end.
 
 use std::path::PathBuf;
 
@@ -57,5 +58,28 @@ impl StackArgs {
             rate_limit: None,
             schedule_every: None,
         })
+    }
+}
+
+/// Runs a command on `runtime` and ends it as both binaries do: its answer on standard output and
+/// exit status 0, or `program: error` on standard error and status 1.
+pub fn run_to_exit(
+    program: &str,
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    command: impl std::future::Future<Output = Result<String, String>>,
+) -> std::process::ExitCode {
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => Err(format!("starting the tokio runtime: {e}")),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
