@@ -291,161 +291,173 @@ async fn send_progress(endpoint: Option<&str>, queue: &Queue, event: ProgressEve
     Ok(serde_json::to_string(&event).expect("events serialise"))
 }
 
+/// A dev token: refused here when the authorizer would deny it.
+fn token(t: TokenArgs) -> Result<String, String> {
+    let claims = Claims {
+        sub: t.sub,
+        exp: wsfan_shared::clock::now_secs() + t.ttl,
+        nbf: None,
+        channels: t
+            .channels
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(Into::into)
+            .collect(),
+        role: t.role,
+        aud: None,
+        iss: None,
+    };
+    // Refuse to mint a token the authorizer would deny.
+    claims.identity().map_err(|e| e.to_string())?;
+    Ok(mint_hs256(&t.secret, &claims))
+}
+
+/// `wsfan dev`: starts the stack, says where it is, and runs it until Ctrl-C, SIGTERM or moto's end.
+async fn dev(d: DevArgs) -> Result<String, String> {
+    let mut config = d.stack.config(d.port)?;
+    config.limits.idle_timeout = std::time::Duration::from_secs(d.idle_timeout_secs);
+    config.limits.max_connection = std::time::Duration::from_secs(d.max_connection_secs);
+    config.anonymous_channels = d.anonymous_channels;
+    config.rate_limit = d.rate_limit;
+    config.schedule_every = d.schedule_every_ms.map(std::time::Duration::from_millis);
+    config.inject = d
+        .inject
+        .map(|faults| (faults, d.inject_seed.unwrap_or_else(random_seed)));
+    let stack = wsfan_local::dev::start(config).await.map_err(|e| e.to_string())?;
+    announce(&stack);
+    let moto_died = tokio::select! {
+        _ = shutdown_signal() => None,
+        status = stack.moto_exited() => Some(status),
+    };
+    stack.log_injected();
+    match moto_died {
+        None => {
+            eprintln!("wsfan dev: stopping");
+            stack.shutdown().await;
+            Ok(String::new())
+        }
+        Some(status) => {
+            stack.shutdown().await;
+            Err(format!(
+                "moto exited ({status}) and took the table, the stream and the queues with it; \
+                 wsfan dev stopped. Start it again for a fresh stack (clients must reconnect)."
+            ))
+        }
+    }
+}
+
+/// Where the running stack is: for people on standard error, and for scripts and tests two lines
+/// on standard output (`wsfan dev ready:` and `wsfan dev env:`, which they parse).
+fn announce(stack: &wsfan_local::dev::DevStack) {
+    let queue = stack
+        .environment
+        .queue_feeding("progress-fanout")
+        .map(|(u, _)| u.clone())
+        .unwrap_or_default();
+    eprintln!("  demo page      {}", stack.http_url);
+    eprintln!(
+        "  WebSocket      {}?token=$(target/debug/wsfan token --sub you --channels 'workspace:*' --secret {})",
+        stack.ws_url,
+        wsfan_local::dev::DEV_SECRET
+    );
+    eprintln!(
+        "  moto           {}  table {}",
+        stack.environment.moto.endpoint, stack.environment.table_name
+    );
+    eprintln!("  progress queue {queue}");
+    // moto accepts any credentials, but the SDK wants some.
+    eprintln!(
+        "  try            AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \\\n                   target/debug/wsfan publish progress --endpoint-url {} --queue-url {queue} \\\n                   --doc-id d1 --pages-processed 5 --total-pages 10   (subscribe to doc:d1 first)",
+        stack.environment.moto.endpoint
+    );
+    let dlq = stack
+        .environment
+        .dead_letter_queue_of("progress-fanout")
+        .unwrap_or_default();
+    let failures = stack.environment.failure_queue_of("stream-fanout").unwrap_or_default();
+    println!("wsfan dev ready: {} {}", stack.http_url, stack.ws_url);
+    let publish = stack
+        .environment
+        .queue_feeding("publish")
+        .map(|(u, _)| u.clone())
+        .unwrap_or_default();
+    println!(
+        "wsfan dev env: moto={} table={} queue={queue} dlq={dlq} failures={failures} publish={publish}",
+        stack.environment.moto.endpoint, stack.environment.table_name
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+async fn invoke(i: InvokeArgs) -> Result<String, String> {
+    let text = std::fs::read_to_string(&i.event).map_err(|e| format!("reading {}: {e}", i.event.display()))?;
+    let event: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", i.event.display()))?;
+    let mut config = i.stack.config(0)?;
+    config.moto_port = 0;
+    let response = wsfan_local::dev::invoke_once(&config, &i.function, &event)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::to_string_pretty(&response).expect("JSON serialises"))
+}
+
+/// A message through the publish queue (`--queue-url`), or straight into the table (`--table`).
+async fn publish_message(endpoint: Option<&str>, m: MessageArgs) -> Result<String, String> {
+    if m.queue_url.is_some() {
+        let request = PublishRequest {
+            channel: m.channel.to_string(),
+            body: m.body,
+            sender_id: m.sender,
+            client_msg_id: m.client_msg_id,
+        };
+        let queue = PublishQueue::new(
+            aws_sdk_sqs::Client::new(&sdk(endpoint).await),
+            m.queue_url.unwrap_or_default(),
+        );
+        let id = queue.send(&request).await.map_err(|e| e.to_string())?;
+        return Ok(serde_json::json!({"queued": true, "sqsMessageId": id, "channel": request.channel, "clientMsgId": request.client_msg_id}).to_string());
+    }
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk(endpoint).await),
+        m.table.as_deref().unwrap_or_default(),
+        Retention::default(),
+    );
+    let outcome = ChannelPublisher::new(store, Retention::default())
+        .publish(&m.channel, &m.body, &m.sender, m.client_msg_id.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(
+        serde_json::json!({"messageId": outcome.message_id, "seq": outcome.seq, "duplicate": outcome.duplicate})
+            .to_string(),
+    )
+}
+
+async fn publish(endpoint: Option<&str>, p: Publish) -> Result<String, String> {
+    let (event, queue) = match p {
+        Publish::Message(m) => return publish_message(endpoint, m).await,
+        Publish::Progress(p) => (
+            ProgressEvent::progress(&p.queue.doc_id, p.pages_processed, p.total_pages),
+            p.queue,
+        ),
+        Publish::Started(p) => (ProgressEvent::started(&p.queue.doc_id, p.total_pages), p.queue),
+        Publish::Complete(p) => (ProgressEvent::complete(&p.queue.doc_id, p.total_pages), p.queue),
+        Publish::Error(p) => (
+            ProgressEvent::error(&p.queue.doc_id, &p.error_code, &p.message, p.recoverable),
+            p.queue,
+        ),
+    };
+    send_progress(endpoint, &queue, event).await
+}
+
 async fn run(cli: Cli) -> Result<String, String> {
     let endpoint = cli.endpoint_url.as_deref();
     match cli.command {
-        Command::Token(t) => {
-            let role = t.role.clone();
-            let claims = Claims {
-                sub: t.sub,
-                exp: wsfan_shared::clock::now_secs() + t.ttl,
-                nbf: None,
-                channels: t
-                    .channels
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .map(Into::into)
-                    .collect(),
-                role,
-                aud: None,
-                iss: None,
-            };
-            // Refuse to mint a token the authorizer would deny.
-            claims.identity().map_err(|e| e.to_string())?;
-            Ok(mint_hs256(&t.secret, &claims))
-        }
-        Command::Dev(d) => {
-            let mut config = d.stack.config(d.port)?;
-            config.limits.idle_timeout = std::time::Duration::from_secs(d.idle_timeout_secs);
-            config.limits.max_connection = std::time::Duration::from_secs(d.max_connection_secs);
-            config.anonymous_channels = d.anonymous_channels;
-            config.rate_limit = d.rate_limit;
-            config.schedule_every = d.schedule_every_ms.map(std::time::Duration::from_millis);
-            config.inject = d
-                .inject
-                .map(|faults| (faults, d.inject_seed.unwrap_or_else(random_seed)));
-            let stack = wsfan_local::dev::start(config).await.map_err(|e| e.to_string())?;
-            let queue = stack
-                .environment
-                .queue_feeding("progress-fanout")
-                .map(|(u, _)| u.clone())
-                .unwrap_or_default();
-            eprintln!("  demo page      {}", stack.http_url);
-            eprintln!(
-                "  WebSocket      {}?token=$(target/debug/wsfan token --sub you --channels 'workspace:*' --secret {})",
-                stack.ws_url,
-                wsfan_local::dev::DEV_SECRET
-            );
-            eprintln!(
-                "  moto           {}  table {}",
-                stack.environment.moto.endpoint, stack.environment.table_name
-            );
-            eprintln!("  progress queue {queue}");
-            // moto accepts any credentials, but the SDK wants some.
-            eprintln!(
-                "  try            AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \\\n                   target/debug/wsfan publish progress --endpoint-url {} --queue-url {queue} \\\n                   --doc-id d1 --pages-processed 5 --total-pages 10   (subscribe to doc:d1 first)",
-                stack.environment.moto.endpoint
-            );
-            let dlq = stack
-                .environment
-                .dead_letter_queue_of("progress-fanout")
-                .unwrap_or_default();
-            let failures = stack.environment.failure_queue_of("stream-fanout").unwrap_or_default();
-            println!("wsfan dev ready: {} {}", stack.http_url, stack.ws_url);
-            let publish = stack
-                .environment
-                .queue_feeding("publish")
-                .map(|(u, _)| u.clone())
-                .unwrap_or_default();
-            println!(
-                "wsfan dev env: moto={} table={} queue={queue} dlq={dlq} failures={failures} publish={publish}",
-                stack.environment.moto.endpoint, stack.environment.table_name
-            );
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            let moto_died = tokio::select! {
-                _ = shutdown_signal() => None,
-                status = stack.moto_exited() => Some(status),
-            };
-            stack.log_injected();
-            match moto_died {
-                None => {
-                    eprintln!("wsfan dev: stopping");
-                    stack.shutdown().await;
-                    Ok(String::new())
-                }
-                Some(status) => {
-                    stack.shutdown().await;
-                    Err(format!(
-                        "moto exited ({status}) and took the table, the stream and the queues with it; \
-                         wsfan dev stopped. Start it again for a fresh stack (clients must reconnect)."
-                    ))
-                }
-            }
-        }
-        Command::Invoke(i) => {
-            let text = std::fs::read_to_string(&i.event).map_err(|e| format!("reading {}: {e}", i.event.display()))?;
-            let event: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", i.event.display()))?;
-            let mut config = i.stack.config(0)?;
-            config.moto_port = 0;
-            let response = wsfan_local::dev::invoke_once(&config, &i.function, &event)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(serde_json::to_string_pretty(&response).expect("JSON serialises"))
-        }
+        Command::Token(t) => token(t),
+        Command::Dev(d) => dev(d).await,
+        Command::Invoke(i) => invoke(i).await,
         Command::Revoke(r) => revoke(endpoint, r).await,
-        Command::Publish(Publish::Message(m)) if m.queue_url.is_some() => {
-            let request = PublishRequest {
-                channel: m.channel.to_string(),
-                body: m.body,
-                sender_id: m.sender,
-                client_msg_id: m.client_msg_id,
-            };
-            let queue = PublishQueue::new(
-                aws_sdk_sqs::Client::new(&sdk(endpoint).await),
-                m.queue_url.unwrap_or_default(),
-            );
-            let id = queue.send(&request).await.map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({"queued": true, "sqsMessageId": id, "channel": request.channel, "clientMsgId": request.client_msg_id}).to_string())
-        }
-        Command::Publish(Publish::Message(m)) => {
-            let store = DynamoStore::new(
-                aws_sdk_dynamodb::Client::new(&sdk(endpoint).await),
-                m.table.as_deref().unwrap_or_default(),
-                Retention::default(),
-            );
-            let outcome = ChannelPublisher::new(store, Retention::default())
-                .publish(&m.channel, &m.body, &m.sender, m.client_msg_id.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({"messageId": outcome.message_id, "seq": outcome.seq, "duplicate": outcome.duplicate}).to_string())
-        }
-        Command::Publish(Publish::Progress(p)) => {
-            let event = ProgressEvent::progress(&p.queue.doc_id, p.pages_processed, p.total_pages);
-            send_progress(endpoint, &p.queue, event).await
-        }
-        Command::Publish(Publish::Started(p)) => {
-            send_progress(
-                endpoint,
-                &p.queue,
-                ProgressEvent::started(&p.queue.doc_id, p.total_pages),
-            )
-            .await
-        }
-        Command::Publish(Publish::Complete(p)) => {
-            send_progress(
-                endpoint,
-                &p.queue,
-                ProgressEvent::complete(&p.queue.doc_id, p.total_pages),
-            )
-            .await
-        }
-        Command::Publish(Publish::Error(p)) => {
-            let event = ProgressEvent::error(&p.queue.doc_id, &p.error_code, &p.message, p.recoverable);
-            send_progress(endpoint, &p.queue, event).await
-        }
+        Command::Publish(p) => publish(endpoint, p).await,
     }
 }
 
