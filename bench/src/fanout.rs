@@ -209,47 +209,72 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     // by a fifth from run to run.
     let (runs, server_cpu_us) = throughput_rounds(&o, &payload, core).await?;
     let rss_after_throughput = peak_rss_kib();
-    let rounds: Vec<String> = runs.iter().map(|r| format!("{:.0}", cpu_us(r))).collect();
-    let r = &runs[runs.len() / 2];
-    let rust_rate = r.delivered as f64 / r.wall.as_secs_f64();
-    let rust_cpu_us = cpu_us(r);
-    out += &format!(
-        "wsfan broadcaster: {} recipients, 1 KB, median of {} rounds: {:.0} posts/s, {:.1} µs CPU/post \
-         (rounds: {} µs), wall {:.3} s, failed {} (the @connections server used {:.1} µs CPU per post on its own core)\n",
-        o.recipients,
-        runs.len(),
-        rust_rate,
-        rust_cpu_us,
-        rounds.join(", "),
-        r.wall.as_secs_f64(),
-        runs.iter().map(|r| r.failed).sum::<u64>(),
-        server_cpu_us
-    );
+    let median = &runs[runs.len() / 2];
+    out += &throughput_line(&o, &runs, server_cpu_us);
     if o.throughput_only {
         return Ok(out);
     }
-
-    // The control for `bench channel`'s per-core figure: there the functions share two cores
-    // with moto and the @connections server, here the broadcaster has a core of its own. The
-    // same rounds with the server moved onto the broadcaster's core show what sharing alone costs.
-    if let Some(own) = core.and(sole_core()).filter(|own| Some(own.as_str()) != core) {
-        let (shared, _) = throughput_rounds(&o, &payload, Some(&own)).await?;
-        let r = &shared[shared.len() / 2];
-        out += &format!(
-            "  the same with the server on the broadcaster's core {own}: {:.0} posts/s, {:.1} µs CPU/post, failed {}\n",
-            r.delivered as f64 / r.wall.as_secs_f64(),
-            cpu_us(r),
-            shared.iter().map(|r| r.failed).sum::<u64>(),
-        );
-    }
-
+    out += &server_on_the_same_core(&o, &payload, core).await?;
     out += &format!(
         "peak RSS after the {}-recipient run: {:.1} MB\n",
         o.recipients,
         rss_after_throughput as f64 / 1024.0
     );
+    // 2. The boto3 loop; 3. 1,000 recipients through latency; 4. behind a token bucket.
+    out += &boto3_baseline(&o, core, median)?;
+    out += &through_latency(&o, &payload, core).await?;
+    let (throttled, shortfalls) = behind_a_bucket(&o, &payload, core).await?;
+    out += &throttled;
+    out += &format!(
+        "peak RSS of the broadcaster process: {:.1} MB (before the first post, binary and runtime: {:.1} MB)\n",
+        peak_rss_kib() as f64 / 1024.0,
+        rss_at_start as f64 / 1024.0
+    );
+    if shortfalls.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!("{out}NOT SHOWN: {}", shortfalls.join("; ")))
+    }
+}
 
-    // 2. The boto3 loop, on the same kind of server.
+/// The throughput rounds' line (`wsfan broadcaster: …`, which [`reported_cpu_us`] reads back).
+fn throughput_line(o: &Options, runs: &[Run], server_cpu_us: f64) -> String {
+    let rounds: Vec<String> = runs.iter().map(|r| format!("{:.0}", cpu_us(r))).collect();
+    let r = &runs[runs.len() / 2];
+    format!(
+        "wsfan broadcaster: {} recipients, 1 KB, median of {} rounds: {:.0} posts/s, {:.1} µs CPU/post \
+         (rounds: {} µs), wall {:.3} s, failed {} (the @connections server used {:.1} µs CPU per post on its own core)\n",
+        o.recipients,
+        runs.len(),
+        r.delivered as f64 / r.wall.as_secs_f64(),
+        cpu_us(r),
+        rounds.join(", "),
+        r.wall.as_secs_f64(),
+        runs.iter().map(|r| r.failed).sum::<u64>(),
+        server_cpu_us
+    )
+}
+
+/// The control for `bench channel`'s per-core figure: there the functions share two cores with
+/// moto and the @connections server, here the broadcaster has a core of its own. The same rounds
+/// with the server moved onto the broadcaster's core show what sharing alone costs. Nothing when
+/// the broadcaster is not pinned to a core other than the server's.
+async fn server_on_the_same_core(o: &Options, payload: &[u8], core: Option<&str>) -> Result<String, String> {
+    let Some(own) = core.and(sole_core()).filter(|own| Some(own.as_str()) != core) else {
+        return Ok(String::new());
+    };
+    let (shared, _) = throughput_rounds(o, payload, Some(&own)).await?;
+    let r = &shared[shared.len() / 2];
+    Ok(format!(
+        "  the same with the server on the broadcaster's core {own}: {:.0} posts/s, {:.1} µs CPU/post, failed {}\n",
+        r.delivered as f64 / r.wall.as_secs_f64(),
+        cpu_us(r),
+        shared.iter().map(|r| r.failed).sum::<u64>(),
+    ))
+}
+
+/// The boto3 loop, on the same kind of server, against the broadcaster's `median` round.
+fn boto3_baseline(o: &Options, core: Option<&str>, median: &Run) -> Result<String, String> {
     let server = Server::start(&[], core)?;
     let script = std::env::current_dir()
         .map_err(|e| e.to_string())?
@@ -274,31 +299,38 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     let b: serde_json::Value = serde_json::from_slice(&baseline.stdout).map_err(|e| e.to_string())?;
     let boto_rate = b["posts_per_s"].as_f64().unwrap_or(0.0);
     let boto_cpu_us = b["cpu_us_per_post"].as_f64().unwrap_or(0.0);
-    out += &format!(
-        "boto3 post_to_connection loop: {} recipients, 1 KB: {:.0} posts/s, {:.1} µs CPU/post\n",
-        o.baseline_recipients, boto_rate, boto_cpu_us
-    );
-    out += &format!(
-        "ratio: {:.1}x the posts/s, {:.1}x less CPU per post\n",
+    let rust_rate = median.delivered as f64 / median.wall.as_secs_f64();
+    let rust_cpu_us = cpu_us(median);
+    Ok(format!(
+        "boto3 post_to_connection loop: {} recipients, 1 KB: {:.0} posts/s, {:.1} µs CPU/post\n\
+         ratio: {:.1}x the posts/s, {:.1}x less CPU per post\n",
+        o.baseline_recipients,
+        boto_rate,
+        boto_cpu_us,
         rust_rate / boto_rate.max(f64::MIN_POSITIVE),
         boto_cpu_us / rust_cpu_us.max(f64::MIN_POSITIVE)
-    );
+    ))
+}
 
-    // 3. Time to reach 1,000 recipients through 20 ms of latency.
+/// Time to reach 1,000 recipients through 20 ms of latency.
+async fn through_latency(o: &Options, payload: &[u8], core: Option<&str>) -> Result<String, String> {
     let server = Server::start(&["--latency-ms".into(), "20".into()], core)?;
-    let r = run(&server.endpoint, 1000, &payload, true, o.concurrency, 1)
+    let r = run(&server.endpoint, 1000, payload, true, o.concurrency, 1)
         .await
         .remove(0);
     drop(server);
-    out += &format!(
+    Ok(format!(
         "1,000 recipients at 20 ms latency: {:.3} s (delivered {}, failed {})\n",
         r.wall.as_secs_f64(),
         r.delivered,
         r.failed
-    );
+    ))
+}
 
-    // 4. Behind a token bucket that answers 429. The figure shows throttling only if the bucket
-    // ran dry: the run fails when no 429 was answered, or when a recipient was lost.
+/// Behind a token bucket that answers 429. The figure shows throttling only if the bucket ran
+/// dry: the shortfalls (which fail the run) say so when no 429 was answered, or a recipient was
+/// lost.
+async fn behind_a_bucket(o: &Options, payload: &[u8], core: Option<&str>) -> Result<(String, Vec<String>), String> {
     let server = Server::start(
         &[
             "--bucket-rate".into(),
@@ -311,7 +343,7 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     let r = run(
         &server.endpoint,
         o.throttled_recipients,
-        &payload,
+        payload,
         false,
         o.concurrency,
         1,
@@ -320,7 +352,7 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     .remove(0);
     let answered = server.finish()?;
     let lost = o.throttled_recipients as u64 - r.delivered;
-    out += &format!(
+    let line = format!(
         "{} recipients behind a {}/s token bucket of {}: delivered {}, lost {}, {:.3} s; \
          the server answered {} posts: {} delivered, {} with 429; the broadcaster ran {} retries\n",
         o.throttled_recipients,
@@ -345,17 +377,7 @@ pub async fn fanout(o: Options) -> Result<String, String> {
     if lost > 0 {
         shortfalls.push(format!("{lost} recipients were lost behind the bucket"));
     }
-
-    out += &format!(
-        "peak RSS of the broadcaster process: {:.1} MB (before the first post, binary and runtime: {:.1} MB)\n",
-        peak_rss_kib() as f64 / 1024.0,
-        rss_at_start as f64 / 1024.0
-    );
-    if shortfalls.is_empty() {
-        Ok(out)
-    } else {
-        Err(format!("{out}NOT SHOWN: {}", shortfalls.join("; ")))
-    }
+    Ok((line, shortfalls))
 }
 
 /// `wsfan serve-connections`: the @connections server as a process of its own.
