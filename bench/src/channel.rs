@@ -663,7 +663,7 @@ impl BudgetUse {
             .copied()
             .collect();
         during.sort_by_key(|s| s.unix);
-        let (report, mut lines) = crate::hot::budget_report(&during, max_rps);
+        let (report, mut lines) = crate::budget::budget_report(&during, max_rps);
         let whole: Vec<u64> = during
             .iter()
             .filter(|s| s.unix > first && s.unix < last)

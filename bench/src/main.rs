@@ -2,15 +2,20 @@
 //! processes to cores). They drive the user's `wsfan` (its `dev` stack, from the same build) and
 //! the real Lambda binaries; BENCHMARKS.md has their figures and the commands that took them.
 
+mod budget;
 mod channel;
+mod client;
 mod dev_log;
+mod dev_process;
 mod fanout;
+mod figures;
 mod hot;
 mod lambdas;
 mod local;
 mod process;
 mod receipts;
 mod sends;
+mod stack_stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -18,8 +18,10 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::hot::{calls_between, connections_stats, dynamodb_units, settle, verdict};
-use crate::local::{build_profile, connect_and_join_with, ms, percentile, DevProcess, Socket};
+use crate::client::{connect_and_join_with, Socket};
+use crate::dev_process::DevProcess;
+use crate::figures::{build_profile, ms, percentile, verdict};
+use crate::stack_stats::{calls_between, connections_stats, dynamodb_units, settle};
 
 const CHANNEL: &str = "workspace:receipts";
 
