@@ -105,27 +105,7 @@ pub async fn run(bench: ReceiptsBench) -> Result<String, String> {
 }
 
 async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Vec<String>), String> {
-    let started = Instant::now();
-    let joined: Vec<Result<(Socket, Duration), String>> = futures::stream::iter(0..bench.members)
-        .map(|i| {
-            let url = stack.ws_url.clone();
-            let query = if bench.batch { "&batch=1" } else { "" };
-            async move { connect_and_join_with(&url, &format!("reader-{i}"), CHANNEL, query).await }
-        })
-        .buffer_unordered(bench.connect_concurrency.max(1))
-        .collect()
-        .await;
-    let mut sockets: Vec<Socket> = joined
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    println!(
-        "connect and join: {} members in {:.1} s",
-        sockets.len(),
-        started.elapsed().as_secs_f64()
-    );
+    let mut sockets = join(bench, stack).await?;
     settle(stack, Duration::from_secs(bench.settle_secs)).await?;
 
     let limit = Duration::from_secs(bench.ack_secs);
@@ -144,51 +124,23 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
     let head_before = head_of(&ask(first, join(), |f| f["type"] == "joined", limit).await?);
     let units_before = dynamodb_units(&stack.moto).await?;
     let posts_before = posts_delivered(stack).await?;
-
-    // Everyone at once: each member's task is ready before the first receipt goes out.
-    let go = std::sync::Arc::new(tokio::sync::Barrier::new(sockets.len()));
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .map(|mut socket| {
-            let (go, message_id) = (go.clone(), message_id.clone());
-            tokio::spawn(async move {
-                let frame = json!({"action": "read", "channel": CHANNEL, "messageId": message_id, "seq": seq});
-                go.wait().await;
-                let at = Instant::now();
-                let answer = ask(&mut socket, frame, is_read_ack, limit).await;
-                (answer, at.elapsed(), socket)
-            })
-        })
-        .collect();
-    let window = Instant::now();
-    let mut latencies = Vec::new();
-    let mut errors = Vec::new();
-    let mut sockets = Vec::new();
-    for task in tasks {
-        let (answer, took, socket) = task.await.map_err(|e| e.to_string())?;
-        sockets.push(socket);
-        match answer {
-            Ok(frame) if is_read_ack(&frame) => latencies.push(took),
-            Ok(frame) => errors.push(frame.to_string()),
-            Err(e) => errors.push(e),
-        }
-    }
-    let window = window.elapsed();
+    let mut read = read_at_once(sockets, &message_id, seq, limit).await?;
     let units_after = dynamodb_units(&stack.moto).await?;
     // The pushes go on after the last ack: count them once the stack is quiet.
     settle(stack, Duration::from_secs(bench.settle_secs)).await?;
     let posts = posts_delivered(stack).await?.saturating_sub(posts_before);
-    let head_after = head_of(&ask(&mut sockets[0], join(), |f| f["type"] == "joined", limit).await?);
-    latencies.sort();
+    let head_after = head_of(&ask(&mut read.sockets[0], join(), |f| f["type"] == "joined", limit).await?);
+    read.latencies.sort();
     let calls = calls_between(&units_before, &units_after, "calls");
+    let latencies = &read.latencies;
     let acked = latencies.len();
     println!(
         "{acked} of {} receipts acked in {:.2} s ({} build): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; head {head_before:?} -> {head_after:?}; @connections posts {posts} (batch={}); DynamoDB calls {calls:?}",
         bench.members,
-        window.as_secs_f64(),
+        read.window.as_secs_f64(),
         build_profile(),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
+        ms(percentile(latencies, 50.0)),
+        ms(percentile(latencies, 99.0)),
         ms(latencies.last().copied().unwrap_or_default()),
         bench.batch,
     );
@@ -198,7 +150,7 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
             "{} of {} receipts not acked: {:?}",
             bench.members - acked,
             bench.members,
-            errors.iter().take(3).collect::<Vec<_>>()
+            read.errors.iter().take(3).collect::<Vec<_>>()
         ));
     }
     if head_before.is_none() || head_before != head_after {
@@ -213,17 +165,92 @@ async fn measure(bench: &ReceiptsBench, stack: &DevProcess) -> Result<(Value, Ve
         "batch": bench.batch,
         "posts": posts,
         "acked": acked,
-        "errors": errors.len(),
-        "seconds": window.as_secs_f64(),
+        "errors": read.errors.len(),
+        "seconds": read.window.as_secs_f64(),
         "ackMs": {
-            "p50": ms(percentile(&latencies, 50.0)),
-            "p99": ms(percentile(&latencies, 99.0)),
+            "p50": ms(percentile(latencies, 50.0)),
+            "p99": ms(percentile(latencies, 99.0)),
             "max": ms(latencies.last().copied().unwrap_or_default()),
         },
         "head": {"before": head_before, "after": head_after},
         "dynamodbCalls": calls,
     });
     Ok((report, failures))
+}
+
+/// Connects and joins every member.
+async fn join(bench: &ReceiptsBench, stack: &DevProcess) -> Result<Vec<Socket>, String> {
+    let started = Instant::now();
+    let joined: Vec<Result<(Socket, Duration), String>> = futures::stream::iter(0..bench.members)
+        .map(|i| {
+            let url = stack.ws_url.clone();
+            let query = if bench.batch { "&batch=1" } else { "" };
+            async move { connect_and_join_with(&url, &format!("reader-{i}"), CHANNEL, query).await }
+        })
+        .buffer_unordered(bench.connect_concurrency.max(1))
+        .collect()
+        .await;
+    let sockets: Vec<Socket> = joined
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    println!(
+        "connect and join: {} members in {:.1} s",
+        sockets.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sockets)
+}
+
+/// What the members' receipts were answered.
+struct Receipts {
+    /// Each acked receipt's time to its ack.
+    latencies: Vec<Duration>,
+    /// Every other answer, and every wait that ended without one.
+    errors: Vec<String>,
+    /// From the go to the last answer.
+    window: Duration,
+    /// The members' sockets, back.
+    sockets: Vec<Socket>,
+}
+
+/// Every member sends its receipt for the message at the same moment and times its ack.
+async fn read_at_once(sockets: Vec<Socket>, message_id: &str, seq: u64, limit: Duration) -> Result<Receipts, String> {
+    // Everyone at once: each member's task is ready before the first receipt goes out.
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(sockets.len()));
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let (go, message_id) = (go.clone(), message_id.to_owned());
+            tokio::spawn(async move {
+                let frame = json!({"action": "read", "channel": CHANNEL, "messageId": message_id, "seq": seq});
+                go.wait().await;
+                let at = Instant::now();
+                let answer = ask(&mut socket, frame, is_read_ack, limit).await;
+                (answer, at.elapsed(), socket)
+            })
+        })
+        .collect();
+    let window = Instant::now();
+    let mut read = Receipts {
+        latencies: Vec::new(),
+        errors: Vec::new(),
+        window: Duration::ZERO,
+        sockets: Vec::new(),
+    };
+    for task in tasks {
+        let (answer, took, socket) = task.await.map_err(|e| e.to_string())?;
+        read.sockets.push(socket);
+        match answer {
+            Ok(frame) if is_read_ack(&frame) => read.latencies.push(took),
+            Ok(frame) => read.errors.push(frame.to_string()),
+            Err(e) => read.errors.push(e),
+        }
+    }
+    read.window = window.elapsed();
+    Ok(read)
 }
 
 /// `@connections` posts delivered so far by the stack.

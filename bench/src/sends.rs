@@ -184,22 +184,8 @@ pub async fn run(bench: SendsBench) -> Result<String, String> {
 }
 
 async fn measure(bench: &SendsBench, stack: &DevProcess) -> Result<(Value, Vec<String>), String> {
-    let query = if bench.batch { "&batch=1" } else { "" };
     let count = bench.senders.iter().copied().max().unwrap_or(1);
-    let (listener, _) = connect_and_join_with(&stack.ws_url, "listener", CHANNEL, query).await?;
-    let mut heard = listen(listener);
-    let joined: Vec<Result<(Socket, Duration), String>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let url = stack.ws_url.clone();
-            async move { connect_and_join_with(&url, &format!("sender-{i}"), CHANNEL, query).await }
-        })
-        .buffered(bench.connect_concurrency.max(1))
-        .collect()
-        .await;
-    let mut members_: Vec<Member> = joined
-        .into_iter()
-        .map(|r| r.map(|(s, _)| Member::new(s)))
-        .collect::<Result<_, _>>()?;
+    let (mut heard, mut members) = join(bench, stack, count).await?;
     settle(stack, Duration::from_secs(bench.settle_secs)).await?;
 
     let limit = Duration::from_secs(bench.ack_secs);
@@ -209,32 +195,9 @@ async fn measure(bench: &SendsBench, stack: &DevProcess) -> Result<(Value, Vec<S
     for (round, &n) in bench.senders.iter().enumerate() {
         let units_before = dynamodb_units(&stack.moto).await?;
         let started = Instant::now();
-        let until = started + Duration::from_secs(bench.secs);
-        let tasks: Vec<_> = members_
-            .drain(..n)
-            .enumerate()
-            .map(|(i, mut member)| {
-                tokio::spawn(async move {
-                    let sent = send_until(&mut member, i, round, until, limit).await;
-                    (sent, member)
-                })
-            })
-            .collect();
-        let mut all = Sent::default();
-        let mut used = Vec::new();
-        for task in tasks {
-            let (sent, socket) = task.await.map_err(|e| e.to_string())?;
-            used.push(socket);
-            all.latencies.extend(sent.latencies);
-            all.acked.extend(sent.acked);
-            all.rate_limited += sent.rate_limited;
-            all.errors.extend(sent.errors);
-        }
+        let mut all = send_round(&mut members, n, round, started + Duration::from_secs(bench.secs), limit).await?;
         let window = started.elapsed();
         let units_after = dynamodb_units(&stack.moto).await?;
-        // Put the senders back in front, for the next round.
-        used.append(&mut members_);
-        members_ = used;
 
         // Every acked message reaches the listener.
         let drain = tokio::time::Instant::now() + limit;
@@ -250,18 +213,114 @@ async fn measure(bench: &SendsBench, stack: &DevProcess) -> Result<(Value, Vec<S
         let undelivered = missing(&heard_ids);
 
         all.latencies.sort();
-        let committed = all.acked.len();
-        let per_second = committed as f64 / window.as_secs_f64();
         let calls = calls_between(&units_before, &units_after, "calls");
-        let per_send: serde_json::Map<String, Value> = calls
+        let outcome = Round {
+            senders: n,
+            window,
+            sent: all,
+            calls,
+            undelivered,
+        };
+        rounds.push(outcome.report(limit, &mut failures));
+    }
+    let report = json!({
+        "build": build_profile(),
+        "concurrency": bench.concurrency,
+        "batch": bench.batch,
+        "members": count + 1,
+        "secs": bench.secs,
+        "rounds": rounds,
+    });
+    Ok((report, failures))
+}
+
+/// Joins the listener and then `count` members to the channel: what the listener hears, and the
+/// members in the order they joined.
+async fn join(
+    bench: &SendsBench,
+    stack: &DevProcess,
+    count: usize,
+) -> Result<(mpsc::UnboundedReceiver<String>, Vec<Member>), String> {
+    let query = if bench.batch { "&batch=1" } else { "" };
+    let (listener, _) = connect_and_join_with(&stack.ws_url, "listener", CHANNEL, query).await?;
+    let heard = listen(listener);
+    let joined: Vec<Result<(Socket, Duration), String>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let url = stack.ws_url.clone();
+            async move { connect_and_join_with(&url, &format!("sender-{i}"), CHANNEL, query).await }
+        })
+        .buffered(bench.connect_concurrency.max(1))
+        .collect()
+        .await;
+    let members = joined
+        .into_iter()
+        .map(|r| r.map(|(s, _)| Member::new(s)))
+        .collect::<Result<_, _>>()?;
+    Ok((heard, members))
+}
+
+/// The first `n` members each send in a closed loop until `until`: what they saw, together.
+/// They go back in front of `members`, for the next round.
+async fn send_round(
+    members: &mut Vec<Member>,
+    n: usize,
+    round: usize,
+    until: Instant,
+    limit: Duration,
+) -> Result<Sent, String> {
+    let tasks: Vec<_> = members
+        .drain(..n)
+        .enumerate()
+        .map(|(i, mut member)| {
+            tokio::spawn(async move {
+                let sent = send_until(&mut member, i, round, until, limit).await;
+                (sent, member)
+            })
+        })
+        .collect();
+    let mut all = Sent::default();
+    let mut used = Vec::new();
+    for task in tasks {
+        let (sent, socket) = task.await.map_err(|e| e.to_string())?;
+        used.push(socket);
+        all.latencies.extend(sent.latencies);
+        all.acked.extend(sent.acked);
+        all.rate_limited += sent.rate_limited;
+        all.errors.extend(sent.errors);
+    }
+    used.append(members);
+    *members = used;
+    Ok(all)
+}
+
+/// One round's outcome: `senders` sent for `window`, moto counted `calls`.
+struct Round {
+    senders: usize,
+    window: Duration,
+    /// Every sender's, its latencies sorted.
+    sent: Sent,
+    calls: std::collections::BTreeMap<String, u64>,
+    /// Acked messages the listener did not get.
+    undelivered: usize,
+}
+
+impl Round {
+    /// Prints the round's line and returns its part of the report; a failure for any error answer
+    /// or undelivered message.
+    fn report(&self, limit: Duration, failures: &mut Vec<String>) -> Value {
+        let (n, all, undelivered) = (self.senders, &self.sent, self.undelivered);
+        let committed = all.acked.len();
+        let per_second = committed as f64 / self.window.as_secs_f64();
+        let per_send: serde_json::Map<String, Value> = self
+            .calls
             .iter()
             .map(|(op, c)| (op.clone(), json!(round2(*c as f64 / committed.max(1) as f64))))
             .collect();
-        let total_per_send = round2(calls.values().sum::<u64>() as f64 / committed.max(1) as f64);
+        let total_per_send = round2(self.calls.values().sum::<u64>() as f64 / committed.max(1) as f64);
         println!(
             "{n} senders ({} build): {committed} committed in {:.1} s = {per_second:.1} sends/s; ack p50 {:.1} ms, p99 {:.1} ms; {} errors, {} rate-limited; DynamoDB calls per send {total_per_send} {per_send:?}; {undelivered} acked but not delivered",
             build_profile(),
-            window.as_secs_f64(),
+            self.window.as_secs_f64(),
             ms(percentile(&all.latencies, 50.0)),
             ms(percentile(&all.latencies, 99.0)),
             all.errors.len(),
@@ -280,9 +339,9 @@ async fn measure(bench: &SendsBench, stack: &DevProcess) -> Result<(Value, Vec<S
                 limit.as_secs()
             ));
         }
-        rounds.push(json!({
+        json!({
             "senders": n,
-            "seconds": window.as_secs_f64(),
+            "seconds": self.window.as_secs_f64(),
             "committed": committed,
             "sendsPerSecond": round2(per_second),
             "ackMs": {
@@ -295,17 +354,8 @@ async fn measure(bench: &SendsBench, stack: &DevProcess) -> Result<(Value, Vec<S
             "dynamodbCallsPerSend": total_per_send,
             "dynamodbCallsPerSendByOperation": per_send,
             "undelivered": undelivered,
-        }));
+        })
     }
-    let report = json!({
-        "build": build_profile(),
-        "concurrency": bench.concurrency,
-        "batch": bench.batch,
-        "members": count + 1,
-        "secs": bench.secs,
-        "rounds": rounds,
-    });
-    Ok((report, failures))
 }
 
 fn round2(x: f64) -> f64 {
