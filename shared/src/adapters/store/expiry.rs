@@ -176,12 +176,29 @@ impl DynamoStore {
                 ],
             ),
         ];
+        actions.extend(self.bucket_move(connection_id, previous_exp, exp));
+        // Updates to fixed values and a move: a retry after a lost commit finds the old bucket
+        // gone, and the cancellation below says so only when no try may have committed.
+        match self.transact(self.deadline(), actions).await {
+            Ok(()) => Ok(()),
+            Err(e) => match failed_conditions(&e) {
+                Some(f) if f.first() == Some(&true) => Err(StoreError::NotConnected),
+                Some(f) if f.get(2) == Some(&true) && e.uncertain => Ok(()),
+                Some(f) if f.get(2) == Some(&true) => Err(StoreError::TokenClaimed),
+                _ => Err(e.into()),
+            },
+        }
+    }
+
+    /// The actions that move a connection's bucket item from `previous_exp`'s minute to `exp`'s.
+    fn bucket_move(&self, connection_id: &str, previous_exp: Option<i64>, exp: i64) -> Vec<TransactWriteItem> {
+        let mut moves = Vec::with_capacity(2);
         let old_bucket = previous_exp.map(|e| keys::expiry(keys::minute(e)));
         let new_bucket = keys::expiry(keys::minute(exp));
         match &old_bucket {
             // The same minute: the item is updated in place, on the condition the sweep has not
             // taken it (one transaction may touch an item once).
-            Some(old) if *old == new_bucket => actions.push(
+            Some(old) if *old == new_bucket => moves.push(
                 TransactWriteItem::builder()
                     .update(
                         Update::builder()
@@ -197,7 +214,7 @@ impl DynamoStore {
                     .build(),
             ),
             Some(old) => {
-                actions.push(
+                moves.push(
                     TransactWriteItem::builder()
                         .delete(
                             Delete::builder()
@@ -209,21 +226,11 @@ impl DynamoStore {
                         )
                         .build(),
                 );
-                actions.push(self.expiry_put(connection_id, exp));
+                moves.push(self.expiry_put(connection_id, exp));
             }
-            None => actions.push(self.expiry_put(connection_id, exp)),
+            None => moves.push(self.expiry_put(connection_id, exp)),
         }
-        // Updates to fixed values and a move: a retry after a lost commit finds the old bucket
-        // gone, and the cancellation below says so only when no try may have committed.
-        match self.transact(self.deadline(), actions).await {
-            Ok(()) => Ok(()),
-            Err(e) => match failed_conditions(&e) {
-                Some(f) if f.first() == Some(&true) => Err(StoreError::NotConnected),
-                Some(f) if f.get(2) == Some(&true) && e.uncertain => Ok(()),
-                Some(f) if f.get(2) == Some(&true) => Err(StoreError::TokenClaimed),
-                _ => Err(e.into()),
-            },
-        }
+        moves
     }
 
     /// The connections whose tokens expired at or before `now_secs`, from the minutes since the

@@ -223,41 +223,8 @@ pub(super) async fn post(
             }
             deadline = store.deadline();
         }
-        let mut message = message.clone();
-        let head = if sequenced {
-            let head = match known.take() {
-                Some(head) => head,
-                None => store.head_by(deadline, &message.channel).await?,
-            };
-            message.seq = Some(head + 1);
-            Some(head)
-        } else {
-            message.seq = None;
-            None
-        };
-        let mut actions = Vec::with_capacity(4);
-        actions.extend(member_check.clone());
-        if let Some(key) = &dedupe_key {
-            let mut item = key.clone();
-            item.insert("messageId".to_owned(), s(&message.message_id));
-            if let Some(seq) = message.seq {
-                item.insert(SEQ.to_owned(), n(seq as i64));
-            }
-            item.insert(
-                crate::model::TTL_ATTRIBUTE.to_owned(),
-                n(crate::clock::now_secs() + store.retention.dedupe_secs),
-            );
-            actions.push(store.put_returning(
-                item,
-                Some("attribute_not_exists(pk)"),
-                Some(ReturnValuesOnConditionCheckFailure::AllOld),
-            ));
-        }
-        let head_index = actions.len();
-        if let Some(head) = head {
-            actions.push(store.advance_head(&message.channel, head));
-        }
-        actions.push(store.put(to_item(message.key(), &message)?, None));
+        let (message, head) = numbered(store, deadline, message, sequenced, known.take()).await?;
+        let (actions, head_index) = send_actions(store, &message, member_check.as_ref(), dedupe_key.as_ref(), head)?;
 
         let committed = |seq| PostOutcome {
             message_id: message.message_id.clone(),
@@ -286,13 +253,7 @@ pub(super) async fn post(
         if let Some(key) = &dedupe_key {
             let dedupe_index = usize::from(member.is_some());
             if failed.get(dedupe_index) == Some(&true) {
-                let first = match found.get(dedupe_index).cloned().flatten().and_then(|i| dedupe_of(&i)) {
-                    Some(first) => first,
-                    None => store
-                        .deduped(deadline, key.clone())
-                        .await?
-                        .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into()))?,
-                };
+                let first = first_send(store, deadline, found.get(dedupe_index).cloned().flatten(), key).await?;
                 // This send's own earlier try committed (its answer was lost): answer as it
                 // would have. Another send's id means the client sent this message before.
                 if first.0 == message.message_id {
@@ -308,24 +269,109 @@ pub(super) async fn post(
         if let Some(seq) = store.committed_at(deadline, &message, &uncertain_at).await? {
             return Ok(committed(Some(seq)));
         }
-        // Another send took this number. The cancellation says which head it left (none: the
-        // head is gone or never was, so read it). A first loss is most likely a remembered head
-        // gone stale, and the next try goes at once with the head the cancellation carried.
-        // Later losses are a race, so racing senders spread out with a short pause, and the head
-        // is read again after it: the cancellation's head is stale by then, and a send that kept
-        // trying it after each pause lost every round to fresh sends, which never pause
-        // (`bench sends`, 10 closed-loop senders: `internal` "too busy" after 6 s of losses).
-        known = found.get(head_index).cloned().flatten().map(|head| seq_in(&head));
-        if let Some(head) = known {
-            store.remember_head(&message.channel, head);
-        }
-        if attempt > 0 {
-            let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
-            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-            known = None;
-        }
+        known = after_lost_race(
+            store,
+            &message.channel,
+            found.get(head_index).cloned().flatten(),
+            attempt,
+        )
+        .await;
     }
     Err(StoreError::Contended)
+}
+
+/// The message as this try sends it: a history kind numbered after the head (`known`, or read),
+/// with that head; any other kind without a number.
+async fn numbered(
+    store: &DynamoStore,
+    deadline: tokio::time::Instant,
+    message: &Message,
+    sequenced: bool,
+    known: Option<u64>,
+) -> Result<(Message, Option<u64>), StoreError> {
+    let mut message = message.clone();
+    if !sequenced {
+        message.seq = None;
+        return Ok((message, None));
+    }
+    let head = match known {
+        Some(head) => head,
+        None => store.head_by(deadline, &message.channel).await?,
+    };
+    message.seq = Some(head + 1);
+    Ok((message, Some(head)))
+}
+
+/// One try's transaction: the membership check, the dedupe item, the head's move (history kinds)
+/// and the message; with where the head's move is among them.
+fn send_actions(
+    store: &DynamoStore,
+    message: &Message,
+    member_check: Option<&TransactWriteItem>,
+    dedupe_key: Option<&Item>,
+    head: Option<u64>,
+) -> Result<(Vec<TransactWriteItem>, usize), StoreError> {
+    let mut actions = Vec::with_capacity(4);
+    actions.extend(member_check.cloned());
+    if let Some(key) = dedupe_key {
+        let mut item = key.clone();
+        item.insert("messageId".to_owned(), s(&message.message_id));
+        if let Some(seq) = message.seq {
+            item.insert(SEQ.to_owned(), n(seq as i64));
+        }
+        item.insert(
+            crate::model::TTL_ATTRIBUTE.to_owned(),
+            n(crate::clock::now_secs() + store.retention.dedupe_secs),
+        );
+        actions.push(store.put_returning(
+            item,
+            Some("attribute_not_exists(pk)"),
+            Some(ReturnValuesOnConditionCheckFailure::AllOld),
+        ));
+    }
+    let head_index = actions.len();
+    if let Some(head) = head {
+        actions.push(store.advance_head(&message.channel, head));
+    }
+    actions.push(store.put(to_item(message.key(), message)?, None));
+    Ok((actions, head_index))
+}
+
+/// The first send's id and number under a dedupe key: from the item the cancellation carried,
+/// or read when it carried none.
+async fn first_send(
+    store: &DynamoStore,
+    deadline: tokio::time::Instant,
+    found: Option<Item>,
+    key: &Item,
+) -> Result<(String, Option<u64>), StoreError> {
+    match found.as_ref().and_then(dedupe_of) {
+        Some(first) => Ok(first),
+        None => store
+            .deduped(deadline, key.clone())
+            .await?
+            .ok_or_else(|| StoreError::Dynamo("dedupe item vanished while reading it".into())),
+    }
+}
+
+/// The head to try after another send took this number. The cancellation says which head it left
+/// (`found`; none: the head is gone or never was, so read it). A first loss is most likely a
+/// remembered head gone stale, and the next try goes at once with the head the cancellation
+/// carried. Later losses are a race, so racing senders spread out with a short pause, and the head
+/// is read again after it: the cancellation's head is stale by then, and a send that kept trying
+/// it after each pause lost every round to fresh sends, which never pause (`bench sends`, 10
+/// closed-loop senders: `internal` "too busy" after 6 s of losses).
+async fn after_lost_race(store: &DynamoStore, channel: &ChannelId, found: Option<Item>, attempt: u32) -> Option<u64> {
+    let known = found.map(|head| seq_in(&head));
+    if let Some(head) = known {
+        store.remember_head(channel, head);
+    }
+    if attempt == 0 {
+        return known;
+    }
+    let pause = fastrand::u64(0..=(2u64 << attempt.min(5)));
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    None
 }
 
 pub(super) async fn history(
