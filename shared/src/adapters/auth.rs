@@ -154,7 +154,7 @@ impl JwtVerifier {
     }
 
     /// [`JwtVerifier::verify`], with the token's `exp`, `iat` and `jti`.
-    pub async fn verify_with_facts(&self, token: &str) -> Result<(Identity, TokenFacts), AuthError> {
+    pub(crate) async fn verify_with_facts(&self, token: &str) -> Result<(Identity, TokenFacts), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }

@@ -33,7 +33,7 @@ use crate::rate::{RateLimit, Verdict};
 use crate::store::{DynamoStore, StoreError};
 
 /// The sort key of a connection's bucket.
-pub const RATE_SK: &str = "RATE";
+pub(crate) const RATE_SK: &str = "RATE";
 const TAT: &str = "tat";
 /// Environments remember at most this many connections' buckets (a few MB at most); past it the
 /// memory is dropped, which costs a write per frame, never correctness.
@@ -59,7 +59,7 @@ pub trait FrameLimiter: Send + Sync {
 }
 
 /// The refreshed identity on a `RATE` item, if an `auth` wrote one.
-pub fn refreshed_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<Refreshed> {
+pub(crate) fn refreshed_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<Refreshed> {
     let item = item?;
     let text = |name: &str| item.get(name)?.as_s().ok().map(String::as_str);
     let exp = item.get(TOKEN_EXP_CONTEXT)?.as_n().ok()?.parse().ok()?;

@@ -46,7 +46,7 @@ pub struct QueueError {
 
 impl QueueError {
     /// An error no retry mends.
-    pub fn permanent(message: impl Into<String>) -> QueueError {
+    pub(crate) fn permanent(message: impl Into<String>) -> QueueError {
         QueueError {
             message: message.into(),
             retryable: false,
@@ -54,7 +54,7 @@ impl QueueError {
     }
 
     /// The error of an SQS call, with whether another try may succeed.
-    pub fn from_sdk<E, R>(err: &aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
+    pub(crate) fn from_sdk<E, R>(err: &aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
     where
         E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,

@@ -21,15 +21,15 @@ use crate::channel::ChannelPattern;
 use crate::model::{keys, PK, SK, TTL_ATTRIBUTE};
 use crate::store::{Connections, DynamoStore, Members, StoreError};
 
-pub const NOT_BEFORE_SK: &str = "NOT_BEFORE";
-pub const REVOKED_SK: &str = "REVOKED";
+pub(crate) const NOT_BEFORE_SK: &str = "NOT_BEFORE";
+pub(crate) const REVOKED_SK: &str = "REVOKED";
 const NOT_BEFORE: &str = "notBefore";
 
-pub fn user_key(sub: &str) -> String {
+pub(crate) fn user_key(sub: &str) -> String {
     format!("USER#{sub}")
 }
 
-pub fn jti_key(jti: &str) -> String {
+pub(crate) fn jti_key(jti: &str) -> String {
     format!("JTI#{jti}")
 }
 

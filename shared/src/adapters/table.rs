@@ -10,9 +10,9 @@ use aws_sdk_dynamodb::Client;
 use crate::model::{PK, SK, TTL_ATTRIBUTE};
 
 /// GSI from a connection to its memberships, for `$disconnect` and 410 cleanup.
-pub const BY_CONNECTION_INDEX: &str = "byConnection";
-pub const BY_CONNECTION_PK: &str = "connectionId";
-pub const BY_CONNECTION_SK: &str = "channel";
+pub(crate) const BY_CONNECTION_INDEX: &str = "byConnection";
+pub(crate) const BY_CONNECTION_PK: &str = "connectionId";
+pub(crate) const BY_CONNECTION_SK: &str = "channel";
 
 /// Everything about the table that code depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -86,7 +86,7 @@ impl Refreshed {
 }
 
 /// The authorizer context key for [`Identity::expires`].
-pub const TOKEN_EXP_CONTEXT: &str = "tokenExp";
+pub(crate) const TOKEN_EXP_CONTEXT: &str = "tokenExp";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {

@@ -21,17 +21,17 @@
 use std::time::Duration;
 
 /// Posts of a second's lease are not started in its last this-many milliseconds.
-pub const GUARD: Duration = Duration::from_millis(30);
+pub(crate) const GUARD: Duration = Duration::from_millis(30);
 
 /// The first block of a second, as a fraction of the cap (at least one post).
-pub const FIRST_BLOCK_FRACTION: f64 = 1.0 / 200.0;
+pub(crate) const FIRST_BLOCK_FRACTION: f64 = 1.0 / 200.0;
 
 /// The largest block, as a fraction of the cap: leaves room for the other environments.
-pub const MAX_BLOCK_FRACTION: f64 = 1.0 / 4.0;
+pub(crate) const MAX_BLOCK_FRACTION: f64 = 1.0 / 4.0;
 
 /// In this last part of a second (before the guard) a block is bounded by what the environment
 /// can still post at its rate.
-pub const NEAR_END: Duration = Duration::from_millis(300);
+pub(crate) const NEAR_END: Duration = Duration::from_millis(300);
 
 /// What a post must do before it may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub enum Take {
 
 /// One environment's posts of the shared budget: the tokens in hand and the next block's size.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Lease {
+pub(crate) struct Lease {
     cap: u64,
     /// The second the tokens in hand belong to.
     second: u64,

@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 /// Frames one post should carry for a busy channel's batching members. Eight, not five: a batch
 /// holds what the polls brought during the window, a quarter of a second either way, so a window
 /// of five records' length gave 4.9 a post at 20 messages a second (`bench hot`).
-pub const FRAMES_PER_POST: f64 = 8.0;
+pub(crate) const FRAMES_PER_POST: f64 = 8.0;
 
 /// Below this many frames a second to batching members, a channel is not held: its posts cost
 /// little, and its members' latency is worth more.
-pub const BUSY_FRAMES_PER_SECOND: f64 = 1_000.0;
+pub(crate) const BUSY_FRAMES_PER_SECOND: f64 = 1_000.0;
 
 /// A last message older than this says nothing of the rate now: the channel went quiet.
 const STALE_MS: i64 = 5_000;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChannelKind {
@@ -38,7 +38,7 @@ impl ChannelKind {
 
     /// Conversations are what a connection talks in; its personal `user:` channel and the
     /// `doc:` channels it follows progress in are not, so they never make a default channel.
-    pub fn is_conversation(self) -> bool {
+    pub(crate) fn is_conversation(self) -> bool {
         !matches!(self, ChannelKind::User | ChannelKind::Doc)
     }
 
@@ -58,7 +58,7 @@ pub enum ChannelError {
 }
 
 /// Checks an id against the channel id alphabet; doc ids and session ids use the same rule.
-pub fn validate_id(id: &str) -> Result<(), ChannelError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), ChannelError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id

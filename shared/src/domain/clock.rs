@@ -7,7 +7,7 @@ pub fn now_millis() -> i64 {
 }
 
 /// The wall clock as a duration since the epoch (zero if the clock is before it).
-pub fn since_epoch() -> std::time::Duration {
+pub(crate) fn since_epoch() -> std::time::Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 

@@ -13,10 +13,10 @@ use crate::protocol::{ErrorCode, ProtocolError, MAX_HISTORY_LIMIT};
 
 /// History pushed on connect to the seed's chat page (`?type=chat&booking_id=…` without
 /// `history`): the page handles a `history` frame but never asks for one. `history=0` opts out.
-pub const SEED_CHAT_HISTORY: u32 = 50;
+pub(crate) const SEED_CHAT_HISTORY: u32 = 50;
 
 /// Channels one connect may name; each is two writes of the connect transaction (100 at most).
-pub const MAX_CONNECT_CHANNELS: usize = 20;
+pub(crate) const MAX_CONNECT_CHANNELS: usize = 20;
 
 /// Every query parameter wsfan reads on `$connect` (the AsyncAPI document lists each).
 pub const QUERY_PARAMETERS: &[&str] = &[

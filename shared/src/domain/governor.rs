@@ -13,15 +13,15 @@
 use std::time::Duration;
 
 /// A 429 answered to several posts in flight at once is one signal, not many.
-pub const DECREASE_SPACING: Duration = Duration::from_millis(200);
+pub(crate) const DECREASE_SPACING: Duration = Duration::from_millis(200);
 /// How long the rate takes to climb from the floor back to the ceiling without a 429.
-pub const RECOVERY: Duration = Duration::from_secs(10);
+pub(crate) const RECOVERY: Duration = Duration::from_secs(10);
 /// What a 429 multiplies the rate by.
-pub const DECREASE: f64 = 0.5;
+pub(crate) const DECREASE: f64 = 0.5;
 /// The rate never falls below this share of the ceiling: a throttled environment still probes
 /// and recovers, and 429s that do not come from our own rate (another API's burst, a fault)
 /// cannot slow the fanout to a crawl.
-pub const FLOOR: f64 = 0.25;
+pub(crate) const FLOOR: f64 = 0.25;
 /// Tokens the bucket holds at most, in seconds of the current rate: enough to start a batch of
 /// posts at once, small enough that environments starting together do not burst far above
 /// their share.
@@ -68,7 +68,7 @@ impl Governor {
     }
 
     /// How many times a 429 lowered the rate.
-    pub fn decreases(&self) -> u64 {
+    pub(crate) fn decreases(&self) -> u64 {
         self.decreases
     }
 

@@ -21,9 +21,9 @@ use crate::access::Role;
 use crate::channel::ChannelId;
 use crate::protocol::{ChatEvent, ServerFrame};
 
-pub const PK: &str = "pk";
-pub const SK: &str = "sk";
-pub const TTL_ATTRIBUTE: &str = "expiresAt";
+pub(crate) const PK: &str = "pk";
+pub(crate) const SK: &str = "sk";
+pub(crate) const TTL_ATTRIBUTE: &str = "expiresAt";
 
 pub mod keys {
     use crate::channel::ChannelId;
@@ -34,13 +34,13 @@ pub mod keys {
     pub const HEAD: &str = "HEAD";
     pub const CONN_PREFIX: &str = "CONN#";
     /// Sorts right after every `CONN#` key ('$' follows '#'): the end of a channel's member list.
-    pub const CONN_END: &str = "CONN$";
+    pub(crate) const CONN_END: &str = "CONN$";
     pub const CHAN_PREFIX: &str = "CHAN#";
     pub const MSG_PREFIX: &str = "MSG#";
     pub const EVT_PREFIX: &str = "EVT#";
     pub const USER_PREFIX: &str = "USER#";
-    pub const DEDUPE_PREFIX: &str = "DEDUPE#";
-    pub const DOC_PREFIX: &str = "DOC#";
+    pub(crate) const DEDUPE_PREFIX: &str = "DEDUPE#";
+    pub(crate) const DOC_PREFIX: &str = "DOC#";
     /// A message's reaction summary (`domain/reactions.rs`), keyed by the message's id.
     pub const REACT_PREFIX: &str = "REACT#";
     /// A user's read cursor in a channel (`domain/reads.rs`).
@@ -57,10 +57,10 @@ pub mod keys {
         format!("{MSG_PREFIX}{seq:020}")
     }
     /// The sequence number back from a message sort key.
-    pub fn message_seq(sk: &str) -> Option<u64> {
+    pub(crate) fn message_seq(sk: &str) -> Option<u64> {
         sk.strip_prefix(MSG_PREFIX)?.parse().ok()
     }
-    pub fn read_cursor(user_id: &str) -> String {
+    pub(crate) fn read_cursor(user_id: &str) -> String {
         format!("{READ_PREFIX}{user_id}")
     }
     pub fn reactions(message_id: &str) -> String {
@@ -79,7 +79,7 @@ pub mod keys {
         format!("{DOC_PREFIX}{doc_id}")
     }
 
-    pub const EXP_PREFIX: &str = "EXP#";
+    pub(crate) const EXP_PREFIX: &str = "EXP#";
     /// The minute of an epoch second: what expiry buckets are keyed by.
     pub fn minute(epoch_secs: i64) -> i64 {
         epoch_secs.div_euclid(60)

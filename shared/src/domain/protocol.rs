@@ -21,12 +21,12 @@ pub use error::{ErrorCode, ProtocolError};
 pub use server::{ChatEvent, PresenceState, ServerFrame};
 
 /// API Gateway's limit for one WebSocket message (frames are 32 KB, a message up to 128 KB).
-pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_FRAME_BYTES: usize = 128 * 1024;
 /// Room left for the envelope (ids, timestamps) when a message body is fanned out again.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-pub const MAX_EMOJI_BYTES: usize = 64;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_EMOJI_BYTES: usize = 64;
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
-pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+pub(crate) const DEFAULT_HISTORY_LIMIT: u32 = 50;
 /// How many present users a `joined` answer lists.
 pub const MAX_PRESENT_USERS: usize = 200;
 pub const MAX_HISTORY_LIMIT: u32 = 100;

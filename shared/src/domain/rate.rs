@@ -40,23 +40,23 @@ impl RateLimit {
         burst: 0,
     };
 
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.per_second == 0
     }
 
     /// Microseconds between frames at the steady rate (all state is in microseconds, so that a
     /// rate that does not divide 1,000 loses nothing).
-    pub fn interval_us(&self) -> i64 {
+    pub(crate) fn interval_us(&self) -> i64 {
         1_000_000 / i64::from(self.per_second.max(1))
     }
 
     /// How far ahead of now the state may run: a full bucket.
-    pub fn tolerance_us(&self) -> i64 {
+    pub(crate) fn tolerance_us(&self) -> i64 {
         self.interval_us() * i64::from(self.burst.max(1))
     }
 
     /// The latest state at which one more frame is still admitted at `now_us`.
-    pub fn admit_until(&self, now_us: i64) -> i64 {
+    pub(crate) fn admit_until(&self, now_us: i64) -> i64 {
         now_us + self.tolerance_us() - self.interval_us()
     }
 

@@ -16,11 +16,11 @@ use crate::channel::ChannelId;
 use crate::protocol::ChatEvent;
 
 /// The attribute holding the summary's entries.
-pub const ENTRIES: &str = "reactions";
+pub(crate) const ENTRIES: &str = "reactions";
 
 /// How many users a frame lists per emoji; the count is always exact. A frame must stay far
 /// under `@connections`' 128 KB, whatever the size of the channel.
-pub const MAX_LISTED_USERS: usize = 100;
+pub(crate) const MAX_LISTED_USERS: usize = 100;
 
 /// One emoji's reactions to a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ pub struct Tally {
 }
 
 /// A message's reactions: each emoji's tally.
-pub type Summary = BTreeMap<String, Tally>;
+pub(crate) type Summary = BTreeMap<String, Tally>;
 
 /// One user's reaction with an emoji to a message, as a handler hands it to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub struct SummaryItem {
 }
 
 /// Each emoji's tally from the set's entries.
-pub fn summarize<'a>(entries: impl IntoIterator<Item = &'a String>) -> Summary {
+pub(crate) fn summarize<'a>(entries: impl IntoIterator<Item = &'a String>) -> Summary {
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in entries {
         if let Some((user, emoji)) = e.split_once(' ') {

@@ -54,10 +54,10 @@ pub fn goes_parallel(pending_posts: u64, posts_per_second: Option<u64>, time_lef
 pub const GROUPS: u32 = 64;
 
 /// Recipients per shard at most: one SQS message, ~20 KB of ids, a few seconds of posts.
-pub const SHARD_MAX_RECIPIENTS: usize = 1000;
+pub(crate) const SHARD_MAX_RECIPIENTS: usize = 1000;
 
 /// SQS's limit on a message body (moto's and the default's: 256 KiB), less room for the envelope.
-pub const SHARD_MAX_BYTES: usize = 250 * 1024;
+pub(crate) const SHARD_MAX_BYTES: usize = 250 * 1024;
 
 /// Delivery attempts of one recipient (each up to FANOUT_DEADLINE_MS) before it is parked in the
 /// delivery dead-letter queue.
@@ -123,7 +123,7 @@ impl Shard {
 
     /// The FIFO deduplication id: a resent shard (a retried stream batch, a retried send) is
     /// enqueued once within SQS's five-minute window.
-    pub fn deduplication_id(&self) -> String {
+    pub(crate) fn deduplication_id(&self) -> String {
         format!("{}-{}-{}-{}", self.origin, self.attempt, self.group, self.part)
     }
 
@@ -141,7 +141,7 @@ impl Shard {
         }
     }
 
-    pub fn to_body(&self) -> String {
+    pub(crate) fn to_body(&self) -> String {
         serde_json::to_string(self).expect("shards serialise")
     }
 
@@ -167,7 +167,7 @@ pub fn group_of(connection_id: &str) -> u32 {
 /// The ids of `group`, as bounds on the id: from `lo` (inclusive; empty for the first group) to
 /// `hi` (exclusive; none for the last). Both are one character, so an id of exactly `hi` is the
 /// only one a reader of the key range `lo..=hi` must leave out (it is the next group's).
-pub fn group_bounds(group: u32) -> (String, Option<String>) {
+pub(crate) fn group_bounds(group: u32) -> (String, Option<String>) {
     let g = (group % GROUPS) as usize;
     let lo = if g == 0 {
         String::new()
@@ -180,7 +180,7 @@ pub fn group_bounds(group: u32) -> (String, Option<String>) {
 
 /// Cuts a channel's members into shards as the pages of the member Query come in, holding at
 /// most one unfinished shard per group.
-pub struct Sharder {
+pub(crate) struct Sharder {
     channel: ChannelId,
     frame: String,
     origin: String,

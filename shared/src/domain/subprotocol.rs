@@ -11,9 +11,9 @@
 /// answers with one of the protocols it offered.
 pub const SUBPROTOCOL: &str = "wsfan.v1";
 /// The prefix of the entry that carries the token.
-pub const BEARER_PREFIX: &str = "bearer.";
+pub(crate) const BEARER_PREFIX: &str = "bearer.";
 /// Far above any JWT an identity provider issues, and under API Gateway's 10 KB of headers.
-pub const MAX_HEADER_BYTES: usize = 10 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 10 * 1024;
 
 /// What a client offered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

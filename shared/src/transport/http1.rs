@@ -29,7 +29,7 @@ tokio::task_local! {
     /// to one second (domain/budget.rs), and the receiving end counts a post in the second it
     /// arrives: a post that took its token and then waited for a new connection (or for the CPU)
     /// past the second's end would be counted in the next one, over that second's cap.
-    pub static SEND_BY: Duration;
+    pub(crate) static SEND_BY: Duration;
 }
 
 /// Kept between the check and the server reading the request.
@@ -38,7 +38,7 @@ const SEND_MARGIN: Duration = Duration::from_millis(10);
 /// A request not sent because its [`SEND_BY`] had passed when it could be written.
 #[derive(Debug, thiserror::Error)]
 #[error("not sent: it could not be written before the end of its second of the budget")]
-pub struct TooLate;
+pub(crate) struct TooLate;
 
 fn too_late() -> bool {
     SEND_BY

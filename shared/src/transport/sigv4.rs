@@ -20,7 +20,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 pub use signer::{CachedKeySigner, SigningError};
 
 /// This scheme's id. It differs from the SDK's `sigv4`, so the resolver below picks it.
-pub const SCHEME_ID: AuthSchemeId = AuthSchemeId::new("wsfan-sigv4");
+pub(crate) const SCHEME_ID: AuthSchemeId = AuthSchemeId::new("wsfan-sigv4");
 /// The SDK registers the credentials provider under this id; the scheme uses the same identity.
 const SDK_SIGV4: AuthSchemeId = AuthSchemeId::new("sigv4");
 /// The signing name of API Gateway's execute-api endpoints, @connections included.
@@ -31,7 +31,7 @@ pub const AMZ_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
 
 /// The auth scheme to push into an apigatewaymanagement client, with [`PostAuthResolver`].
 #[derive(Debug)]
-pub struct CachedKeySigV4 {
+pub(crate) struct CachedKeySigV4 {
     signer: CachedKeySigner,
 }
 
@@ -59,7 +59,7 @@ impl AuthScheme for CachedKeySigV4 {
 
 /// Chooses [`CachedKeySigV4`] for every operation of the client it is set on.
 #[derive(Debug, Default)]
-pub struct PostAuthResolver;
+pub(crate) struct PostAuthResolver;
 
 impl aws_sdk_apigatewaymanagement::config::auth::ResolveAuthScheme for PostAuthResolver {
     fn resolve_auth_scheme<'a>(

@@ -142,7 +142,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
     }
 
     /// [`Broadcaster::new`] over another HTTP client than [`crate::http1::Http1Client`].
-    pub fn with_http_client(
+    pub(crate) fn with_http_client(
         sdk: &aws_config::SdkConfig,
         config: BroadcastConfig,
         gone: G,

@@ -91,7 +91,7 @@ impl DynamoStore {
     }
 
     /// Puts a claimed bucket item back, for the next sweep, when closing its connection failed.
-    pub async fn restore_expiry(&self, expired: &Expired) -> Result<(), StoreError> {
+    pub(crate) async fn restore_expiry(&self, expired: &Expired) -> Result<(), StoreError> {
         self.transact(
             self.deadline(),
             vec![self.expiry_put(&expired.connection_id, expired.token_exp)],

@@ -86,7 +86,7 @@ pub fn verdict_of(code: Option<&str>, status: Option<u16>, reasons: Option<&[Opt
 }
 
 /// The cancellation reasons of an operation's error, where it has them.
-pub trait Cancellation {
+pub(crate) trait Cancellation {
     fn cancellation_codes(&self) -> Option<Vec<Option<&str>>> {
         None
     }
@@ -135,7 +135,7 @@ pub const MAX_ATTEMPTS: u32 = 10;
 
 /// The least time worth starting another try with: DynamoDB answers in milliseconds, and a
 /// try that the deadline cuts off only turns a clear error into a timeout.
-pub const MIN_ATTEMPT: Duration = Duration::from_millis(50);
+pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 
 /// Exponential backoff with full jitter: the pause before try `n + 1` is uniform in
 /// `[0, min(cap, base · 2ⁿ)]`.
@@ -182,13 +182,13 @@ impl Backoff {
 /// A call that failed for good, and whether an earlier try of it may have been applied (it
 /// failed with a 5xx, a timeout or a broken connection), which its caller must then check.
 #[derive(Debug)]
-pub struct Failure<E> {
+pub(crate) struct Failure<E> {
     pub error: SdkError<E, HttpResponse>,
     pub uncertain: bool,
 }
 
 impl<E> Failure<E> {
-    pub fn service_error(&self) -> Option<&E> {
+    pub(crate) fn service_error(&self) -> Option<&E> {
         self.error.as_service_error()
     }
 }

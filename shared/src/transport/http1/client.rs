@@ -41,7 +41,7 @@ impl Http1Client {
     }
 
     /// A client that also trusts `roots`, for servers with certificates of their own.
-    pub fn with_roots(roots: Vec<CertificateDer<'static>>) -> Self {
+    pub(crate) fn with_roots(roots: Vec<CertificateDer<'static>>) -> Self {
         Http1Client {
             pool: Arc::new(Pool::new(roots)),
             connect_timeout: None,
