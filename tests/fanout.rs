@@ -11,7 +11,7 @@ use wsfan_shared::access::Role;
 use wsfan_shared::broadcaster::{BroadcastError, Deliver, Delivery, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
-use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
+use wsfan_shared::model::{Connection, Membership, Message};
 use wsfan_shared::progress::ProgressEvent;
 use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::publisher::{ChannelPublisher, ProgressPublisher};
@@ -69,20 +69,7 @@ async fn member(rig: &Rig, connection: &str, user: &str, channel: &str) {
 }
 
 fn chat(channel: &str, sender: &str, body: &str) -> Message {
-    let now = wsfan_shared::clock::now_millis();
-    Message {
-        kind: MessageKind::Message,
-        channel: channel.parse().unwrap(),
-        message_id: ulid::Ulid::generate().to_string(),
-        seq: None,
-        sender_id: sender.into(),
-        body: Some(body.into()),
-        client_msg_id: None,
-        target_id: None,
-        emoji: None,
-        sent_at: now,
-        expires_at: now / 1000 + 3600,
-    }
+    wsfan_shared::publisher::chat_message(&channel.parse().unwrap(), sender, body, None, 3600)
 }
 
 /// The messages `connection_id` was posted, in the order it got them.

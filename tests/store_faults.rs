@@ -12,7 +12,7 @@ use wsfan_local::faults::{DynamoFault, DynamoFaults};
 use wsfan_shared::access::Role;
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
-use wsfan_shared::model::{Connection, Membership, Message, MessageKind};
+use wsfan_shared::model::{Connection, Membership, Message};
 use wsfan_shared::protocol::HistoryCursor;
 use wsfan_shared::reactions::Reaction;
 use wsfan_shared::reads::ReadCursor;
@@ -43,20 +43,7 @@ fn connection(id: &str, user: &str) -> Connection {
 }
 
 fn chat(channel: &ChannelId, sender: &str, client_msg_id: Option<String>) -> Message {
-    let now = wsfan_shared::clock::now_millis();
-    Message {
-        kind: MessageKind::Message,
-        channel: channel.clone(),
-        message_id: ulid::Ulid::generate().to_string(),
-        seq: None,
-        sender_id: sender.into(),
-        body: Some("hello".into()),
-        client_msg_id,
-        target_id: None,
-        emoji: None,
-        sent_at: now,
-        expires_at: now / 1000 + 3600,
-    }
+    wsfan_shared::publisher::chat_message(channel, sender, "hello", client_msg_id.as_deref(), 3600)
 }
 
 const USERS: usize = 8;

@@ -1818,6 +1818,26 @@ fn every_lambda_reads_exactly_the_variables_of_its_config() {
     }
 }
 
+/// The README's configuration table names every variable a function reads.
+#[test]
+fn the_readme_lists_every_variable_a_function_reads() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("reading README.md");
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README.md has a Configuration section");
+    let mut missing = BTreeSet::new();
+    for (binary, config) in lambda_configs() {
+        for var in config.vars {
+            if !table.contains(&format!("| `{}`", var.name)) && !table.contains(&format!(", `{}`", var.name)) {
+                missing.insert(format!("{} ({binary})", var.name));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README.md's Configuration table lacks {missing:?}");
+}
+
 /// The process environment is read in two places: `FromEnv::from_env`, which each main calls once
 /// on its crate's `Config`, and telemetry (the platform's `RUST_LOG` and log level). A read
 /// anywhere else would be a variable no `Config`, and so no check of the template, knows of.

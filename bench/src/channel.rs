@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::process::Pin;
 use wsfan_local::connections::{ConnectionsServer, Sink, SERVER_THREAD};
 use wsfan_shared::channel::ChannelId;
-use wsfan_shared::model::{Membership, Message, MessageKind};
+use wsfan_shared::model::{Membership, Message};
 use wsfan_shared::store::{DynamoStore, Messages};
 
 use counter::{big_id, Counter};
@@ -84,20 +84,7 @@ pub struct ChannelBench {
 }
 
 fn chat(channel: &ChannelId, body: String) -> Message {
-    let now = wsfan_shared::clock::now_millis();
-    Message {
-        kind: MessageKind::Message,
-        channel: channel.clone(),
-        message_id: ulid::Ulid::generate().to_string(),
-        seq: None,
-        sender_id: "bench".into(),
-        body: Some(body),
-        client_msg_id: None,
-        target_id: None,
-        emoji: None,
-        sent_at: now,
-        expires_at: now / 1000 + 3600,
-    }
+    wsfan_shared::publisher::chat_message(channel, "bench", &body, None, 3600)
 }
 
 /// The functions whose processes are measured.

@@ -15,23 +15,7 @@ fn bench_report(bench: &str, args: &[&str]) -> serde_json::Value {
 /// The short, deterministic form of `scripts/bench local`: the harness itself must count right.
 #[test]
 fn the_load_harness_counts_every_delivery() {
-    let report = bench_report(
-        "local",
-        &[
-            "--clients",
-            "12",
-            "--senders",
-            "3",
-            "--messages",
-            "4",
-            "--rate",
-            "10",
-            "--soak",
-            "60",
-            "--members",
-            "1200",
-        ],
-    );
+    let report = run::report(&[run::LOCAL_DOZEN, &["--rate", "10", "--soak", "60", "--members", "1200"]].concat());
     assert_eq!(report["joined"], 12, "{report}");
     assert_eq!(report["messages"], 12, "{report}");
     assert_eq!(

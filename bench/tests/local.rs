@@ -7,19 +7,7 @@ mod run;
 
 #[test]
 fn a_short_local_run_delivers_everything_to_batching_clients_and_nothing_times_out() {
-    let run::BenchRun { out, text, result } = run::wsfan_bench(&[
-        "local",
-        "--repo",
-        ".",
-        "--clients",
-        "12",
-        "--senders",
-        "3",
-        "--messages",
-        "4",
-        "--rate",
-        "6",
-    ]);
+    let run::BenchRun { out, text, result } = run::wsfan_bench(&[run::LOCAL_DOZEN, &["--rate", "6"]].concat());
     assert!(out.status.success(), "{text}");
     assert_eq!(result["joined"], 12, "{text}");
     assert_eq!(result["deliveries"]["expected"], 12 * 12, "{text}");

@@ -9,6 +9,20 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// `wsfan-bench local` with a dozen clients, three of them sending four messages each: small
+/// enough for CI, with every delivery (144) counted.
+pub const LOCAL_DOZEN: &[&str] = &[
+    "local",
+    "--repo",
+    ".",
+    "--clients",
+    "12",
+    "--senders",
+    "3",
+    "--messages",
+    "4",
+];
+
 pub struct BenchRun {
     pub out: Output,
     /// Standard output, then standard error: what every failed assertion shows.

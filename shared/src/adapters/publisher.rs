@@ -40,21 +40,33 @@ impl<S: Messages> ChannelPublisher<S> {
         sender_id: &str,
         client_msg_id: Option<&str>,
     ) -> Result<PostOutcome, StoreError> {
-        let now = crate::clock::now_millis();
-        let message = Message {
-            kind: MessageKind::Message,
-            channel: channel.clone(),
-            message_id: ulid::Ulid::generate().to_string(),
-            seq: None,
-            sender_id: sender_id.to_owned(),
-            body: Some(body.to_owned()),
-            client_msg_id: client_msg_id.map(str::to_owned),
-            target_id: None,
-            emoji: None,
-            sent_at: now,
-            expires_at: now / 1000 + self.retention.message_secs,
-        };
+        let message = chat_message(channel, sender_id, body, client_msg_id, self.retention.message_secs);
         self.store.post(&message, None).await
+    }
+}
+
+/// A chat message from `sender_id`, as a backend publishes it: a new id, sent now, kept for
+/// `keep_secs`. The store gives it its number when it posts it.
+pub fn chat_message(
+    channel: &ChannelId,
+    sender_id: &str,
+    body: &str,
+    client_msg_id: Option<&str>,
+    keep_secs: i64,
+) -> Message {
+    let now = crate::clock::now_millis();
+    Message {
+        kind: MessageKind::Message,
+        channel: channel.clone(),
+        message_id: ulid::Ulid::generate().to_string(),
+        seq: None,
+        sender_id: sender_id.to_owned(),
+        body: Some(body.to_owned()),
+        client_msg_id: client_msg_id.map(str::to_owned),
+        target_id: None,
+        emoji: None,
+        sent_at: now,
+        expires_at: now / 1000 + keep_secs,
     }
 }
 
