@@ -8,7 +8,7 @@ use aws_lambda_events::sqs::SqsEvent;
 use harness::{fixture, n, s, sqs_failures, Rig, TestQueue};
 use serde_json::{json, Value};
 use wsfan_shared::access::Role;
-use wsfan_shared::broadcaster::{BroadcastError, Deliver, Delivery, MAX_PAYLOAD_BYTES};
+use wsfan_shared::broadcaster::{Broadcast, BroadcastError, RecipientOutcome, MAX_PAYLOAD_BYTES};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::config::Retention;
 use wsfan_shared::model::{Connection, Membership, Message};
@@ -272,7 +272,7 @@ async fn throttling_and_server_errors_are_retried_until_delivered() {
         assert_eq!(rig.server.received(id).len(), 1, "{id} got exactly one copy");
     }
     assert!(
-        report.outcomes.iter().all(|(_, d)| *d == Delivery::Delivered),
+        report.outcomes.iter().all(|(_, d)| *d == RecipientOutcome::Delivered),
         "{report:?}"
     );
     assert_eq!(report.counters.delivered, 3);

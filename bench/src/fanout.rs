@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{cpu_time, cpu_time_of, peak_rss_kib, sole_core};
-use wsfan_shared::broadcaster::{BroadcastConfig, Broadcaster, Deliver, GoneCleanup};
+use wsfan_shared::broadcaster::{Broadcast, BroadcastConfig, Broadcaster, GoneCleanup};
 
 /// Benchmarks have no table: a 410 is only counted.
 struct CountOnly;

@@ -300,13 +300,13 @@ impl Rig {
 
     /// Runs `deliver` over the delivery queue, a batch at a time as Lambda would, until it is
     /// empty (retries it enqueues included). Returns the batches run.
-    pub async fn drain_deliveries<D: wsfan_shared::broadcaster::Deliver>(&self, broadcaster: &D) -> usize {
+    pub async fn drain_deliveries<D: wsfan_shared::broadcaster::Broadcast>(&self, broadcaster: &D) -> usize {
         self.drain_deliveries_with(broadcaster, deliver::ReadBudget::pages(usize::MAX))
             .await
     }
 
     /// As [`Rig::drain_deliveries`], each invocation reading as far as `budget` lets it.
-    pub async fn drain_deliveries_with<D: wsfan_shared::broadcaster::Deliver>(
+    pub async fn drain_deliveries_with<D: wsfan_shared::broadcaster::Broadcast>(
         &self,
         broadcaster: &D,
         budget: deliver::ReadBudget,

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver, Report};
+use wsfan_shared::broadcaster::{Broadcast, BroadcastError, Counters, Report};
 use wsfan_shared::ports::{QueueError, ShardQueue};
 use wsfan_shared::shard::{self, GroupRead, Shard, MAX_ATTEMPTS};
 use wsfan_shared::store::{Members, StoreError};
@@ -125,7 +125,7 @@ impl Tally {
 
 /// Posts one shard: its listed recipients, and its group's members when it reads them. The
 /// recipients that still fail go back to the queue, or to the DLQ.
-pub async fn deliver_shard<S: Members, D: Deliver, Q: ShardQueue>(
+pub async fn deliver_shard<S: Members, D: Broadcast, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     queue: &Q,
@@ -177,7 +177,7 @@ pub async fn deliver_shard<S: Members, D: Deliver, Q: ShardQueue>(
 /// Reads the shard's group a page at a time, a page ahead of the posts, and posts its members
 /// as one stream (a page's slow recipients hold back nobody on the next); hands the rest on as
 /// the group's next shard when the budget runs out first.
-async fn read_and_post<S: Members, D: Deliver, Q: ShardQueue>(
+async fn read_and_post<S: Members, D: Broadcast, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     queue: &Q,
@@ -232,7 +232,7 @@ async fn read_and_post<S: Members, D: Deliver, Q: ShardQueue>(
 }
 
 /// Handles one batch of shards and returns the messages to retry.
-pub async fn handle<S: Members, D: Deliver, Q: ShardQueue>(
+pub async fn handle<S: Members, D: Broadcast, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     queue: &Q,

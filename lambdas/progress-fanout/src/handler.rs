@@ -26,7 +26,7 @@ const DOCS_IN_FLIGHT: usize = 16;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use wsfan_shared::batch::{in_key_order, Outcome};
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
+use wsfan_shared::broadcaster::{Broadcast, BroadcastError, Counters};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::ports::{QueueError, ShardQueue};
 use wsfan_shared::progress::{InvalidProgress, ProgressEvent, ProgressKind};
@@ -54,7 +54,7 @@ pub enum Applied {
     Stale,
 }
 
-pub async fn apply<S: Progress + Members, D: Deliver, Q: ShardQueue>(
+pub async fn apply<S: Progress + Members, D: Broadcast, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     shards: &Q,
@@ -67,7 +67,7 @@ pub async fn apply<S: Progress + Members, D: Deliver, Q: ShardQueue>(
 /// batch is retried because this function died mid-push, the event it had stored is pushed
 /// again rather than found stale: otherwise the subscribers it had not reached would never get
 /// it. Those it had reached get it twice, as at-least-once delivery allows.
-pub async fn apply_delivery<S: Progress + Members, D: Deliver, Q: ShardQueue>(
+pub async fn apply_delivery<S: Progress + Members, D: Broadcast, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     shards: &Q,
@@ -130,7 +130,7 @@ pub async fn apply_delivery<S: Progress + Members, D: Deliver, Q: ShardQueue>(
     Ok(Applied::Pushed(report.counters))
 }
 
-pub async fn handle<S: Progress + Members, D: Deliver, Q: ShardQueue>(
+pub async fn handle<S: Progress + Members, D: Broadcast, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     shards: &Q,

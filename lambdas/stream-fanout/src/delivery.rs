@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use aws_lambda_events::dynamodb::EventRecord;
-use wsfan_shared::broadcaster::{Counters, Deliver, Parcel, ParcelReport};
+use wsfan_shared::broadcaster::{Broadcast, Counters, Parcel, ParcelReport};
 use wsfan_shared::cadence::{Cadence, Sequenced};
 use wsfan_shared::ports::{FailureDestination, ShardQueue};
 use wsfan_shared::shard::{self, DIRECT_MAX_MEMBERS};
@@ -21,7 +21,7 @@ use crate::{Push, RecordError, Work, UPGRADE_BACKOFF};
 /// order, the members in parallel. No member waits for every other member's copy of a record
 /// before getting the next record, and a member that takes batches gets them in as few posts as
 /// fit. A large channel is handed to the delivery queue, a group of its members a shard.
-pub(crate) async fn channel_batch<S: Messages + Members, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+pub(crate) async fn channel_batch<S: Messages + Members, D: Broadcast, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,
@@ -121,7 +121,7 @@ fn observe_cadence(
 /// The direct path: posts `parcels` from here, but for the part that goes to `deliver` before
 /// the hand-off ([`parallel_part`]), and hands on the frames of recipients not reached. An error
 /// is a hand-on that failed: the records are then retried.
-async fn deliver_direct<D: Deliver, Q: ShardQueue>(
+async fn deliver_direct<D: Broadcast, Q: ShardQueue>(
     deliver: &D,
     shards: &Q,
     frames: &ChannelFrames,
@@ -209,7 +209,7 @@ fn awaiting_upgrade(planned: &[Planned]) -> Vec<&str> {
 /// over the rounds. A wait that would pass `stop_at` is not waited: those frames are handed on
 /// (in the report's `undelivered`), for the delivery queue. Other recipients still connecting
 /// lose the frame, as any client not connected yet would; they asked for nothing at connect.
-pub(crate) async fn deliver_once_open<D: Deliver>(
+pub(crate) async fn deliver_once_open<D: Broadcast>(
     deliver: &D,
     parcels: Vec<Parcel>,
     awaiting: &[&str],
@@ -253,7 +253,7 @@ pub(crate) async fn deliver_once_open<D: Deliver>(
 /// a post per frame from `deliver`; so do connections awaiting their history page, which only
 /// this invocation posts again while their upgrade finishes. Each recipient's frames all go one
 /// way, in order.
-fn parallel_part<D: Deliver>(
+fn parallel_part<D: Broadcast>(
     deliver: &D,
     parcels: &mut Vec<Parcel>,
     awaiting: &[&str],

@@ -80,7 +80,7 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use futures::StreamExt;
 use wsfan_shared::batch::by_key;
-use wsfan_shared::broadcaster::{BroadcastError, Counters, Deliver};
+use wsfan_shared::broadcaster::{Broadcast, BroadcastError, Counters};
 use wsfan_shared::cadence::Cadence;
 use wsfan_shared::model::keys;
 use wsfan_shared::ports::{FailureDestination, QueueError, ShardQueue};
@@ -153,7 +153,7 @@ type ChannelRecords<'a> = Vec<(&'a EventRecord, Result<Work, RecordError>)>;
 /// Handles one batch and returns the records to retry. No channel starts after `stop_at` (the
 /// invocation's hand-off time, before its timeout), and no post does: what is left then goes to
 /// the delivery queue (recipients' frames) or back to Lambda (records not started).
-pub async fn handle<S: Messages + Members, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+pub async fn handle<S: Messages + Members, D: Broadcast, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,
@@ -188,7 +188,7 @@ pub struct Bounds<'a> {
 /// `bench local`'s 1,000 clients leaving ran four stream-fanout invocations into their 30 s
 /// timeout. A cut channel's members may get some frames again (they drop them by id); a
 /// timed-out invocation's whole batch, every channel's, would come again.
-pub async fn handle_until<S: Messages + Members, D: Deliver, F: FailureDestination, Q: ShardQueue>(
+pub async fn handle_until<S: Messages + Members, D: Broadcast, F: FailureDestination, Q: ShardQueue>(
     store: &S,
     deliver: &D,
     failures: &F,

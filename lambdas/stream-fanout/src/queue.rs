@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wsfan_shared::broadcaster::{Counters, Deliver, Parcel};
+use wsfan_shared::broadcaster::{Broadcast, Counters, Parcel};
 use wsfan_shared::channel::ChannelId;
 use wsfan_shared::ports::{QueueError, ShardQueue};
 use wsfan_shared::shard;
@@ -62,7 +62,7 @@ pub(crate) async fn hand_on<Q: ShardQueue>(
 
 /// A large channel: each frame to the delivery queue as a shard per group (deliver reads the
 /// members); a history page, for one connection, is posted from here.
-pub(crate) async fn sharded<D: Deliver, Q: ShardQueue>(
+pub(crate) async fn sharded<D: Broadcast, Q: ShardQueue>(
     deliver: &D,
     shards: &Q,
     frames: &ChannelFrames,

@@ -8,12 +8,12 @@
 //! | [`BudgetLedger`] | the `@connections` budget all fanout shares | `DynamoStore` (store/budget.rs) |
 //! | [`FrameLimiter`] | the limit per connection | `DynamoLimiter` (limiter.rs) |
 //! | [`RevocationList`], [`TokenVerifier`] | revoked tokens, and verifying a token | `DynamoStore`, `RevocationChecked` (revocation.rs) |
-//! | [`Deliver`], [`GoneCleanup`] | posting to connections, and what a 410 does | `Broadcaster` (broadcaster/) |
+//! | [`Broadcast`], [`GoneCleanup`] | posting to connections, and what a 410 does | `Broadcaster` (broadcaster/) |
 //! | [`ShardQueue`], [`FailureDestination`] | the delivery queue and its dead letters; the stream's on-failure queue | `DeliveryQueue`, `FailureQueue` (publisher.rs) |
 //!
 //! The queue ports' errors are [`QueueError`]s, which say whether another try may succeed.
 
-pub use crate::broadcaster::{Deliver, GoneCleanup};
+pub use crate::broadcaster::{Broadcast, GoneCleanup};
 pub use crate::limiter::FrameLimiter;
 pub use crate::revocation::{RevocationList, TokenVerifier};
 pub use crate::store::{BudgetLedger, Connections, IdentityStore, Members, Messages, Progress, Store};

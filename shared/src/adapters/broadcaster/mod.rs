@@ -7,7 +7,7 @@
 //!
 //! By job: `post` (posting and retry), `gone` (the 410 policy), `client` (the SDK client),
 //! `pacer` (the governor and the shared budget), `parcel` (a recipient's frames, packed) and
-//! `metrics` (the counters). This file is the port ([`Deliver`]) and the type that implements it.
+//! `metrics` (the counters). This file is the port ([`Broadcast`]) and the type that implements it.
 
 use std::future::Future;
 use std::time::Instant;
@@ -51,7 +51,7 @@ pub fn callback_endpoint(domain_name: &str, stage: &str, api_id: &str, region: &
 
 /// What happened to one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
+pub enum RecipientOutcome {
     Delivered,
     /// 410: the connection is gone and has been cleaned up.
     Gone,
@@ -64,14 +64,14 @@ pub enum Delivery {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    pub outcomes: Vec<(String, Delivery)>,
+    pub outcomes: Vec<(String, RecipientOutcome)>,
     pub counters: Counters,
 }
 
 impl Report {
     pub fn undelivered(&self) -> impl Iterator<Item = (&str, &str)> {
         self.outcomes.iter().filter_map(|(id, d)| match d {
-            Delivery::Failed(why) => Some((id.as_str(), why.as_str())),
+            RecipientOutcome::Failed(why) => Some((id.as_str(), why.as_str())),
             _ => None,
         })
     }
@@ -84,7 +84,7 @@ pub enum BroadcastError {
 }
 
 /// What fanout handlers need from a broadcaster; tests may substitute their own.
-pub trait Deliver: Send + Sync {
+pub trait Broadcast: Send + Sync {
     /// Posts `payload` to every recipient; the report has every recipient's outcome.
     fn deliver(
         &self,

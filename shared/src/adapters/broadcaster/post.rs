@@ -9,14 +9,14 @@ use futures::stream::{self, Stream, StreamExt};
 
 use super::client::describe;
 use super::{
-    pack, BroadcastError, Broadcaster, Counters, Deliver, Delivery, Gone, GoneCleanup, Parcel, ParcelReport, Report,
-    MAX_PAYLOAD_BYTES,
+    pack, Broadcast, BroadcastError, Broadcaster, Counters, Gone, GoneCleanup, Parcel, ParcelReport, RecipientOutcome,
+    Report, MAX_PAYLOAD_BYTES,
 };
 
 /// What posting to one connection came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Posted {
-    pub delivery: Delivery,
+    pub delivery: RecipientOutcome,
     pub retries: u64,
     /// Of the retries, those that followed a 429.
     pub throttled: u64,
@@ -24,7 +24,7 @@ pub struct Posted {
 }
 
 enum Attempt {
-    Done(Delivery),
+    Done(RecipientOutcome),
     /// Not sent: its budget second ended before it could be written (transport::http1::TooLate).
     /// It takes a token of the new second and goes again; no retry is counted.
     Late,
@@ -43,7 +43,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
             .send()
             .await;
         let err = match result {
-            Ok(_) => return Attempt::Done(Delivery::Delivered),
+            Ok(_) => return Attempt::Done(RecipientOutcome::Delivered),
             Err(e) => e,
         };
         let late = match &err {
@@ -59,21 +59,21 @@ impl<G: GoneCleanup> Broadcaster<G> {
         let status = err.raw_response().map(|r| r.status().as_u16());
         match &err {
             SdkError::ServiceError(service) => match service.err() {
-                PostToConnectionError::GoneException(_) => Attempt::Done(Delivery::Gone),
+                PostToConnectionError::GoneException(_) => Attempt::Done(RecipientOutcome::Gone),
                 PostToConnectionError::LimitExceededException(_) => Attempt::Throttled("throttled (429)".into()),
                 PostToConnectionError::PayloadTooLargeException(_) | PostToConnectionError::ForbiddenException(_) => {
-                    Attempt::Done(Delivery::Failed(describe(&err)))
+                    Attempt::Done(RecipientOutcome::Failed(describe(&err)))
                 }
-                _ if status == Some(410) => Attempt::Done(Delivery::Gone),
+                _ if status == Some(410) => Attempt::Done(RecipientOutcome::Gone),
                 _ if status == Some(429) => Attempt::Throttled(describe(&err)),
                 _ if status.is_some_and(|s| s >= 500) => Attempt::Retry(describe(&err)),
-                _ => Attempt::Done(Delivery::Failed(describe(&err))),
+                _ => Attempt::Done(RecipientOutcome::Failed(describe(&err))),
             },
             // Timeouts, dropped connections, and unparseable responses are transient.
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
                 Attempt::Retry(describe(&err))
             }
-            _ => Attempt::Done(Delivery::Failed(describe(&err))),
+            _ => Attempt::Done(RecipientOutcome::Failed(describe(&err))),
         }
     }
 
@@ -88,7 +88,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
         let started = Instant::now();
         let mut backoff = self.config.first_backoff;
         let mut posted = Posted {
-            delivery: Delivery::Delivered,
+            delivery: RecipientOutcome::Delivered,
             retries: 0,
             throttled: 0,
             paced: Duration::ZERO,
@@ -110,10 +110,10 @@ impl<G: GoneCleanup> Broadcaster<G> {
             };
             let why = match attempt {
                 Attempt::Late => continue,
-                Attempt::Done(Delivery::Gone) => {
+                Attempt::Done(RecipientOutcome::Gone) => {
                     posted.delivery = match self.gone.connection_gone(connection_id).await {
-                        Gone::Removed => Delivery::Gone,
-                        Gone::Connecting => Delivery::Connecting,
+                        Gone::Removed => RecipientOutcome::Gone,
+                        Gone::Connecting => RecipientOutcome::Connecting,
                     };
                     return posted;
                 }
@@ -134,7 +134,7 @@ impl<G: GoneCleanup> Broadcaster<G> {
             // Full jitter: sleep a random time up to the bound.
             let sleep = sleep_bound(backoff, throttled, self.governor.is_some()).mul_f64(fastrand::f64());
             if started.elapsed().saturating_sub(posted.paced) + sleep >= limit {
-                posted.delivery = Delivery::Failed(format!("gave up after {} retries: {why}", posted.retries));
+                posted.delivery = RecipientOutcome::Failed(format!("gave up after {} retries: {why}", posted.retries));
                 return posted;
             }
             tokio::time::sleep(sleep).await;
@@ -162,7 +162,7 @@ pub(super) fn sleep_bound(backoff: Duration, throttled: bool, governed: bool) ->
     }
 }
 
-impl<G: GoneCleanup> Deliver for Broadcaster<G> {
+impl<G: GoneCleanup> Broadcast for Broadcaster<G> {
     async fn deliver(&self, recipients: Vec<String>, payload: &[u8]) -> Result<Report, BroadcastError> {
         self.post_all(stream::iter(recipients), payload, true).await
     }
@@ -235,19 +235,19 @@ impl<G: GoneCleanup> Broadcaster<G> {
             counters.posts += posted.retries + 1;
             counters.paced_ms += posted.paced.as_millis() as u64;
             match posted.delivery {
-                Delivery::Delivered => {
+                RecipientOutcome::Delivered => {
                     counters.delivered += count as u64;
                     sent += count;
                 }
-                Delivery::Gone => {
+                RecipientOutcome::Gone => {
                     counters.gone += 1;
                     return (counters, None);
                 }
-                Delivery::Connecting => {
+                RecipientOutcome::Connecting => {
                     counters.gone += 1;
                     return (counters, Some(Unsent::Connecting(parcel.rest(sent))));
                 }
-                Delivery::Failed(why) => {
+                RecipientOutcome::Failed(why) => {
                     // Stopped by the hand-off rather than failing: handed on, not failed.
                     if stop_at.is_some_and(|at| Instant::now() >= at) {
                         return (counters, Some(Unsent::HandedOn(parcel.rest(sent))));
@@ -294,14 +294,14 @@ impl<G: GoneCleanup> Broadcaster<G> {
             report.counters.posts += retries + 1;
             report.counters.paced_ms += paced.as_millis() as u64;
             match &delivery {
-                Delivery::Delivered => report.counters.delivered += 1,
-                Delivery::Gone | Delivery::Connecting => report.counters.gone += 1,
-                Delivery::Failed(why) => {
+                RecipientOutcome::Delivered => report.counters.delivered += 1,
+                RecipientOutcome::Gone | RecipientOutcome::Connecting => report.counters.gone += 1,
+                RecipientOutcome::Failed(why) => {
                     report.counters.failed += 1;
                     tracing::warn!(connection = %id, reason = %why, "not delivered");
                 }
             }
-            if keep_delivered || delivery != Delivery::Delivered {
+            if keep_delivered || delivery != RecipientOutcome::Delivered {
                 report.outcomes.push((id, delivery));
             }
         }
