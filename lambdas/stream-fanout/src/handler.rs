@@ -23,7 +23,7 @@
 //! writes that membership before the connection is open, so the page can reach API Gateway
 //! first and be answered 410: while the broadcaster says the connection is still connecting, its
 //! frames are posted again after each of [`UPGRADE_BACKOFF`] (see
-//! [`deliver_once_open`](delivery::deliver_once_open)).
+//! `delivery::deliver_once_open`).
 //!
 //! The invocation keeps a hand-off time [`HANDOFF_RESERVE`] before its timeout. No post starts
 //! after it: a recipient's frames not yet delivered go to the delivery queue, in order, for
@@ -179,6 +179,18 @@ pub struct Bounds<'a> {
     /// no sooner than its busy channels ask, so that the lane's next batch brings several of
     /// their records for one post per member. `None` never holds.
     pub cadence: Option<&'a Mutex<Cadence>>,
+}
+
+impl<'a> Bounds<'a> {
+    /// What an invocation that must end by `deadline_ms` (the Runtime API's deadline) keeps to:
+    /// its hand-off ([`stop_at`]), its cut ([`cut_at`]) and the environment's `cadence`.
+    pub fn of_invocation(deadline_ms: u64, cadence: &'a Mutex<Cadence>) -> Bounds<'a> {
+        Bounds {
+            stop_at: Some(stop_at(deadline_ms)),
+            cut_at: Some(cut_at(deadline_ms)),
+            cadence: Some(cadence),
+        }
+    }
 }
 
 /// [`handle`], and a channel still at work at `cut_at` is cut there: its records go back to

@@ -19,12 +19,7 @@ async fn main() -> Result<(), Error> {
     let cadence = std::sync::Mutex::new(Cadence::new(window.0));
     let (store, broadcaster, failures, shards, cadence) = (&store, &broadcaster, &failures, &shards, &cadence);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        let deadline = event.context.deadline;
-        let bounds = stream_fanout::Bounds {
-            stop_at: Some(stream_fanout::stop_at(deadline)),
-            cut_at: Some(stream_fanout::cut_at(deadline)),
-            cadence: Some(cadence),
-        };
+        let bounds = stream_fanout::Bounds::of_invocation(event.context.deadline, cadence);
         Ok::<_, Error>(stream_fanout::handle_until(store, broadcaster, failures, shards, event.payload, bounds).await)
     }))
     .await
