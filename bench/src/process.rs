@@ -8,7 +8,7 @@ pub(crate) fn cpu_time() -> Duration {
     cpu_time_of("self")
 }
 
-/// CPU time of process `pid` (or "self"), from /proc/<pid>/stat; zero when it is gone.
+/// CPU time of process `pid` (or "self"), from `/proc/<pid>/stat`; zero when it is gone.
 pub(crate) fn cpu_time_of(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces. Positions
@@ -19,7 +19,7 @@ pub(crate) fn cpu_time_of(pid: &str) -> Duration {
     Duration::from_secs_f64(stat_ticks(&stat) as f64 / hz)
 }
 
-/// utime + stime, in clock ticks, from the text of /proc/<pid>/stat.
+/// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`.
 fn stat_ticks(stat: &str) -> u64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let field = |i: usize| {

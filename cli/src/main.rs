@@ -142,6 +142,8 @@ struct RevokeArgs {
 #[derive(Subcommand)]
 enum Publish {
     /// Post a message to any channel (e.g. user:<sub> to notify one person on every device).
+    // The text is `wsfan publish --help`'s, where `<sub>` reads as a placeholder, not HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     Message(MessageArgs),
     /// Report pages processed.
     Progress(ProgressArgs),

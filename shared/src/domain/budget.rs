@@ -10,10 +10,10 @@
 //!
 //! A block is small when an environment starts posting in a second and doubles each time it is
 //! used up within the same second, so a channel of ten members leases a few posts while a busy
-//! broadcast needs only a handful of updates per second. In a second's last [`NEAR_END`] it is
+//! broadcast needs only a handful of updates per second. In a second's last `NEAR_END` it is
 //! also never more than the posts this environment can still make before the second ends at the
 //! rate it has been posting: what is leased and not posted is lost to everyone for that second. Posts of a second's lease start
-//! no later than [`GUARD`] before the second ends, so that a post in flight across the boundary is
+//! no later than `GUARD` before the second ends, so that a post in flight across the boundary is
 //! not counted in the next second by the receiving end.
 //!
 //! Nothing here sleeps or does I/O: time is passed in, and the broadcaster acts on the answers.
@@ -38,7 +38,7 @@ pub(crate) const NEAR_END: Duration = Duration::from_millis(300);
 pub enum Take {
     /// A token was in hand: post now.
     Go,
-    /// Ask the ledger for `want` posts of `second`, then call [`Lease::granted`] and take again.
+    /// Ask the ledger for `want` posts of `second`, then call `Lease::granted` and take again.
     Lease { second: u64, want: u64 },
     /// This second is spent (or too near its end): take again after this wait.
     Wait(Duration),

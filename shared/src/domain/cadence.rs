@@ -9,9 +9,9 @@
 //! then gets one or two messages a batch, and every member a post for each one or two frames:
 //! thousands of posts a second, each billed and each drawn from `FanoutMaxRps`.
 //!
-//! So when a channel is busy (its batching members would take at least [`BUSY_FRAMES_PER_SECOND`]
+//! So when a channel is busy (its batching members would take at least `BUSY_FRAMES_PER_SECOND`
 //! frames a second), the invocation that carried it ends no sooner than the window in which
-//! [`FRAMES_PER_POST`] of its records arrive, and never later than the configured maximum after
+//! `FRAMES_PER_POST` of its records arrive, and never later than the configured maximum after
 //! it began. A quiet channel, or one whose members take a frame a post, is never held.
 //!
 //! The rate is the channel's messages a second, from their own sequence numbers and times

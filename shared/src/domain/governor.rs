@@ -7,8 +7,8 @@
 //! use, and environments lease it second by second from one counter (crate::budget), so one
 //! environment alone may take all of it: that is this governor's ceiling. Under it the rate
 //! follows AIMD: a 429 (someone else's burst, or a lower account quota than the budget assumed)
-//! halves it (once per [`DECREASE_SPACING`], since a burst of posts in flight all see the same
-//! 429), and it climbs back linearly, to the ceiling in [`RECOVERY`], while no 429 comes.
+//! halves it (once per `DECREASE_SPACING`, since a burst of posts in flight all see the same
+//! 429), and it climbs back linearly, to the ceiling in `RECOVERY`, while no 429 comes.
 
 use std::time::Duration;
 

@@ -26,7 +26,7 @@ pub(crate) const MAX_LISTED_USERS: usize = 100;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub count: u64,
-    /// Who reacted, sorted; at most [`MAX_LISTED_USERS`] of them.
+    /// Who reacted, sorted; at most `MAX_LISTED_USERS` of them.
     pub users: Vec<String>,
 }
 

@@ -155,7 +155,7 @@ impl Shard {
 const GROUP_STARTS: &[u8; GROUPS as usize] = b"+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The group of a connection: the range its id's first byte falls in. Stable across processes
-/// and versions, and the same as the key range [`group_bounds`] gives the store.
+/// and versions, and the same as the key range `group_bounds` gives the store.
 pub fn group_of(connection_id: &str) -> u32 {
     let Some(&first) = connection_id.as_bytes().first() else {
         return 0;

@@ -12,7 +12,7 @@ pub struct Parcel {
     pub batch: bool,
 }
 
-/// What [`Broadcast::deliver_parcels`] came to.
+/// What [`Broadcast::deliver_parcels`](super::Broadcast::deliver_parcels) came to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParcelReport {
     pub counters: Counters,
@@ -21,7 +21,7 @@ pub struct ParcelReport {
     pub undelivered: Vec<Parcel>,
     /// Of the undelivered recipients, those stopped by `stop_at` rather than by failing.
     pub handed_on: u64,
-    /// Recipients that answered 410 while still connecting ([`RecipientOutcome::Connecting`]), with
+    /// Recipients that answered 410 while still connecting ([`RecipientOutcome::Connecting`](super::RecipientOutcome::Connecting)), with
     /// their frames from the one refused on: a caller that knows the connection is about to open
     /// (it asked for these frames at connect) may post them again.
     pub connecting: Vec<Parcel>,
