@@ -218,9 +218,20 @@ fn inject_faults(config: &DevConfig, connections: &ConnectionsServer, environmen
     logs.warn(&format!(
         "injecting {faults} (seed {seed}; --inject-seed {seed} draws the same faults)"
     ));
-    tokio::spawn(summarise_injected(connections.clone(), logs.clone()));
-    if let Some(proxy) = &environment.dynamo_proxy {
-        tokio::spawn(summarise_dynamo_injected(proxy.clone(), logs.clone()));
+    let (server, counted, server_logs) = (connections.clone(), connections.clone(), logs.clone());
+    tokio::spawn(summarise_injected(
+        move || server.injected(),
+        move |injected| {
+            let requests = counted.stats().requests.load(std::sync::atomic::Ordering::Relaxed);
+            server_logs.injected_summary(injected, requests)
+        },
+    ));
+    if let Some(proxy) = environment.dynamo_proxy.clone() {
+        let (reader, logs) = (proxy.clone(), logs.clone());
+        tokio::spawn(summarise_injected(
+            move || reader.injected(),
+            move |_| log_dynamo_injected(&proxy, &logs),
+        ));
     }
 }
 
@@ -247,34 +258,21 @@ pub async fn start_pipeline(
     Ok((environment, functions))
 }
 
-/// Every few seconds while faults are being injected, how many of each so far.
-async fn summarise_injected(connections: ConnectionsServer, logs: Logs) {
-    let mut shown = std::collections::BTreeMap::new();
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let injected = connections.injected();
-        if injected != shown {
-            let requests = connections.stats().requests.load(std::sync::atomic::Ordering::Relaxed);
-            logs.injected_summary(&injected, requests);
-            shown = injected;
-        }
-    }
-}
-
 fn log_dynamo_injected(proxy: &DynamoProxy, logs: &Logs) {
     let counts: Vec<(&str, u64)> = proxy.injected().iter().map(|(f, n)| (f.as_str(), *n)).collect();
     logs.dynamo_injected_summary(&counts, proxy.requests());
 }
 
-/// [`summarise_injected`] for the functions' DynamoDB calls.
-async fn summarise_dynamo_injected(proxy: DynamoProxy, logs: Logs) {
-    let mut shown = std::collections::BTreeMap::new();
+/// Every few seconds while faults are being injected, how many of each so far: `show`s the counts
+/// `injected` reads whenever they have changed.
+async fn summarise_injected<T: PartialEq + Default>(injected: impl Fn() -> T, show: impl Fn(&T)) {
+    let mut shown = T::default();
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let injected = proxy.injected();
-        if injected != shown {
-            log_dynamo_injected(&proxy, &logs);
-            shown = injected;
+        let now = injected();
+        if now != shown {
+            show(&now);
+            shown = now;
         }
     }
 }
