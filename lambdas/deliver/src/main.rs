@@ -13,7 +13,7 @@ async fn main() -> Result<(), Error> {
     let aws = wsfan_shared::config::aws().await;
     let store = DynamoStore::open(&aws, table);
     let broadcaster = Broadcaster::governed(&aws, posts, &store);
-    let queue = DeliveryQueue::connect(&aws, shards, parked);
+    let queue = DeliveryQueue::connect(&aws, shards).parking_in(parked);
     let (store, broadcaster, queue) = (&store, &broadcaster, &queue);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         let budget = ReadBudget::from_deadline_ms(event.context.deadline);

@@ -1,6 +1,6 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use wsfan_shared::broadcaster::Broadcaster;
-use wsfan_shared::config::{DeliveryDeadLetterUrl, FromEnv};
+use wsfan_shared::config::FromEnv;
 use wsfan_shared::publisher::DeliveryQueue;
 use wsfan_shared::store::DynamoStore;
 
@@ -13,7 +13,7 @@ async fn main() -> Result<(), Error> {
     let aws = wsfan_shared::config::aws().await;
     let store = DynamoStore::open(&aws, table);
     let broadcaster = Broadcaster::governed(&aws, posts, &store);
-    let shards = DeliveryQueue::connect(&aws, shards, DeliveryDeadLetterUrl(None));
+    let shards = DeliveryQueue::connect(&aws, shards);
     let (store, broadcaster, shards) = (&store, &broadcaster, &shards);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         Ok::<_, Error>(progress_fanout::handle(store, broadcaster, shards, event.payload).await)

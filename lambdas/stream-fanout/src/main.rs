@@ -1,7 +1,7 @@
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use wsfan_shared::broadcaster::Broadcaster;
 use wsfan_shared::cadence::Cadence;
-use wsfan_shared::config::{DeliveryDeadLetterUrl, FromEnv};
+use wsfan_shared::config::FromEnv;
 use wsfan_shared::publisher::{DeliveryQueue, FailureQueue};
 use wsfan_shared::store::DynamoStore;
 
@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
     let store = DynamoStore::open(&aws, table);
     let broadcaster = Broadcaster::governed(&aws, posts, &store);
     let failures = FailureQueue::connect(&aws, failures);
-    let shards = DeliveryQueue::connect(&aws, shards, DeliveryDeadLetterUrl(None));
+    let shards = DeliveryQueue::connect(&aws, shards);
     let cadence = std::sync::Mutex::new(Cadence::new(window.0));
     let (store, broadcaster, failures, shards, cadence) = (&store, &broadcaster, &failures, &shards, &cadence);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

@@ -241,13 +241,18 @@ impl DeliveryQueue {
         }
     }
 
-    /// The queue in `DELIVERY_QUEUE_URL`, and the dead-letter queue `deliver` parks shards in.
-    pub fn connect(
-        sdk: &aws_config::SdkConfig,
-        url: crate::config::DeliveryQueueUrl,
-        dead_letter: crate::config::DeliveryDeadLetterUrl,
-    ) -> Self {
-        DeliveryQueue::new(aws_sdk_sqs::Client::new(sdk), url.0, dead_letter.0)
+    /// The queue in `DELIVERY_QUEUE_URL`, for the functions that only send to it.
+    pub fn connect(sdk: &aws_config::SdkConfig, url: crate::config::DeliveryQueueUrl) -> Self {
+        DeliveryQueue::new(aws_sdk_sqs::Client::new(sdk), url.0, None)
+    }
+
+    /// The same queue, parking shards in the dead-letter queue `deliver` reads from its
+    /// environment (`DELIVERY_DLQ_URL`).
+    pub fn parking_in(self, dead_letter: crate::config::DeliveryDeadLetterUrl) -> Self {
+        DeliveryQueue {
+            dead_letter_url: dead_letter.0,
+            ..self
+        }
     }
 
     async fn send_to(&self, url: &str, shard: &Shard) -> Result<(), QueueError> {
