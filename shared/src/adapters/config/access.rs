@@ -86,8 +86,9 @@ impl FromEnv for RateLimit {
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = RateLimit::default();
         Ok(RateLimit {
-            per_second: whole_number(&lookup, RATE_LIMIT_PER_SECOND, 0..=1_000_000)?.unwrap_or(d.per_second),
-            burst: whole_number(&lookup, RATE_LIMIT_BURST, 1..=1_000_000)?.unwrap_or(d.burst),
+            // Within u32 by their ranges.
+            per_second: whole_number(&lookup, RATE_LIMIT_PER_SECOND, 0..=1_000_000)?.map_or(d.per_second, |n| n as u32),
+            burst: whole_number(&lookup, RATE_LIMIT_BURST, 1..=1_000_000)?.map_or(d.burst, |n| n as u32),
         })
     }
 }

@@ -58,25 +58,15 @@ impl FromEnv for BroadcastConfig {
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let endpoint = required(&lookup, CONNECTIONS_ENDPOINT)?;
         let mut config = BroadcastConfig::new(endpoint.trim_end_matches('/'));
-        if let Some(c) = positive(&lookup, FANOUT_CONCURRENCY)? {
+        if let Some(c) = whole_number(&lookup, FANOUT_CONCURRENCY, 1..=u64::MAX)? {
             config.concurrency = c as usize;
         }
-        if let Some(ms) = positive(&lookup, FANOUT_DEADLINE_MS)? {
+        if let Some(ms) = whole_number(&lookup, FANOUT_DEADLINE_MS, 1..=u64::MAX)? {
             config.deadline = Duration::from_millis(ms);
         }
-        config.max_rps = positive(&lookup, FANOUT_MAX_RPS)?;
+        config.max_rps = whole_number(&lookup, FANOUT_MAX_RPS, 1..=u64::MAX)?;
         Ok(config)
     }
-}
-
-fn positive(lookup: &impl Fn(&str) -> Option<String>, var: Var) -> Result<Option<u64>, ConfigError> {
-    whole_number(lookup, var, 1..=u64::MAX).map_err(|_| ConfigError::Invalid {
-        name: var.name,
-        why: format!(
-            "{:?} is not a positive whole number",
-            lookup(var.name).unwrap_or_default()
-        ),
-    })
 }
 
 /// The stage's `@connections` endpoint, for callers that close connections rather than post to
@@ -123,13 +113,17 @@ macro_rules! queue_url {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(pub String);
 
+        impl $name {
+            const VAR: Var = Var::required($var, "https://sqs.example/000000000000/queue");
+        }
+
         impl FromEnv for $name {
             fn vars() -> Vec<Var> {
-                vec![Var::required($var, "https://sqs.example/000000000000/queue")]
+                vec![Self::VAR]
             }
 
             fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-                required(&lookup, Var::required($var, "")).map($name)
+                required(&lookup, Self::VAR).map($name)
             }
         }
     };

@@ -171,20 +171,23 @@ fn millis(
 }
 
 /// A whole number within `range`, or `None` when unset.
-fn whole_number<N: std::str::FromStr + PartialOrd + std::fmt::Display>(
+fn whole_number(
     lookup: &impl Fn(&str) -> Option<String>,
     var: Var,
-    range: std::ops::RangeInclusive<N>,
-) -> Result<Option<N>, ConfigError> {
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ConfigError> {
     optional(lookup, var)
         .map(|v| {
             v.trim()
-                .parse::<N>()
+                .parse::<u64>()
                 .ok()
                 .filter(|n| range.contains(n))
                 .ok_or_else(|| ConfigError::Invalid {
                     name: var.name,
-                    why: format!("{v:?} is not a whole number from {} to {}", range.start(), range.end()),
+                    why: match (*range.start(), *range.end()) {
+                        (1, u64::MAX) => format!("{v:?} is not a positive whole number"),
+                        (start, end) => format!("{v:?} is not a whole number from {start} to {end}"),
+                    },
                 })
         })
         .transpose()

@@ -125,3 +125,21 @@ fn a_read_that_is_not_declared_is_recorded() {
     assert!(!reads.declared.contains("TABLE_REGION"));
     assert!(reads.declared.contains("FANOUT_COALESCE_MS"));
 }
+
+#[test]
+fn a_bad_number_says_what_its_variable_takes() {
+    let invalid = |err: ConfigError| match err {
+        ConfigError::Invalid { name, why } => format!("{name}: {why}"),
+        other => panic!("{other}"),
+    };
+    let broadcast = BroadcastConfig::from_lookup(lookup(&[("CONNECTIONS_ENDPOINT", "x"), ("FANOUT_MAX_RPS", "0")]));
+    assert_eq!(
+        invalid(broadcast.unwrap_err()),
+        "FANOUT_MAX_RPS: \"0\" is not a positive whole number"
+    );
+    let limit = crate::rate::RateLimit::from_lookup(lookup(&[("RATE_LIMIT_BURST", "0")]));
+    assert_eq!(
+        invalid(limit.unwrap_err()),
+        "RATE_LIMIT_BURST: \"0\" is not a whole number from 1 to 1000000"
+    );
+}
