@@ -395,15 +395,16 @@ fn check_functions(t: &Template, code: &Code, out: &mut Vec<String>) {
         let Some(binary) = f.binary else { continue };
         let env = t.environment(&f);
         // A binary the code does not build is reported above; what it reads is unknown.
-        let reads = code.env.get(binary).map(Vec::as_slice).unwrap_or_default();
-        for var in reads.iter().filter(|v| v.required) {
-            if !env.contains_key(var.name) {
-                out.push(format!("{id} ({binary}): environment variable {} is not set", var.name));
+        if let Some(reads) = code.env.get(binary) {
+            for var in reads.iter().filter(|v| v.required) {
+                if !env.contains_key(var.name) {
+                    out.push(format!("{id} ({binary}): environment variable {} is not set", var.name));
+                }
             }
-        }
-        for name in env.keys().filter(|_| !reads.is_empty()) {
-            if !reads.iter().any(|v| v.name == name.as_str()) {
-                out.push(format!("{id} ({binary}): sets {name}, which its code does not read"));
+            for name in env.keys() {
+                if !reads.iter().any(|v| v.name == name.as_str()) {
+                    out.push(format!("{id} ({binary}): sets {name}, which its code does not read"));
+                }
             }
         }
         for (name, default) in code.ttl_defaults() {
