@@ -122,3 +122,19 @@ impl DevProcess {
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     crate::process::cpu_time_of(&pid.to_string()).as_secs_f64()
 }
+
+/// The options of `wsfan dev` a benchmark passes on: its faults (`--inject`, `--inject-seed`) and
+/// the execution environments per function (`--concurrency`).
+pub(crate) fn dev_options(inject: Option<&str>, inject_seed: Option<u64>, concurrency: Option<u16>) -> Vec<String> {
+    let mut options = Vec::new();
+    if let Some(spec) = inject {
+        options.extend(["--inject".to_owned(), spec.to_owned()]);
+    }
+    if let Some(seed) = inject_seed {
+        options.extend(["--inject-seed".to_owned(), seed.to_string()]);
+    }
+    if let Some(n) = concurrency {
+        options.extend(["--concurrency".to_owned(), n.to_string()]);
+    }
+    options
+}

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use crate::budget::budget_report;
 use crate::dev_log::{invocation, log_between};
-use crate::dev_process::DevProcess;
+use crate::dev_process::{dev_options, DevProcess};
 use crate::figures::{build_profile, verdict};
 use crate::stack_stats::settle;
 use cost::report_cost;
@@ -110,13 +110,7 @@ pub async fn run(bench: HotBench) -> Result<String, String> {
         .map(|f| (f.binary.clone(), f.memory_mb))
         .collect();
 
-    let mut extra = Vec::new();
-    if let Some(spec) = &bench.inject {
-        extra.extend(["--inject".to_owned(), spec.clone()]);
-    }
-    if let Some(seed) = bench.inject_seed {
-        extra.extend(["--inject-seed".to_owned(), seed.to_string()]);
-    }
+    let extra = dev_options(bench.inject.as_deref(), bench.inject_seed, None);
     let stack = DevProcess::start(&bench.repo, "hot", &extra)?;
     let result = measure(&bench, &stack, max_rps, &memory_mb).await;
     // Every invocation of the run, joins and leaves included: a timeout anywhere is a failure.

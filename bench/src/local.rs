@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::client::{connect_and_join, Socket};
-use crate::dev_process::{cpu_seconds, DevProcess};
+use crate::dev_process::{cpu_seconds, dev_options, DevProcess};
 use crate::figures::{build_profile, ms, percentile};
 use clients::{run_client, settle};
 
@@ -96,13 +96,7 @@ pub struct LocalBench {
 }
 
 pub async fn run(bench: LocalBench) -> Result<String, String> {
-    let mut extra = Vec::new();
-    if let Some(spec) = &bench.inject {
-        extra.extend(["--inject".to_owned(), spec.clone()]);
-    }
-    if let Some(seed) = bench.inject_seed {
-        extra.extend(["--inject-seed".to_owned(), seed.to_string()]);
-    }
+    let mut extra = dev_options(bench.inject.as_deref(), bench.inject_seed, None);
     // The soak sends frame after frame from one client as fast as the acks come: it measures the
     // pipeline, not the limit per connection (`--flood` does).
     if bench.flood <= 0.0 {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect_and_join_with, Socket};
-use crate::dev_process::DevProcess;
+use crate::dev_process::{dev_options, DevProcess};
 use crate::figures::{build_profile, ms, percentile, verdict};
 use crate::stack_stats::{calls_between, connections_stats, dynamodb_units, settle};
 
@@ -93,10 +93,7 @@ pub async fn run(bench: ReceiptsBench) -> Result<String, String> {
     if bench.members == 0 {
         return Err("--members must be at least 1".into());
     }
-    let extra: Vec<String> = match bench.concurrency {
-        Some(n) => vec!["--concurrency".into(), n.to_string()],
-        None => Vec::new(),
-    };
+    let extra = dev_options(None, None, bench.concurrency);
     let stack = DevProcess::start(&bench.repo, "receipts", &extra)?;
     let result = measure(&bench, &stack).await;
     stack.stop();

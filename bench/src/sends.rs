@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{connect_and_join_with, Socket};
-use crate::dev_process::DevProcess;
+use crate::dev_process::{dev_options, DevProcess};
 use crate::figures::{build_profile, ms, percentile, verdict};
 use crate::stack_stats::{calls_between, dynamodb_units, settle};
 
@@ -172,10 +172,7 @@ pub async fn run(bench: SendsBench) -> Result<String, String> {
     if bench.senders.is_empty() || bench.senders.contains(&0) {
         return Err("--senders takes counts of at least 1, e.g. 1,10,100".into());
     }
-    let extra: Vec<String> = match bench.concurrency {
-        Some(n) => vec!["--concurrency".into(), n.to_string()],
-        None => Vec::new(),
-    };
+    let extra = dev_options(None, None, bench.concurrency);
     let stack = DevProcess::start(&bench.repo, "sends", &extra)?;
     let result = measure(&bench, &stack).await;
     stack.stop();
