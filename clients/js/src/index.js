@@ -251,6 +251,7 @@ export class WsfanClient {
 
   afterClose(delay, why = {}) {
     for (const t of ['keepalive', 'pong', 'planned', 'resend', 'limited', 'refresh']) { clearTimeout(this.timers[t]); clearInterval(this.timers[t]); }
+    this.held = false; // the limit is the connection's; a new one starts unheld
     for (const ch of this.channels.values()) { ch.joined = false; ch.recovering = false; }
     for (const [key, list] of this.waiters) {
       this.waiters.delete(key);
@@ -609,12 +610,18 @@ export class WsfanClient {
    */
   onRateLimited(retryAfterMs) {
     const wait = Math.max(0, Number(retryAfterMs) || 0);
-    this.holdUntil = Math.max(this.holdUntil || 0, Date.now() + wait);
+    const now = performance.now(); // monotonic: only used to keep a later answer from shortening the hold
+    this.heldUntil = Math.max(this.held ? this.heldUntil : 0, now + wait);
+    this.held = true;
     clearTimeout(this.timers.limited);
+    // The timer alone ends the hold. Compared with Date.now(), a timer that fires a millisecond
+    // early (timers and Date.now() round differently) or a wall clock stepped back left the sends
+    // held with nothing left to release them.
     this.timers.limited = setTimeout(() => {
+      this.held = false;
       for (const entry of this.outbox.values()) if (entry.sentOn === this.connectionNo) entry.sentOn = 0;
       this.pump();
-    }, wait);
+    }, this.heldUntil - now);
   }
 
   /**
@@ -625,7 +632,7 @@ export class WsfanClient {
    */
   pump() {
     if (!this.socket || this.socket.readyState !== 1) return;
-    if (Date.now() < (this.holdUntil || 0)) return;
+    if (this.held) return;
     let inFlight = 0;
     // Channels with an older send in flight or held back: their later sends wait behind it.
     const waiting = new Set();

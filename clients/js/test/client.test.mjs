@@ -238,6 +238,45 @@ describe('the wsfan client', () => {
     client.close();
   });
 
+  it('ends the hold when its timer fires, even if the wall clock reads earlier than the timer', async () => {
+    // Timers and Date.now() round differently, and a wall clock can be stepped back: a hold that
+    // compared Date.now() with its deadline could find itself early and never send again.
+    const { client, socket } = await started();
+    client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const sent = client.send('workspace:1', 'one', { clientMsgId: 'c-1' });
+    socket.take('sendMessage');
+    const realNow = Date.now;
+    try {
+      socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 20 });
+      Date.now = () => realNow() - 1000;
+      await sleep(60);
+    } finally {
+      Date.now = realNow;
+    }
+    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1']);
+    socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'c-1', seq: 1, duplicate: false });
+    assert.equal((await sent).messageId, 'm1');
+    client.close();
+  });
+
+  it('keeps the longer hold when a second rate_limited asks for less', async () => {
+    const { client, socket } = await started();
+    client.join('workspace:1');
+    socket.take('join');
+    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    client.send('workspace:1', 'one', { clientMsgId: 'c-1' }).catch(() => {});
+    socket.take('sendMessage');
+    socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 200 });
+    socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 10 });
+    await sleep(60);
+    assert.equal(socket.sent.filter((f) => f.action === 'sendMessage').length, 0, 'still held after 60 ms of 200');
+    await sleep(200);
+    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1']);
+    client.close();
+  });
+
   it('sends one message per channel at a time, in order, and a window across channels', async () => {
     const { client, socket } = await started({ maxInFlight: 2 });
     const channels = ['workspace:1', 'workspace:2', 'workspace:3'];
