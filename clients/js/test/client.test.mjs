@@ -21,6 +21,8 @@ class ScriptedSocket {
   accept() { this.readyState = 1; this.onopen?.(); }
   push(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
   drop(code = 1006) { this.readyState = 3; this.onclose?.({ code, reason: '' }); }
+  /** The clientMsgIds of the sendMessage frames sent so far, in order. */
+  sends() { return this.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId); }
   take(action) {
     const i = this.sent.findIndex((f) => f.action === action);
     assert.ok(i >= 0, `expected a ${action} frame; sent: ${JSON.stringify(this.sent)}`);
@@ -61,6 +63,15 @@ async function started(options = {}) {
   client.on('message', (m) => delivered.push(m.seq));
   client.on('reset', (r) => resets.push(r));
   return { client, socket, delivered, resets };
+}
+
+/** A started client that has joined workspace:1, an empty channel. */
+async function joinedOne() {
+  const run = await started();
+  run.client.join('workspace:1');
+  run.socket.take('join');
+  run.socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+  return run;
 }
 
 describe('the wsfan client', () => {
@@ -173,10 +184,7 @@ describe('the wsfan client', () => {
   });
 
   it('after a reconnect it rejoins, recovers after the last seq page by page, and resends the outbox', async () => {
-    const { client, socket, delivered } = await started();
-    client.join('workspace:1');
-    socket.take('join');
-    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const { client, socket, delivered } = await joinedOne();
     socket.push(chat(1));
     const sent = client.send('workspace:1', 'hello', { clientMsgId: 'c-1' });
     assert.equal(socket.take('sendMessage').clientMsgId, 'c-1');
@@ -216,10 +224,7 @@ describe('the wsfan client', () => {
   });
 
   it('holds its sends after rate_limited, then sends the unacknowledged ones again with their ids', async () => {
-    const { client, socket } = await started();
-    client.join('workspace:1');
-    socket.take('join');
-    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const { client, socket } = await joinedOne();
     const errors = [];
     client.on('error', (e) => errors.push(e));
     const first = client.send('workspace:1', 'one', { clientMsgId: 'c-1' });
@@ -228,11 +233,11 @@ describe('the wsfan client', () => {
     assert.deepEqual(errors.map((e) => [e.code, e.retryAfterMs]), [['rate_limited', 40]]);
     const second = client.send('workspace:1', 'two', { clientMsgId: 'c-2' });
     await tick();
-    assert.equal(socket.sent.filter((f) => f.action === 'sendMessage').length, 0, 'nothing goes out during the wait');
-    await new Promise((resolve) => setTimeout(resolve, 60));
-    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1'], 'the limited send again, and the next behind it');
+    assert.deepEqual(socket.sends(), [], 'nothing goes out during the wait');
+    await sleep(60);
+    assert.deepEqual(socket.sends(), ['c-1'], 'the limited send again, and the next behind it');
     socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'c-1', seq: 1, duplicate: false });
-    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1', 'c-2']);
+    assert.deepEqual(socket.sends(), ['c-1', 'c-2']);
     socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm2', clientMsgId: 'c-2', seq: 2, duplicate: false });
     assert.deepEqual([(await first).messageId, (await second).messageId], ['m1', 'm2']);
     client.close();
@@ -241,10 +246,7 @@ describe('the wsfan client', () => {
   it('ends the hold when its timer fires, even if the wall clock reads earlier than the timer', async () => {
     // Timers and Date.now() round differently, and a wall clock can be stepped back: a hold that
     // compared Date.now() with its deadline could find itself early and never send again.
-    const { client, socket } = await started();
-    client.join('workspace:1');
-    socket.take('join');
-    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const { client, socket } = await joinedOne();
     const sent = client.send('workspace:1', 'one', { clientMsgId: 'c-1' });
     socket.take('sendMessage');
     const realNow = Date.now;
@@ -255,25 +257,22 @@ describe('the wsfan client', () => {
     } finally {
       Date.now = realNow;
     }
-    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1']);
+    assert.deepEqual(socket.sends(), ['c-1']);
     socket.push({ type: 'ack', action: 'sendMessage', channel: 'workspace:1', messageId: 'm1', clientMsgId: 'c-1', seq: 1, duplicate: false });
     assert.equal((await sent).messageId, 'm1');
     client.close();
   });
 
   it('keeps the longer hold when a second rate_limited asks for less', async () => {
-    const { client, socket } = await started();
-    client.join('workspace:1');
-    socket.take('join');
-    socket.push({ type: 'joined', channel: 'workspace:1', head: 0, present: [] });
+    const { client, socket } = await joinedOne();
     client.send('workspace:1', 'one', { clientMsgId: 'c-1' }).catch(() => {});
     socket.take('sendMessage');
     socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 200 });
     socket.push({ type: 'error', code: 'rate_limited', message: 'slow down', retryAfterMs: 10 });
     await sleep(60);
-    assert.equal(socket.sent.filter((f) => f.action === 'sendMessage').length, 0, 'still held after 60 ms of 200');
+    assert.deepEqual(socket.sends(), [], 'still held after 60 ms of 200');
     await sleep(200);
-    assert.deepEqual(socket.sent.filter((f) => f.action === 'sendMessage').map((f) => f.clientMsgId), ['c-1']);
+    assert.deepEqual(socket.sends(), ['c-1']);
     client.close();
   });
 
