@@ -1430,11 +1430,13 @@ async fn a_history_page_still_refused_at_the_hand_off_goes_to_the_delivery_queue
     // Still upgrading when the invocation must hand on.
     rig.server.gone("b1");
     let batch = rig.stream_batch().await;
-    let stop_at = std::time::Instant::now() + Duration::from_millis(400);
+    // 1 s to the hand-off leaves room for the reads before the first post on a loaded machine;
+    // UPGRADE_BACKOFF's 3 s of retries would run well past it and its 1 s of slack.
+    let stop_at = std::time::Instant::now() + Duration::from_secs(1);
     let response = rig.stream_fanout_until(batch, Some(stop_at)).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert!(
-        std::time::Instant::now() < stop_at + Duration::from_millis(500),
+        std::time::Instant::now() < stop_at + Duration::from_secs(1),
         "the retries did not run past the hand-off"
     );
     assert!(history_pages(&rig, "b1").is_empty());
@@ -1777,9 +1779,10 @@ async fn a_slow_recipient_holds_back_nobody_on_the_next_page_of_its_group() {
     // One group of 1,500 (every id starts with 'b'): two of deliver's pages, in id order.
     let members = many_members(&rig, "workspace:paged", "big-", 1500).await;
     let (slow, second_page) = (&members[0], &members[deliver::READ_PAGE..]);
-    // The group's first member answers 500 eight times, and this broadcaster waits up to 400 ms
-    // after each: 1.6 s on average, against a few hundred milliseconds for everyone else.
-    rig.server.fail(slow, 500, Some(8));
+    // The group's first member answers 500 24 times, and this broadcaster waits up to 400 ms
+    // after each: 4.8 s on average and rarely under 3.5 s (well inside the 20 s deadline),
+    // against a second or so for everyone else even on a loaded machine.
+    rig.server.fail(slow, 500, Some(24));
     let sdk = harness::moto::shared().sdk_config().await;
     let broadcaster = broadcaster_with(&rig, &sdk, |c| {
         c.first_backoff = Duration::from_millis(400);
@@ -2089,7 +2092,9 @@ async fn past_the_hand_off_no_post_starts_and_the_rest_goes_to_the_delivery_queu
     // slow1 answers 500 to everything until the hand-off has passed.
     rig.server.fail("slow1", 500, None);
     let batch = rig.stream_batch().await;
-    let stop_at = std::time::Instant::now() + Duration::from_millis(300);
+    // 1.5 s to the hand-off: ok1's posts must start before it even when the reads are slow.
+    // Without a hand-off, slow1's retries would run to the 20 s deadline.
+    let stop_at = std::time::Instant::now() + Duration::from_millis(1500);
     let response = rig.stream_fanout_until(batch, Some(stop_at)).await;
     // Nothing to replay: what was delivered is not sent again, and the rest was handed on.
     assert!(response.batch_item_failures.is_empty(), "{response:?}");

@@ -177,7 +177,9 @@ async fn a_store_that_keeps_failing_gives_up_within_its_budget() {
         ..DynamoFaults::default()
     };
     let (store, proxy) = through_faults(&t, every_write, 1).await;
-    let store = store.with_budget(Duration::from_millis(600));
+    // 1.5 s: room for five tries even when each round trip to moto is slow on a loaded machine;
+    // MAX_ATTEMPTS still bounds them.
+    let store = store.with_budget(Duration::from_millis(1500));
     let refused = store.connect(&connection("c1", "alice"), &[]).await;
     assert!(refused.is_err(), "every write is throttled");
     // It tried again while the budget allowed (the first four pauses are at most 175 ms

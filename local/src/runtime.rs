@@ -504,12 +504,20 @@ while True:
     #[tokio::test]
     async fn an_invocation_that_times_out_ends_its_environment_and_the_next_gets_a_fresh_one() {
         let scratch = Scratch::new();
-        let function = barrier_function(&scratch, 1, Duration::from_secs(1)).await;
+        // 3 s, not less: the timeout counts from when an invocation is queued, so it covers the
+        // fresh process's start after the kill, which a loaded 2-core machine can make slow.
+        const TIMEOUT: Duration = Duration::from_secs(3);
+        let function = barrier_function(&scratch, 1, TIMEOUT).await;
+        // A warm process, so that the one that gets stuck has written its pid before it times out.
+        function
+            .invoke(&serde_json::json!({"barrier": scratch.barrier("warm"), "parties": 1}))
+            .await
+            .expect("the warm-up invocation is served");
         let stuck = scratch.barrier("stuck");
         let answer = function
             .invoke(&serde_json::json!({"barrier": stuck, "parties": 2}))
             .await;
-        assert_eq!(answer, Err(InvokeError::Timeout(Duration::from_secs(1))));
+        assert_eq!(answer, Err(InvokeError::Timeout(TIMEOUT)));
         let stuck_pid: i32 = std::fs::read_dir(&stuck)
             .expect("barrier")
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
