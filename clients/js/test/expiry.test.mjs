@@ -46,7 +46,9 @@ describe('refresh and expiry on the real stack', () => {
   after(async () => { await stack?.stop(); });
 
   it('stays on one connection across the expiries of its tokens, refreshing each ahead of time', async () => {
-    const { fn, issued } = tokens('erin', 4);
+    // 8 s: refreshed at half its life, a token leaves 4 s for the fetch and the `auth` before
+    // the sweep; 4 s tokens left 1.5 s, too little on a loaded machine.
+    const { fn, issued } = tokens('erin', 8);
     const client = connect(stack.wsUrl, { WebSocket, token: fn, refreshAheadMs: 60_000 });
     const dropped = [];
     client.on('offline', (why) => dropped.push(why));
