@@ -1689,6 +1689,19 @@ fn retried_batches(stack: &Stack, function: &str) -> Vec<String> {
         .collect()
 }
 
+/// Kills `function` when `moment` has come, until the dev log shows a batch cut and retried, at
+/// most three times: a kill that lands between batches cuts nothing, and proves nothing.
+async fn kill_mid_batch(stack: &Stack, function: &str, mut moment: impl AsyncFnMut()) {
+    for _ in 0..3 {
+        moment().await;
+        assert!(kill_function(stack, function) > 0, "no {function} process");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !retried_batches(stack, function).is_empty() {
+            return;
+        }
+    }
+}
+
 /// How often each value occurs.
 fn tally(values: Vec<String>) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
@@ -1741,10 +1754,9 @@ async fn stream_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_retri
     }
     // Records of one channel are pushed in order, so once kim has two more messages than the
     // finished batches held, the batch in flight has pushed two and, unless those were its last,
-    // has more to go. Should the kill land in the moment after a batch's last push, the next
-    // batch is tried, up to three times.
+    // has more to go. A kill that lands just after a batch's last push waits for a new arrival.
     let mut seen_at_kill = 0;
-    for _ in 0..3 {
+    kill_mid_batch(&stack, "stream-fanout", async || {
         wait_until("a batch is half-way", Duration::from_secs(30), || {
             let finished: usize = ok_batches(&stack).iter().skip(before).sum();
             let n = listeners[0].field_of("message", "messageId").len();
@@ -1752,12 +1764,8 @@ async fn stream_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_retri
         })
         .await;
         seen_at_kill = listeners[0].field_of("message", "messageId").len();
-        assert!(kill_function(&stack, "stream-fanout") > 0, "no stream-fanout process");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if !retried_batches(&stack, "stream-fanout").is_empty() {
-            break;
-        }
-    }
+    })
+    .await;
     wait_until("every client has every message", Duration::from_secs(60), || {
         let done = listeners.iter().all(|l| {
             let got: std::collections::BTreeSet<String> = l.field_of("message", "messageId").into_iter().collect();
@@ -1856,26 +1864,21 @@ async fn progress_fanout_killed_mid_batch_loses_nothing_and_repeats_only_the_ret
     // The first batches hold one event each (the pollers take what has arrived so far), and as
     // each ends its poller receives a full one. The kill comes half the injected latency after an
     // arrival is seen, when those batches are half-way through their posts: killing at the
-    // arrival itself can fall between batches, and did on a slow CI machine. Should even that
-    // miss, the next arrival is tried, up to three times.
-    let arrived = || listeners[0].field_of("processing_started", "docId").len();
-    for _ in 0..3 {
+    // arrival itself can fall between batches, and did on a slow CI machine.
+    let (arrived, total) = (
+        || listeners[0].field_of("processing_started", "docId").len(),
+        docs.len(),
+    );
+    kill_mid_batch(&stack, "progress-fanout", async || {
         let seen = arrived();
         wait_until("another event arrives", Duration::from_secs(30), || {
             let n = arrived();
-            async move { n > seen }
+            async move { n > seen || n == total }
         })
         .await;
         tokio::time::sleep(Duration::from_millis(750)).await;
-        assert!(
-            kill_function(&stack, "progress-fanout") > 0,
-            "no progress-fanout process"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if !retried_batches(&stack, "progress-fanout").is_empty() || arrived() == docs.len() {
-            break;
-        }
-    }
+    })
+    .await;
     let all: std::collections::BTreeSet<String> = doc_of_message.values().cloned().collect();
     wait_until(
         "every client has every document's event",
@@ -2035,17 +2038,18 @@ async fn clients_ride_out_dynamodb_conflicts_throttles_and_lost_answers() {
         let retried = log_lines(&stack, "DynamoDB: retrying").len();
         (injected, retried)
     };
-    let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
-        while counts().1 < counts().0 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .is_ok();
+    wait_until(
+        "a retry logged for every injected fault",
+        Duration::from_secs(10),
+        || {
+            let (injected, retried) = counts();
+            async move { retried >= injected }
+        },
+    )
+    .await;
     let (injected, retried) = counts();
     eprintln!("{injected} DynamoDB faults injected, {retried} retries");
     assert!(injected > 0, "no DynamoDB fault was injected");
-    assert!(caught_up && retried >= injected, "{injected} faults, {retried} retries");
     assert!(log_lines(&stack, "DynamoDB: giving up").is_empty());
     assert!(log_lines(&stack, "store failure").is_empty());
 }
